@@ -1,0 +1,141 @@
+"""The `peaufine` command: one thin sub-command per stage, parsing arguments and nothing more.
+
+Heavy libraries are imported inside each command, so `peaufine --help` answers at once. A user's
+mistake (`PeaufineError`) is printed as one message with a non-zero exit, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="peaufine",
+    help="Pretrain, fine-tune and align language models, and measure whether it helped.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+RecipeArg = Annotated[Path | None, typer.Argument(help="Recipe YAML (default: built-in defaults).")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a recipe key, e.g. --set train.lr=3e-4 (repeatable)."),
+]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Run directory.")]
+OverwriteOpt = Annotated[bool, typer.Option(help="Replace a run already in --out.")]
+ResumeOpt = Annotated[bool, typer.Option(help="Continue the run in --out from its latest checkpoint.")]
+
+
+def _fail(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def pretrain(
+    recipe: RecipeArg = None,
+    out: OutOpt = Path("runs/pretrain"),
+    set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
+    resume: ResumeOpt = False,
+) -> None:
+    """Pretrain a causal language model from scratch (next-token prediction) on a corpus."""
+    from rich.console import Console
+
+    from peaufine.recipe import load_recipe
+    from peaufine.stages.pretrain import run_pretrain
+
+    spec = load_recipe(recipe, set_ or [])
+    result = run_pretrain(spec, out, overwrite=overwrite, resume=resume)
+    if result.evaluation:
+        from peaufine.summary import pretrain_summary
+
+        Console().print(pretrain_summary(result.evaluation, result.run.path))
+
+
+@app.command()
+def generate(
+    source: Annotated[Path, typer.Argument(help="A run directory or a Hugging Face model folder.")],
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="Prompt text (repeatable).")],
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 50,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 means greedy decoding.")] = 0.8,
+    top_k: Annotated[int, typer.Option(min=0, help="0 disables top-k.")] = 50,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    seed: int = 0,
+    cache: Annotated[bool, typer.Option(help="Use the KV cache.")] = True,
+    chat: Annotated[bool, typer.Option(help="Wrap each prompt as a user turn (chat template).")] = False,
+) -> None:
+    """Generate text from a model we trained or any local Hugging Face causal LM."""
+    from peaufine.generate import generate_texts
+    from peaufine.models.build import load_pretrained, resolve_source
+    from peaufine.models.tokenizer import load_tokenizer
+
+    resolved = resolve_source(str(source))
+    if resolved.model_dir is None:
+        _fail(f"{source}: generate needs a trained model (a run or model folder), not a preset")
+    model = load_pretrained(resolved.model_dir)
+    tokenizer = load_tokenizer(str(resolved.model_dir))
+    texts = generate_texts(
+        model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+        top_k=top_k, top_p=top_p, seed=seed, use_cache=cache, chat=chat,
+    )
+    for p, t in zip(prompt, texts, strict=True):
+        typer.echo(f"{p} {t}" if not chat else f"> {p}\n{t}")
+
+
+@app.command()
+def params(
+    recipe: RecipeArg = None,
+    preset: Annotated[str | None, typer.Option(help="A preset name instead of a recipe.")] = None,
+    set_: SetOpt = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Per-device micro-batch.")] = None,
+    seq_len: Annotated[int | None, typer.Option(min=1)] = None,
+) -> None:
+    """Total and trainable parameters, by module type, and estimated training memory (no allocation)."""
+    from peaufine.models.budget import describe_budget
+
+    typer.echo(describe_budget(recipe, preset, set_ or [], batch_size, seq_len))
+
+
+@app.command()
+def demo(
+    out: OutOpt = Path("runs/demo"),
+    smoke: Annotated[bool, typer.Option(help="A tiny version of the pipeline (about a minute).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in --out.")] = True,
+) -> None:
+    """The default pipeline, offline: pretrain on the synthetic world, then sample and probe recall."""
+    from rich.console import Console
+
+    from peaufine.demo import run_demo
+    from peaufine.summary import demo_summary
+
+    result = run_demo(out, smoke=smoke, overwrite=overwrite)
+    Console().print(demo_summary(result))
+
+
+def main() -> None:
+    from peaufine.errors import PeaufineError
+
+    try:
+        app()
+    except PeaufineError as exc:
+        _fail_outside(str(exc))
+    except KeyboardInterrupt:
+        _fail_outside("interrupted")
+
+
+def _fail_outside(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Data: sources, record formats, tokenization, batching, and the synthetic world."""

@@ -1,0 +1,194 @@
+"""Atomic checkpoints and exact resume: weights, optimiser, scheduler, RNG states and data position.
+
+A checkpoint is written into a temporary folder, flushed to disk, renamed into place, and only then
+named by the `latest` (or `best`) pointer file, itself replaced atomically. A kill at any instant leaves
+the pointer naming a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+WEIGHTS = "model.safetensors"
+OPTIMIZER = "optimizer.pt"
+RNG = "rng.pt"
+STATE = "trainer_state.json"
+
+
+@dataclass
+class TrainerState:
+    """Everything about the loop's progress that is not a tensor."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    elapsed: float = 0.0
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    python_rng: Any = None
+    numpy_rng: Any = None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    for item in path.iterdir():
+        if item.is_file():
+            with open(item, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` so that readers see the old or the new content, never a mix."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def publish_dir(staging: Path, final: Path) -> None:
+    """Move a fully written folder into place (replacing an older one of the same name)."""
+    _fsync_tree(staging)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(staging, final)
+    _fsync_dir(final.parent)
+
+
+def _capture_rng() -> tuple[dict[str, Any], Any, Any]:
+    import torch
+
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = [kind, keys.tolist(), pos, has_gauss, cached]
+    return tensors, random.getstate(), numpy_state
+
+
+def _restore_rng(tensors: dict[str, Any], python_state: Any, numpy_state: Any) -> None:
+    import torch
+
+    torch.set_rng_state(tensors["torch"])
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(tensors["cuda"]))
+    if python_state is not None:
+        version, internal, gauss = python_state
+        random.setstate((version, tuple(internal), gauss))
+    if numpy_state is not None:
+        kind, keys, pos, has_gauss, cached = numpy_state
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+class CheckpointStore:
+    """The `checkpoints/` folder of a run: numbered full checkpoints and best-weights snapshots."""
+
+    def __init__(self, directory: Path, keep: int = 2) -> None:
+        self.directory = Path(directory)
+        self.keep = keep
+
+    def _pointer(self, name: str) -> Path | None:
+        pointer = self.directory / name
+        if not pointer.exists():
+            return None
+        target = self.directory / pointer.read_text(encoding="utf-8").strip()
+        return target if target.is_dir() else None
+
+    def latest(self) -> Path | None:
+        return self._pointer("latest")
+
+    def best(self) -> Path | None:
+        return self._pointer("best")
+
+    def _staging(self, name: str) -> Path:
+        staging = self.directory / f".tmp-{name}-{os.getpid()}"
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        return staging
+
+    def save(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        state: TrainerState,
+    ) -> Path:
+        import torch
+        from safetensors.torch import save_model
+
+        name = f"step-{state.step:08d}"
+        staging = self._staging(name)
+        save_model(model, str(staging / WEIGHTS))
+        torch.save(optimizer.state_dict(), staging / OPTIMIZER)
+        rng_tensors, state.python_rng, state.numpy_rng = _capture_rng()
+        torch.save(rng_tensors, staging / RNG)
+        (staging / STATE).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
+        final = self.directory / name
+        publish_dir(staging, final)
+        write_text_atomic(self.directory / "latest", name)
+        self._prune("step-", keep=self.keep, protect=final)
+        return final
+
+    def save_best(self, model: torch.nn.Module, step: int, val_loss: float) -> Path:
+        from safetensors.torch import save_model
+
+        name = f"best-{step:08d}"
+        staging = self._staging(name)
+        save_model(model, str(staging / WEIGHTS))
+        info = {"step": step, "val_loss": val_loss}
+        (staging / "best.json").write_text(json.dumps(info), encoding="utf-8")
+        final = self.directory / name
+        publish_dir(staging, final)
+        write_text_atomic(self.directory / "best", name)
+        self._prune("best-", keep=1, protect=final)
+        return final
+
+    def _prune(self, prefix: str, keep: int, protect: Path) -> None:
+        found = sorted(p for p in self.directory.glob(f"{prefix}*") if p.is_dir())
+        for old in found[:-keep]:
+            if old != protect:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def load(
+        self,
+        checkpoint: Path,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+    ) -> TrainerState:
+        import torch
+        from safetensors.torch import load_model
+
+        load_model(model, str(checkpoint / WEIGHTS))
+        optimizer.load_state_dict(torch.load(checkpoint / OPTIMIZER, weights_only=True))
+        state = TrainerState(**json.loads((checkpoint / STATE).read_text(encoding="utf-8")))
+        rng = torch.load(checkpoint / RNG, weights_only=True)
+        _restore_rng(rng, state.python_rng, state.numpy_rng)
+        return state
+
+
+def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
+    from safetensors.torch import load_model
+
+    load_model(model, str(checkpoint / WEIGHTS))

@@ -1,0 +1,373 @@
+"""The one training loop every method runs in: accumulate, clip, step, schedule, evaluate, checkpoint.
+
+The loss of an optimiser step is the sum of per-target losses over all micro-batches of all processes,
+divided by the number of targets in that whole global batch, so batch 1 x accumulation 8, batch 8 x 1
+and 2 processes x 4 give the same update on variable-length data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from peaufine.data.batching import (
+    Batch,
+    BatchPlan,
+    Dataset,
+    batch_to,
+    evaluation_batches,
+    global_batch,
+    rank_micro_batches,
+)
+from peaufine.engine.checkpoint import CheckpointStore, TrainerState, load_weights
+from peaufine.engine.optim import build_optimizer, build_scheduler
+from peaufine.engine.track import MetricsLog, Tracker
+from peaufine.errors import TrainingError
+
+if TYPE_CHECKING:
+    import torch
+
+    from peaufine.engine.runtime import Runtime
+    from peaufine.recipe import EvalBlock, TrainBlock
+
+
+class Objective(Protocol):
+    """What a method gives the engine: a summed loss over its units, and how many units a batch has.
+
+    Units are target tokens for language modelling, pairs for preference losses: the engine divides
+    the summed loss by the units of the whole global batch.
+    """
+
+    def loss_sum(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor: ...
+
+    def count(self, batch: Batch) -> torch.Tensor: ...
+
+
+@dataclass
+class FitResult:
+    steps: int
+    tokens_seen: int
+    elapsed: float
+    final_train_loss: float | None
+    final_val_loss: float | None
+    best_step: int | None
+    best_val_loss: float | None
+    stopped_early: bool
+    restored_best: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+StepHook = Callable[[int], None]
+
+
+def _tokens_in(batch: Batch) -> int:
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+
+
+def evaluate_loss(
+    model: torch.nn.Module,
+    objective: Objective,
+    dataset: Dataset,
+    runtime: Runtime,
+    batch_size: int,
+    max_batches: int | None = None,
+) -> float:
+    """Mean loss per unit over the validation set, in a fixed order, summed across processes."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=runtime.device)
+    units = torch.zeros((), dtype=torch.float64, device=runtime.device)
+    batches = evaluation_batches(
+        len(dataset), batch_size, runtime.rank, runtime.world_size, max_batches
+    )
+    with torch.no_grad():
+        for indices in batches:
+            batch = batch_to(dataset.collate(indices), runtime.device)
+            with runtime.autocast():
+                total += objective.loss_sum(model, batch).double()
+            units += objective.count(batch).double()
+    runtime.sum_across(total)
+    runtime.sum_across(units)
+    model.train(was_training)
+    return float(total / units) if units > 0 else math.nan
+
+
+class _Loop:
+    """State of one fit() call; methods are the loop's steps, in the order they run."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        objective: Objective,
+        train_set: Dataset,
+        val_set: Dataset | None,
+        train: TrainBlock,
+        evaluation: EvalBlock,
+        runtime: Runtime,
+        run_dir: Path | None,
+        tracker: Tracker,
+    ) -> None:
+        import torch
+
+        self.model = model
+        self.objective = objective
+        self.train_set = train_set
+        self.val_set = val_set if val_set is not None and len(val_set) > 0 else None
+        self.train = train
+        self.evaluation = evaluation
+        self.runtime = runtime
+        self.tracker = tracker
+        self.plan = BatchPlan.make(train.batch_size, runtime.world_size, train.micro_batch_size)
+        writes = run_dir is not None and runtime.is_main
+        self.store = CheckpointStore(Path(run_dir) / "checkpoints", train.keep_checkpoints) if (
+            run_dir is not None
+        ) else None
+        if self.store is not None and runtime.is_main:
+            self.store.directory.mkdir(parents=True, exist_ok=True)
+        self.writes = writes
+        self.metrics = MetricsLog(Path(run_dir or ".") / "metrics.jsonl", enabled=writes)
+        self.optimizer = build_optimizer(model, train)
+        self.scheduler = build_scheduler(self.optimizer, train)
+        self.scaler = torch.amp.GradScaler("cuda") if runtime.precision == "fp16" else None
+        self.state = TrainerState()
+        self.history: list[dict[str, Any]] = []
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.forward_module = self._wrap(model)
+
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        import torch
+
+        module = model
+        if self.runtime.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            module = DistributedDataParallel(model)
+        if self.train.compile:
+            module = torch.compile(module)
+        return module
+
+    # -- resume --------------------------------------------------------------------------------
+    def resume(self) -> None:
+        checkpoint = self.store.latest() if self.store is not None else None
+        if checkpoint is None:
+            raise TrainingError(
+                "--resume: no complete checkpoint in "
+                f"{self.store.directory if self.store else 'this run'}; start without --resume"
+            )
+        self.state = self.store.load(checkpoint, self.model, self.optimizer)
+        self.scheduler.load_state_dict(self.state.scheduler)
+        self.metrics.truncate_after(self.state.step)
+        self.tracker.say(f"resumed from {checkpoint} at step {self.state.step}")
+
+    # -- one optimiser step ----------------------------------------------------------------------
+    def step(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        import torch
+
+        runtime = self.runtime
+        indices = global_batch(len(self.train_set), self.plan.batch_size, self.train.seed,
+                               self.state.step)
+        micro = rank_micro_batches(indices, self.plan, runtime.rank)
+        batches = [batch_to(self.train_set.collate(m), runtime.device) for m in micro]
+        local_units = sum(self.objective.count(b) for b in batches)
+        units = runtime.sum_across(torch.as_tensor(local_units, device=runtime.device).double())
+        # DDP averages gradients over processes; scaling by world_size turns that into the sum.
+        scale = runtime.world_size / units.clamp(min=1.0)
+        loss_total = torch.zeros((), device=runtime.device, dtype=torch.float64)
+        tokens = 0
+        for i, batch in enumerate(batches):
+            sync = i == len(batches) - 1 or not runtime.distributed
+            ctx = contextlib.nullcontext() if sync else self.forward_module.no_sync()
+            with ctx:
+                with runtime.autocast():
+                    loss_sum = self.objective.loss_sum(self.forward_module, batch)
+                loss = loss_sum * scale.to(loss_sum.dtype)
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+            loss_total += loss_sum.detach().double()
+            tokens += _tokens_in(batch)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        max_norm = self.train.grad_clip if self.train.grad_clip is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_total, units, grad_norm, tokens * runtime.world_size
+
+    # -- evaluation and early stopping -----------------------------------------------------------
+    def validate(self) -> float | None:
+        if self.val_set is None:
+            return None
+        size = self.evaluation.batch_size or self.plan.micro_batch_size
+        return evaluate_loss(self.model, self.objective, self.val_set, self.runtime, size,
+                             self.evaluation.max_batches)
+
+    def note_validation(self, val_loss: float) -> bool:
+        """Record a validation loss; True when early stopping says to stop."""
+        state, rule = self.state, self.evaluation.early_stopping
+        improved = state.best_val_loss is None or val_loss < state.best_val_loss - rule.min_delta
+        if improved:
+            state.best_val_loss, state.best_step = val_loss, state.step
+            state.evals_without_improvement = 0
+            if self.writes and self.store is not None:
+                self.store.save_best(self.model, state.step, val_loss)
+            self.runtime.barrier()
+            return False
+        state.evals_without_improvement += 1
+        return rule.patience is not None and state.evals_without_improvement >= rule.patience
+
+    def checkpoint(self) -> None:
+        self.state.scheduler = self.scheduler.state_dict()
+        if self.writes and self.store is not None:
+            self.store.save(self.model, self.optimizer, self.state)
+        self.runtime.barrier()
+
+    def fail_non_finite(self, what: str) -> None:
+        latest = self.store.latest() if self.store is not None else None
+        kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
+        raise TrainingError(
+            f"{what} is not finite at step {self.state.step + 1}; training stopped and {kept}. "
+            "Lower train.lr, set train.grad_clip, or use train.precision=fp32."
+        )
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self, hooks: list[StepHook]) -> FitResult:
+        import torch
+
+        train, state = self.train, self.state
+        self.model.train()
+        self.tracker.start(train.max_steps, state.step, "training")
+        window_loss = torch.zeros((), dtype=torch.float64, device=self.runtime.device)
+        window_units = torch.zeros((), dtype=torch.float64, device=self.runtime.device)
+        window_tokens, window_start = 0, time.perf_counter()
+        last_train_loss: float | None = None
+        last_val: float | None = None
+        stopped_early = False
+        try:
+            while state.step < train.max_steps:
+                loss_total, units, grad_norm, tokens = self.step()
+                if not torch.isfinite(loss_total) or (
+                    self.scaler is None and not torch.isfinite(grad_norm)
+                ):
+                    self.fail_non_finite("the loss" if not torch.isfinite(loss_total)
+                                         else "the gradient norm")
+                state.step += 1
+                state.tokens_seen += tokens
+                window_loss += loss_total
+                window_units += units
+                window_tokens += tokens
+                last = state.step == train.max_steps
+                row: dict[str, Any] | None = None
+                if state.step % train.log_every == 0 or last or state.step == 1:
+                    now = time.perf_counter()
+                    self.runtime.sum_across(window_loss)
+                    last_train_loss = float(window_loss / window_units.clamp(min=1.0))
+                    elapsed = now - window_start
+                    state.elapsed += elapsed
+                    row = {
+                        "step": state.step,
+                        "lr": self.scheduler.get_last_lr()[0],
+                        "train_loss": last_train_loss,
+                        "grad_norm": float(grad_norm),
+                        "tokens_per_s": window_tokens / elapsed if elapsed > 0 else None,
+                        "tokens_seen": state.tokens_seen,
+                        "elapsed": state.elapsed,
+                    }
+                    self.tracker.update(
+                        state.step,
+                        f"loss {last_train_loss:.3f}  {row['tokens_per_s'] or 0:,.0f} tok/s",
+                    )
+                    window_loss.zero_()
+                    window_units.zero_()
+                    window_tokens, window_start = 0, time.perf_counter()
+                if self.val_set is not None and (state.step % self.evaluation.every == 0 or last):
+                    eval_start = time.perf_counter()
+                    last_val = self.validate()
+                    row = row or {"step": state.step}
+                    row["val_loss"] = last_val
+                    stopped_early = self.note_validation(last_val)
+                    # evaluation time is not training time: keep it out of tokens/s
+                    window_start += time.perf_counter() - eval_start
+                if row is not None:
+                    self.metrics.write(row)
+                    self.history.append(row)
+                if state.step % train.checkpoint_every == 0 or last or stopped_early:
+                    self.checkpoint()
+                for hook in hooks:
+                    hook(state.step)
+                if stopped_early:
+                    self.tracker.say(
+                        f"early stopping at step {state.step}: no improvement over "
+                        f"{state.best_val_loss:.4f} (step {state.best_step}) for "
+                        f"{state.evals_without_improvement} evaluations"
+                    )
+                    break
+        finally:
+            self.tracker.stop()
+        restored = self.restore_best()
+        return FitResult(
+            steps=state.step,
+            tokens_seen=state.tokens_seen,
+            elapsed=state.elapsed,
+            final_train_loss=last_train_loss,
+            final_val_loss=last_val,
+            best_step=state.best_step,
+            best_val_loss=state.best_val_loss,
+            stopped_early=stopped_early,
+            restored_best=restored,
+            history=self.history,
+        )
+
+    def restore_best(self) -> bool:
+        state = self.state
+        if not self.evaluation.restore_best or state.best_step in (None, state.step):
+            return False
+        best = self.store.best() if self.store is not None else None
+        if best is None:
+            return False
+        load_weights(self.model, best)
+        self.tracker.say(
+            f"restored the best weights: step {state.best_step}, val loss {state.best_val_loss:.4f}"
+        )
+        return True
+
+
+def fit(
+    model: torch.nn.Module,
+    objective: Objective,
+    train_set: Dataset,
+    val_set: Dataset | None,
+    train: TrainBlock,
+    evaluation: EvalBlock,
+    runtime: Runtime,
+    *,
+    run_dir: Path | None = None,
+    tracker: Tracker | None = None,
+    resume: bool = False,
+    hooks: list[StepHook] | None = None,
+) -> FitResult:
+    """Train `model` on `train_set` with `objective` until train.max_steps or early stopping."""
+    import torch
+
+    if len(train_set) == 0:
+        raise TrainingError("the training set is empty: no batch can be formed")
+    torch.manual_seed(train.seed + runtime.rank)
+    loop = _Loop(model, objective, train_set, val_set, train, evaluation, runtime, run_dir,
+                 tracker or Tracker(enabled=False))
+    if resume:
+        loop.resume()
+    return loop.run(hooks or [])

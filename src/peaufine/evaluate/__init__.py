@@ -1,0 +1,1 @@
+"""Evaluation: perplexity, task metrics, fact recall, overfitting, forgetting and transfer."""

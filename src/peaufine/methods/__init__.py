@@ -1,0 +1,1 @@
+"""Methods: objectives that turn a batch into a loss; the engine knows nothing else about them."""

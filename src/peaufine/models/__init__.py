@@ -1,0 +1,1 @@
+"""Models: presets and building, tokenizers, adapters, and parameter/memory accounting."""

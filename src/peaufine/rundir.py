@@ -1,0 +1,153 @@
+"""The run directory: its frozen layout, and the rules for starting, refusing, replacing or resuming it.
+
+A fresh run is prepared in a staging folder beside the target and renamed into place only once its
+inputs are valid, so bad input never leaves a half-written run behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from peaufine.errors import RunDirError
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Names of everything a run leaves; later stages read these paths, so they do not change."""
+
+    path: Path
+
+    @property
+    def recipe(self) -> Path:
+        return self.path / "recipe.yaml"
+
+    @property
+    def env(self) -> Path:
+        return self.path / "env.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def model(self) -> Path:
+        return self.path / "model"
+
+    @property
+    def adapter(self) -> Path:
+        return self.path / "adapter"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.path / "tokenizer"
+
+    @property
+    def data(self) -> Path:
+        return self.path / "data"
+
+    @property
+    def world(self) -> Path:
+        return self.path / "world"
+
+    @property
+    def eval(self) -> Path:
+        return self.path / "eval.json"
+
+    @property
+    def loss_plot(self) -> Path:
+        return self.path / "loss.png"
+
+
+def _is_run(path: Path) -> bool:
+    return (path / "recipe.yaml").is_file()
+
+
+def check_target(path: Path, recipe_yaml: str, *, overwrite: bool, resume: bool) -> None:
+    """Refuse a target that holds something else, before any work is done."""
+    if overwrite and resume:
+        raise RunDirError("--overwrite and --resume contradict each other: choose one")
+    if not path.exists():
+        if resume:
+            raise RunDirError(f"--resume: {path} does not exist; start the run without --resume")
+        return
+    if not path.is_dir():
+        raise RunDirError(f"{path} exists and is not a folder; choose another output folder")
+    if not any(path.iterdir()):
+        if resume:
+            raise RunDirError(f"--resume: {path} is empty; start the run without --resume")
+        return
+    if not _is_run(path):
+        raise RunDirError(
+            f"{path} is not empty and holds no peaufine run (no recipe.yaml); "
+            "choose another output folder (peaufine never deletes folders it did not write)"
+        )
+    if resume:
+        stored = (path / "recipe.yaml").read_text(encoding="utf-8")
+        if stored != recipe_yaml:
+            raise RunDirError(
+                f"--resume: {path} was started with a different recipe; resume with the same "
+                f"recipe (see {path / 'recipe.yaml'}), or use --overwrite to start over"
+            )
+        return
+    if not overwrite:
+        raise RunDirError(
+            f"{path} already holds a run; use --resume to continue it or --overwrite to replace it"
+        )
+
+
+def staging_dir(target: Path) -> Path:
+    staging = target.with_name(f".{target.name}.staging-{os.getpid()}")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def commit_staging(staging: Path, target: Path) -> None:
+    """Put a fully prepared run in place, replacing an old run only now that the new one is valid."""
+    if target.exists():
+        shutil.rmtree(target)
+    os.rename(staging, target)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment(device: str, precision: str, world_size: int, seed: int) -> dict[str, Any]:
+    import torch
+
+    packages = ["peaufine", "torch", "transformers", "tokenizers", "peft", "accelerate",
+                "datasets", "safetensors", "numpy"]
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": {name: _version(name) for name in packages},
+        "device": device,
+        "precision": precision,
+        "world_size": world_size,
+        "threads": torch.get_num_threads(),
+        "seed": seed,
+        "cuda": torch.version.cuda,
+    }
+
+
+def write_json(path: Path, data: Any) -> None:
+    from peaufine.engine.checkpoint import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")

@@ -1,0 +1,313 @@
+"""The pretrain stage: corpus -> tokenizer -> packed blocks -> the engine -> a Hugging Face model dir.
+
+All input is validated and prepared (in a staging folder) before the run folder is touched; on
+several processes rank 0 prepares and the others read what it wrote.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from peaufine.data.batching import PackedBlocks, read_token_stream, write_token_stream
+from peaufine.engine.fit import FitResult, StepHook, fit
+from peaufine.engine.track import Tracker, read_metrics
+from peaufine.errors import DataError, RecipeError
+from peaufine.models.build import ModelSource, max_positions, resolve_source
+from peaufine.rundir import (
+    RunDir,
+    check_target,
+    commit_staging,
+    environment,
+    staging_dir,
+    write_json,
+)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from peaufine.data.world import World
+    from peaufine.recipe import Recipe
+
+
+@dataclass
+class PretrainResult:
+    run: RunDir
+    fit: FitResult
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Corpus:
+    train: Any  # a datasets.Dataset with a "text" column
+    validation: Any
+    anomalies: dict[str, int] = field(default_factory=dict)
+    world: World | None = None
+
+
+def iter_texts(dataset: Any, batch_size: int = 1000) -> Iterator[list[str]]:
+    for batch in dataset.iter(batch_size=batch_size):
+        yield batch["text"]
+
+
+def gather_corpus(recipe: Recipe) -> Corpus:
+    """Documents for training and validation: the synthetic world's, or the user's files."""
+    from datasets import Dataset
+
+    from peaufine.data.sources import load_documents, split_documents
+
+    data = recipe.data
+    if data.source == "world":
+        from peaufine.data.world import generate_world, pretraining_documents
+
+        world = generate_world(seed=data.world.seed, size=data.world.size)
+        documents = Dataset.from_dict(
+            {"text": pretraining_documents(world, data.world.documents)}
+        )
+        train, validation = split_documents(documents, data.validation_fraction, recipe.train.seed)
+        return Corpus(train, validation, world=world)
+    dataset, report = load_documents(
+        data.source,
+        text_field=data.text_field,
+        document_unit=data.document_unit,
+        policy=data.anomalies.model_dump(),
+    )
+    train, validation = split_documents(dataset, data.validation_fraction, recipe.train.seed)
+    return Corpus(train, validation, anomalies=dict(report.counts))
+
+
+def obtain_tokenizer(
+    recipe: Recipe, source: ModelSource, corpus: Corpus
+) -> PreTrainedTokenizerBase:
+    from peaufine.models.tokenizer import load_tokenizer, train_bpe, train_char
+
+    spec = recipe.model.tokenizer
+    if spec.kind == "source" or source.kind != "preset":
+        path = spec.path or (str(source.model_dir) if source.model_dir else None)
+        if path is None:
+            raise RecipeError(
+                "model.tokenizer.kind: 'source' needs model.tokenizer.path when model.source is "
+                "a preset (a preset has no tokenizer of its own)"
+            )
+        return load_tokenizer(path, recipe.model.trust_remote_code)
+    texts = (text for batch in iter_texts(corpus.train) for text in batch)
+    if spec.kind == "char":
+        return train_char(texts)
+    return train_bpe(texts, spec.vocab_size, spec.min_frequency)
+
+
+def model_config(recipe: Recipe, source: ModelSource, tokenizer: PreTrainedTokenizerBase) -> Any:
+    if source.kind == "preset":
+        from peaufine.models.presets import build_config
+
+        return build_config(source.name, recipe.model.config, vocab_size=len(tokenizer))
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(
+        source.model_dir, trust_remote_code=recipe.model.trust_remote_code
+    )
+
+
+def check_block_size(recipe: Recipe, config: Any) -> None:
+    limit = max_positions(config)
+    if limit is not None and recipe.data.block_size > limit:
+        raise RecipeError(
+            f"data.block_size ({recipe.data.block_size}) is larger than the model's maximum "
+            f"positions ({limit}); lower data.block_size or raise the model's "
+            "max_position_embeddings / n_positions in model.config"
+        )
+
+
+def tokenize_stream(
+    tokenizer: PreTrainedTokenizerBase, batches: Iterable[list[str]], path: Path
+) -> int:
+    def documents() -> Iterator[list[int]]:
+        for texts in batches:
+            yield from tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    if tokenizer.eos_token_id is None:
+        raise RecipeError(
+            "model.tokenizer: the tokenizer has no EOS token to separate packed documents"
+        )
+    return write_token_stream(documents(), tokenizer.eos_token_id, path)
+
+
+def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
+    """Everything that can fail on bad input, done into `staging`; returns facts for eval.json."""
+    source = resolve_source(recipe.model.source)
+    corpus = gather_corpus(recipe)
+    if len(corpus.train) == 0:
+        raise DataError("empty corpus: no training documents", path=str(recipe.data.source))
+    tracker.say(
+        f"corpus: {len(corpus.train):,} training and {len(corpus.validation):,} validation "
+        "documents" + (f"; skipped {corpus.anomalies}" if any(corpus.anomalies.values()) else "")
+    )
+    tokenizer = obtain_tokenizer(recipe, source, corpus)
+    check_block_size(recipe, model_config(recipe, source, tokenizer))
+    run = RunDir(staging)
+    run.data.mkdir()
+    n_train = tokenize_stream(tokenizer, iter_texts(corpus.train), run.data / "train.bin")
+    n_val = tokenize_stream(tokenizer, iter_texts(corpus.validation), run.data / "val.bin")
+    if n_train <= recipe.data.block_size:
+        raise DataError(
+            f"the training corpus has {n_train} tokens, fewer than one block of "
+            f"data.block_size={recipe.data.block_size}; add text or lower data.block_size",
+            path=str(recipe.data.source),
+        )
+    tokenizer.save_pretrained(run.tokenizer)
+    if corpus.world is not None:
+        from peaufine.data.world import save_world
+
+        save_world(corpus.world, run.world)
+    tracker.say(f"tokens: {n_train:,} train, {n_val:,} validation; vocabulary {len(tokenizer):,}")
+    return {"anomalies": corpus.anomalies, "train_tokens": n_train, "val_tokens": n_val}
+
+
+def load_or_build_model(
+    recipe: Recipe, source: ModelSource, tokenizer: PreTrainedTokenizerBase
+) -> PreTrainedModel:
+    from peaufine.models.build import build_from_preset, configure_special_ids, load_pretrained
+
+    if source.kind == "preset":
+        return build_from_preset(source.name, recipe.model.config, tokenizer, recipe.train.seed)
+    model = load_pretrained(source.model_dir, recipe.model.trust_remote_code)
+    configure_special_ids(model, tokenizer)
+    return model
+
+
+def sample_texts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int,
+    seed: int,
+) -> list[str]:
+    from peaufine.generate import generate_texts
+
+    return generate_texts(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.8, top_k=50,
+        seed=seed,
+    )
+
+
+def sample_prompts(validation_stream: Any, tokenizer: PreTrainedTokenizerBase, n: int) -> list[str]:
+    """Openings of validation documents: the first few words after each EOS."""
+    eos = tokenizer.eos_token_id
+    prompts, start = [], 0
+    stream = list(validation_stream[: 20_000])
+    while len(prompts) < n and start < len(stream):
+        end = stream.index(eos, start) if eos in stream[start:] else len(stream)
+        words = tokenizer.decode(stream[start:end]).split()[:4]
+        if words:
+            prompts.append(" ".join(words))
+        start = end + 1
+    return prompts
+
+
+def finish(
+    recipe: Recipe,
+    run: RunDir,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    result: FitResult,
+    prepared: dict[str, Any],
+    tracker: Tracker,
+) -> dict[str, Any]:
+    """Rank 0: the HF model dir, the loss plot, samples, fact recall, eval.json."""
+    from peaufine.models.build import save_model
+    from peaufine.report.plots import plot_losses
+
+    save_model(model, tokenizer, run.model)
+    if run.metrics.exists():
+        plot_losses(read_metrics(run.metrics), run.loss_plot, result.best_step)
+    val_loss = result.best_val_loss if result.restored_best else result.final_val_loss
+    evaluation: dict[str, Any] = {
+        "stage": "pretrain",
+        "steps": result.steps,
+        "tokens_seen": result.tokens_seen,
+        "train_seconds": result.elapsed,
+        "final_train_loss": result.final_train_loss,
+        "val_loss": val_loss,
+        "val_perplexity": math.exp(val_loss) if val_loss is not None else None,
+        "best_step": result.best_step,
+        "best_val_loss": result.best_val_loss,
+        "stopped_early": result.stopped_early,
+        "restored_best": result.restored_best,
+        **prepared,
+    }
+    if recipe.eval.samples:
+        prompts = sample_prompts(read_token_stream(run.data / "val.bin"), tokenizer,
+                                 recipe.eval.samples)
+        texts = sample_texts(model, tokenizer, prompts, recipe.eval.sample_tokens, recipe.train.seed)
+        evaluation["samples"] = [{"prompt": p, "text": t} for p, t in zip(prompts, texts,
+                                                                          strict=True)]
+    if run.world.exists():
+        from peaufine.data.world import cloze_probes, load_world
+        from peaufine.evaluate.recall import fact_recall
+
+        recall = fact_recall(model, tokenizer, cloze_probes(load_world(run.world)))
+        evaluation["fact_recall"] = recall.as_dict()
+    write_json(run.eval, evaluation)
+    return evaluation
+
+
+def run_pretrain(
+    recipe: Recipe,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    tracker: Tracker | None = None,
+    hooks: list[StepHook] | None = None,
+) -> PretrainResult:
+    import shutil
+
+    from peaufine.engine.runtime import make_runtime
+    from peaufine.models.tokenizer import load_tokenizer
+
+    out = Path(out)
+    runtime = make_runtime(recipe.train)
+    tracker = tracker or Tracker(enabled=runtime.is_main)
+    recipe_yaml = recipe.to_yaml()
+    run = RunDir(out)
+    prepared: dict[str, Any] = {}
+    if runtime.is_main:
+        check_target(out, recipe_yaml, overwrite=overwrite, resume=resume)
+        if not resume:
+            staging = staging_dir(out)
+            try:
+                prepared = prepare(recipe, staging, tracker)
+                RunDir(staging).recipe.write_text(recipe_yaml, encoding="utf-8")
+                write_json(RunDir(staging).env, environment(
+                    str(runtime.device), runtime.precision, runtime.world_size, recipe.train.seed))
+                write_json(staging / "prepared.json", prepared)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            commit_staging(staging, out)
+    runtime.barrier()
+    if resume or not prepared:
+        import json
+
+        prepared = json.loads((out / "prepared.json").read_text(encoding="utf-8"))
+    source = resolve_source(recipe.model.source)
+    tokenizer = load_tokenizer(str(run.tokenizer))
+    model = load_or_build_model(recipe, source, tokenizer).to(runtime.device)
+    params = sum(p.numel() for p in model.parameters())
+    tracker.say(f"model: {recipe.model.source}, {params:,} parameters, on {runtime.device} "
+                f"({runtime.precision}, {runtime.world_size} process(es))")
+    block = recipe.data.block_size
+    train_set = PackedBlocks(read_token_stream(run.data / "train.bin"), block)
+    val_set = PackedBlocks(read_token_stream(run.data / "val.bin"), block)
+    from peaufine.methods.lm import NextTokenLoss
+
+    result = fit(model, NextTokenLoss(), train_set, val_set, recipe.train, recipe.eval, runtime,
+                 run_dir=out, tracker=tracker, resume=resume, hooks=hooks)
+    evaluation: dict[str, Any] = {}
+    if runtime.is_main:
+        evaluation = finish(recipe, run, model, tokenizer, result, prepared, tracker)
+    runtime.barrier()
+    return PretrainResult(run=run, fit=result, evaluation=evaluation)

@@ -1,0 +1,56 @@
+"""What a finished stage or the demo tells the user in the terminal: rich tables of the numbers.
+
+Built from eval.json contents, so what is printed is exactly what was written to the run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from peaufine.demo import DemoResult
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def pretrain_summary(evaluation: dict[str, Any], run_dir: Path) -> Group:
+    table = Table(title=f"pretrain: {run_dir}", show_header=False)
+    table.add_row("steps", f"{evaluation['steps']:,}")
+    table.add_row("tokens seen", f"{evaluation['tokens_seen']:,}")
+    table.add_row("training time", f"{evaluation['train_seconds']:.0f} s")
+    table.add_row("final train loss", _fmt(evaluation.get("final_train_loss")))
+    table.add_row("validation loss", _fmt(evaluation.get("val_loss")))
+    table.add_row("validation perplexity", _fmt(evaluation.get("val_perplexity"), ".2f"))
+    table.add_row("best step", str(evaluation.get("best_step")))
+    recall = evaluation.get("fact_recall")
+    if recall:
+        table.add_row(
+            "fact recall (cloze, greedy)",
+            f"{recall['accuracy']:.1%} ({recall['correct']}/{recall['total']})",
+        )
+        for relation, counts in recall["by_relation"].items():
+            table.add_row(f"  {relation}", f"{counts['correct']}/{counts['total']}")
+    parts: list[Any] = [table]
+    for sample in evaluation.get("samples", []):
+        line = Text()
+        line.append(sample["prompt"], style="bold")
+        line.append(" " + sample["text"])
+        parts.append(line)
+    return Group(*parts)
+
+
+def demo_summary(result: DemoResult) -> Group:
+    parts: list[Any] = []
+    pretrain = result.stages.get("pretrain")
+    if pretrain:
+        parts.append(pretrain_summary(pretrain, result.out / "pretrain"))
+    size = "smoke" if result.smoke else "default"
+    parts.append(Text(f"demo ({size} size) finished in {result.seconds:.0f} s; runs in {result.out}"))
+    return Group(*parts)
