@@ -6,6 +6,7 @@ mistake (`PeaufineError`) is printed as one message with a non-zero exit, never 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -119,9 +120,20 @@ def demo(
     Console().print(demo_summary(result))
 
 
+def _quiet_libraries() -> None:
+    """No run-time downloads, and no library progress bars competing with ours."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
 def main() -> None:
     from peaufine.errors import PeaufineError
 
+    _quiet_libraries()
     try:
         app()
     except PeaufineError as exc:

@@ -35,10 +35,10 @@ _JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
 _UTF8_BOM = codecs.BOM_UTF8
 
 _POLICY_HINTS = {
-    "not_utf8": "re-encode the file as UTF-8, or set the data policy not_utf8: skip",
-    "bad_json": "fix the line, or set the data policy bad_json: skip",
-    "missing_field": "fix the record or text_field, or set the data policy missing_field: skip",
-    "empty_text": "remove the empty record, or set the data policy empty_text: skip",
+    "not_utf8": "re-encode the file as UTF-8, or set data.anomalies.not_utf8: skip",
+    "bad_json": "fix the line, or set data.anomalies.bad_json: skip",
+    "missing_field": "fix the record or data.text_field, or set data.anomalies.missing_field: skip",
+    "empty_text": "remove the empty record, or set data.anomalies.empty_text: skip",
 }
 
 

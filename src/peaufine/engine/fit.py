@@ -100,7 +100,7 @@ def evaluate_loss(
     return float(total / units) if units > 0 else math.nan
 
 
-class _Loop:
+class TrainingLoop:
     """State of one fit() call; methods are the loop's steps, in the order they run."""
 
     def __init__(
@@ -168,7 +168,13 @@ class _Loop:
         self.tracker.say(f"resumed from {checkpoint} at step {self.state.step}")
 
     # -- one optimiser step ----------------------------------------------------------------------
-    def step(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    def accumulate_gradients(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Forward and backward over this process's micro-batches of the current global batch.
+
+        Leaves in `.grad` the gradient of (summed loss / targets in the global batch), whatever the
+        split into processes and micro-batches. Returns the summed loss, the global target count
+        and the input tokens processed by all processes.
+        """
         import torch
 
         runtime = self.runtime
@@ -195,6 +201,12 @@ class _Loop:
                     loss.backward()
             loss_total += loss_sum.detach().double()
             tokens += _tokens_in(batch)
+        return loss_total, units, tokens * runtime.world_size
+
+    def apply_update(self) -> torch.Tensor:
+        """Clip, step the optimiser and the schedule, clear gradients; returns the gradient norm."""
+        import torch
+
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         max_norm = self.train.grad_clip if self.train.grad_clip is not None else math.inf
@@ -206,7 +218,7 @@ class _Loop:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_total, units, grad_norm, tokens * runtime.world_size
+        return grad_norm
 
     # -- evaluation and early stopping -----------------------------------------------------------
     def validate(self) -> float | None:
@@ -259,7 +271,8 @@ class _Loop:
         stopped_early = False
         try:
             while state.step < train.max_steps:
-                loss_total, units, grad_norm, tokens = self.step()
+                loss_total, units, tokens = self.accumulate_gradients()
+                grad_norm = self.apply_update()
                 if not torch.isfinite(loss_total) or (
                     self.scaler is None and not torch.isfinite(grad_norm)
                 ):
@@ -346,6 +359,28 @@ class _Loop:
         return True
 
 
+def make_loop(
+    model: torch.nn.Module,
+    objective: Objective,
+    train_set: Dataset,
+    val_set: Dataset | None,
+    train: TrainBlock,
+    evaluation: EvalBlock,
+    runtime: Runtime,
+    *,
+    run_dir: Path | None = None,
+    tracker: Tracker | None = None,
+) -> TrainingLoop:
+    """The loop's state, ready to run; tests use it to look at one step's gradients."""
+    import torch
+
+    if len(train_set) == 0:
+        raise TrainingError("the training set is empty: no batch can be formed")
+    torch.manual_seed(train.seed + runtime.rank)
+    return TrainingLoop(model, objective, train_set, val_set, train, evaluation, runtime, run_dir,
+                        tracker or Tracker(enabled=False))
+
+
 def fit(
     model: torch.nn.Module,
     objective: Objective,
@@ -361,13 +396,8 @@ def fit(
     hooks: list[StepHook] | None = None,
 ) -> FitResult:
     """Train `model` on `train_set` with `objective` until train.max_steps or early stopping."""
-    import torch
-
-    if len(train_set) == 0:
-        raise TrainingError("the training set is empty: no batch can be formed")
-    torch.manual_seed(train.seed + runtime.rank)
-    loop = _Loop(model, objective, train_set, val_set, train, evaluation, runtime, run_dir,
-                 tracker or Tracker(enabled=False))
+    loop = make_loop(model, objective, train_set, val_set, train, evaluation, runtime,
+                     run_dir=run_dir, tracker=tracker)
     if resume:
         loop.resume()
     return loop.run(hooks or [])

@@ -59,6 +59,7 @@ class Tracker:
         self.console = console or Console(stderr=True)
         self._progress: Progress | None = None
         self._task: Any = None
+        self._last_line = 0
 
     def say(self, message: str) -> None:
         if self.enabled:
@@ -82,10 +83,19 @@ class Tracker:
         )
         self._progress.start()
         self._task = self._progress.add_task(description, total=total, completed=done, status="")
+        self._last_line = done // max(1, total // 10)
 
     def update(self, step: int, status: str) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, completed=step, status=status)
+        if self._progress is None:
+            return
+        self._progress.update(self._task, completed=step, status=status)
+        # Without a terminal the bar is drawn only at the end; a log (CI, nohup) gets a line
+        # every tenth of the run instead.
+        total = self._progress.tasks[0].total or 0
+        tenth = max(1, int(total) // 10)
+        if not self.console.is_terminal and step // tenth > self._last_line:
+            self._last_line = step // tenth
+            self._progress.console.print(f"step {step:,}/{int(total):,}  {status}", highlight=False)
 
     def stop(self) -> None:
         if self._progress is not None:

@@ -1,0 +1,119 @@
+"""The loop's guarantees: non-finite losses stop it safely, early stopping restores the best weights,
+and checkpoints are atomic."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import tiny_llama, variable_examples
+from peaufine.data.batching import PaddedExamples
+from peaufine.engine import checkpoint as checkpoint_module
+from peaufine.engine.checkpoint import CheckpointStore
+from peaufine.engine.fit import fit
+from peaufine.engine.track import read_metrics
+from peaufine.errors import TrainingError
+from peaufine.methods.lm import NextTokenLoss
+from peaufine.recipe import EarlyStoppingBlock, EvalBlock, TrainBlock
+
+
+class PoisonedAfter(NextTokenLoss):
+    """The real loss, but NaN from the `bad_call`-th training forward on."""
+
+    def __init__(self, bad_call: int) -> None:
+        self.calls = 0
+        self.bad_call = bad_call
+
+    def loss_sum(self, model, batch):
+        loss = super().loss_sum(model, batch)
+        if model.training:
+            self.calls += 1
+            if self.calls >= self.bad_call:
+                return loss * float("nan")
+        return loss
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, cpu_runtime):
+    model = tiny_llama()
+    data = PaddedExamples(variable_examples(16), pad_id=0)
+    train = TrainBlock(max_steps=10, batch_size=4, lr=1e-3, checkpoint_every=2, device="cpu")
+    with pytest.raises(TrainingError) as caught:
+        fit(model, PoisonedAfter(bad_call=5), data, None, train, EvalBlock(), cpu_runtime,
+            run_dir=tmp_path)
+    message = str(caught.value)
+    assert "not finite at step 5" in message
+    assert "step-00000004" in message
+    store = CheckpointStore(tmp_path / "checkpoints")
+    assert store.latest().name == "step-00000004"
+    saved = checkpoint_module.TrainerState(
+        **__import__("json").loads((store.latest() / checkpoint_module.STATE).read_text())
+    )
+    assert saved.step == 4
+
+
+def overfitting_setup():
+    train_set = PaddedExamples(variable_examples(4, seed=1, masked=False), pad_id=0)
+    val_set = PaddedExamples(variable_examples(24, seed=2, masked=False), pad_id=0)
+    return train_set, val_set
+
+
+def test_early_stopping_restores_the_best_weights(tmp_path, cpu_runtime):
+    from safetensors.torch import load_file
+
+    model = tiny_llama()
+    train_set, val_set = overfitting_setup()
+    train = TrainBlock(max_steps=400, batch_size=4, lr=1e-2, warmup_steps=0, schedule="constant",
+                       weight_decay=0.0, checkpoint_every=1000, log_every=5, device="cpu")
+    evaluation = EvalBlock(every=5, early_stopping=EarlyStoppingBlock(patience=3))
+    result = fit(model, NextTokenLoss(), train_set, val_set, train, evaluation, cpu_runtime,
+                 run_dir=tmp_path)
+    assert result.stopped_early
+    assert result.steps < 400
+    assert result.best_step == result.steps - 15  # three evaluations without improvement
+    assert result.restored_best
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    vals = {r["step"]: r["val_loss"] for r in rows if "val_loss" in r}
+    assert min(vals, key=vals.get) == result.best_step
+    assert vals[result.steps] > vals[result.best_step]
+    best = load_file(CheckpointStore(tmp_path / "checkpoints").best() / "model.safetensors")
+    for name, param in model.state_dict().items():
+        torch.testing.assert_close(param, best[name], rtol=0, atol=0)
+
+
+def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_usable(
+    tmp_path, cpu_runtime, monkeypatch
+):
+    model = tiny_llama()
+    data = PaddedExamples(variable_examples(16), pad_id=0)
+    train = TrainBlock(max_steps=4, batch_size=4, checkpoint_every=2, device="cpu")
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def crash_on_second_checkpoint(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # optimizer.pt of the 2nd checkpoint (1st: optimizer, 2nd: rng)
+            real_save(obj, f, *args, **kwargs)
+            raise KeyboardInterrupt("killed while writing")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", crash_on_second_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, NextTokenLoss(), data, None, train, EvalBlock(), cpu_runtime, run_dir=tmp_path)
+    monkeypatch.setattr(torch, "save", real_save)
+    store = CheckpointStore(tmp_path / "checkpoints")
+    assert store.latest().name == "step-00000002"
+    assert not (tmp_path / "checkpoints" / "step-00000004").exists()
+    # and the run resumes from it to the end
+    result = fit(tiny_llama(), NextTokenLoss(), data, None, train, EvalBlock(), cpu_runtime,
+                 run_dir=tmp_path, resume=True)
+    assert result.steps == 4
+    assert store.latest().name == "step-00000004"
+
+
+def test_old_checkpoints_are_pruned_to_keep(tmp_path, cpu_runtime):
+    data = PaddedExamples(variable_examples(8), pad_id=0)
+    train = TrainBlock(max_steps=6, batch_size=4, checkpoint_every=1, keep_checkpoints=2,
+                       device="cpu")
+    fit(tiny_llama(), NextTokenLoss(), data, None, train, EvalBlock(), cpu_runtime, run_dir=tmp_path)
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))
+    assert kept == ["step-00000005", "step-00000006"]
