@@ -182,8 +182,6 @@ def test_normalising_per_micro_batch_would_be_caught(runs: tuple[Launch, Launch]
     assert np.abs(one_params - two_params).max() > 100 * PARAM_ATOL
 
 
-@pytest.mark.xfail(strict=True, reason="fit._Loop.step reports local tokens x world_size, not the sum "
-                   "over processes; remove this mark once it all-reduces the token count")
 def test_tokens_seen_counts_every_process(runs: tuple[Launch, Launch]) -> None:
     one, two = runs
     expected = _column(one.history("per_token"), "tokens_seen")

@@ -182,12 +182,15 @@ class TrainingLoop:
                                self.state.step)
         micro = rank_micro_batches(indices, self.plan, runtime.rank)
         batches = [batch_to(self.train_set.collate(m), runtime.device) for m in micro]
-        local_units = sum(self.objective.count(b) for b in batches)
-        units = runtime.sum_across(torch.as_tensor(local_units, device=runtime.device).double())
+        local = torch.tensor(
+            [float(sum(self.objective.count(b) for b in batches)),
+             float(sum(_tokens_in(b) for b in batches))],
+            dtype=torch.float64, device=runtime.device,
+        )
+        units, tokens = runtime.sum_across(local).unbind()  # one all-reduce for both counts
         # DDP averages gradients over processes; scaling by world_size turns that into the sum.
         scale = runtime.world_size / units.clamp(min=1.0)
         loss_total = torch.zeros((), device=runtime.device, dtype=torch.float64)
-        tokens = 0
         for i, batch in enumerate(batches):
             sync = i == len(batches) - 1 or not runtime.distributed
             ctx = contextlib.nullcontext() if sync else self.forward_module.no_sync()
@@ -200,8 +203,7 @@ class TrainingLoop:
                 else:
                     loss.backward()
             loss_total += loss_sum.detach().double()
-            tokens += _tokens_in(batch)
-        return loss_total, units, tokens * runtime.world_size
+        return loss_total, units, int(tokens)
 
     def apply_update(self) -> torch.Tensor:
         """Clip, step the optimiser and the schedule, clear gradients; returns the gradient norm."""
