@@ -64,18 +64,31 @@ class Settings:
     compile: bool
     threads: int
     quick: bool
+    stride: int
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="200 iterations, 3 timing rounds, validation on 512 blocks")
+    parser.add_argument(
+        "--quick", action="store_true", help="200 iterations, 3 timing rounds, validation on 512 blocks"
+    )
     parser.add_argument("--iters", type=int, help="training iterations (default 2000; quick 200)")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                        help="train with train.compile=true too, and report eager and compiled")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="train with train.compile=true too, and report eager and compiled",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads (default 1)")
     parser.add_argument("--rounds", type=int, help="alternating overhead rounds (default 7; quick 3)")
     parser.add_argument("--round-steps", type=int, help="steps per arm per round (default 50; quick 20)")
+    parser.add_argument(
+        "--stride",
+        type=int,
+        default=1,
+        help="characters between training block starts (1: every offset, as "
+        "nanoGPT's random crops; 64: non-overlapping blocks)",
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="tiny Shakespeare input.txt")
     args = parser.parse_args(argv)
     settings = Settings(
@@ -86,6 +99,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
         compile=args.compile,
         threads=args.threads,
         quick=args.quick,
+        stride=args.stride,
     )
     if settings.iters < 20 or settings.round_steps < 5 or settings.rounds < 1 or settings.threads < 1:
         parser.error("need --iters >= 20, --round-steps >= 5, --rounds >= 1, --threads >= 1")
@@ -125,11 +139,13 @@ class Corpus:
     val_chars: int
 
 
-def prepare_corpus(path: Path, workdir: Path) -> Corpus:
+def prepare_corpus(path: Path, workdir: Path, stride: int = 1) -> Corpus:
     """nanoGPT's shakespeare_char split: the first 90% of characters train, the last 10% validate.
 
     The vocabulary is every character of the file (as nanoGPT's prepare.py builds it) plus
-    peaufine's reserved special tokens; each split is one document followed by EOS.
+    peaufine's reserved special tokens; each split is one document followed by EOS. Training rows
+    start every `stride` characters (1: every offset, drawn without replacement, like nanoGPT's
+    random crops); validation rows do not overlap, so each validation token is scored once.
     """
     from peaufine.data.batching import PackedBlocks, read_token_stream, write_token_stream
     from peaufine.models.tokenizer import train_char
@@ -143,7 +159,9 @@ def prepare_corpus(path: Path, workdir: Path) -> Corpus:
         ids = tokenizer(part, add_special_tokens=False)["input_ids"]
         stream_path = workdir / f"{name}.bin"
         write_token_stream([ids], tokenizer.eos_token_id, stream_path)
-        sets[name] = PackedBlocks(read_token_stream(stream_path), BLOCK_SIZE)
+        sets[name] = PackedBlocks(
+            read_token_stream(stream_path), BLOCK_SIZE, stride if name == "train" else None
+        )
     return Corpus(tokenizer, sets["train"], sets["val"], len(parts["train"]), len(parts["val"]))
 
 
@@ -191,9 +209,7 @@ def cosine_lr(it: int, train: Any) -> float:
     return train.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (train.lr - train.min_lr)
 
 
-def bare_loop(
-    model: Any, forward: Any, train_set: Any, train: Any, clock: StepClock
-) -> list[float]:
+def bare_loop(model: Any, forward: Any, train_set: Any, train: Any, clock: StepClock) -> list[float]:
     """`train.max_steps` optimiser steps, no engine: the same batches fit() takes, in the same order."""
     import torch
     import torch.nn.functional as F
@@ -236,10 +252,20 @@ def fit_run(
     from peaufine.methods.lm import NextTokenLoss
     from peaufine.recipe import EvalBlock
 
-    evaluation = EvalBlock(every=train.max_steps, max_batches=val_batches, batch_size=EVAL_BATCH,
-                           restore_best=False, samples=0)
-    return fit(model, NextTokenLoss(), corpus.train_set, corpus.val_set if validate else None,
-               train, evaluation, runtime, run_dir=None, hooks=hooks)
+    evaluation = EvalBlock(
+        every=train.max_steps, max_batches=val_batches, batch_size=EVAL_BATCH, restore_best=False, samples=0
+    )
+    return fit(
+        model,
+        NextTokenLoss(),
+        corpus.train_set,
+        corpus.val_set if validate else None,
+        train,
+        evaluation,
+        runtime,
+        run_dir=None,
+        hooks=hooks,
+    )
 
 
 @dataclass
@@ -306,15 +332,17 @@ def measure_overhead(
             arms.append(Arm(name, engine, compiled, model, forward))
     for r in range(settings.rounds):
         for arm in arms if r % 2 == 0 else reversed(arms):
-            run_round(arm, init_state, corpus, round_train.model_copy(update={"compile": arm.compiled}),
-                      runtime)
+            run_round(
+                arm, init_state, corpus, round_train.model_copy(update={"compile": arm.compiled}), runtime
+            )
         print(f"  overhead round {r + 1}/{settings.rounds} done", file=sys.stderr)
 
     tokens_per_step = BATCH_SIZE * BLOCK_SIZE
     figures: dict[str, dict[str, Any]] = {}
     for compiled in modes:
-        ours, bare = (next(a for a in arms if a.compiled == compiled and a.engine == engine)
-                      for engine in (True, False))
+        ours, bare = (
+            next(a for a in arms if a.compiled == compiled and a.engine == engine) for engine in (True, False)
+        )
         ratios = [o / b for o, b in zip(ours.round_medians, bare.round_medians, strict=True)]
         figures["compiled" if compiled else "eager"] = {
             "fit_ms_per_step": 1000 * statistics.median(ours.step_times),
@@ -323,8 +351,7 @@ def measure_overhead(
             "bare_tokens_per_s": tokens_per_step / statistics.median(bare.step_times),
             "overhead_ratio": statistics.median(ratios),
             "overhead_ratio_rounds": ratios,
-            "first_round_loss_max_abs_diff": max_abs_diff(ours.first_round_losses,
-                                                          bare.first_round_losses),
+            "first_round_loss_max_abs_diff": max_abs_diff(ours.first_round_losses, bare.first_round_losses),
         }
     return figures
 
@@ -337,8 +364,10 @@ def fmt(value: float | None, spec: str = ",.0f") -> str:
 def main(argv: list[str] | None = None) -> int:
     settings, data_path = parse_args(argv)
     if not data_path.is_file():
-        print(f"SKIP: tiny Shakespeare not found at {data_path.resolve()}; pass --data PATH/input.txt "
-              "(nanoGPT's data/shakespeare_char/input.txt, 1,115,394 bytes)")
+        print(
+            f"SKIP: tiny Shakespeare not found at {data_path.resolve()}; pass --data PATH/input.txt "
+            "(nanoGPT's data/shakespeare_char/input.txt, 1,115,394 bytes)"
+        )
         return 0
     # Before torch is imported: OpenMP reads this once.
     os.environ["OMP_NUM_THREADS"] = str(settings.threads)
@@ -358,42 +387,53 @@ def main(argv: list[str] | None = None) -> int:
     log = sys.stderr
 
     with tempfile.TemporaryDirectory(prefix="peaufine-shakespeare-") as tmp:
-        corpus = prepare_corpus(data_path, Path(tmp))
+        corpus = prepare_corpus(data_path, Path(tmp), settings.stride)
         train = baby_gpt_train_block(settings.iters, settings.compile)
         runtime = make_runtime(train)
         model = build_from_preset("gpt2-tiny", MODEL_OVERRIDES, corpus.tokenizer, SEED)
         init_state = copy.deepcopy(model.state_dict())
         n_params = sum(p.numel() for p in model.parameters())
-        val_blocks = len(corpus.val_set) if settings.val_batches is None else min(
-            len(corpus.val_set), settings.val_batches * EVAL_BATCH)
+        val_blocks = (
+            len(corpus.val_set)
+            if settings.val_batches is None
+            else min(len(corpus.val_set), settings.val_batches * EVAL_BATCH)
+        )
 
         # Fairness checks: the peer must optimise the same groups on the same schedule.
         groups = decay_groups(model, train)
         named = dict(model.named_parameters())
         peer = nanogpt_param_groups(model, train.weight_decay)
-        same_groups = ({id(named[n]) for n in groups.decay} == {id(p) for p in peer[0]["params"]}
-                       and {id(named[n]) for n in groups.no_decay} == {id(p) for p in peer[1]["params"]})
+        same_groups = {id(named[n]) for n in groups.decay} == {id(p) for p in peer[0]["params"]} and {
+            id(named[n]) for n in groups.no_decay
+        } == {id(p) for p in peer[1]["params"]}
         lr_gap = max(abs(lr_at(s, train) - cosine_lr(s, train)) for s in range(settings.iters))
 
-        print(f"tiny Shakespeare: {corpus.train_chars:,} train / {corpus.val_chars:,} val characters, "
-              f"vocabulary {len(corpus.tokenizer)}; gpt2-tiny 4 x 128, block {BLOCK_SIZE}, "
-              f"{n_params:,} parameters", file=log)
-        print(f"threads: {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}); "
-              f"torch {torch.__version__}; {settings.iters} iterations"
-              f"{', compiled' if settings.compile else ', eager'}", file=log)
+        print(
+            f"tiny Shakespeare: {corpus.train_chars:,} train / {corpus.val_chars:,} val characters, "
+            f"vocabulary {len(corpus.tokenizer)}; gpt2-tiny 4 x 128, block {BLOCK_SIZE}, "
+            f"{n_params:,} parameters",
+            file=log,
+        )
+        print(
+            f"threads: {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}); "
+            f"torch {torch.__version__}; {settings.iters} iterations"
+            f"{', compiled' if settings.compile else ', eager'}",
+            file=log,
+        )
 
-        initial_val = evaluate_loss(model, NextTokenLoss(), corpus.val_set, runtime, EVAL_BATCH,
-                                    settings.val_batches)
+        initial_val = evaluate_loss(
+            model, NextTokenLoss(), corpus.val_set, runtime, EVAL_BATCH, settings.val_batches
+        )
 
         # 1. The run itself: fit() for the whole schedule, validating once at the end.
         def progress(step: int) -> None:
             if step % max(1, settings.iters // 10) == 0:
-                print(f"  step {step}/{settings.iters}  {time.perf_counter() - clock.start:.0f} s",
-                      file=log)
+                print(f"  step {step}/{settings.iters}  {time.perf_counter() - clock.start:.0f} s", file=log)
 
         clock = StepClock()
-        result = fit_run(model, corpus, train, runtime, [clock, progress], validate=True,
-                         val_batches=settings.val_batches)
+        result = fit_run(
+            model, corpus, train, runtime, [clock, progress], validate=True, val_batches=settings.val_batches
+        )
         durations = clock.durations()
         skip = min(10, settings.iters // 10)
         steady = steady_state(durations, skip)
@@ -412,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         "iters": settings.iters,
         "quick": settings.quick,
         "threads": torch.get_num_threads(),
+        "train_block_stride": settings.stride,
         "compile": settings.compile,
         "torch": torch.__version__,
         "parameters": n_params,
@@ -468,8 +509,10 @@ def print_table(r: dict[str, Any]) -> None:
     if r["compile_s"] is not None:
         lines.append(f"{'  compile time (first steps over steady)':<44}{r['compile_s']:>11.1f}s")
     lines.append("")
-    lines.append(f"{'engine overhead, same run':<32}{'fit() ms':>10}{'bare ms':>10}{'fit tok/s':>11}"
-                 f"{'bare tok/s':>12}{'ratio':>8}   (target <= {OVERHEAD_TARGET})")
+    lines.append(
+        f"{'engine overhead, same run':<32}{'fit() ms':>10}{'bare ms':>10}{'fit tok/s':>11}"
+        f"{'bare tok/s':>12}{'ratio':>8}   (target <= {OVERHEAD_TARGET})"
+    )
     for mode, f in r["overhead"].items():
         lines.append(
             f"{'  ' + mode + ', ' + str(r['rounds']) + ' rounds x ' + str(r['round_steps']) + ' steps':<32}"
@@ -478,8 +521,10 @@ def print_table(r: dict[str, Any]) -> None:
             f"rounds {', '.join(f'{x:.3f}' for x in f['overhead_ratio_rounds'])}; "
             f"loss gap to bare {f['first_round_loss_max_abs_diff']:.1e}"
         )
-    lines.append(f"{'  same decay groups / schedule':<32}{r['param_groups_match']!s:>10}"
-                 f"{'max lr gap ' + format(r['lr_schedule_max_abs_diff'], '.1e'):>22}")
+    lines.append(
+        f"{'  same decay groups / schedule':<32}{r['param_groups_match']!s:>10}"
+        f"{'max lr gap ' + format(r['lr_schedule_max_abs_diff'], '.1e'):>22}"
+    )
     lines += [
         "",
         f"nanoGPT reference (published figure from NOTES.md, NOT measured in this run): "

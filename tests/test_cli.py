@@ -26,7 +26,8 @@ def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
 def tiny_recipe(tmp_path: Path, source: str, **data: object) -> Path:
     extra = "".join(f"\n  {k}: {v}" for k, v in data.items())
     path = tmp_path / "recipe.yaml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         model:
           source: llama-tiny
           config: {{hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
@@ -37,7 +38,9 @@ def tiny_recipe(tmp_path: Path, source: str, **data: object) -> Path:
           block_size: 16{extra}
         train: {{max_steps: 3, batch_size: 2, device: cpu, log_every: 1}}
         eval: {{every: 3, samples: 0}}
-        """), encoding="utf-8")
+        """),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -66,8 +69,9 @@ def test_help_answers_without_importing_torch():
 
 @pytest.mark.parametrize("command", ["pretrain", "generate", "params", "demo"])
 def test_every_subcommand_has_help(command):
-    done = subprocess.run([sys.executable, "-m", "peaufine.cli", command, "--help"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "peaufine.cli", command, "--help"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert "Usage" in done.stdout
 
@@ -75,24 +79,43 @@ def test_every_subcommand_has_help(command):
 def test_recipe_typo_names_the_key_and_the_closest(tmp_path, capsys, monkeypatch):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("train:\n  lr: 1.0e-3\n  warmup_step: 10\n", encoding="utf-8")
-    expect_error(["pretrain", str(recipe), "--out", str(tmp_path / "run")], capsys, monkeypatch,
-                 "train.warmup_step", "did you mean 'train.warmup_steps'")
+    expect_error(
+        ["pretrain", str(recipe), "--out", str(tmp_path / "run")],
+        capsys,
+        monkeypatch,
+        "train.warmup_step",
+        "did you mean 'train.warmup_steps'",
+    )
     assert not (tmp_path / "run").exists()
 
 
 def test_set_override_typo_and_bad_value(tmp_path, capsys, monkeypatch):
-    expect_error(["pretrain", "--set", "train.lrr=3e-4", "--out", str(tmp_path / "r")],
-                 capsys, monkeypatch, "train.lrr", "train.lr")
-    expect_error(["pretrain", "--set", "train.schedule=cosin", "--out", str(tmp_path / "r")],
-                 capsys, monkeypatch, "train.schedule", "'cosine'")
+    expect_error(
+        ["pretrain", "--set", "train.lrr=3e-4", "--out", str(tmp_path / "r")],
+        capsys,
+        monkeypatch,
+        "train.lrr",
+        "train.lr",
+    )
+    expect_error(
+        ["pretrain", "--set", "train.schedule=cosin", "--out", str(tmp_path / "r")],
+        capsys,
+        monkeypatch,
+        "train.schedule",
+        "'cosine'",
+    )
 
 
 def test_empty_corpus(tmp_path, capsys, monkeypatch):
     corpus = tmp_path / "empty.txt"
     corpus.write_text("", encoding="utf-8")
     out = tmp_path / "run"
-    expect_error(["pretrain", str(tiny_recipe(tmp_path, str(corpus))), "--out", str(out)],
-                 capsys, monkeypatch, "empty.txt")
+    expect_error(
+        ["pretrain", str(tiny_recipe(tmp_path, str(corpus))), "--out", str(out)],
+        capsys,
+        monkeypatch,
+        "empty.txt",
+    )
     assert not out.exists()
     assert not list(tmp_path.glob(".run.staging*"))
 
@@ -101,18 +124,27 @@ def test_a_file_that_is_not_utf8(tmp_path, capsys, monkeypatch):
     corpus = tmp_path / "latin1.txt"
     corpus.write_bytes("fine line\n\nna\u00efve caf\u00e9\n".encode("latin-1"))
     out = tmp_path / "run"
-    expect_error(["pretrain", str(tiny_recipe(tmp_path, str(corpus))), "--out", str(out)],
-                 capsys, monkeypatch, "latin1.txt", "line 3")
+    expect_error(
+        ["pretrain", str(tiny_recipe(tmp_path, str(corpus))), "--out", str(out)],
+        capsys,
+        monkeypatch,
+        "latin1.txt",
+        "line 3",
+    )
     assert not out.exists()
 
 
 def test_a_broken_jsonl_line(tmp_path, capsys, monkeypatch):
     corpus = tmp_path / "docs.jsonl"
-    corpus.write_text('{"text": "one"}\n{"text": "two"}\n{"text": "thr\n{"text": "four"}\n',
-                      encoding="utf-8")
+    corpus.write_text('{"text": "one"}\n{"text": "two"}\n{"text": "thr\n{"text": "four"}\n', encoding="utf-8")
     out = tmp_path / "run"
-    expect_error(["pretrain", str(tiny_recipe(tmp_path, str(corpus))), "--out", str(out)],
-                 capsys, monkeypatch, "docs.jsonl", "line 3")
+    expect_error(
+        ["pretrain", str(tiny_recipe(tmp_path, str(corpus))), "--out", str(out)],
+        capsys,
+        monkeypatch,
+        "docs.jsonl",
+        "line 3",
+    )
     assert not out.exists()
 
 
@@ -120,8 +152,14 @@ def test_a_record_without_the_text_field(tmp_path, capsys, monkeypatch):
     corpus = tmp_path / "docs.jsonl"
     corpus.write_text('{"text": "one two three"}\n{"body": "no text here"}\n', encoding="utf-8")
     out = tmp_path / "run"
-    expect_error(["pretrain", str(tiny_recipe(tmp_path, str(corpus))), "--out", str(out)],
-                 capsys, monkeypatch, "docs.jsonl", "line 2", "text")
+    expect_error(
+        ["pretrain", str(tiny_recipe(tmp_path, str(corpus))), "--out", str(out)],
+        capsys,
+        monkeypatch,
+        "docs.jsonl",
+        "line 2",
+        "text",
+    )
     assert not out.exists()
 
 
@@ -130,8 +168,13 @@ def test_block_size_beyond_the_models_positions(tmp_path, capsys, monkeypatch):
     corpus.write_text("abc def ghi\n\njkl mno pqr\n" * 20, encoding="utf-8")
     recipe = tiny_recipe(tmp_path, str(corpus))
     out = tmp_path / "run"
-    expect_error(["pretrain", str(recipe), "--out", str(out), "--set", "data.block_size=4096"],
-                 capsys, monkeypatch, "data.block_size (4096)", "maximum positions (256)")
+    expect_error(
+        ["pretrain", str(recipe), "--out", str(out), "--set", "data.block_size=4096"],
+        capsys,
+        monkeypatch,
+        "data.block_size (4096)",
+        "maximum positions (256)",
+    )
     assert not out.exists()
 
 
@@ -143,13 +186,25 @@ def test_an_output_dir_holding_another_run_is_refused(tmp_path, capsys, monkeypa
     code, _, err = run_cli(["pretrain", str(recipe), "--out", str(out)], capsys, monkeypatch)
     assert code == 0, err
     first_model = (out / "model" / "model.safetensors").read_bytes()
-    expect_error(["pretrain", str(recipe), "--out", str(out), "--set", "train.lr=5e-4"],
-                 capsys, monkeypatch, "already holds a run", "--overwrite")
+    expect_error(
+        ["pretrain", str(recipe), "--out", str(out), "--set", "train.lr=5e-4"],
+        capsys,
+        monkeypatch,
+        "already holds a run",
+        "--overwrite",
+    )
     assert (out / "model" / "model.safetensors").read_bytes() == first_model
-    expect_error(["pretrain", str(recipe), "--out", str(out), "--set", "train.lr=5e-4",
-                  "--resume"], capsys, monkeypatch, "different recipe")
-    code, _, err = run_cli(["pretrain", str(recipe), "--out", str(out), "--set", "train.lr=5e-4",
-                            "--overwrite"], capsys, monkeypatch)
+    expect_error(
+        ["pretrain", str(recipe), "--out", str(out), "--set", "train.lr=5e-4", "--resume"],
+        capsys,
+        monkeypatch,
+        "different recipe",
+    )
+    code, _, err = run_cli(
+        ["pretrain", str(recipe), "--out", str(out), "--set", "train.lr=5e-4", "--overwrite"],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, err
     assert "lr: 0.0005" in (out / "recipe.yaml").read_text()
 
@@ -158,8 +213,7 @@ def test_a_folder_that_is_not_a_run_is_never_deleted(tmp_path, capsys, monkeypat
     out = tmp_path / "precious"
     out.mkdir()
     (out / "thesis.tex").write_text("do not delete", encoding="utf-8")
-    expect_error(["pretrain", "--out", str(out), "--overwrite"], capsys, monkeypatch,
-                 "holds no peaufine run")
+    expect_error(["pretrain", "--out", str(out), "--overwrite"], capsys, monkeypatch, "holds no peaufine run")
     assert (out / "thesis.tex").exists()
 
 

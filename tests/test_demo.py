@@ -22,9 +22,7 @@ def smoke_demo(tmp_path_factory):
 @pytest.mark.slow
 def test_pretraining_learns_the_world(smoke_demo):
     evaluation = smoke_demo.stages["pretrain"]
-    vocab = json.loads((smoke_demo.out / "pretrain" / "model" / "config.json").read_text())[
-        "vocab_size"
-    ]
+    vocab = json.loads((smoke_demo.out / "pretrain" / "model" / "config.json").read_text())["vocab_size"]
     # from ln(vocab) ~ 6.2 for an untrained model to well under 1.5 nats per token
     assert evaluation["val_loss"] < 1.5 < math.log(vocab)
     recall = evaluation["fact_recall"]
@@ -36,9 +34,19 @@ def test_pretraining_learns_the_world(smoke_demo):
 @pytest.mark.slow
 def test_the_run_directory_layout(smoke_demo):
     run = smoke_demo.out / "pretrain"
-    for name in ["recipe.yaml", "env.json", "metrics.jsonl", "eval.json", "loss.png",
-                 "model/config.json", "model/model.safetensors", "model/tokenizer.json",
-                 "model/generation_config.json", "checkpoints/latest", "world/world.json"]:
+    for name in [
+        "recipe.yaml",
+        "env.json",
+        "metrics.jsonl",
+        "eval.json",
+        "loss.png",
+        "model/config.json",
+        "model/model.safetensors",
+        "model/tokenizer.json",
+        "model/generation_config.json",
+        "checkpoints/latest",
+        "world/world.json",
+    ]:
         assert (run / name).is_file(), name
     env = json.loads((run / "env.json").read_text())
     assert env["packages"]["torch"] and env["world_size"] == 1
@@ -72,8 +80,9 @@ print(json.dumps({
 @pytest.mark.slow
 def test_the_model_loads_with_plain_transformers(smoke_demo):
     path = smoke_demo.out / "pretrain" / "model"
-    done = subprocess.run([sys.executable, "-c", PLAIN_LOAD, str(path)], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", PLAIN_LOAD, str(path)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout.strip().splitlines()[-1])
     assert info["modules"] == []
@@ -88,9 +97,22 @@ def test_the_model_loads_with_plain_transformers(smoke_demo):
 @pytest.mark.slow
 def test_generate_command(smoke_demo):
     done = subprocess.run(
-        [sys.executable, "-m", "peaufine.cli", "generate", str(smoke_demo.out / "pretrain"),
-         "--prompt", "The capital of", "--temperature", "0", "--max-new-tokens", "6"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "peaufine.cli",
+            "generate",
+            str(smoke_demo.out / "pretrain"),
+            "--prompt",
+            "The capital of",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "6",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("The capital of ")

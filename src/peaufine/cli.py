@@ -83,8 +83,16 @@ def generate(
     model = load_pretrained(resolved.model_dir)
     tokenizer = load_tokenizer(str(resolved.model_dir))
     texts = generate_texts(
-        model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
-        top_k=top_k, top_p=top_p, seed=seed, use_cache=cache, chat=chat,
+        model,
+        tokenizer,
+        prompt,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        use_cache=cache,
+        chat=chat,
     )
     for p, t in zip(prompt, texts, strict=True):
         typer.echo(f"{p} {t}" if not chat else f"> {p}\n{t}")

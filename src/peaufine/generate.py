@@ -59,8 +59,7 @@ def generate_texts(
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = list(prompts[start : start + batch_size])
-            enc = tokenizer(chunk, return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(device)
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             with torch.no_grad():
                 out = model.generate(**enc, **options)
             new = out[:, enc["input_ids"].shape[1] :]

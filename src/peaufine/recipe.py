@@ -70,6 +70,12 @@ class DataBlock(Block):
     document_unit: Literal["file", "paragraph", "line"] = "paragraph"
     validation_fraction: float = Field(0.05, ge=0.0, lt=1.0)
     block_size: int = Field(128, ge=2)
+    block_stride: int | None = Field(
+        None,
+        ge=1,
+        description="tokens between the starts of consecutive training blocks; default block_size "
+        "(no overlap); smaller strides show each token in several contexts",
+    )
     anomalies: AnomalyBlock = Field(default_factory=AnomalyBlock)
     world: WorldBlock = Field(default_factory=WorldBlock)
 

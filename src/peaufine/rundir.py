@@ -132,8 +132,17 @@ def _version(package: str) -> str | None:
 def environment(device: str, precision: str, world_size: int, seed: int) -> dict[str, Any]:
     import torch
 
-    packages = ["peaufine", "torch", "transformers", "tokenizers", "peft", "accelerate",
-                "datasets", "safetensors", "numpy"]
+    packages = [
+        "peaufine",
+        "torch",
+        "transformers",
+        "tokenizers",
+        "peft",
+        "accelerate",
+        "datasets",
+        "safetensors",
+        "numpy",
+    ]
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),

@@ -24,8 +24,17 @@ def quick_result() -> dict:
     if not DATA.is_file():
         pytest.skip(f"tiny Shakespeare is not at {DATA.resolve()}")
     # --quick, shortened further (150 iterations, 2 rounds of 10 steps) to stay well under 2 minutes.
-    command = [sys.executable, str(SCRIPT), "--quick", "--iters", "150", "--rounds", "2",
-               "--round-steps", "10"]
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--quick",
+        "--iters",
+        "150",
+        "--rounds",
+        "2",
+        "--round-steps",
+        "10",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -191,9 +191,7 @@ def test_json_line_that_is_not_an_object_is_bad_json(tmp_path: Path, cache: Path
     assert "an array" in str(error)
 
 
-def test_missing_text_field_names_field_line_and_fields_present(
-    tmp_path: Path, cache: Path
-) -> None:
+def test_missing_text_field_names_field_line_and_fields_present(tmp_path: Path, cache: Path) -> None:
     path = tmp_path / "corpus.jsonl"
     path.write_text('{"text": "a"}\n{"content": "b", "id": 7}\n')
     error = load_error(path, cache)
@@ -222,9 +220,7 @@ def test_json_array_errors_name_the_element_line(tmp_path: Path, cache: Path) ->
     assert "corpus.json, line 4" in str(error)
 
 
-def test_csv_without_the_text_column_names_it_and_the_columns_present(
-    tmp_path: Path, cache: Path
-) -> None:
+def test_csv_without_the_text_column_names_it_and_the_columns_present(tmp_path: Path, cache: Path) -> None:
     path = tmp_path / "table.csv"
     path.write_text("id,body,label\n1,hello,0\n")
     message = str(load_error(path, cache))
@@ -349,9 +345,7 @@ def test_skip_policy_in_text_csv_and_parquet(tmp_path: Path, cache: Path) -> Non
     assert report.counts == {"not_utf8": 1, "bad_json": 0, "missing_field": 2, "empty_text": 3}
 
 
-def test_report_survives_a_cache_hit_and_edits_invalidate_the_cache(
-    tmp_path: Path, cache: Path
-) -> None:
+def test_report_survives_a_cache_hit_and_edits_invalidate_the_cache(tmp_path: Path, cache: Path) -> None:
     path = tmp_path / "c.jsonl"
     path.write_text('{"text": "a"}\n{"oops": 1}\n')
     policy = {"missing_field": "skip"}

@@ -65,9 +65,7 @@ def _all_renderings(world: World) -> dict[str, tuple[str, int]]:
 
 def test_same_seed_same_world_and_documents_different_seed_different() -> None:
     assert generate_world(3) == generate_world(3)
-    assert pretraining_documents(generate_world(3), 20) == pretraining_documents(
-        generate_world(3), 20
-    )
+    assert pretraining_documents(generate_world(3), 20) == pretraining_documents(generate_world(3), 20)
     a, b = generate_world(3), generate_world(4)
     assert a.entities["country"] != b.entities["country"]
     assert {f.object for f in a.facts} != {f.object for f in b.facts}
@@ -117,8 +115,7 @@ def test_probe_text_never_occurs_in_documents_but_its_template_does(
         others = [
             g
             for g in world.facts
-            if g.relation == fact.relation
-            and render_fact(g, world.probe_template[fact.id]) in sentences
+            if g.relation == fact.relation and render_fact(g, world.probe_template[fact.id]) in sentences
         ]
         assert others, f"probe template of {fact.id} is never seen in training"
 

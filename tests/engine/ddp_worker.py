@@ -140,16 +140,27 @@ def main() -> None:
     for name, objective_class in OBJECTIVES.items():
         objective = SeenExamples(objective_class())
         model = tiny_llama()
-        files = {"last_step": f"params-{name}-last_step-rank{runtime.rank}.npy",
-                 "returned": f"params-{name}-returned-rank{runtime.rank}.npy"}
+        files = {
+            "last_step": f"params-{name}-last_step-rank{runtime.rank}.npy",
+            "returned": f"params-{name}-returned-rank{runtime.rank}.npy",
+        }
 
         def save_last_step(step: int, model: torch.nn.Module = model, path: str = files["last_step"]) -> None:
             # the weights of the last step, before fit() may restore the best validated ones
             if step == args.steps:
                 np.save(args.out_dir / path, flat_parameters(model))
 
-        result = fit(model, objective, train_set, val_set, train, evaluation, runtime,
-                     run_dir=args.run_root / name, hooks=[save_last_step])
+        result = fit(
+            model,
+            objective,
+            train_set,
+            val_set,
+            train,
+            evaluation,
+            runtime,
+            run_dir=args.run_root / name,
+            hooks=[save_last_step],
+        )
         np.save(args.out_dir / files["returned"], flat_parameters(model))
         record["objectives"][name] = {
             "history": result.history,

@@ -28,8 +28,16 @@ LOSS_RTOL = 1e-5
 PARAM_ATOL = 1e-5
 TIMEOUT_S = 180
 # A launcher's variables in our own environment would turn the one-process run into a rank of something.
-LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-                      "MASTER_ADDR", "MASTER_PORT")
+LAUNCHER_VARIABLES = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
 
 
 @dataclass
@@ -48,8 +56,11 @@ class Launch:
 
 
 def _environment() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in LAUNCHER_VARIABLES and not k.startswith(("TORCHELASTIC_", "ACCELERATE_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in LAUNCHER_VARIABLES and not k.startswith(("TORCHELASTIC_", "ACCELERATE_"))
+    }
     env["OMP_NUM_THREADS"] = "1"  # steady on a shared CPU, and the same thread count in both runs
     env["CUDA_VISIBLE_DEVICES"] = ""
     return env
@@ -58,22 +69,43 @@ def _environment() -> dict[str, str]:
 def _launch(tmp: Path, name: str, launcher: list[str], micro_batch_size: int, processes: int) -> Launch:
     out_dir, run_root = tmp / name / "out", tmp / name / "run"
     out_dir.mkdir(parents=True)
-    command = [*launcher, str(WORKER), "--run-root", str(run_root), "--out-dir", str(out_dir),
-               "--batch-size", str(BATCH_SIZE), "--micro-batch-size", str(micro_batch_size),
-               "--steps", str(STEPS)]
+    command = [
+        *launcher,
+        str(WORKER),
+        "--run-root",
+        str(run_root),
+        "--out-dir",
+        str(out_dir),
+        "--batch-size",
+        str(BATCH_SIZE),
+        "--micro-batch-size",
+        str(micro_batch_size),
+        "--steps",
+        str(STEPS),
+    ]
     # Own session, so a timeout can stop torchrun's workers too, not only torchrun.
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_environment(), start_new_session=True)
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_environment(),
+        start_new_session=True,
+    )
     try:
         stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         stdout, stderr = proc.communicate()
-        pytest.fail(f"{name} run timed out after {TIMEOUT_S} s: {' '.join(command)}\n"
-                    f"--- stdout ---\n{stdout[-4000:]}\n--- stderr ---\n{stderr[-8000:]}")
+        pytest.fail(
+            f"{name} run timed out after {TIMEOUT_S} s: {' '.join(command)}\n"
+            f"--- stdout ---\n{stdout[-4000:]}\n--- stderr ---\n{stderr[-8000:]}"
+        )
     if proc.returncode != 0:
-        pytest.fail(f"{name} run exited with {proc.returncode}: {' '.join(command)}\n"
-                    f"--- stdout ---\n{stdout[-4000:]}\n--- stderr ---\n{stderr[-8000:]}")
+        pytest.fail(
+            f"{name} run exited with {proc.returncode}: {' '.join(command)}\n"
+            f"--- stdout ---\n{stdout[-4000:]}\n--- stderr ---\n{stderr[-8000:]}"
+        )
     records = sorted(out_dir.glob("rank*.json"))
     assert len(records) == processes, f"{name}: expected {processes} rank records, found {records}"
     return Launch(out_dir, run_root, [json.loads(p.read_text(encoding="utf-8")) for p in records])
@@ -89,9 +121,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Launch, Launch]:
     tmp = tmp_path_factory.mktemp("ddp")
     one = _launch(tmp, "one-process", [sys.executable], micro_batch_size=4, processes=1)
     # --standalone: the rendezvous takes a free port itself, so parallel test runs cannot collide.
-    two = _launch(tmp, "two-processes",
-                  [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
-                  micro_batch_size=2, processes=2)
+    two = _launch(
+        tmp,
+        "two-processes",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+        micro_batch_size=2,
+        processes=2,
+    )
     return one, two
 
 
@@ -151,7 +187,8 @@ def test_two_processes_follow_the_one_process_trajectory(runs: tuple[Launch, Lau
         np.testing.assert_array_equal(two.params("per_token", which, 0), two.params("per_token", which, 1))
     for key in ("restored_best", "best_step"):
         assert {r["objectives"]["per_token"][key] for r in two.ranks} == {
-            one.ranks[0]["objectives"]["per_token"][key]}
+            one.ranks[0]["objectives"]["per_token"][key]
+        }
 
 
 def test_only_rank_zero_writes_the_run_dir(runs: tuple[Launch, Launch]) -> None:
@@ -175,8 +212,9 @@ def test_normalising_per_micro_batch_would_be_caught(runs: tuple[Launch, Launch]
     tolerances above. This shows those tolerances can fail."""
     one, two = runs
     for key in ("train_loss", "grad_norm"):
-        gap = _relative_gap(_column(one.history("per_micro_batch"), key),
-                            _column(two.history("per_micro_batch"), key))
+        gap = _relative_gap(
+            _column(one.history("per_micro_batch"), key), _column(two.history("per_micro_batch"), key)
+        )
         assert gap > 100 * LOSS_RTOL, f"{key}: per-micro-batch means agree ({gap:.2e}); data too uniform"
     one_params, two_params = (run.params("per_micro_batch", "last_step") for run in runs)
     assert np.abs(one_params - two_params).max() > 100 * PARAM_ATOL

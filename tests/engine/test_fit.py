@@ -38,8 +38,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, c
     data = PaddedExamples(variable_examples(16), pad_id=0)
     train = TrainBlock(max_steps=10, batch_size=4, lr=1e-3, checkpoint_every=2, device="cpu")
     with pytest.raises(TrainingError) as caught:
-        fit(model, PoisonedAfter(bad_call=5), data, None, train, EvalBlock(), cpu_runtime,
-            run_dir=tmp_path)
+        fit(model, PoisonedAfter(bad_call=5), data, None, train, EvalBlock(), cpu_runtime, run_dir=tmp_path)
     message = str(caught.value)
     assert "not finite at step 5" in message
     assert "step-00000004" in message
@@ -62,11 +61,19 @@ def test_early_stopping_restores_the_best_weights(tmp_path, cpu_runtime):
 
     model = tiny_llama()
     train_set, val_set = overfitting_setup()
-    train = TrainBlock(max_steps=400, batch_size=4, lr=1e-2, warmup_steps=0, schedule="constant",
-                       weight_decay=0.0, checkpoint_every=1000, log_every=5, device="cpu")
+    train = TrainBlock(
+        max_steps=400,
+        batch_size=4,
+        lr=1e-2,
+        warmup_steps=0,
+        schedule="constant",
+        weight_decay=0.0,
+        checkpoint_every=1000,
+        log_every=5,
+        device="cpu",
+    )
     evaluation = EvalBlock(every=5, early_stopping=EarlyStoppingBlock(patience=3))
-    result = fit(model, NextTokenLoss(), train_set, val_set, train, evaluation, cpu_runtime,
-                 run_dir=tmp_path)
+    result = fit(model, NextTokenLoss(), train_set, val_set, train, evaluation, cpu_runtime, run_dir=tmp_path)
     assert result.stopped_early
     assert result.steps < 400
     assert result.best_step == result.steps - 15  # three evaluations without improvement
@@ -104,16 +111,24 @@ def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_usable(
     assert store.latest().name == "step-00000002"
     assert not (tmp_path / "checkpoints" / "step-00000004").exists()
     # and the run resumes from it to the end
-    result = fit(tiny_llama(), NextTokenLoss(), data, None, train, EvalBlock(), cpu_runtime,
-                 run_dir=tmp_path, resume=True)
+    result = fit(
+        tiny_llama(),
+        NextTokenLoss(),
+        data,
+        None,
+        train,
+        EvalBlock(),
+        cpu_runtime,
+        run_dir=tmp_path,
+        resume=True,
+    )
     assert result.steps == 4
     assert store.latest().name == "step-00000004"
 
 
 def test_old_checkpoints_are_pruned_to_keep(tmp_path, cpu_runtime):
     data = PaddedExamples(variable_examples(8), pad_id=0)
-    train = TrainBlock(max_steps=6, batch_size=4, checkpoint_every=1, keep_checkpoints=2,
-                       device="cpu")
+    train = TrainBlock(max_steps=6, batch_size=4, checkpoint_every=1, keep_checkpoints=2, device="cpu")
     fit(tiny_llama(), NextTokenLoss(), data, None, train, EvalBlock(), cpu_runtime, run_dir=tmp_path)
     kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))
     assert kept == ["step-00000005", "step-00000006"]

@@ -42,9 +42,7 @@ def test_qwen_moe_active_counts_shared_expert_fully_and_k_of_e_routed() -> None:
     h, e, k = config.hidden_size, config.num_experts, config.num_experts_per_tok
     per_expert = 3 * h * config.moe_intermediate_size
     routed = config.num_hidden_layers * e * per_expert
-    assert (
-        budget.active_per_token == budget.total - routed + config.num_hidden_layers * k * per_expert
-    )
+    assert budget.active_per_token == budget.total - routed + config.num_hidden_layers * k * per_expert
     assert 14.0e9 < budget.total < 14.5e9  # "14.3B parameters in total"
     assert 2.6e9 < budget.active_per_token < 2.8e9  # "2.7B activated"
 

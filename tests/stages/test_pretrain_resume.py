@@ -27,7 +27,8 @@ def write_corpus(path: Path) -> Path:
 
 def recipe_file(tmp_path: Path, corpus: Path) -> Path:
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(textwrap.dedent(f"""
+    recipe.write_text(
+        textwrap.dedent(f"""
         model:
           source: llama-tiny
           # dropout on, so resuming must restore the random-number state to match
@@ -38,7 +39,9 @@ def recipe_file(tmp_path: Path, corpus: Path) -> Path:
         train: {{max_steps: {2 * N}, batch_size: 4, micro_batch_size: 2, lr: 1.0e-2,
                  warmup_steps: 2, checkpoint_every: {N}, log_every: 1, device: cpu}}
         eval: {{every: 4, samples: 0}}
-    """), encoding="utf-8")
+    """),
+        encoding="utf-8",
+    )
     return recipe
 
 
@@ -57,8 +60,9 @@ run_pretrain(load_recipe(Path(sys.argv[1])), Path(sys.argv[2]), hooks=[die])
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "peaufine.cli", *args], capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "peaufine.cli", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.slow
@@ -71,7 +75,9 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
 
     killed = subprocess.run(
         [sys.executable, "-c", KILL_AFTER.format(n=N), str(recipe), str(tmp_path / "resumed")],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert killed.returncode == 137, killed.stderr
     assert not (tmp_path / "resumed" / "model").exists()
@@ -107,7 +113,9 @@ def test_resume_from_a_different_checkpoint_state_would_differ(tmp_path):
     assert straight.returncode == 0, straight.stderr
     killed = subprocess.run(
         [sys.executable, "-c", KILL_AFTER.format(n=N), str(recipe), str(tmp_path / "resumed")],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert killed.returncode == 137
     rng_file = tmp_path / "resumed" / "checkpoints" / f"step-{N:08d}" / checkpoint.RNG

@@ -46,21 +46,28 @@ def read_token_stream(path: Path) -> np.ndarray:
 class PackedBlocks:
     """A token stream cut into rows of `block_size` inputs, each predicting its next `block_size` tokens.
 
-    Row i covers stream[i*T : i*T + T + 1]: consecutive rows share one token, so every token of the
-    stream (but the first) is a target exactly once.
+    Row i covers stream[i*S : i*S + T + 1] for stride S and block size T. With S = T (the default)
+    consecutive rows share one token, so every token of the stream (but the first) is a target
+    exactly once. A smaller stride gives overlapping rows: each token is seen in several contexts,
+    and S = 1 samples every start offset, as nanoGPT's random crops do.
     """
 
     stream: np.ndarray
     block_size: int
+    stride: int | None = None
+
+    @property
+    def step(self) -> int:
+        return self.stride or self.block_size
 
     def __len__(self) -> int:
-        return max(0, (len(self.stream) - 1) // self.block_size)
+        return max(0, (len(self.stream) - 1 - self.block_size) // self.step + 1)
 
     def collate(self, indices: Sequence[int]) -> Batch:
         import torch
 
-        size = self.block_size
-        rows = np.stack([self.stream[i * size : i * size + size + 1] for i in indices])
+        size, step = self.block_size, self.step
+        rows = np.stack([self.stream[i * step : i * step + size + 1] for i in indices])
         rows_t = torch.from_numpy(rows.astype(np.int64))
         return {"input_ids": rows_t[:, :-1], "labels": rows_t[:, 1:]}
 

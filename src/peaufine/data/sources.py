@@ -174,9 +174,7 @@ def load_documents(
         for text in _documents(files, text_field, document_unit, resolved_policy, report):
             yield {"text": text}
 
-    cache_root = (
-        Path(cache_dir) if cache_dir is not None else Path(datasets.config.HF_DATASETS_CACHE)
-    )
+    cache_root = Path(cache_dir) if cache_dir is not None else Path(datasets.config.HF_DATASETS_CACHE)
     try:
         dataset = datasets.Dataset.from_generator(
             generate,
@@ -300,8 +298,7 @@ def _documents(
         skipped = ", ".join(f"{k}={n}" for k, n in report.counts.items() if n)
         names = ", ".join(str(p) for p in files[:3]) + (" ..." if len(files) > 3 else "")
         raise DataError(
-            f"empty corpus: no documents in {names}"
-            + (f" after skipping {skipped}" if skipped else ""),
+            f"empty corpus: no documents in {names}" + (f" after skipping {skipped}" if skipped else ""),
             hint="check text_field and the data policy, or add files with text",
         )
 
@@ -694,13 +691,9 @@ def _read_parquet(path: Path, text_field: str) -> Iterator[str | _Anomaly]:
             for value in batch.column(0).to_pylist():
                 row += 1
                 if value is None:
-                    yield _Anomaly(
-                        "missing_field", path, f"row {row}: value is null", field=text_field
-                    )
+                    yield _Anomaly("missing_field", path, f"row {row}: value is null", field=text_field)
                 elif not value.strip():
-                    yield _Anomaly(
-                        "empty_text", path, f"row {row}: text is empty", field=text_field
-                    )
+                    yield _Anomaly("empty_text", path, f"row {row}: text is empty", field=text_field)
                 else:
                     yield value
     except (pa.ArrowException, ValueError) as exc:
@@ -733,8 +726,7 @@ def split_documents(
         return dataset, dataset.select([])
     if n < 2:
         raise DataError(
-            f"cannot hold out validation documents: the corpus has {n} document"
-            + ("" if n == 1 else "s"),
+            f"cannot hold out validation documents: the corpus has {n} document" + ("" if n == 1 else "s"),
             hint='use document_unit "paragraph" or "line", add files, or set validation_fraction 0',
         )
     n_validation = min(max(1, round(n * validation_fraction)), n - 1)

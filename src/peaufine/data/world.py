@@ -484,9 +484,7 @@ def _generate_entities(rng: random.Random, shape: _Shape) -> dict[str, list[str]
 
     people = [
         f"{first} {last}"
-        for first, last in zip(
-            names("first", shape.people), names("last", shape.people), strict=True
-        )
+        for first, last in zip(names("first", shape.people), names("last", shape.people), strict=True)
     ]
     return {
         "country": names("country", shape.countries),
@@ -500,9 +498,7 @@ def _generate_entities(rng: random.Random, shape: _Shape) -> dict[str, list[str]
     }
 
 
-def _assign_relations(
-    rng: random.Random, entities: dict[str, list[str]], shape: _Shape
-) -> list[Fact]:
+def _assign_relations(rng: random.Random, entities: dict[str, list[str]], shape: _Shape) -> list[Fact]:
     def fact(relation: str, subject: str, obj: str) -> Fact:
         return Fact(
             id=f"{relation}:{subject}",

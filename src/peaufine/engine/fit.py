@@ -85,9 +85,7 @@ def evaluate_loss(
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=runtime.device)
     units = torch.zeros((), dtype=torch.float64, device=runtime.device)
-    batches = evaluation_batches(
-        len(dataset), batch_size, runtime.rank, runtime.world_size, max_batches
-    )
+    batches = evaluation_batches(len(dataset), batch_size, runtime.rank, runtime.world_size, max_batches)
     with torch.no_grad():
         for indices in batches:
             batch = batch_to(dataset.collate(indices), runtime.device)
@@ -127,9 +125,11 @@ class TrainingLoop:
         self.tracker = tracker
         self.plan = BatchPlan.make(train.batch_size, runtime.world_size, train.micro_batch_size)
         writes = run_dir is not None and runtime.is_main
-        self.store = CheckpointStore(Path(run_dir) / "checkpoints", train.keep_checkpoints) if (
-            run_dir is not None
-        ) else None
+        self.store = (
+            CheckpointStore(Path(run_dir) / "checkpoints", train.keep_checkpoints)
+            if (run_dir is not None)
+            else None
+        )
         if self.store is not None and runtime.is_main:
             self.store.directory.mkdir(parents=True, exist_ok=True)
         self.writes = writes
@@ -139,6 +139,7 @@ class TrainingLoop:
         self.scaler = torch.amp.GradScaler("cuda") if runtime.precision == "fp16" else None
         self.state = TrainerState()
         self.history: list[dict[str, Any]] = []
+        self.best_in_memory: dict[str, torch.Tensor] | None = None
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.forward_module = self._wrap(model)
 
@@ -178,14 +179,16 @@ class TrainingLoop:
         import torch
 
         runtime = self.runtime
-        indices = global_batch(len(self.train_set), self.plan.batch_size, self.train.seed,
-                               self.state.step)
+        indices = global_batch(len(self.train_set), self.plan.batch_size, self.train.seed, self.state.step)
         micro = rank_micro_batches(indices, self.plan, runtime.rank)
         batches = [batch_to(self.train_set.collate(m), runtime.device) for m in micro]
         local = torch.tensor(
-            [float(sum(self.objective.count(b) for b in batches)),
-             float(sum(_tokens_in(b) for b in batches))],
-            dtype=torch.float64, device=runtime.device,
+            [
+                float(sum(self.objective.count(b) for b in batches)),
+                float(sum(_tokens_in(b) for b in batches)),
+            ],
+            dtype=torch.float64,
+            device=runtime.device,
         )
         units, tokens = runtime.sum_across(local).unbind()  # one all-reduce for both counts
         # DDP averages gradients over processes; scaling by world_size turns that into the sum.
@@ -227,8 +230,9 @@ class TrainingLoop:
         if self.val_set is None:
             return None
         size = self.evaluation.batch_size or self.plan.micro_batch_size
-        return evaluate_loss(self.model, self.objective, self.val_set, self.runtime, size,
-                             self.evaluation.max_batches)
+        return evaluate_loss(
+            self.model, self.objective, self.val_set, self.runtime, size, self.evaluation.max_batches
+        )
 
     def note_validation(self, val_loss: float) -> bool:
         """Record a validation loss; True when early stopping says to stop."""
@@ -239,6 +243,9 @@ class TrainingLoop:
             state.evals_without_improvement = 0
             if self.writes and self.store is not None:
                 self.store.save_best(self.model, state.step, val_loss)
+            elif self.store is None and self.evaluation.restore_best:
+                # no run directory to keep best/ in: keep the best weights in memory instead
+                self.best_in_memory = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             self.runtime.barrier()
             return False
         state.evals_without_improvement += 1
@@ -275,11 +282,10 @@ class TrainingLoop:
             while state.step < train.max_steps:
                 loss_total, units, tokens = self.accumulate_gradients()
                 grad_norm = self.apply_update()
-                if not torch.isfinite(loss_total) or (
-                    self.scaler is None and not torch.isfinite(grad_norm)
-                ):
-                    self.fail_non_finite("the loss" if not torch.isfinite(loss_total)
-                                         else "the gradient norm")
+                if not torch.isfinite(loss_total) or (self.scaler is None and not torch.isfinite(grad_norm)):
+                    self.fail_non_finite(
+                        "the loss" if not torch.isfinite(loss_total) else "the gradient norm"
+                    )
                 state.step += 1
                 state.tokens_seen += tokens
                 window_loss += loss_total
@@ -352,9 +358,12 @@ class TrainingLoop:
         if not self.evaluation.restore_best or state.best_step in (None, state.step):
             return False
         best = self.store.best() if self.store is not None else None
-        if best is None:
+        if best is not None:
+            load_weights(self.model, best)
+        elif self.best_in_memory is not None:
+            self.model.load_state_dict(self.best_in_memory)
+        else:
             return False
-        load_weights(self.model, best)
         self.tracker.say(
             f"restored the best weights: step {state.best_step}, val loss {state.best_val_loss:.4f}"
         )
@@ -379,8 +388,17 @@ def make_loop(
     if len(train_set) == 0:
         raise TrainingError("the training set is empty: no batch can be formed")
     torch.manual_seed(train.seed + runtime.rank)
-    return TrainingLoop(model, objective, train_set, val_set, train, evaluation, runtime, run_dir,
-                        tracker or Tracker(enabled=False))
+    return TrainingLoop(
+        model,
+        objective,
+        train_set,
+        val_set,
+        train,
+        evaluation,
+        runtime,
+        run_dir,
+        tracker or Tracker(enabled=False),
+    )
 
 
 def fit(
@@ -398,8 +416,9 @@ def fit(
     hooks: list[StepHook] | None = None,
 ) -> FitResult:
     """Train `model` on `train_set` with `objective` until train.max_steps or early stopping."""
-    loop = make_loop(model, objective, train_set, val_set, train, evaluation, runtime,
-                     run_dir=run_dir, tracker=tracker)
+    loop = make_loop(
+        model, objective, train_set, val_set, train, evaluation, runtime, run_dir=run_dir, tracker=tracker
+    )
     if resume:
         loop.resume()
     return loop.run(hooks or [])

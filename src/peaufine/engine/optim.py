@@ -96,11 +96,7 @@ def lr_at(step: int, train: TrainBlock) -> float:
     return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, train: TrainBlock
-) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainBlock) -> torch.optim.lr_scheduler.LambdaLR:
     import torch
 
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_at(step, train) / train.lr
-    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, train) / train.lr)

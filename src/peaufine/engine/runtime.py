@@ -68,8 +68,7 @@ def _resolve_precision(precision: str, device: torch.device) -> tuple[str, torch
     if precision == "fp16":
         if device.type != "cuda":
             raise RecipeError(
-                f"train.precision: fp16 needs a CUDA device (this run is on {device.type}); "
-                "use bf16 or fp32"
+                f"train.precision: fp16 needs a CUDA device (this run is on {device.type}); use bf16 or fp32"
             )
         return "fp16", torch.float16
     return "bf16", torch.bfloat16

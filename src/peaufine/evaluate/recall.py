@@ -53,7 +53,10 @@ def fact_recall(
 ) -> RecallResult:
     answer_tokens = max(len(tokenizer(" " + p.answer).input_ids) for p in probes)
     completions = generate_texts(
-        model, tokenizer, [p.prompt for p in probes], max_new_tokens=answer_tokens + 1,
+        model,
+        tokenizer,
+        [p.prompt for p in probes],
+        max_new_tokens=answer_tokens + 1,
         temperature=0.0,
     )
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])

@@ -116,9 +116,7 @@ def count_parameters(
                 continue
             seen.add(id(param))
             n = param.numel()
-            is_trainable = (
-                _in_modules(module_path, only) if only is not None else param.requires_grad
-            )
+            is_trainable = _in_modules(module_path, only) if only is not None else param.requires_grad
             total += n
             trainable += n if is_trainable else 0
             row = by_type.setdefault(type_name, {"total": 0, "trainable": 0})
@@ -157,9 +155,7 @@ def _active_per_token(model: torch.nn.Module, total: int) -> int | None:
     """
     config = getattr(model, "config", None)
     top_k = getattr(config, "num_experts_per_tok", None)
-    num_experts = next(
-        (getattr(config, k) for k in _NUM_EXPERTS_KEYS if getattr(config, k, None)), None
-    )
+    num_experts = next((getattr(config, k) for k in _NUM_EXPERTS_KEYS if getattr(config, k, None)), None)
     if not top_k or not num_experts:
         return None
     routed = 0

@@ -123,9 +123,7 @@ def load_pretrained(
         raise ModelError(f"model.source: cannot load a causal LM from {directory}: {exc}") from None
 
 
-def save_model(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path
-) -> None:
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
     """Write model and tokenizer side by side, atomically: a crash leaves the old folder or none."""
     from peaufine.engine.checkpoint import publish_dir
 

@@ -307,6 +307,5 @@ def build_config(
         return config_class(**kwargs)
     except (StrictDataclassError, ValueError, TypeError) as err:
         raise ModelError(
-            f"preset {preset.name!r} with overrides {overrides} is not a valid "
-            f"{config_class.__name__}: {err}"
+            f"preset {preset.name!r} with overrides {overrides} is not a valid {config_class.__name__}: {err}"
         ) from err

@@ -49,9 +49,7 @@ def _wrap(tokenizer_object: Any) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def train_bpe(
-    texts: Iterable[str], vocab_size: int, min_frequency: int = 2
-) -> PreTrainedTokenizerBase:
+def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> PreTrainedTokenizerBase:
     """Train a byte-level BPE: any text encodes (no unknown tokens), merges learnt from `texts`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 

@@ -64,9 +64,7 @@ def gather_corpus(recipe: Recipe) -> Corpus:
         from peaufine.data.world import generate_world, pretraining_documents
 
         world = generate_world(seed=data.world.seed, size=data.world.size)
-        documents = Dataset.from_dict(
-            {"text": pretraining_documents(world, data.world.documents)}
-        )
+        documents = Dataset.from_dict({"text": pretraining_documents(world, data.world.documents)})
         train, validation = split_documents(documents, data.validation_fraction, recipe.train.seed)
         return Corpus(train, validation, world=world)
     dataset, report = load_documents(
@@ -79,9 +77,7 @@ def gather_corpus(recipe: Recipe) -> Corpus:
     return Corpus(train, validation, anomalies=dict(report.counts))
 
 
-def obtain_tokenizer(
-    recipe: Recipe, source: ModelSource, corpus: Corpus
-) -> PreTrainedTokenizerBase:
+def obtain_tokenizer(recipe: Recipe, source: ModelSource, corpus: Corpus) -> PreTrainedTokenizerBase:
     from peaufine.models.tokenizer import load_tokenizer, train_bpe, train_char
 
     spec = recipe.model.tokenizer
@@ -106,9 +102,7 @@ def model_config(recipe: Recipe, source: ModelSource, tokenizer: PreTrainedToken
         return build_config(source.name, recipe.model.config, vocab_size=len(tokenizer))
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(
-        source.model_dir, trust_remote_code=recipe.model.trust_remote_code
-    )
+    return AutoConfig.from_pretrained(source.model_dir, trust_remote_code=recipe.model.trust_remote_code)
 
 
 def check_block_size(recipe: Recipe, config: Any) -> None:
@@ -121,17 +115,13 @@ def check_block_size(recipe: Recipe, config: Any) -> None:
         )
 
 
-def tokenize_stream(
-    tokenizer: PreTrainedTokenizerBase, batches: Iterable[list[str]], path: Path
-) -> int:
+def tokenize_stream(tokenizer: PreTrainedTokenizerBase, batches: Iterable[list[str]], path: Path) -> int:
     def documents() -> Iterator[list[int]]:
         for texts in batches:
             yield from tokenizer(texts, add_special_tokens=False)["input_ids"]
 
     if tokenizer.eos_token_id is None:
-        raise RecipeError(
-            "model.tokenizer: the tokenizer has no EOS token to separate packed documents"
-        )
+        raise RecipeError("model.tokenizer: the tokenizer has no EOS token to separate packed documents")
     return write_token_stream(documents(), tokenizer.eos_token_id, path)
 
 
@@ -188,7 +178,12 @@ def sample_texts(
     from peaufine.generate import generate_texts
 
     return generate_texts(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.8, top_k=50,
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        temperature=0.8,
+        top_k=50,
         seed=seed,
     )
 
@@ -197,7 +192,7 @@ def sample_prompts(validation_stream: Any, tokenizer: PreTrainedTokenizerBase, n
     """Openings of validation documents: the first few words after each EOS."""
     eos = tokenizer.eos_token_id
     prompts, start = [], 0
-    stream = list(validation_stream[: 20_000])
+    stream = list(validation_stream[:20_000])
     while len(prompts) < n and start < len(stream):
         end = stream.index(eos, start) if eos in stream[start:] else len(stream)
         words = tokenizer.decode(stream[start:end]).split()[:4]
@@ -239,11 +234,9 @@ def finish(
         **prepared,
     }
     if recipe.eval.samples:
-        prompts = sample_prompts(read_token_stream(run.data / "val.bin"), tokenizer,
-                                 recipe.eval.samples)
+        prompts = sample_prompts(read_token_stream(run.data / "val.bin"), tokenizer, recipe.eval.samples)
         texts = sample_texts(model, tokenizer, prompts, recipe.eval.sample_tokens, recipe.train.seed)
-        evaluation["samples"] = [{"prompt": p, "text": t} for p, t in zip(prompts, texts,
-                                                                          strict=True)]
+        evaluation["samples"] = [{"prompt": p, "text": t} for p, t in zip(prompts, texts, strict=True)]
     if run.world.exists():
         from peaufine.data.world import cloze_probes, load_world
         from peaufine.evaluate.recall import fact_recall
@@ -281,8 +274,12 @@ def run_pretrain(
             try:
                 prepared = prepare(recipe, staging, tracker)
                 RunDir(staging).recipe.write_text(recipe_yaml, encoding="utf-8")
-                write_json(RunDir(staging).env, environment(
-                    str(runtime.device), runtime.precision, runtime.world_size, recipe.train.seed))
+                write_json(
+                    RunDir(staging).env,
+                    environment(
+                        str(runtime.device), runtime.precision, runtime.world_size, recipe.train.seed
+                    ),
+                )
                 write_json(staging / "prepared.json", prepared)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -297,15 +294,28 @@ def run_pretrain(
     tokenizer = load_tokenizer(str(run.tokenizer))
     model = load_or_build_model(recipe, source, tokenizer).to(runtime.device)
     params = sum(p.numel() for p in model.parameters())
-    tracker.say(f"model: {recipe.model.source}, {params:,} parameters, on {runtime.device} "
-                f"({runtime.precision}, {runtime.world_size} process(es))")
+    tracker.say(
+        f"model: {recipe.model.source}, {params:,} parameters, on {runtime.device} "
+        f"({runtime.precision}, {runtime.world_size} process(es))"
+    )
     block = recipe.data.block_size
-    train_set = PackedBlocks(read_token_stream(run.data / "train.bin"), block)
+    train_set = PackedBlocks(read_token_stream(run.data / "train.bin"), block, recipe.data.block_stride)
     val_set = PackedBlocks(read_token_stream(run.data / "val.bin"), block)
     from peaufine.methods.lm import NextTokenLoss
 
-    result = fit(model, NextTokenLoss(), train_set, val_set, recipe.train, recipe.eval, runtime,
-                 run_dir=out, tracker=tracker, resume=resume, hooks=hooks)
+    result = fit(
+        model,
+        NextTokenLoss(),
+        train_set,
+        val_set,
+        recipe.train,
+        recipe.eval,
+        runtime,
+        run_dir=out,
+        tracker=tracker,
+        resume=resume,
+        hooks=hooks,
+    )
     evaluation: dict[str, Any] = {}
     if runtime.is_main:
         evaluation = finish(recipe, run, model, tokenizer, result, prepared, tracker)
