@@ -36,14 +36,35 @@ DEFAULT_DATA = REPO / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt"
 BLOCK_SIZE = 64
 BATCH_SIZE = 12
 SEED = 1337
-MODEL_OVERRIDES: dict[str, Any] = {
-    "n_embd": 128,
-    "n_layer": 4,
-    "n_head": 4,
-    "n_positions": 64,
-    "resid_pdrop": 0.0,
-    "embd_pdrop": 0.0,
-    "attn_pdrop": 0.0,
+# The baby GPT shape in two architectures: GPT-2 (learned positions, LayerNorm, biases; nanoGPT's
+# own) and Llama (rotary positions, RMSNorm, SwiGLU MLP sized to the same parameter count, no biases).
+MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "gpt2": (
+        "gpt2-tiny",
+        {
+            "n_embd": 128,
+            "n_layer": 4,
+            "n_head": 4,
+            "n_positions": 64,
+            "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+            "attn_pdrop": 0.0,
+            # nanoGPT's MLP uses torch.nn.GELU() (exact erf form); GPT-2's default is the tanh form.
+            "activation_function": "gelu",
+        },
+    ),
+    "llama": (
+        "llama-tiny",
+        {
+            "hidden_size": 128,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 4,
+            "intermediate_size": 344,
+            "max_position_embeddings": 64,
+            "tie_word_embeddings": True,
+        },
+    ),
 }
 EVAL_BATCH = 64  # blocks per validation forward; the loss is a sum over targets, so size-independent
 
@@ -65,6 +86,7 @@ class Settings:
     threads: int
     quick: bool
     stride: int
+    model: str
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
@@ -89,6 +111,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
         help="characters between training block starts (1: every offset, as "
         "nanoGPT's random crops; 64: non-overlapping blocks)",
     )
+    parser.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default="llama",
+        help="architecture of the baby GPT shape: llama (default; rotary positions, "
+        "RMSNorm, SwiGLU) or gpt2 (nanoGPT's own: learned positions, biases)",
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="tiny Shakespeare input.txt")
     args = parser.parse_args(argv)
     settings = Settings(
@@ -100,6 +129,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
         threads=args.threads,
         quick=args.quick,
         stride=args.stride,
+        model=args.model,
     )
     if settings.iters < 20 or settings.round_steps < 5 or settings.rounds < 1 or settings.threads < 1:
         parser.error("need --iters >= 20, --round-steps >= 5, --rounds >= 1, --threads >= 1")
@@ -223,7 +253,9 @@ def bare_loop(model: Any, forward: Any, train_set: Any, train: Any, clock: StepC
     model.train()
     losses = []
     for it in range(train.max_steps):
-        batch = train_set.collate(global_batch(len(train_set), train.batch_size, train.seed, it))
+        batch = train_set.collate(
+            global_batch(len(train_set), train.batch_size, train.seed, it * train.batch_size)
+        )
         logits = forward(input_ids=batch["input_ids"], use_cache=False).logits
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["labels"].reshape(-1))
         loss.backward()
@@ -325,7 +357,7 @@ def measure_overhead(
     arms: list[Arm] = []
     for compiled in modes:
         for engine in (True, False):
-            model = build_from_preset("gpt2-tiny", MODEL_OVERRIDES, corpus.tokenizer, SEED)
+            model = build_from_preset(*MODELS[settings.model], corpus.tokenizer, SEED)
             # fit() compiles by itself (train.compile); the bare loop gets torch.compile's module
             forward = torch.compile(model) if compiled and not engine else model
             name = f"{'fit()' if engine else 'bare loop'} {'compiled' if compiled else 'eager'}"
@@ -390,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         corpus = prepare_corpus(data_path, Path(tmp), settings.stride)
         train = baby_gpt_train_block(settings.iters, settings.compile)
         runtime = make_runtime(train)
-        model = build_from_preset("gpt2-tiny", MODEL_OVERRIDES, corpus.tokenizer, SEED)
+        model = build_from_preset(*MODELS[settings.model], corpus.tokenizer, SEED)
         init_state = copy.deepcopy(model.state_dict())
         n_params = sum(p.numel() for p in model.parameters())
         val_blocks = (
@@ -410,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(
             f"tiny Shakespeare: {corpus.train_chars:,} train / {corpus.val_chars:,} val characters, "
-            f"vocabulary {len(corpus.tokenizer)}; gpt2-tiny 4 x 128, block {BLOCK_SIZE}, "
+            f"vocabulary {len(corpus.tokenizer)}; {settings.model} 4 x 128, block {BLOCK_SIZE}, "
             f"{n_params:,} parameters",
             file=log,
         )
@@ -453,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": settings.quick,
         "threads": torch.get_num_threads(),
         "train_block_stride": settings.stride,
+        "model": settings.model,
         "compile": settings.compile,
         "torch": torch.__version__,
         "parameters": n_params,

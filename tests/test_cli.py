@@ -106,61 +106,69 @@ def test_set_override_typo_and_bad_value(tmp_path, capsys, monkeypatch):
     )
 
 
-def test_empty_corpus(tmp_path, capsys, monkeypatch):
-    corpus = tmp_path / "empty.txt"
-    corpus.write_text("", encoding="utf-8")
+BAD_CORPORA = {
+    "empty corpus": ("empty.txt", b"", ["empty.txt"]),
+    "not UTF-8": (
+        "latin1.txt",
+        "fine line\n\nna\u00efve caf\u00e9\n".encode("latin-1"),
+        ["latin1.txt", "line 3", "data.anomalies.not_utf8"],
+    ),
+    "broken JSONL line": (
+        "docs.jsonl",
+        b'{"text": "one"}\n{"text": "two"}\n{"text": "thr\n{"text": "four"}\n',
+        ["docs.jsonl", "line 3", "data.anomalies.bad_json"],
+    ),
+    "record without the text field": (
+        "docs.jsonl",
+        b'{"text": "one two three"}\n{"body": "no text here"}\n',
+        ["docs.jsonl", "line 2", "field 'text'", "'body'"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CORPORA))
+def test_bad_corpora_fail_with_file_and_line_and_leave_nothing(case, tmp_path, capsys, monkeypatch):
+    name, content, needles = BAD_CORPORA[case]
+    corpus = tmp_path / name
+    corpus.write_bytes(content)
     out = tmp_path / "run"
     expect_error(
         ["pretrain", str(tiny_recipe(tmp_path, str(corpus))), "--out", str(out)],
         capsys,
         monkeypatch,
-        "empty.txt",
+        *needles,
     )
     assert not out.exists()
     assert not list(tmp_path.glob(".run.staging*"))
 
 
-def test_a_file_that_is_not_utf8(tmp_path, capsys, monkeypatch):
-    corpus = tmp_path / "latin1.txt"
-    corpus.write_bytes("fine line\n\nna\u00efve caf\u00e9\n".encode("latin-1"))
-    out = tmp_path / "run"
-    expect_error(
-        ["pretrain", str(tiny_recipe(tmp_path, str(corpus))), "--out", str(out)],
-        capsys,
-        monkeypatch,
-        "latin1.txt",
-        "line 3",
-    )
-    assert not out.exists()
+def test_skipping_is_allowed_per_anomaly_kind_and_counted(tmp_path, capsys, monkeypatch):
+    import json
 
-
-def test_a_broken_jsonl_line(tmp_path, capsys, monkeypatch):
     corpus = tmp_path / "docs.jsonl"
-    corpus.write_text('{"text": "one"}\n{"text": "two"}\n{"text": "thr\n{"text": "four"}\n', encoding="utf-8")
+    lines = [json.dumps({"text": f"document number {i} " * 5}) for i in range(30)]
+    lines[4] = '{"text": "broken'
+    lines[9] = json.dumps({"body": "no text"})
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "run"
-    expect_error(
-        ["pretrain", str(tiny_recipe(tmp_path, str(corpus))), "--out", str(out)],
+    code, _, err = run_cli(
+        [
+            "pretrain",
+            str(tiny_recipe(tmp_path, str(corpus))),
+            "--out",
+            str(out),
+            "--set",
+            "data.anomalies.bad_json=skip",
+            "--set",
+            "data.anomalies.missing_field=skip",
+        ],
         capsys,
         monkeypatch,
-        "docs.jsonl",
-        "line 3",
     )
-    assert not out.exists()
-
-
-def test_a_record_without_the_text_field(tmp_path, capsys, monkeypatch):
-    corpus = tmp_path / "docs.jsonl"
-    corpus.write_text('{"text": "one two three"}\n{"body": "no text here"}\n', encoding="utf-8")
-    out = tmp_path / "run"
-    expect_error(
-        ["pretrain", str(tiny_recipe(tmp_path, str(corpus))), "--out", str(out)],
-        capsys,
-        monkeypatch,
-        "docs.jsonl",
-        "line 2",
-        "text",
-    )
-    assert not out.exists()
+    assert code == 0, err
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert evaluation["anomalies"]["bad_json"] == 1
+    assert evaluation["anomalies"]["missing_field"] == 1
 
 
 def test_block_size_beyond_the_models_positions(tmp_path, capsys, monkeypatch):

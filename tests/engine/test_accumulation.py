@@ -35,7 +35,7 @@ def test_per_micro_batch_mean_would_differ(cpu_runtime):
     model = tiny_llama()
     data = PaddedExamples(variable_examples(16), pad_id=0)
     objective = NextTokenLoss()
-    for i in global_batch(len(data), 8, TrainBlock().seed, step=0):
+    for i in global_batch(len(data), 8, TrainBlock().seed, start=0):
         batch = data.collate([i])
         (objective.loss_sum(model, batch) / objective.count(batch) / 8).backward()
     naive = {n: p.grad.clone() for n, p in model.named_parameters()}

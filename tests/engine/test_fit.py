@@ -132,3 +132,25 @@ def test_old_checkpoints_are_pruned_to_keep(tmp_path, cpu_runtime):
     fit(tiny_llama(), NextTokenLoss(), data, None, train, EvalBlock(), cpu_runtime, run_dir=tmp_path)
     kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))
     assert kept == ["step-00000005", "step-00000006"]
+
+
+def test_best_weights_are_restored_without_a_run_directory(cpu_runtime):
+    model = tiny_llama()
+    train_set, val_set = overfitting_setup()
+    train = TrainBlock(
+        max_steps=400,
+        batch_size=4,
+        lr=1e-2,
+        warmup_steps=0,
+        schedule="constant",
+        weight_decay=0.0,
+        log_every=5,
+        device="cpu",
+    )
+    evaluation = EvalBlock(every=5, early_stopping=EarlyStoppingBlock(patience=3))
+    result = fit(model, NextTokenLoss(), train_set, val_set, train, evaluation, cpu_runtime)
+    assert result.stopped_early and result.restored_best
+    from peaufine.engine.fit import evaluate_loss
+
+    restored = evaluate_loss(model, NextTokenLoss(), val_set, cpu_runtime, batch_size=4)
+    assert restored == pytest.approx(result.best_val_loss, rel=1e-6)

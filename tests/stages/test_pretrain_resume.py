@@ -65,36 +65,45 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.slow
-def test_resume_after_kill_equals_uninterrupted(tmp_path):
-    from safetensors.torch import load_file
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> tuple[Path, Path]:
+    """The recipe, and a run of it straight through 2N steps."""
+    root = tmp_path_factory.mktemp("resume")
+    recipe = recipe_file(root, write_corpus(root / "corpus.txt"))
+    done = cli("pretrain", str(recipe), "--out", str(root / "straight"))
+    assert done.returncode == 0, done.stderr
+    return recipe, root / "straight"
 
-    recipe = recipe_file(tmp_path, write_corpus(tmp_path / "corpus.txt"))
-    straight = cli("pretrain", str(recipe), "--out", str(tmp_path / "straight"))
-    assert straight.returncode == 0, straight.stderr
 
+def killed_after_n_steps(recipe: Path, out: Path) -> None:
     killed = subprocess.run(
-        [sys.executable, "-c", KILL_AFTER.format(n=N), str(recipe), str(tmp_path / "resumed")],
+        [sys.executable, "-c", KILL_AFTER.format(n=N), str(recipe), str(out)],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert killed.returncode == 137, killed.stderr
-    assert not (tmp_path / "resumed" / "model").exists()
-    latest = (tmp_path / "resumed" / "checkpoints" / "latest").read_text().strip()
-    assert latest == f"step-{N:08d}"
+    assert not (out / "model").exists()
+    assert (out / "checkpoints" / "latest").read_text().strip() == f"step-{N:08d}"
 
+
+@pytest.mark.slow
+def test_resume_after_kill_equals_uninterrupted(straight, tmp_path):
+    from safetensors.torch import load_file
+
+    recipe, straight_run = straight
+    killed_after_n_steps(recipe, tmp_path / "resumed")
     resumed = cli("pretrain", str(recipe), "--out", str(tmp_path / "resumed"), "--resume")
     assert resumed.returncode == 0, resumed.stderr
 
-    a = read_metrics(tmp_path / "straight" / "metrics.jsonl")
+    a = read_metrics(straight_run / "metrics.jsonl")
     b = read_metrics(tmp_path / "resumed" / "metrics.jsonl")
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for ra, rb in zip(a, b, strict=True):
         assert rb["train_loss"] == pytest.approx(ra["train_loss"], abs=1e-6), ra["step"]
         if "val_loss" in ra:
             assert rb["val_loss"] == pytest.approx(ra["val_loss"], abs=1e-6)
-    wa = load_file(tmp_path / "straight" / "model" / "model.safetensors")
+    wa = load_file(straight_run / "model" / "model.safetensors")
     wb = load_file(tmp_path / "resumed" / "model" / "model.safetensors")
     assert wa.keys() == wb.keys()
     for key in wa:
@@ -102,22 +111,14 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_from_a_different_checkpoint_state_would_differ(tmp_path):
-    """The control: without restoring RNG state the dropout masks differ and so do the losses."""
+def test_resuming_without_the_saved_rng_state_would_differ(straight, tmp_path):
+    """The control: with another RNG state the dropout masks differ, and so do the losses."""
     import torch
 
     from peaufine.engine import checkpoint
 
-    recipe = recipe_file(tmp_path, write_corpus(tmp_path / "corpus.txt"))
-    straight = cli("pretrain", str(recipe), "--out", str(tmp_path / "straight"))
-    assert straight.returncode == 0, straight.stderr
-    killed = subprocess.run(
-        [sys.executable, "-c", KILL_AFTER.format(n=N), str(recipe), str(tmp_path / "resumed")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert killed.returncode == 137
+    recipe, straight_run = straight
+    killed_after_n_steps(recipe, tmp_path / "resumed")
     rng_file = tmp_path / "resumed" / "checkpoints" / f"step-{N:08d}" / checkpoint.RNG
     state = torch.load(rng_file, weights_only=True)
     torch.manual_seed(12345)
@@ -125,7 +126,7 @@ def test_resume_from_a_different_checkpoint_state_would_differ(tmp_path):
     torch.save(state, rng_file)
     resumed = cli("pretrain", str(recipe), "--out", str(tmp_path / "resumed"), "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    last_a = read_metrics(tmp_path / "straight" / "metrics.jsonl")[-1]["train_loss"]
+    last_a = read_metrics(straight_run / "metrics.jsonl")[-1]["train_loss"]
     last_b = read_metrics(tmp_path / "resumed" / "metrics.jsonl")[-1]["train_loss"]
     assert abs(last_a - last_b) > 1e-6
     assert json.loads((tmp_path / "resumed" / "eval.json").read_text())["steps"] == 2 * N

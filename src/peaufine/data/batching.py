@@ -155,15 +155,15 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def global_batch(n: int, batch_size: int, seed: int, step: int) -> list[int]:
-    """The example indices of optimiser step `step`: consecutive slices of seeded epoch orders.
+def global_batch(n: int, batch_size: int, seed: int, start: int) -> list[int]:
+    """The example indices of the global batch that begins after `start` examples were consumed.
 
-    A function of the step alone, so the data position saved in a checkpoint is just the step, and
-    resuming with another number of processes visits the same examples.
+    Consecutive slices of seeded epoch orders: a function of the data position alone, so a
+    checkpoint stores just that position, and resuming with another number of processes (or
+    another batch size) continues the same stream of examples.
     """
     if n == 0:
         return []
-    start = step * batch_size
     indices: list[int] = []
     while len(indices) < batch_size:
         epoch, offset = divmod(start + len(indices), n)

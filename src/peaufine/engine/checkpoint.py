@@ -31,6 +31,7 @@ class TrainerState:
     """Everything about the loop's progress that is not a tensor."""
 
     step: int = 0
+    examples_seen: int = 0  # the data position: the next batch starts here (see global_batch)
     tokens_seen: int = 0
     elapsed: float = 0.0
     best_val_loss: float | None = None

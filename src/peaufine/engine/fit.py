@@ -161,7 +161,8 @@ class TrainingLoop:
         if checkpoint is None:
             raise TrainingError(
                 "--resume: no complete checkpoint in "
-                f"{self.store.directory if self.store else 'this run'}; start without --resume"
+                f"{self.store.directory if self.store else 'this run'} (the run stopped before its "
+                "first checkpoint); start it again with --overwrite"
             )
         self.state = self.store.load(checkpoint, self.model, self.optimizer)
         self.scheduler.load_state_dict(self.state.scheduler)
@@ -179,7 +180,9 @@ class TrainingLoop:
         import torch
 
         runtime = self.runtime
-        indices = global_batch(len(self.train_set), self.plan.batch_size, self.train.seed, self.state.step)
+        indices = global_batch(
+            len(self.train_set), self.plan.batch_size, self.train.seed, self.state.examples_seen
+        )
         micro = rank_micro_batches(indices, self.plan, runtime.rank)
         batches = [batch_to(self.train_set.collate(m), runtime.device) for m in micro]
         local = torch.tensor(
@@ -287,6 +290,7 @@ class TrainingLoop:
                         "the loss" if not torch.isfinite(loss_total) else "the gradient norm"
                     )
                 state.step += 1
+                state.examples_seen += self.plan.batch_size
                 state.tokens_seen += tokens
                 window_loss += loss_total
                 window_units += units

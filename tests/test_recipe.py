@@ -1,0 +1,84 @@
+"""The recipe schema: defaults, overrides, and errors that name key paths and the closest valid key."""
+
+from __future__ import annotations
+
+import pytest
+
+from peaufine.errors import RecipeError
+from peaufine.recipe import Recipe, apply_overrides, load_recipe, parse_override, validate_recipe
+
+
+def test_defaults_validate_and_round_trip_through_yaml(tmp_path):
+    recipe = load_recipe(None)
+    path = tmp_path / "r.yaml"
+    path.write_text(recipe.to_yaml(), encoding="utf-8")
+    assert load_recipe(path) == recipe
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("train.lr=3e-4", 3e-4),
+        ("train.max_steps=10", 10),
+        ("train.compile=true", True),
+        ("model.source=gpt2-tiny", "gpt2-tiny"),
+        ("train.betas=[0.9, 0.99]", [0.9, 0.99]),
+    ],
+)
+def test_overrides_parse_values_as_yaml_numbers_included(text, expected):
+    assert parse_override(text)[1] == expected
+
+
+def test_overrides_reach_nested_blocks():
+    recipe = load_recipe(
+        None, ["train.lr=3e-4", "eval.early_stopping.patience=2", "model.config.num_hidden_layers=6"]
+    )
+    assert recipe.train.lr == 3e-4
+    assert recipe.eval.early_stopping.patience == 2
+    assert recipe.model.config == {"num_hidden_layers": 6}
+
+
+def test_an_override_into_a_value_is_an_error():
+    with pytest.raises(RecipeError, match="'train.lr' is a value"):
+        apply_overrides({"train": {"lr": 1.0}}, ["train.lr.x=1"])
+
+
+@pytest.mark.parametrize(
+    ("data", "needles"),
+    [
+        ({"train": {"lerning_rate": 1}}, ["train.lerning_rate"]),
+        ({"train": {"warmup": 5}}, ["train.warmup", "train.warmup_steps"]),
+        ({"evl": {}}, ["'evl'", "did you mean 'eval'"]),
+        ({"eval": {"early_stopping": {"patiense": 2}}}, ["did you mean 'eval.early_stopping.patience'"]),
+        ({"train": {"lr": -1}}, ["train.lr", "greater than 0"]),
+        ({"train": {"precision": "fp8"}}, ["train.precision", "'bf16'"]),
+        ({"train": {"lr": 1e-3, "min_lr": 1e-2}}, ["min_lr"]),
+        ({"data": {"anomalies": {"bad_json": "ignore"}}}, ["data.anomalies.bad_json", "'skip'"]),
+    ],
+)
+def test_errors_name_the_key(data, needles):
+    with pytest.raises(RecipeError) as caught:
+        validate_recipe(data, "my.yaml")
+    message = str(caught.value)
+    assert message.startswith("my.yaml")
+    for needle in needles:
+        assert needle in message
+
+
+def test_a_yaml_syntax_error_names_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  lr: 1\n   max_steps: [\n", encoding="utf-8")
+    with pytest.raises(RecipeError, match=r"bad\.yaml, line \d"):
+        load_recipe(path)
+
+
+def test_a_missing_recipe_file():
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(__import__("pathlib").Path("no/such/recipe.yaml"))
+
+
+def test_schema_forbids_unknown_keys_in_every_block():
+    for name, field in Recipe.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and hasattr(annotation, "model_config"):
+            assert annotation.model_config.get("extra") == "forbid", name
