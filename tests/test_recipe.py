@@ -39,7 +39,7 @@ def test_overrides_reach_nested_blocks():
 
 
 def test_an_override_into_a_value_is_an_error():
-    with pytest.raises(RecipeError, match="'train.lr' is a value"):
+    with pytest.raises(RecipeError, match=r"'train\.lr' is a value"):
         apply_overrides({"train": {"lr": 1.0}}, ["train.lr.x=1"])
 
 
