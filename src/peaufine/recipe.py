@@ -36,6 +36,22 @@ class TokenizerBlock(Block):
     path: str | None = None
 
 
+class AdapterBlock(Block):
+    kind: Literal["none", "lora"] = "none"
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    rslora: bool = False
+    dora: bool = False
+
+
+class FreezeBlock(Block):
+    layers: list[int] = Field(default_factory=list, description="transformer layers to freeze")
+    embeddings: bool = False
+    all_but_head: bool = False
+
+
 class ModelBlock(Block):
     source: str = Field(
         "llama-tiny", description="a preset name, a Hugging Face model dir, or a previous run dir"
@@ -45,6 +61,8 @@ class ModelBlock(Block):
     )
     tokenizer: TokenizerBlock = Field(default_factory=TokenizerBlock)
     trust_remote_code: bool = False
+    adapter: AdapterBlock = Field(default_factory=AdapterBlock)
+    freeze: FreezeBlock = Field(default_factory=FreezeBlock)
 
 
 class WorldBlock(Block):
@@ -60,6 +78,33 @@ class AnomalyBlock(Block):
     bad_json: AnomalyPolicy = "error"
     missing_field: AnomalyPolicy = "error"
     empty_text: AnomalyPolicy = "error"
+    unknown_role: AnomalyPolicy = "error"
+    empty_assistant: AnomalyPolicy = "error"
+    too_long: Literal["error", "skip", "truncate"] = Field(
+        "error", description="an example longer than data.max_length"
+    )
+
+
+class FieldsBlock(Block):
+    """Where each part of a fine-tuning record lives in the user's files (a field mapping)."""
+
+    prompt: str = "prompt"
+    completion: str = "completion"
+    messages: str = "messages"
+    instruction: str = "instruction"
+    input: str = "input"
+    output: str = "output"
+    label: str = "label"
+    system: str | None = Field(None, description="a system message for every example")
+
+
+class ReplayBlock(Block):
+    """Mix general text into fine-tuning batches, a mitigation of catastrophic forgetting."""
+
+    source: str | None = Field(
+        None, description="text files; default: the pretraining corpus of model.source when known"
+    )
+    ratio: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of each batch that is replay")
 
 
 class DataBlock(Block):
@@ -78,6 +123,13 @@ class DataBlock(Block):
     )
     anomalies: AnomalyBlock = Field(default_factory=AnomalyBlock)
     world: WorldBlock = Field(default_factory=WorldBlock)
+    # fine-tuning data (sft, classify)
+    format: Literal["auto", "prompt_completion", "messages", "alpaca", "classification"] = "auto"
+    fields: FieldsBlock = Field(default_factory=FieldsBlock)
+    max_length: int = Field(512, ge=8, description="tokens per fine-tuning example")
+    packing: bool = Field(True, description="padding-free packing of examples into rows")
+    loss_on: Literal["completion", "all"] = "completion"
+    replay: ReplayBlock = Field(default_factory=ReplayBlock)
 
 
 class TrainBlock(Block):
@@ -123,6 +175,23 @@ class EarlyStoppingBlock(Block):
     min_delta: float = Field(0.0, ge=0.0)
 
 
+class ForgettingBlock(Block):
+    """Loss on general held-out text before vs after fine-tuning."""
+
+    general: str | None = Field(
+        None, description="text files; default: the validation split of model.source's pretraining"
+    )
+    threshold: float = Field(0.10, ge=0.0, description="relative loss increase that warns")
+    max_blocks: int | None = Field(256, ge=1)
+
+
+class TransferBlock(Block):
+    """Fine-tuned vs base zero-shot vs base few-shot vs the same architecture from scratch."""
+
+    from_scratch: bool = False
+    few_shot: int = Field(3, ge=0, description="in-context examples for the few-shot baseline")
+
+
 class EvalBlock(Block):
     every: int = Field(200, ge=1, description="evaluate on the validation set every N steps")
     max_batches: int | None = Field(None, ge=1, description="null: the whole validation split")
@@ -131,14 +200,20 @@ class EvalBlock(Block):
     restore_best: bool = Field(True, description="end the run with the best validated weights")
     samples: int = Field(3, ge=0, description="samples generated at the end of the run")
     sample_tokens: int = Field(40, ge=1)
+    forgetting: ForgettingBlock = Field(default_factory=ForgettingBlock)
+    transfer: TransferBlock = Field(default_factory=TransferBlock)
+    answers: int | None = Field(
+        200, ge=0, description="validation examples answered by generation for exact match / F1"
+    )
 
 
 class MethodBlock(Block):
-    name: Literal["lm"] = "lm"
+    name: Literal["lm", "classify"] = "lm"
+    num_labels: int | None = Field(None, ge=1, description="classify: 1 means regression")
 
 
 class Recipe(Block):
-    stage: Literal["pretrain"] = "pretrain"
+    stage: Literal["pretrain", "sft", "classify"] = "pretrain"
     model: ModelBlock = Field(default_factory=ModelBlock)
     data: DataBlock = Field(default_factory=DataBlock)
     train: TrainBlock = Field(default_factory=TrainBlock)
@@ -176,12 +251,41 @@ def _describe(error: dict[str, Any], source: str) -> str:
     return f"{source}: bad value for '{key}' ({value!r}): {error['msg']}"
 
 
+# Fine-tuning starts from weights that already work: smaller steps and shorter runs than pretraining.
+STAGE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "sft": {
+        "train": {"lr": 1e-4, "max_steps": 300, "warmup_steps": 20, "weight_decay": 0.0,
+                  "batch_size": 8},
+        "eval": {"every": 50},
+    },
+    "classify": {
+        "train": {"lr": 5e-5, "max_steps": 300, "warmup_steps": 30, "weight_decay": 0.01,
+                  "batch_size": 32},
+        "eval": {"every": 50},
+        "method": {"name": "classify"},
+    },
+}
+
+
+def _with_stage_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """The stage's defaults under the user's keys: what the user wrote always wins."""
+    defaults = STAGE_DEFAULTS.get(str(data.get("stage", "pretrain")), {})
+    merged = dict(data)
+    for block, values in defaults.items():
+        given = merged.get(block)
+        if given is None:
+            merged[block] = dict(values)
+        elif isinstance(given, dict):
+            merged[block] = {**values, **given}
+    return merged
+
+
 def validate_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
     """Validate a raw mapping; every problem becomes one RecipeError naming key paths."""
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: a recipe must be a mapping of blocks, got {type(data).__name__}")
     try:
-        return Recipe.model_validate(data)
+        return Recipe.model_validate(_with_stage_defaults(data))
     except ValidationError as exc:
         messages = [_describe(err, source) for err in exc.errors()]
         raise RecipeError("\n".join(messages)) from None
