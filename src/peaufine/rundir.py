@@ -11,12 +11,16 @@ import os
 import platform
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from peaufine.errors import RunDirError
+
+if TYPE_CHECKING:
+    from peaufine.engine.runtime import Runtime
 
 
 @dataclass(frozen=True)
@@ -160,3 +164,36 @@ def write_json(path: Path, data: Any) -> None:
     from peaufine.engine.checkpoint import write_text_atomic
 
     write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def start_run(
+    out: Path,
+    recipe_yaml: str,
+    runtime: Runtime,
+    prepare: Callable[[Path], dict[str, Any]],
+    *,
+    seed: int,
+    overwrite: bool = False,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Open the run folder: refuse a wrong target, or prepare a fresh run in staging and commit it.
+
+    `prepare(staging)` does everything that can fail on bad input and returns facts for eval.json;
+    it runs on rank 0 only, and the other processes read what it wrote once it is in place.
+    """
+    if runtime.is_main:
+        check_target(out, recipe_yaml, overwrite=overwrite, resume=resume)
+        if not resume:
+            staging = staging_dir(out)
+            try:
+                prepared = prepare(staging)
+                RunDir(staging).recipe.write_text(recipe_yaml, encoding="utf-8")
+                env = environment(str(runtime.device), runtime.precision, runtime.world_size, seed)
+                write_json(RunDir(staging).env, env)
+                write_json(staging / "prepared.json", prepared)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            commit_staging(staging, out)
+    runtime.barrier()
+    return json.loads((out / "prepared.json").read_text(encoding="utf-8"))

@@ -17,14 +17,7 @@ from peaufine.engine.fit import FitResult, StepHook, fit
 from peaufine.engine.track import Tracker, read_metrics
 from peaufine.errors import DataError, RecipeError
 from peaufine.models.build import ModelSource, max_positions, resolve_source
-from peaufine.rundir import (
-    RunDir,
-    check_target,
-    commit_staging,
-    environment,
-    staging_dir,
-    write_json,
-)
+from peaufine.rundir import RunDir, start_run, write_json
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -57,7 +50,7 @@ def gather_corpus(recipe: Recipe) -> Corpus:
     """Documents for training and validation: the synthetic world's, or the user's files."""
     from datasets import Dataset
 
-    from peaufine.data.sources import load_documents, split_documents
+    from peaufine.data.sources import ANOMALY_KINDS, load_documents, split_documents
 
     data = recipe.data
     if data.source == "world":
@@ -71,7 +64,7 @@ def gather_corpus(recipe: Recipe) -> Corpus:
         data.source,
         text_field=data.text_field,
         document_unit=data.document_unit,
-        policy=data.anomalies.model_dump(),
+        policy=data.anomalies.model_dump(include=set(ANOMALY_KINDS)),
     )
     train, validation = split_documents(dataset, data.validation_fraction, recipe.train.seed)
     return Corpus(train, validation, anomalies=dict(report.counts))
@@ -256,40 +249,22 @@ def run_pretrain(
     tracker: Tracker | None = None,
     hooks: list[StepHook] | None = None,
 ) -> PretrainResult:
-    import shutil
-
     from peaufine.engine.runtime import make_runtime
     from peaufine.models.tokenizer import load_tokenizer
 
     out = Path(out)
     runtime = make_runtime(recipe.train)
     tracker = tracker or Tracker(enabled=runtime.is_main)
-    recipe_yaml = recipe.to_yaml()
     run = RunDir(out)
-    prepared: dict[str, Any] = {}
-    if runtime.is_main:
-        check_target(out, recipe_yaml, overwrite=overwrite, resume=resume)
-        if not resume:
-            staging = staging_dir(out)
-            try:
-                prepared = prepare(recipe, staging, tracker)
-                RunDir(staging).recipe.write_text(recipe_yaml, encoding="utf-8")
-                write_json(
-                    RunDir(staging).env,
-                    environment(
-                        str(runtime.device), runtime.precision, runtime.world_size, recipe.train.seed
-                    ),
-                )
-                write_json(staging / "prepared.json", prepared)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
-            commit_staging(staging, out)
-    runtime.barrier()
-    if resume or not prepared:
-        import json
-
-        prepared = json.loads((out / "prepared.json").read_text(encoding="utf-8"))
+    prepared = start_run(
+        out,
+        recipe.to_yaml(),
+        runtime,
+        lambda staging: prepare(recipe, staging, tracker),
+        seed=recipe.train.seed,
+        overwrite=overwrite,
+        resume=resume,
+    )
     source = resolve_source(recipe.model.source)
     tokenizer = load_tokenizer(str(run.tokenizer))
     model = load_or_build_model(recipe, source, tokenizer).to(runtime.device)

@@ -1,0 +1,50 @@
+"""Catastrophic forgetting: loss and perplexity on general held-out text before vs after fine-tuning,
+with the relative change and a warning above a threshold."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass
+class ForgettingReport:
+    source: str
+    loss_before: float
+    loss_after: float
+    relative_change: float  # (after - before) / before; positive means the model got worse
+    perplexity_before: float
+    perplexity_after: float
+    threshold: float
+    forgot: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def verdict(self) -> str:
+        change = f"{self.relative_change:+.1%}"
+        if self.forgot:
+            return (
+                f"forgetting: general loss {self.loss_before:.4f} -> {self.loss_after:.4f} "
+                f"({change}, above the {self.threshold:.0%} threshold); consider LoRA, a lower "
+                "learning rate, or replay (data.replay.ratio)"
+            )
+        return (
+            f"no forgetting beyond {self.threshold:.0%}: general loss {self.loss_before:.4f} -> "
+            f"{self.loss_after:.4f} ({change})"
+        )
+
+
+def forgetting_report(source: str, before: float, after: float, threshold: float) -> ForgettingReport:
+    change = (after - before) / before if before > 0 else math.inf
+    return ForgettingReport(
+        source=source,
+        loss_before=before,
+        loss_after=after,
+        relative_change=change,
+        perplexity_before=math.exp(before),
+        perplexity_after=math.exp(after),
+        threshold=threshold,
+        forgot=change > threshold,
+    )
