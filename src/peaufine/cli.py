@@ -52,12 +52,51 @@ def pretrain(
     from peaufine.recipe import load_recipe
     from peaufine.stages.pretrain import run_pretrain
 
-    spec = load_recipe(recipe, set_ or [])
+    spec = load_recipe(recipe, set_ or [], stage="pretrain")
     result = run_pretrain(spec, out, overwrite=overwrite, resume=resume)
     if result.evaluation:
         from peaufine.summary import pretrain_summary
 
         Console().print(pretrain_summary(result.evaluation, result.run.path))
+
+
+@app.command()
+def sft(
+    recipe: RecipeArg = None,
+    out: OutOpt = Path("runs/sft"),
+    set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
+    resume: ResumeOpt = False,
+) -> None:
+    """Fine-tune a trained causal LM on a task (full, frozen layers or LoRA), with the overfitting,
+    forgetting and transfer report."""
+    from rich.console import Console
+
+    from peaufine.recipe import load_recipe
+    from peaufine.stages.sft import run_sft
+    from peaufine.summary import sft_summary
+
+    spec = load_recipe(recipe, set_ or [], stage="sft")
+    result = run_sft(spec, out, overwrite=overwrite, resume=resume)
+    if result.evaluation:
+        Console().print(sft_summary(result.evaluation, result.run.path))
+
+
+@app.command()
+def merge(
+    base: Annotated[Path, typer.Argument(help="The base model: a run or Hugging Face model folder.")],
+    adapter: Annotated[Path, typer.Argument(help="A PEFT adapter folder (a run's adapter/).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the merged model.")],
+) -> None:
+    """Merge a LoRA adapter into its base: a standalone model that loads with plain transformers."""
+    from peaufine.models.adapters import merge_adapter
+    from peaufine.models.build import resolve_source
+
+    resolved = resolve_source(str(base))
+    if resolved.model_dir is None:
+        _fail(f"{base}: merge needs a trained base model folder, not a preset")
+    merge_adapter(resolved.model_dir, adapter, out)
+    typer.echo(f"merged model written to {out}")
 
 
 @app.command()

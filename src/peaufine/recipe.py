@@ -254,13 +254,11 @@ def _describe(error: dict[str, Any], source: str) -> str:
 # Fine-tuning starts from weights that already work: smaller steps and shorter runs than pretraining.
 STAGE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "sft": {
-        "train": {"lr": 1e-4, "max_steps": 300, "warmup_steps": 20, "weight_decay": 0.0,
-                  "batch_size": 8},
+        "train": {"lr": 1e-4, "max_steps": 300, "warmup_steps": 20, "weight_decay": 0.0, "batch_size": 8},
         "eval": {"every": 50},
     },
     "classify": {
-        "train": {"lr": 5e-5, "max_steps": 300, "warmup_steps": 30, "weight_decay": 0.01,
-                  "batch_size": 32},
+        "train": {"lr": 5e-5, "max_steps": 300, "warmup_steps": 30, "weight_decay": 0.01, "batch_size": 32},
         "eval": {"every": 50},
         "method": {"name": "classify"},
     },
@@ -338,8 +336,17 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data or {}
 
 
-def load_recipe(path: Path | None, overrides: list[str] | None = None) -> Recipe:
-    """Read a recipe file (or start from the defaults), apply `--set` overrides, validate."""
+def load_recipe(path: Path | None, overrides: list[str] | None = None, stage: str | None = None) -> Recipe:
+    """Read a recipe file (or start from the defaults), apply `--set` overrides, validate.
+
+    `stage` is the command's stage: a recipe without a stage key gets it; one for another stage fails.
+    """
     data = read_yaml(path) if path is not None else {}
     source = str(path) if path is not None else "recipe"
-    return validate_recipe(apply_overrides(data, overrides or []), source)
+    data = apply_overrides(data, overrides or [])
+    if stage is not None:
+        given = data.setdefault("stage", stage)
+        if given != stage:
+            raise RecipeError(f"{source}: stage '{given}' cannot run as `peaufine {stage}`; "
+                              f"use `peaufine {given}` or set stage: {stage}")
+    return validate_recipe(data, source)

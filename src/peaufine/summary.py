@@ -54,3 +54,27 @@ def demo_summary(result: DemoResult) -> Group:
     size = "smoke" if result.smoke else "default"
     parts.append(Text(f"demo ({size} size) finished in {result.seconds:.0f} s; runs in {result.out}"))
     return Group(*parts)
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def sft_summary(evaluation: dict[str, Any], run_dir: Path) -> Group:
+    table = Table(title=f"sft: {run_dir}", show_header=False)
+    table.add_row("steps", f"{evaluation['steps']:,}")
+    losses = evaluation.get("task_val_loss", {})
+    table.add_row("task validation loss", f"{_fmt(losses.get('before'))} -> {_fmt(losses.get('after'))}")
+    for split, figures in evaluation.get("answers", {}).items():
+        before, after = figures.get("before") or {}, figures.get("after") or {}
+        table.add_row(
+            f"exact match ({split})",
+            f"{_pct(before.get('exact_match'))} -> {_pct(after.get('exact_match'))}"
+            f"  (F1 {_pct(before.get('f1'))} -> {_pct(after.get('f1'))}, n={after.get('n', 0)})",
+        )
+    parts: list[Any] = [table]
+    for key in ("overfitting", "forgetting", "transfer"):
+        verdict = evaluation.get(key, {}).get("verdict")
+        if verdict:
+            parts.append(Text(f"{key}: {verdict}"))
+    return Group(*parts)

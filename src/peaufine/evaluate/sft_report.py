@@ -1,0 +1,189 @@
+"""What a fine-tuning run reports without being asked: overfitting, forgetting, task metrics before and
+after, and transfer (fine-tuned vs base zero-shot vs base few-shot vs the same model from scratch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from peaufine.evaluate.forgetting import forgetting_report
+from peaufine.evaluate.overfitting import overfitting_report
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from peaufine.engine.fit import FitResult
+    from peaufine.engine.runtime import Runtime
+    from peaufine.engine.track import Tracker
+    from peaufine.recipe import Recipe
+    from peaufine.rundir import RunDir
+
+
+def few_shot_examples(
+    tokenizer: PreTrainedTokenizerBase,
+    shots: list[list[dict[str, str]]],
+    conversations: list[list[dict[str, str]]],
+    max_length: int,
+) -> list[Any]:
+    """Each validation conversation preceded by `shots` as earlier turns; only its own answer is a target.
+
+    This is in-context learning: the alternative to fine-tuning that changes no parameter.
+    """
+    from peaufine.data.batching import Example
+    from peaufine.data.formats import ChatRecord
+    from peaufine.data.tokenize import tokenize_chat
+
+    prefix = [m for shot in shots for m in shot if m["role"] != "system"]
+    examples = []
+    for conversation in conversations:
+        full = tokenize_chat(
+            tokenizer,
+            ChatRecord(prefix + conversation, "few-shot"),
+            max_length=max_length * (len(shots) + 1),
+            loss_on="completion",
+            too_long="skip",
+        )
+        head = tokenize_chat(
+            tokenizer,
+            ChatRecord(prefix, "few-shot"),
+            max_length=max_length * (len(shots) + 1),
+            loss_on="completion",
+            too_long="skip",
+        )
+        if full is None or head is None:
+            continue
+        mask = [m and i >= len(head.input_ids) for i, m in enumerate(full.target_mask)]
+        examples.append(Example(full.input_ids, mask))
+    return examples
+
+
+def train_from_scratch(
+    recipe: Recipe,
+    model_dir: Path,
+    train_examples: list[Any],
+    val_examples: list[Any],
+    runtime: Runtime,
+    pad_id: int,
+) -> PreTrainedModel:
+    """The same architecture, randomly initialised, trained on the task with the same budget."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from peaufine.engine.fit import fit
+    from peaufine.methods.lm import NextTokenLoss
+    from peaufine.stages.sft import make_dataset
+
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=recipe.model.trust_remote_code)
+    torch.manual_seed(recipe.train.seed)
+    model = AutoModelForCausalLM.from_config(config).to(runtime.device)
+    # from scratch there is no pretrained knowledge to protect: a pretraining-sized step is the fair budget
+    train = recipe.train.model_copy(update={"lr": max(recipe.train.lr, 1e-3)})
+    fit(
+        model,
+        NextTokenLoss(),
+        make_dataset(train_examples, recipe, pad_id),
+        make_dataset(val_examples, recipe, pad_id) if val_examples else None,
+        train,
+        recipe.eval,
+        runtime,
+    )
+    return model
+
+
+def transfer_verdict(figures: dict[str, float | None]) -> str:
+    tuned, scratch = figures.get("fine_tuned"), figures.get("from_scratch")
+    zero, few = figures.get("base_zero_shot"), figures.get("base_few_shot")
+    parts = []
+    if tuned is not None and scratch is not None:
+        if tuned < scratch:
+            parts.append(f"positive transfer: fine-tuned {tuned:.4f} < from scratch {scratch:.4f}")
+        else:
+            parts.append(f"NEGATIVE transfer: from scratch {scratch:.4f} <= fine-tuned {tuned:.4f}")
+    if tuned is not None and zero is not None:
+        parts.append(
+            f"fine-tuning {'improved' if tuned < zero else 'did not improve'} on the base "
+            f"model zero-shot ({zero:.4f})"
+        )
+    if tuned is not None and few is not None:
+        parts.append(f"{'beats' if tuned < few else 'does not beat'} {few:.4f} with in-context examples")
+    return "; ".join(parts) if parts else "not measured"
+
+
+def evaluate_sft(
+    recipe: Recipe,
+    run: RunDir,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    result: FitResult,
+    prepared: dict[str, Any],
+    before: dict[str, Any],
+    general: Any,
+    runtime: Runtime,
+    pad_id: int,
+    tracker: Tracker,
+) -> dict[str, Any]:
+    from peaufine.evaluate.answers import answer_questions
+    from peaufine.models.build import resolve_source
+    from peaufine.stages.sft import (
+        HELDOUT,
+        general_loss,
+        load_conversations,
+        load_examples,
+        source_model_dir,
+        task_loss,
+    )
+
+    evaluation: dict[str, Any] = {
+        "stage": "sft",
+        "steps": result.steps,
+        "tokens_seen": result.tokens_seen,
+        "train_seconds": result.elapsed,
+        **prepared,
+    }
+    overfit = overfitting_report(result.history, result.restored_best)
+    evaluation["overfitting"] = {**overfit.as_dict(), "verdict": overfit.verdict()}
+    val_examples = load_examples(run.data / "validation.tokens.jsonl")
+    after_val = task_loss(model, val_examples, runtime, pad_id) if val_examples else None
+    evaluation["task_val_loss"] = {"before": before.get("task_val_loss"), "after": after_val}
+    if general is not None and "general_loss" in before:
+        after_general = general_loss(
+            model, general, runtime, recipe.data.max_length, recipe.eval.forgetting.max_blocks
+        )
+        report = forgetting_report(
+            prepared.get("general_source") or "general",
+            before["general_loss"],
+            after_general,
+            recipe.eval.forgetting.threshold,
+        )
+        evaluation["forgetting"] = {**report.as_dict(), "verdict": report.verdict()}
+        if report.forgot:
+            tracker.warn(report.verdict())
+    else:
+        evaluation["forgetting"] = {"verdict": "not measured: no general text (set eval.forgetting.general)"}
+    answers: dict[str, Any] = {}
+    for split in ("validation", HELDOUT):
+        conversations = load_conversations(run.data / f"{split}.jsonl")[: recipe.eval.answers or 0]
+        if conversations:
+            answers[split] = {
+                "before": before.get(f"answers_{split}"),
+                "after": answer_questions(model, tokenizer, conversations).as_dict(),
+            }
+    evaluation["answers"] = answers
+    figures: dict[str, float | None] = {
+        "fine_tuned": after_val,
+        "base_zero_shot": before.get("task_val_loss"),
+        "base_few_shot": before.get("task_val_loss_few_shot"),
+    }
+    if recipe.eval.transfer.from_scratch and val_examples:
+        model_dir = source_model_dir(resolve_source(recipe.model.source))
+        scratch = train_from_scratch(
+            recipe, model_dir, load_examples(run.data / "train.tokens.jsonl"), val_examples, runtime, pad_id
+        )
+        figures["from_scratch"] = task_loss(scratch, val_examples, runtime, pad_id)
+        conversations = load_conversations(run.data / "validation.jsonl")[: recipe.eval.answers or 0]
+        if conversations:
+            answers.setdefault("validation", {})["from_scratch"] = answer_questions(
+                scratch, tokenizer, conversations
+            ).as_dict()
+    evaluation["transfer"] = {"task_val_loss": figures, "verdict": transfer_verdict(figures)}
+    return evaluation

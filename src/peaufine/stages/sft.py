@@ -1,0 +1,377 @@
+"""The sft stage: a pretrained causal LM fine-tuned on a small task set (full, frozen layers or LoRA),
+with the verdict on the three risks of fine-tuning: overfitting, forgetting, and transfer.
+
+Everything that can fail on bad input (records, template, lengths, adapter targets) fails while the run
+is prepared in staging, before the run folder exists.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from peaufine.engine.fit import FitResult, StepHook, fit
+from peaufine.engine.track import Tracker, read_metrics
+from peaufine.errors import ModelError, RecipeError
+from peaufine.models.build import ModelSource, resolve_source
+from peaufine.rundir import RunDir, start_run, write_json
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from peaufine.data.formats import ChatRecord
+    from peaufine.engine.runtime import Runtime
+    from peaufine.recipe import Recipe
+
+HELDOUT = "heldout"  # the world's questions about facts kept out of fine-tuning
+
+
+@dataclass
+class SftResult:
+    run: RunDir
+    fit: FitResult
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TaskData:
+    train: list[ChatRecord]
+    validation: list[ChatRecord]
+    heldout: list[ChatRecord] = field(default_factory=list)
+    anomalies: dict[str, int] = field(default_factory=dict)
+
+
+def source_model_dir(source: ModelSource) -> Path:
+    if source.model_dir is None:
+        raise RecipeError(
+            f"model.source: '{source.name}' is a preset; fine-tuning starts from a trained model "
+            "(a run folder or a Hugging Face model folder)"
+        )
+    return source.model_dir
+
+
+def gather_records(recipe: Recipe, source: ModelSource) -> TaskData:
+    """The task's conversations: the world's Q&A (when model.source is a world run) or the user's files."""
+    from peaufine.data.formats import load_chat_records, split_records, world_qa_records
+
+    data = recipe.data
+    if data.source == "world":
+        if source.kind != "run_dir" or not (source.path / "world").is_dir():
+            raise RecipeError(
+                "data.source: 'world' fine-tunes on the synthetic world's questions, which needs "
+                "model.source to be a run pretrained on the world (it has a world/ folder)"
+            )
+        from peaufine.data.world import load_world
+
+        world = load_world(source.path / "world")
+        train, validation = split_records(
+            world_qa_records(world, "qa_train"), data.validation_fraction, recipe.train.seed
+        )
+        return TaskData(train, validation, heldout=world_qa_records(world, "qa_heldout"))
+    policy = data.anomalies.model_dump(exclude={"too_long"})
+    records, report = load_chat_records(data.source, format=data.format, fields=data.fields, policy=policy)
+    train, validation = split_records(records, data.validation_fraction, recipe.train.seed)
+    return TaskData(train, validation, anomalies=dict(report.counts))
+
+
+def general_stream_path(recipe: Recipe, source: ModelSource) -> tuple[Path | None, str]:
+    """The general text for forgetting: the user's file, or the pretraining validation split we made."""
+    if recipe.eval.forgetting.general is not None:
+        return None, recipe.eval.forgetting.general
+    if source.kind == "run_dir" and (source.path / "data" / "val.bin").is_file():
+        return source.path / "data" / "val.bin", f"{source.path}/data/val.bin (pretraining validation split)"
+    return None, ""
+
+
+def tokenize_general(tokenizer: PreTrainedTokenizerBase, path: str, out: Path) -> Path:
+    from peaufine.data.batching import write_token_stream
+    from peaufine.data.sources import load_documents
+    from peaufine.stages.pretrain import iter_texts
+
+    dataset, _ = load_documents(path)
+
+    def documents() -> Any:
+        for texts in iter_texts(dataset):
+            yield from tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    write_token_stream(documents(), tokenizer.eos_token_id, out)
+    return out
+
+
+def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
+    """Validate and tokenize the task into staging; returns facts for eval.json."""
+    from peaufine.data.tokenize import ensure_chat_template, tokenize_records
+    from peaufine.models.tokenizer import load_tokenizer
+
+    source = resolve_source(recipe.model.source)
+    model_dir = source_model_dir(source)
+    tokenizer = load_tokenizer(str(model_dir), recipe.model.trust_remote_code)
+    template, was_default = ensure_chat_template(tokenizer)
+    if was_default:
+        tracker.warn(
+            f"{model_dir}: the tokenizer has no chat template; using peaufine's default "
+            "(written to chat_template.jinja in the run folder)"
+        )
+    task = gather_records(recipe, source)
+    if not task.train:
+        raise RecipeError("data.source: no training examples")
+    reports = {}
+    data_dir = staging / "data"
+    data_dir.mkdir()
+    for name in ("train", "validation", HELDOUT):
+        records = getattr(task, name if name != HELDOUT else "heldout")
+        examples, report = tokenize_records(
+            tokenizer,
+            records,
+            max_length=recipe.data.max_length,
+            loss_on=recipe.data.loss_on,
+            too_long=recipe.data.anomalies.too_long,
+        )
+        reports[name] = report
+        (data_dir / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"messages": r.messages}) + "\n" for r in records), encoding="utf-8"
+        )
+        (data_dir / f"{name}.tokens.jsonl").write_text(
+            "".join(
+                json.dumps({"input_ids": e.input_ids, "target_mask": e.target_mask}) + "\n" for e in examples
+            ),
+            encoding="utf-8",
+        )
+    (staging / "chat_template.jinja").write_text(template, encoding="utf-8")
+    (staging / "first_example.txt").write_text(reports["train"].first_rendered or "", encoding="utf-8")
+    tokenizer.save_pretrained(staging / "tokenizer")
+    general_bin, general_name = general_stream_path(recipe, source)
+    if general_bin is None and general_name:
+        general_bin = tokenize_general(tokenizer, general_name, data_dir / "general.bin")
+    elif general_bin is not None:
+        import shutil
+
+        shutil.copyfile(general_bin, data_dir / "general.bin")
+    counts = {
+        name: {
+            "examples": r.examples,
+            "truncated": r.truncated,
+            "skipped_too_long": r.skipped_too_long,
+            "target_tokens": r.target_tokens,
+        }
+        for name, r in reports.items()
+    }
+    tracker.say(
+        f"task: {counts['train']['examples']:,} training, {counts['validation']['examples']:,} validation"
+        + (f", {counts[HELDOUT]['examples']:,} held-out" if counts[HELDOUT]["examples"] else "")
+        + " examples"
+    )
+    truncated = sum(c["truncated"] for c in counts.values())
+    if truncated:
+        tracker.warn(f"{truncated} examples were longer than data.max_length and were truncated")
+    return {
+        "anomalies": task.anomalies,
+        "examples": counts,
+        "default_chat_template": was_default,
+        "general_source": general_name or None,
+    }
+
+
+def load_examples(path: Path) -> list[Any]:
+    from peaufine.data.batching import Example
+
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [Example(r["input_ids"], r["target_mask"]) for r in rows]
+
+
+def load_conversations(path: Path) -> list[list[dict[str, str]]]:
+    return [json.loads(line)["messages"] for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def make_dataset(examples: list[Any], recipe: Recipe, pad_id: int) -> Any:
+    from peaufine.data.batching import PackedExamples, PaddedExamples
+
+    if recipe.data.packing:
+        return PackedExamples(examples, recipe.data.max_length, pad_id)
+    return PaddedExamples(examples, pad_id)
+
+
+def replay_examples(general: Any, count: int, length: int, seed: int) -> list[Any]:
+    """`count` windows of general text, every token a target, appended to the task's examples."""
+    import numpy as np
+
+    from peaufine.data.batching import Example
+
+    if count <= 0 or len(general) <= length:
+        return []
+    starts = np.random.default_rng([seed, 7]).integers(0, len(general) - length, size=count)
+    return [Example([int(t) for t in general[s : s + length]], None) for s in starts]
+
+
+def general_loss(
+    model: PreTrainedModel, general: Any, runtime: Runtime, block: int, max_blocks: int | None
+) -> float:
+    from peaufine.data.batching import PackedBlocks
+    from peaufine.engine.fit import evaluate_loss
+    from peaufine.methods.lm import NextTokenLoss
+
+    blocks = PackedBlocks(general, block)
+    return evaluate_loss(
+        model,
+        NextTokenLoss(),
+        blocks,
+        runtime,
+        batch_size=16,
+        max_batches=(None if max_blocks is None else max(1, max_blocks // 16)),
+    )
+
+
+def task_loss(model: PreTrainedModel, examples: list[Any], runtime: Runtime, pad_id: int) -> float:
+    from peaufine.data.batching import PaddedExamples
+    from peaufine.engine.fit import evaluate_loss
+    from peaufine.methods.lm import NextTokenLoss
+
+    return evaluate_loss(model, NextTokenLoss(), PaddedExamples(examples, pad_id), runtime, batch_size=16)
+
+
+def load_model(recipe: Recipe, model_dir: Path, runtime: Runtime) -> PreTrainedModel:
+    from peaufine.models.adapters import apply_adapter, apply_freeze
+    from peaufine.models.build import load_pretrained
+
+    model = load_pretrained(model_dir, recipe.model.trust_remote_code)
+    apply_freeze(model, recipe.model.freeze)
+    model = apply_adapter(model, recipe.model.adapter)
+    return model.to(runtime.device)
+
+
+def run_sft(
+    recipe: Recipe,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    tracker: Tracker | None = None,
+    hooks: list[StepHook] | None = None,
+) -> SftResult:
+    from peaufine.data.batching import read_token_stream
+    from peaufine.engine.runtime import make_runtime
+    from peaufine.evaluate.sft_report import evaluate_sft
+    from peaufine.methods.lm import NextTokenLoss
+    from peaufine.models.tokenizer import load_tokenizer
+
+    if recipe.stage != "sft":
+        raise RecipeError(f"stage: this command runs stage 'sft', the recipe says '{recipe.stage}'")
+    out = Path(out)
+    runtime = make_runtime(recipe.train)
+    tracker = tracker or Tracker(enabled=runtime.is_main)
+    run = RunDir(out)
+    prepared = start_run(
+        out,
+        recipe.to_yaml(),
+        runtime,
+        lambda s: prepare(recipe, s, tracker),
+        seed=recipe.train.seed,
+        overwrite=overwrite,
+        resume=resume,
+    )
+    source = resolve_source(recipe.model.source)
+    model_dir = source_model_dir(source)
+    tokenizer = load_tokenizer(str(run.tokenizer))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    train_examples = load_examples(run.data / "train.tokens.jsonl")
+    val_examples = load_examples(run.data / "validation.tokens.jsonl")
+    general = read_token_stream(run.data / "general.bin") if (run.data / "general.bin").exists() else None
+    ratio = recipe.data.replay.ratio
+    if ratio > 0:
+        if general is None:
+            raise RecipeError(
+                "data.replay.ratio: replay needs general text: set data.replay.source or "
+                "eval.forgetting.general, or fine-tune a model pretrained by peaufine"
+            )
+        extra = round(len(train_examples) * ratio / (1 - ratio))
+        train_examples = train_examples + replay_examples(
+            general, extra, recipe.data.max_length, recipe.train.seed
+        )
+    model = load_model(recipe, model_dir, runtime)
+    before = evaluate_before(recipe, model, tokenizer, run, general, runtime, pad_id, val_examples)
+    result = fit(
+        model,
+        NextTokenLoss(),
+        make_dataset(train_examples, recipe, pad_id),
+        make_dataset(val_examples, recipe, pad_id) if val_examples else None,
+        recipe.train,
+        recipe.eval,
+        runtime,
+        run_dir=out,
+        tracker=tracker,
+        resume=resume,
+        hooks=hooks,
+    )
+    evaluation: dict[str, Any] = {}
+    if runtime.is_main:
+        save_outputs(recipe, run, model, tokenizer)
+        if run.metrics.exists():
+            from peaufine.report.plots import plot_losses
+
+            plot_losses(read_metrics(run.metrics), run.loss_plot, result.best_step)
+        evaluation = evaluate_sft(
+            recipe, run, model, tokenizer, result, prepared, before, general, runtime, pad_id, tracker
+        )
+        write_json(run.eval, evaluation)
+    runtime.barrier()
+    return SftResult(run=run, fit=result, evaluation=evaluation)
+
+
+def evaluate_before(
+    recipe: Recipe,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    run: RunDir,
+    general: Any,
+    runtime: Runtime,
+    pad_id: int,
+    val_examples: list[Any],
+) -> dict[str, Any]:
+    """The base model's numbers, taken before the first update (the adapter starts as a no-op)."""
+    from peaufine.evaluate.answers import answer_questions
+
+    before: dict[str, Any] = {}
+    if general is not None:
+        before["general_loss"] = general_loss(
+            model, general, runtime, recipe.data.max_length, recipe.eval.forgetting.max_blocks
+        )
+    if val_examples:
+        before["task_val_loss"] = task_loss(model, val_examples, runtime, pad_id)
+    if val_examples and recipe.eval.transfer.few_shot:
+        from peaufine.evaluate.sft_report import few_shot_examples
+
+        shots = load_conversations(run.data / "train.jsonl")[: recipe.eval.transfer.few_shot]
+        few = few_shot_examples(
+            tokenizer, shots, load_conversations(run.data / "validation.jsonl"), recipe.data.max_length
+        )
+        if few:
+            before["task_val_loss_few_shot"] = task_loss(model, few, runtime, pad_id)
+    if recipe.eval.answers and runtime.is_main:
+        for split in ("validation", HELDOUT):
+            conversations = load_conversations(run.data / f"{split}.jsonl")[: recipe.eval.answers]
+            if conversations:
+                before[f"answers_{split}"] = answer_questions(model, tokenizer, conversations).as_dict()
+    return before
+
+
+def save_outputs(
+    recipe: Recipe, run: RunDir, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    """adapter/ in PEFT's format for adapter runs, and model/ always: a standalone HF model."""
+    from peaufine.models.build import save_model
+
+    if recipe.model.adapter.kind != "none":
+        from peaufine.models.adapters import merged_copy, save_adapter
+
+        save_adapter(model, tokenizer, run.adapter)
+        save_model(merged_copy(model), tokenizer, run.model)
+    else:
+        save_model(model, tokenizer, run.model)
+
+
+def require_sft_source(recipe: Recipe) -> None:
+    source = resolve_source(recipe.model.source)
+    if source.kind == "preset":
+        raise ModelError(f"model.source: '{source.name}' is a preset, not a trained model")
