@@ -144,11 +144,29 @@ def params(
     set_: SetOpt = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Per-device micro-batch.")] = None,
     seq_len: Annotated[int | None, typer.Option(min=1)] = None,
+    lora: Annotated[str | None, typer.Option(help="LoRA settings, e.g. r=8.")] = None,
+    targets: Annotated[
+        str | None, typer.Option(help="LoRA target modules, e.g. q_proj,v_proj (default all-linear).")
+    ] = None,
+    dora: Annotated[bool, typer.Option(help="DoRA (magnitude vectors on top of LoRA).")] = False,
 ) -> None:
     """Total and trainable parameters, by module type, and estimated training memory (no allocation)."""
-    from peaufine.models.budget import describe_budget
+    from peaufine.models.budget import describe_budget_with_lora
 
-    typer.echo(describe_budget(recipe, preset, set_ or [], batch_size, seq_len))
+    rank = None
+    if lora is not None:
+        key, _, value = lora.partition("=")
+        if key.strip() != "r" or not value.strip().isdigit():
+            _fail(f"--lora {lora!r}: expected r=N, e.g. --lora r=8")
+        rank = int(value)
+    target_list: list[str] | str | None = None
+    if targets is not None:
+        target_list = "all-linear" if targets == "all-linear" else [t for t in targets.split(",") if t]
+    typer.echo(
+        describe_budget_with_lora(
+            recipe, preset, set_ or [], batch_size, seq_len, lora_r=rank, lora_targets=target_list, dora=dora
+        )
+    )
 
 
 @app.command()

@@ -43,5 +43,12 @@ def run_demo(out: Path, *, smoke: bool = False, overwrite: bool = True) -> DemoR
         overwrite=overwrite and (out / "pretrain").exists(),
     )
     result.stages["pretrain"] = pretrain.evaluation
+
+    from peaufine.stages.sft import run_sft
+
+    sft_recipe = packaged_recipe(f"world-sft{suffix}")
+    sft_recipe.model.source = str(out / "pretrain")
+    sft = run_sft(sft_recipe, out / "sft", overwrite=overwrite and (out / "sft").exists())
+    result.stages["sft"] = sft.evaluation
     result.seconds = time.perf_counter() - start
     return result

@@ -347,6 +347,8 @@ def load_recipe(path: Path | None, overrides: list[str] | None = None, stage: st
     if stage is not None:
         given = data.setdefault("stage", stage)
         if given != stage:
-            raise RecipeError(f"{source}: stage '{given}' cannot run as `peaufine {stage}`; "
-                              f"use `peaufine {given}` or set stage: {stage}")
+            raise RecipeError(
+                f"{source}: stage '{given}' cannot run as `peaufine {stage}`; "
+                f"use `peaufine {given}` or set stage: {stage}"
+            )
     return validate_recipe(data, source)

@@ -51,6 +51,9 @@ def demo_summary(result: DemoResult) -> Group:
     pretrain = result.stages.get("pretrain")
     if pretrain:
         parts.append(pretrain_summary(pretrain, result.out / "pretrain"))
+    sft = result.stages.get("sft")
+    if sft:
+        parts.append(sft_summary(sft, result.out / "sft"))
     size = "smoke" if result.smoke else "default"
     parts.append(Text(f"demo ({size} size) finished in {result.seconds:.0f} s; runs in {result.out}"))
     return Group(*parts)

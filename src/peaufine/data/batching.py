@@ -6,8 +6,9 @@ nothing to predict), so every objective computes one cross-entropy without slici
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -109,6 +110,109 @@ class PaddedExamples:
                 nxt[~keep] = IGNORE_INDEX
             labels[row, : n - 1] = nxt
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+def pack_examples(lengths: Sequence[int], max_length: int) -> list[list[int]]:
+    """Bin-pack example lengths into as few rows of at most `max_length` tokens as it can.
+
+    Best-fit decreasing: longest first, each into the open row it fills most tightly (ties: the
+    earliest row), so it is deterministic and needs at most 11/9 of the optimal rows (+ 1). The free
+    space of open rows is kept sorted and searched with bisect: O(n log n), quick on 10^5 examples,
+    where a first-fit scan over the rows would be quadratic. Returns example indices per row,
+    each row in ascending order.
+    """
+    if max_length < 1:
+        raise ValueError(f"max_length must be at least 1, got {max_length}")
+    for i, n in enumerate(lengths):
+        if not 1 <= n <= max_length:
+            raise ValueError(
+                f"example {i} has {n} tokens; packing takes 1..{max_length} (max_length): truncate or "
+                "drop examples before packing, where the choice of what to cut is made"
+            )
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (tokens still free, row number) of rows not yet full, sorted
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        n = lengths[i]
+        k = bisect.bisect_left(free, (n, -1))
+        if k == len(free):
+            rows.append([i])
+            space, row = max_length - n, len(rows) - 1
+        else:
+            space, row = free.pop(k)
+            rows[row].append(i)
+            space -= n
+        if space > 0:
+            bisect.insort(free, (space, row))
+    return [sorted(row) for row in rows]
+
+
+@dataclass
+class PackedExamples:
+    """Variable-length examples packed into rows of at most `max_length` tokens: no compute on padding.
+
+    The engine samples row indices, so rows are fixed at construction (`pack_examples`); one training
+    "example" is then a row, and the number of target tokens per batch varies, which the engine's
+    loss normalisation (by targets counted from labels) already absorbs.
+
+    A batch is (rows, longest chosen row), padded only at row ends, with `position_ids` restarting at 0
+    for every example and NO `attention_mask`. From restarting positions transformers (5.x,
+    `masking_utils.find_packed_sequence_indices`) builds a block-diagonal causal mask for sdpa, eager
+    and flex attention, and flash-attention-2 runs varlen, so no token attends across examples, and
+    rotary (Llama) or learned (GPT-2) positions are those of the example alone. Two conditions:
+    - no `attention_mask` key: any 2-D mask, even all ones, turns that detection off;
+    - the model is called with `use_cache=False` (as NextTokenLoss does): with a key/value cache,
+      transformers skips the detection and attention silently crosses examples.
+    The tail padding of a row is its own short sequence (positions from 0, labels -100), so it is
+    never attended to by an example. Rows rather than one (1, total) sequence because sdpa computes
+    every score of the mask it is given: rows x max_length^2, not (rows x max_length)^2.
+    """
+
+    examples: list[Example]
+    max_length: int
+    pad_id: int
+    rows: list[list[int]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rows = pack_examples([len(e.input_ids) for e in self.examples], self.max_length)
+        self._row_tokens = [sum(len(self.examples[i].input_ids) for i in row) for row in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def packing_efficiency(self) -> float:
+        """Real tokens over the room of the rows (rows x max_length): 1 - the padding fraction."""
+        room = len(self.rows) * self.max_length
+        return sum(self._row_tokens) / room if room else 0.0
+
+    def collate(self, indices: Sequence[int]) -> Batch:
+        import torch
+
+        width = max(self._row_tokens[r] for r in indices)
+        input_ids = np.full((len(indices), width), self.pad_id, dtype=np.int64)
+        labels = np.full((len(indices), width), IGNORE_INDEX, dtype=np.int64)
+        positions = np.zeros((len(indices), width), dtype=np.int64)
+        for b, r in enumerate(indices):
+            start = 0
+            for i in self.rows[r]:
+                ex = self.examples[i]
+                ids = np.asarray(ex.input_ids, dtype=np.int64)
+                n = len(ids)
+                end = start + n
+                input_ids[b, start:end] = ids
+                positions[b, start:end] = np.arange(n)
+                # label t is token t+1 of the same example; its last token predicts nothing
+                nxt = ids[1:].copy()
+                if ex.target_mask is not None:
+                    nxt[~np.asarray(ex.target_mask[1:], dtype=bool)] = IGNORE_INDEX
+                labels[b, start : end - 1] = nxt
+                start = end
+            positions[b, start:] = np.arange(width - start)
+        return {
+            "input_ids": torch.from_numpy(input_ids),
+            "labels": torch.from_numpy(labels),
+            "position_ids": torch.from_numpy(positions),
+        }
 
 
 class Dataset:

@@ -140,7 +140,7 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
             encoding="utf-8",
         )
     (staging / "chat_template.jinja").write_text(template, encoding="utf-8")
-    (staging / "first_example.txt").write_text(reports["train"].first_rendered or "", encoding="utf-8")
+    (staging / "first_example.txt").write_text(reports["train"].first_text or "", encoding="utf-8")
     tokenizer.save_pretrained(staging / "tokenizer")
     general_bin, general_name = general_stream_path(recipe, source)
     if general_bin is None and general_name:
