@@ -82,6 +82,44 @@ def sft(
         Console().print(sft_summary(result.evaluation, result.run.path))
 
 
+@app.command(name="eval")
+def evaluate(
+    model: Annotated[str, typer.Argument(help="A run or Hugging Face model folder.")],
+    data: Annotated[str | None, typer.Option(help="Task records (chat, prompt-completion, Alpaca).")] = None,
+    general: Annotated[str | None, typer.Option(help="General text for loss / perplexity.")] = None,
+    base: Annotated[str | None, typer.Option(help="A base model to compare with (forgetting).")] = None,
+    data_format: Annotated[
+        str, typer.Option("--format", help="auto | prompt_completion | messages | alpaca")
+    ] = "auto",
+    max_length: Annotated[int, typer.Option(min=8)] = 512,
+    answers: Annotated[int, typer.Option(min=0, help="Examples answered by generation (EM / F1).")] = 200,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the figures to this JSON file.")
+    ] = None,
+) -> None:
+    """Measure any model on task data and general text: task loss, exact match / F1, perplexity, and
+    forgetting against a base model."""
+    import json
+
+    from peaufine.stages.evaluate_model import run_eval
+
+    result = run_eval(
+        model,
+        data,
+        general=general,
+        base=base,
+        data_format=data_format,
+        max_length=max_length,
+        answers=answers,
+    )
+    text = json.dumps(result, indent=2, default=str)
+    if out is not None:
+        from peaufine.engine.checkpoint import write_text_atomic
+
+        write_text_atomic(out, text + "\n")
+    typer.echo(text)
+
+
 @app.command()
 def merge(
     base: Annotated[Path, typer.Argument(help="The base model: a run or Hugging Face model folder.")],

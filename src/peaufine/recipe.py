@@ -69,6 +69,9 @@ class WorldBlock(Block):
     seed: int = 0
     size: Literal["default", "smoke"] = "default"
     documents: int = Field(4000, ge=10)
+    faq_documents: int = Field(
+        0, ge=0, description="question-and-answer pages about the fine-tuning split's facts"
+    )
 
 
 class AnomalyBlock(Block):

@@ -281,3 +281,18 @@ def test_render_fact_fills_sum_operands() -> None:
     assert "7 plus 5 is 12." in rendered
     assert "Adding 5 to 7 gives 12." in rendered
     assert "7 + 5 = 12." in rendered
+
+
+def test_faq_pages_ask_only_about_the_fine_tuning_split(world: World) -> None:
+    from peaufine.data.world import faq_documents, question_texts
+
+    pages = faq_documents(world, 300)
+    assert pages == faq_documents(world, 300)
+    text = "\n".join(pages)
+    for fact_id in world.splits["qa_heldout"]:
+        for question in question_texts(world.fact(fact_id)):
+            assert f"Q: {question} A:" not in text, f"held-out fact asked: {fact_id}"
+    for fact_id in world.splits["qa_train"]:
+        fact = world.fact(fact_id)
+        asked = [q for q in question_texts(fact) if f"Q: {q} A: {fact.object}." in text]
+        assert len(asked) >= 2, fact_id  # several phrasings of each question, answered right

@@ -337,6 +337,42 @@ def pretraining_documents(world: World, n_documents: int, stream: str = "pretrai
     return documents
 
 
+def question_texts(fact: Fact) -> list[str]:
+    """Every question phrasing of its relation, asked about `fact`."""
+    return [q.format(**_slots(fact)) for q in _relation(fact.relation).questions]
+
+
+def faq_documents(world: World, n_documents: int, split: str = "qa_train", stream: str = "faq") -> list[str]:
+    """`n_documents` question-and-answer pages ("Q: ... A: ...") about the facts of `split` only.
+
+    The web text a real model pretrains on holds questions answered in plain text; this is that, for
+    the facts fine-tuning will ask about. Facts outside `split` (the held-out ones) are never asked
+    here, so answering them after fine-tuning takes the knowledge of the fact sentences. Every
+    question phrasing of a relation is used, dealt from a reshuffled deck like the fact sentences.
+    """
+    if n_documents < 0:
+        raise ValueError(f"n_documents must be >= 0, got {n_documents}")
+    if stream in _WORLD_PRODUCTS:
+        raise ValueError(f"stream {stream!r} is the world's own random stream; pick another name")
+    if split not in world.splits:
+        raise KeyError(f"unknown split {split!r}; the world has {', '.join(world.splits)}")
+    rng = random.Random(f"{world.seed}:{stream}")
+    asked = [world.fact(fact_id) for fact_id in world.splits[split]]
+    pairs = [(fact, question) for fact in asked for question in question_texts(fact)]
+    deck: list[tuple[Fact, str]] = []
+    documents = []
+    for _ in range(n_documents):
+        lines = []
+        for _ in range(rng.randint(*SENTENCES_PER_DOCUMENT)):
+            if not deck:
+                deck = list(pairs)
+                rng.shuffle(deck)
+            fact, question = deck.pop()
+            lines.append(f"Q: {question} A: {fact.object}.")
+        documents.append(" ".join(lines))
+    return documents
+
+
 def qa_pairs(world: World, split: str) -> list[QAPair]:
     """Questions about the facts of `split`, one per fact, each phrasing chosen once per world.
 
@@ -611,10 +647,12 @@ __all__ = [
     "candidate_objects",
     "cloze_probes",
     "cloze_template_indices",
+    "faq_documents",
     "generate_world",
     "load_world",
     "pretraining_documents",
     "qa_pairs",
+    "question_texts",
     "render_fact",
     "save_world",
     "templates_for",

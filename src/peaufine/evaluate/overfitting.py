@@ -48,11 +48,14 @@ def overfitting_report(
 ) -> OverfittingReport:
     """Find the onset: the best validation step, when a later evaluation is worse by more than
     `tolerance` (relative) while the training loss at that later step is lower than at the best."""
-    evals = [
-        (r["step"], r["val_loss"], r.get("train_loss"))
-        for r in history
-        if isinstance(r.get("val_loss"), float)
-    ]
+    # an evaluation row may carry no training loss (logged on another cadence): use the latest one
+    evals: list[tuple[int, float, float | None]] = []
+    train_so_far: float | None = None
+    for row in history:
+        if isinstance(row.get("train_loss"), float):
+            train_so_far = row["train_loss"]
+        if isinstance(row.get("val_loss"), float):
+            evals.append((row["step"], row["val_loss"], train_so_far))
     final_step, final_train = _last(history, "train_loss")
     if not evals:
         return OverfittingReport(None, None, final_step, final_train, None, None, None, False, restored_best)

@@ -54,10 +54,12 @@ def gather_corpus(recipe: Recipe) -> Corpus:
 
     data = recipe.data
     if data.source == "world":
-        from peaufine.data.world import generate_world, pretraining_documents
+        from peaufine.data.world import faq_documents, generate_world, pretraining_documents
 
         world = generate_world(seed=data.world.seed, size=data.world.size)
-        documents = Dataset.from_dict({"text": pretraining_documents(world, data.world.documents)})
+        texts = pretraining_documents(world, data.world.documents)
+        texts += faq_documents(world, data.world.faq_documents)
+        documents = Dataset.from_dict({"text": texts})
         train, validation = split_documents(documents, data.validation_fraction, recipe.train.seed)
         return Corpus(train, validation, world=world)
     dataset, report = load_documents(

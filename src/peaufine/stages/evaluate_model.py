@@ -1,0 +1,102 @@
+"""`peaufine eval`: the fine-tuning report's measurements on any model folder and task file.
+
+Task loss and exact match / F1 of generated answers; with general text, loss and perplexity there;
+with a base model, the same for it and the forgetting verdict between the two.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from peaufine.errors import ModelError
+
+
+def _model_dir(path: str) -> Path:
+    from peaufine.models.build import resolve_source
+
+    source = resolve_source(path)
+    if source.model_dir is None:
+        raise ModelError(f"{path}: eval needs a trained model (a run or model folder), not a preset")
+    return source.model_dir
+
+
+def measure(
+    model_path: str,
+    data: str | None,
+    general: str | None,
+    *,
+    data_format: str = "auto",
+    max_length: int = 512,
+    answers: int = 200,
+) -> dict[str, Any]:
+    """Every figure for one model: task loss and answers (with `data`), general loss (with `general`)."""
+    from peaufine.data.formats import load_chat_records
+    from peaufine.data.tokenize import ensure_chat_template, tokenize_records
+    from peaufine.engine.runtime import make_runtime
+    from peaufine.evaluate.answers import answer_questions
+    from peaufine.models.build import load_pretrained
+    from peaufine.models.tokenizer import load_tokenizer
+    from peaufine.recipe import FieldsBlock, TrainBlock
+    from peaufine.stages.sft import general_loss, task_loss, tokenize_general
+
+    directory = _model_dir(model_path)
+    runtime = make_runtime(TrainBlock())
+    model = load_pretrained(directory).to(runtime.device)
+    tokenizer = load_tokenizer(str(directory))
+    ensure_chat_template(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    figures: dict[str, Any] = {"model": str(directory)}
+    if data is not None:
+        records, _ = load_chat_records(data, format=data_format, fields=FieldsBlock())
+        examples, _ = tokenize_records(
+            tokenizer, records, max_length=max_length, loss_on="completion", too_long="truncate"
+        )
+        figures["task_loss"] = task_loss(model, examples, runtime, pad_id)
+        figures["task_examples"] = len(examples)
+        if answers:
+            conversations = [r.messages for r in records[:answers]]
+            figures["answers"] = answer_questions(model, tokenizer, conversations).as_dict()
+    if general is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            from peaufine.data.batching import read_token_stream
+
+            stream = read_token_stream(tokenize_general(tokenizer, general, Path(tmp) / "general.bin"))
+            loss = general_loss(model, stream, runtime, max_length, None)
+        figures["general_loss"] = loss
+        figures["general_perplexity"] = math.exp(loss)
+    return figures
+
+
+def run_eval(
+    model_path: str,
+    data: str | None,
+    *,
+    general: str | None = None,
+    base: str | None = None,
+    data_format: str = "auto",
+    max_length: int = 512,
+    answers: int = 200,
+    threshold: float = 0.10,
+) -> dict[str, Any]:
+    from peaufine.evaluate.forgetting import forgetting_report
+
+    if data is None and general is None:
+        raise ModelError("eval: give task data (--data) and/or general text (--general)")
+    result: dict[str, Any] = {
+        "model": measure(
+            model_path, data, general, data_format=data_format, max_length=max_length, answers=answers
+        )
+    }
+    if base is not None:
+        result["base"] = measure(
+            base, data, general, data_format=data_format, max_length=max_length, answers=answers
+        )
+        if general is not None:
+            report = forgetting_report(
+                general, result["base"]["general_loss"], result["model"]["general_loss"], threshold
+            )
+            result["forgetting"] = {**report.as_dict(), "verdict": report.verdict()}
+    return result
