@@ -1,0 +1,121 @@
+"""The sft stage end to end on constructed cases: forgetting is flagged when it happens and is smaller
+with LoRA at a low learning rate; overfitting on tiny data is found and early stopping restores the best."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from peaufine.recipe import validate_recipe
+from peaufine.stages.pretrain import run_pretrain
+from peaufine.stages.sft import run_sft
+
+WORDS = [
+    "the",
+    "river",
+    "stone",
+    "north",
+    "light",
+    "green",
+    "house",
+    "small",
+    "early",
+    "winter",
+    "sings",
+    "walks",
+    "under",
+    "over",
+    "bright",
+    "field",
+]
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory) -> Path:
+    """A tiny model pretrained on plain word text: its validation split is the general set."""
+    root = tmp_path_factory.mktemp("sft")
+    rng = random.Random(0)
+    corpus = root / "general.txt"
+    corpus.write_text(
+        "\n\n".join(" ".join(rng.choice(WORDS) for _ in range(40)) for _ in range(200)), encoding="utf-8"
+    )
+    recipe = validate_recipe(
+        {
+            "model": {
+                "source": "llama-tiny",
+                "tokenizer": {"kind": "bpe", "vocab_size": 300},
+                "config": {
+                    "hidden_size": 48,
+                    "intermediate_size": 96,
+                    "num_hidden_layers": 2,
+                    "num_attention_heads": 2,
+                    "num_key_value_heads": 2,
+                },
+            },
+            "data": {"source": str(corpus), "block_size": 32, "validation_fraction": 0.1},
+            "train": {"max_steps": 120, "batch_size": 16, "lr": 3e-3, "warmup_steps": 10, "device": "cpu"},
+            "eval": {"every": 60, "samples": 0},
+        }
+    )
+    run_pretrain(recipe, root / "base")
+    return root / "base"
+
+
+def digit_task(path: Path, n: int, seed: int = 1) -> Path:
+    """Text nothing like the general set: digit strings to be reversed."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        digits = [str(rng.randint(0, 9)) for _ in range(8)]
+        rows.append({"prompt": " ".join(digits), "completion": " ".join(reversed(digits))})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def sft_recipe(base: Path, data: Path, **train: object) -> dict:
+    return {
+        "stage": "sft",
+        "model": {"source": str(base)},
+        "data": {"source": str(data), "max_length": 48, "validation_fraction": 0.2},
+        "train": {"batch_size": 8, "warmup_steps": 0, "device": "cpu", "log_every": 5, **train},
+        "eval": {"every": 10, "answers": 0, "transfer": {"few_shot": 0}},
+    }
+
+
+@pytest.mark.slow
+def test_forgetting_is_flagged_and_lora_at_a_low_lr_forgets_less(base_run, tmp_path):
+    data = digit_task(tmp_path / "digits.jsonl", 64)
+    harsh = validate_recipe(sft_recipe(base_run, data, lr=1e-2, max_steps=60, schedule="constant"))
+    gentle = sft_recipe(base_run, data, lr=1e-4, max_steps=60, schedule="constant")
+    gentle["model"]["adapter"] = {"kind": "lora", "r": 4}
+    full = run_sft(harsh, tmp_path / "full").evaluation["forgetting"]
+    lora = run_sft(validate_recipe(gentle), tmp_path / "lora").evaluation["forgetting"]
+    assert full["forgot"] and full["relative_change"] > full["threshold"]
+    assert "forgetting" in full["verdict"]
+    assert lora["relative_change"] < full["relative_change"] / 4
+    assert not lora["forgot"]
+    assert (tmp_path / "lora" / "adapter" / "adapter_config.json").is_file()
+    assert (tmp_path / "lora" / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_overfitting_onset_is_found_and_early_stopping_restores_it(base_run, tmp_path):
+    data = digit_task(tmp_path / "few.jsonl", 10)
+    recipe = sft_recipe(base_run, data, lr=1e-2, max_steps=400, schedule="constant")
+    recipe["eval"]["early_stopping"] = {"patience": 3}
+    result = run_sft(validate_recipe(recipe), tmp_path / "run")
+    overfitting = result.evaluation["overfitting"]
+    assert result.fit.stopped_early and result.fit.steps < 400
+    assert overfitting["overfit"]
+    assert overfitting["onset_step"] == result.fit.best_step == overfitting["best_step"]
+    assert overfitting["restored_best"]
+    assert overfitting["final_val_loss"] > overfitting["best_val_loss"]
+    # the model written is the restored one: its task loss is the best validation loss
+    assert result.evaluation["task_val_loss"]["after"] == pytest.approx(
+        overfitting["best_val_loss"], rel=1e-4
+    )
+    for name in ["recipe.yaml", "eval.json", "loss.png", "chat_template.jinja", "first_example.txt"]:
+        assert (tmp_path / "run" / name).is_file(), name
