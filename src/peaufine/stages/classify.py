@@ -1,0 +1,164 @@
+"""The classify stage: a sequence classifier or regressor on any local encoder or decoder, trained by
+the same engine, with accuracy / F1 (or MSE), and optionally the from-scratch transfer baseline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from peaufine.engine.fit import FitResult, fit
+from peaufine.engine.track import Tracker, read_metrics
+from peaufine.errors import RecipeError
+from peaufine.rundir import RunDir, start_run, write_json
+
+if TYPE_CHECKING:
+    from peaufine.recipe import Recipe
+
+
+@dataclass
+class ClassifyResult:
+    run: RunDir
+    fit: FitResult
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+
+def model_path(recipe: Recipe) -> Path:
+    """model.source as a folder; `minilm` names the pretrained MiniLM shipped by a PyPI package."""
+    from peaufine.models.build import resolve_source
+
+    if recipe.model.source == "minilm":
+        from peaufine.methods.classify import minilm_path
+
+        return minilm_path()
+    source = resolve_source(recipe.model.source)
+    if source.model_dir is None:
+        raise RecipeError(f"model.source: '{source.name}' is a preset; classify needs a model folder")
+    return source.model_dir
+
+
+def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
+    import json
+
+    from peaufine.data.formats import load_classification_records, split_records
+
+    regression = recipe.method.num_labels == 1
+    policy = recipe.data.anomalies.model_dump(exclude={"too_long"})
+    records, names, report = load_classification_records(
+        recipe.data.source,
+        fields=recipe.data.fields,
+        text_field=recipe.data.text_field,
+        regression=regression,
+        policy=policy,
+    )
+    train, validation = split_records(records, recipe.data.validation_fraction, recipe.train.seed)
+    num_labels = recipe.method.num_labels or len(names)
+    if not regression and num_labels < 2:
+        raise RecipeError(
+            f"data.source: found {len(names)} label(s) ({names}); classification needs two "
+            "or more (method.num_labels: 1 for regression)"
+        )
+    data_dir = staging / "data"
+    data_dir.mkdir()
+    for name, part in (("train", train), ("validation", validation)):
+        (data_dir / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"text": r.text, "label": r.label}) + "\n" for r in part), encoding="utf-8"
+        )
+    tracker.say(
+        f"task: {len(train):,} training, {len(validation):,} validation examples, "
+        f"{'regression' if regression else f'{num_labels} classes'}"
+    )
+    return {
+        "anomalies": dict(report.counts),
+        "labels": names,
+        "num_labels": num_labels,
+        "regression": regression,
+    }
+
+
+def load_split(path: Path, tokenizer: Any, recipe: Recipe, pad_id: int, regression: bool) -> Any:
+    import json
+
+    from peaufine.methods.classify import LabelledTexts
+
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return LabelledTexts.from_texts(
+        tokenizer,
+        [r["text"] for r in rows],
+        [r["label"] for r in rows],
+        recipe.data.max_length,
+        regression=regression,
+        pad_id=pad_id,
+    )
+
+
+def run_classify(
+    recipe: Recipe,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    tracker: Tracker | None = None,
+) -> ClassifyResult:
+    from peaufine.engine.runtime import make_runtime
+    from peaufine.evaluate.classification import classification_metrics
+    from peaufine.methods.classify import ClassificationLoss, build_classifier
+    from peaufine.models.build import save_model
+    from peaufine.models.tokenizer import load_tokenizer
+
+    out = Path(out)
+    runtime = make_runtime(recipe.train)
+    tracker = tracker or Tracker(enabled=runtime.is_main)
+    run = RunDir(out)
+    prepared = start_run(
+        out,
+        recipe.to_yaml(),
+        runtime,
+        lambda s: prepare(recipe, s, tracker),
+        seed=recipe.train.seed,
+        overwrite=overwrite,
+        resume=resume,
+    )
+    directory = model_path(recipe)
+    tokenizer = load_tokenizer(str(directory), recipe.model.trust_remote_code)
+    num_labels, regression = prepared["num_labels"], prepared["regression"]
+
+    def train_one(from_scratch: bool, run_dir: Path | None) -> tuple[Any, FitResult]:
+        model = build_classifier(directory, num_labels, from_scratch=from_scratch, seed=recipe.train.seed).to(
+            runtime.device
+        )
+        pad_id = model.config.pad_token_id
+        if pad_id is None:
+            pad_id = tokenizer.pad_token_id
+        train_set = load_split(run.data / "train.jsonl", tokenizer, recipe, pad_id, regression)
+        val_set = load_split(run.data / "validation.jsonl", tokenizer, recipe, pad_id, regression)
+        result = fit(
+            model,
+            ClassificationLoss(num_labels),
+            train_set,
+            val_set,
+            recipe.train,
+            recipe.eval,
+            runtime,
+            run_dir=run_dir,
+            tracker=tracker if run_dir else None,
+            resume=resume and run_dir is not None,
+        )
+        return (model, val_set), result
+
+    (model, val_set), result = train_one(False, out)
+    evaluation: dict[str, Any] = {"stage": "classify", "steps": result.steps, **prepared}
+    if runtime.is_main:
+        batch = recipe.eval.batch_size or 64
+        evaluation["validation"] = classification_metrics(model, val_set, runtime, batch)
+        if recipe.eval.transfer.from_scratch:
+            (scratch, scratch_val), _ = train_one(True, None)
+            evaluation["from_scratch"] = classification_metrics(scratch, scratch_val, runtime, batch)
+        save_model(model, tokenizer, run.model)
+        if run.metrics.exists():
+            from peaufine.report.plots import plot_losses
+
+            plot_losses(read_metrics(run.metrics), run.loss_plot, result.best_step)
+        write_json(run.eval, evaluation)
+    runtime.barrier()
+    return ClassifyResult(run=run, fit=result, evaluation=evaluation)

@@ -1,0 +1,69 @@
+"""The classify stage on a decoder built here: a separable task is learnt through the same engine."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from peaufine.recipe import validate_recipe
+from peaufine.stages.classify import run_classify
+
+
+@pytest.fixture
+def tiny_decoder_dir(tmp_path):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from peaufine.models.tokenizer import train_bpe
+
+    tokenizer = train_bpe(["a good film", "a bad film", "good fun", "bad plot"] * 20, vocab_size=300)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    return tmp_path / "base"
+
+
+@pytest.mark.slow
+def test_a_decoder_learns_a_separable_sentiment_task(tiny_decoder_dir, tmp_path):
+    rng = random.Random(0)
+    rows = []
+    for _ in range(200):
+        label = rng.randint(0, 1)
+        word = "good" if label else "bad"
+        filler = " ".join(rng.choice(["a", "film", "plot", "fun"]) for _ in range(rng.randint(1, 5)))
+        rows.append({"sentence": f"{filler} {word} {filler}", "label": label})
+    data = tmp_path / "sst.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    recipe = validate_recipe(
+        {
+            "stage": "classify",
+            "model": {"source": str(tiny_decoder_dir)},
+            "data": {
+                "source": str(data),
+                "text_field": "sentence",
+                "max_length": 32,
+                "validation_fraction": 0.2,
+            },
+            "train": {"max_steps": 60, "batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "device": "cpu"},
+            "eval": {"every": 30},
+        }
+    )
+    result = run_classify(recipe, tmp_path / "run")
+    scores = result.evaluation["validation"]
+    assert scores["accuracy"] > 0.9
+    assert result.evaluation["num_labels"] == 2
+    from transformers import AutoModelForSequenceClassification
+
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "model")
+    assert reloaded.config.num_labels == 2
