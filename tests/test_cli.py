@@ -243,3 +243,13 @@ def test_params_of_named_shapes(preset, numbers, capsys, monkeypatch):
 
 def test_params_unknown_preset_suggests(capsys, monkeypatch):
     expect_error(["params", "--preset", "llama-2-7"], capsys, monkeypatch, "llama-2-7b")
+
+
+def test_params_with_lora_on_a_named_shape(capsys, monkeypatch):
+    code, out, err = run_cli(
+        ["params", "--preset", "llama-2-7b", "--lora", "r=8", "--targets", "q_proj,v_proj"], capsys, monkeypatch
+    )
+    assert code == 0, err
+    flat = " ".join(out.split())
+    assert "trainable 4,194,304" in flat
+    assert "frozen 6,738,415,616" in flat

@@ -117,3 +117,19 @@ def test_generate_command(smoke_demo):
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("The capital of ")
     assert len(done.stdout.split()) > 3
+
+
+@pytest.mark.slow
+def test_fine_tuning_learns_the_answer_format_and_reports_its_risks(smoke_demo):
+    evaluation = smoke_demo.stages["sft"]
+    losses = evaluation["task_val_loss"]
+    assert losses["after"] < losses["before"] / 2
+    assert set(evaluation["answers"]) == {"validation", "heldout"}
+    forgetting = evaluation["forgetting"]
+    assert forgetting["loss_before"] > 0 and "relative_change" in forgetting
+    assert evaluation["overfitting"]["best_step"] is not None
+    assert "verdict" in evaluation["transfer"]
+    run = smoke_demo.out / "sft"
+    for name in ["adapter/adapter_config.json", "adapter/adapter_model.safetensors",
+                 "model/model.safetensors", "chat_template.jinja", "first_example.txt", "eval.json"]:
+        assert (run / name).is_file(), name

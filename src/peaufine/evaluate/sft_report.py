@@ -3,6 +3,7 @@ after, and transfer (fine-tuned vs base zero-shot vs base few-shot vs the same m
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -133,6 +134,8 @@ def evaluate_sft(
         task_loss,
     )
 
+    # rank 0 alone evaluates after training: its measurements must not wait for the other processes
+    runtime = dataclasses.replace(runtime, rank=0, world_size=1)
     evaluation: dict[str, Any] = {
         "stage": "sft",
         "steps": result.steps,
