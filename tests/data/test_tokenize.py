@@ -106,7 +106,10 @@ def without_generation_tags(template: str) -> str:
 def test_targets_are_exactly_the_answers_and_their_end_of_turn(bpe, record: ChatRecord) -> None:
     example = tokenize_chat(bpe, record, max_length=512)
     answers = [m["content"] for m in record.messages if m["role"] == "assistant"]
-    assert target_runs(bpe, example.input_ids, example.target_mask) == [a + END_OF_TURN for a in answers]
+    # our template starts each turn's content after a space, which the answer's first token carries
+    assert target_runs(bpe, example.input_ids, example.target_mask) == [
+        " " + a + END_OF_TURN for a in answers
+    ]
     # The ids are the rendered conversation, and everything outside the runs is prompt.
     rendered = bpe.apply_chat_template(record.messages, tokenize=False)
     assert bpe.decode(example.input_ids) == rendered
@@ -151,7 +154,7 @@ def test_labels_from_the_batcher_predict_only_the_answers(bpe) -> None:
     batch = PaddedExamples(examples, pad_id=bpe.pad_token_id).collate([0, 1])
     for row, record in zip(batch["labels"].tolist(), (SINGLE, MULTI), strict=True):
         learnt = [t for t in row if t != IGNORE_INDEX]
-        answers = [m["content"] + END_OF_TURN for m in record.messages if m["role"] == "assistant"]
+        answers = [" " + m["content"] + END_OF_TURN for m in record.messages if m["role"] == "assistant"]
         assert bpe.decode(learnt) == "".join(answers)
 
 
@@ -188,7 +191,7 @@ def test_generation_prompt_stops_at_the_last_user_turn(bpe) -> None:
     prompt = generation_prompt(bpe, MULTI.messages)
     expected = bpe.apply_chat_template(MULTI.messages[:4], tokenize=False, add_generation_prompt=True)
     assert prompt == expected
-    assert prompt.endswith("Which river runs through Tarsk?<|end|>\n<|assistant|>\n")
+    assert prompt.endswith("Which river runs through Tarsk?<|end|>\n<|assistant|>")
     assert "The river Ombe." not in prompt
 
 
@@ -198,7 +201,7 @@ def test_generation_prompt_stops_at_the_last_user_turn(bpe) -> None:
 
 def test_truncate_keeps_the_final_answer_and_is_counted(bpe) -> None:
     full = tokenize_chat(bpe, MULTI, max_length=512)
-    final = "The river Ombe." + END_OF_TURN
+    final = " The river Ombe." + END_OF_TURN
     limit = len(full.input_ids) - 5
     examples, report = tokenize_records(bpe, [MULTI, SINGLE], max_length=limit, too_long="truncate")
     cut = examples[0]
@@ -254,4 +257,4 @@ def test_report_counts_tokens_and_shows_the_first_example(bpe) -> None:
     assert report.tokens == sum(len(e.input_ids) for e in examples)
     assert report.target_tokens == sum(sum(e.target_mask[1:]) for e in examples)
     assert report.first_text == bpe.apply_chat_template(SINGLE.messages, tokenize=False)
-    assert report.first_target_text == "Tarsk" + END_OF_TURN
+    assert report.first_target_text == " Tarsk" + END_OF_TURN

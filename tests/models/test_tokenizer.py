@@ -46,10 +46,14 @@ def test_the_chat_template_marks_assistant_content_and_end_of_turn(bpe):
         messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
     )
     marked = [i for i, m in zip(out["input_ids"], out["assistant_masks"], strict=True) if m]
-    assert bpe.decode(marked) == "Tarsk" + END_OF_TURN
+    # the answer keeps the leading space of running text: " Tarsk" as pretraining saw it
+    assert bpe.decode(marked) == " Tarsk" + END_OF_TURN
+    assert bpe.convert_ids_to_tokens(marked[0]) == bpe.convert_ids_to_tokens(
+        bpe(" Tarsk", add_special_tokens=False).input_ids[0]
+    )
     text = bpe.apply_chat_template(messages[:2], tokenize=False, add_generation_prompt=True)
     assert text == (
-        "<|system|>\nBe brief.<|end|>\n<|user|>\nWhat is the capital of Veloria?<|end|>\n<|assistant|>\n"
+        "<|system|> Be brief.<|end|>\n<|user|> What is the capital of Veloria?<|end|>\n<|assistant|>"
     )
 
 

@@ -100,6 +100,21 @@ def test_forgetting_is_flagged_and_lora_at_a_low_lr_forgets_less(base_run, tmp_p
     assert (tmp_path / "lora" / "adapter" / "adapter_config.json").is_file()
     assert (tmp_path / "lora" / "model" / "model.safetensors").is_file()
 
+    # `peaufine eval` measures the same on the saved models, against the base
+    from peaufine.stages.evaluate_model import run_eval
+
+    measured = run_eval(
+        str(tmp_path / "full"),
+        str(data),
+        general=str(base_run.parent / "general.txt"),
+        base=str(base_run),
+        max_length=48,
+        answers=4,
+    )
+    assert measured["forgetting"]["forgot"]
+    assert measured["model"]["task_loss"] < measured["base"]["task_loss"]
+    assert measured["model"]["answers"]["n"] == 4
+
 
 @pytest.mark.slow
 def test_overfitting_onset_is_found_and_early_stopping_restores_it(base_run, tmp_path):

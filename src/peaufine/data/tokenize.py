@@ -220,11 +220,17 @@ def _mask_by_prefixes(
                 "around the assistant content in the template"
             )
         at = through.find(message["content"], len(before))
-        # A template that rewrites the content (strips it, say): learn the whole rendered turn.
-        spans.append((at, at + len(message["content"])) if at >= 0 else (len(before), len(through)))
+        # The turn's text from the end of the generation prompt through its content (a space the
+        # template puts before the content belongs to the answer's first token); a template that
+        # rewrites the content (strips it, say): learn the whole rendered turn.
+        spans.append((len(before), at + len(message["content"])) if at >= 0 else (len(before), len(through)))
     encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(encoded["input_ids"])
-    mask = [any(start < b and end > a for a, b in spans) for start, end in encoded["offset_mapping"]]
+    # byte-level offsets are trimmed: a lone space token has an empty span, inside if it starts inside
+    mask = [
+        any((start < b and end > a) or (start == end and a <= start < b) for a, b in spans)
+        for start, end in encoded["offset_mapping"]
+    ]
     return ids, mask
 
 

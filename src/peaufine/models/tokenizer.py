@@ -20,17 +20,20 @@ SPECIAL_TOKENS = [PAD, BOS, EOS, UNK, SYSTEM, USER, ASSISTANT, END_OF_TURN]
 
 # Assistant turns are wrapped in {% generation %} so that `return_assistant_tokens_mask` marks
 # exactly the tokens a fine-tune should learn, including the end-of-turn token that makes it stop.
+# A role marker is followed by a space, not a newline: a byte-level BPE learns words with their
+# leading space (" Tarsk"), so content that starts after a space is tokenized as in running text,
+# and what the model knows about " Tarsk" from pretraining is what it answers with.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'assistant' %}"
-    "{{ '<|assistant|>\\n' }}"
-    "{% generation %}{{ message['content'] + '<|end|>' }}{% endgeneration %}"
+    "{{ '<|assistant|>' }}"
+    "{% generation %}{{ ' ' + message['content'] + '<|end|>' }}{% endgeneration %}"
     "{{ '\\n' }}"
     "{% else %}"
-    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
+    "{{ '<|' + message['role'] + '|> ' + message['content'] + '<|end|>\\n' }}"
     "{% endif %}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
 
 
