@@ -323,14 +323,24 @@ def format_budget(budget: ParamBudget, memory: MemoryEstimate | None = None) -> 
     return "\n".join(lines)
 
 
-def describe_budget(
+@dataclass
+class _Subject:
+    """What `peaufine params` describes: a named config and the batch shape to cost it at."""
+
+    name: str
+    config: Any
+    batch: int
+    length: int
+    recipe: Any
+
+
+def _params_subject(
     recipe_path: Path | None,
     preset: str | None,
     overrides: list[str],
     batch_size: int | None,
     seq_len: int | None,
-) -> str:
-    """`peaufine params`: the budget of a preset, or of a recipe's model, on the meta device."""
+) -> _Subject:
     from peaufine.models.build import max_positions, resolve_source
     from peaufine.models.presets import build_config
     from peaufine.recipe import load_recipe
@@ -349,15 +359,26 @@ def describe_budget(
         config = AutoConfig.from_pretrained(
             source.model_dir, trust_remote_code=recipe.model.trust_remote_code
         )
-    budget = count_parameters(meta_model(config))
-    positions = max_positions(config) or 2048
     if preset:
-        batch, length = batch_size or 1, seq_len or min(positions, 2048)
+        batch, length = batch_size or 1, seq_len or min(max_positions(config) or 2048, 2048)
     else:
         batch = batch_size or recipe.train.micro_batch_size or recipe.train.batch_size
         length = seq_len or recipe.data.block_size
-    memory = estimate_memory(config, budget, batch_size=batch, seq_len=length)
-    return f"{name} ({config.model_type})\n\n" + format_budget(budget, memory)
+    return _Subject(name, config, batch, length, recipe)
+
+
+def describe_budget(
+    recipe_path: Path | None,
+    preset: str | None,
+    overrides: list[str],
+    batch_size: int | None,
+    seq_len: int | None,
+) -> str:
+    """`peaufine params`: the budget of a preset, or of a recipe's model, on the meta device."""
+    subject = _params_subject(recipe_path, preset, overrides, batch_size, seq_len)
+    budget = count_parameters(meta_model(subject.config))
+    memory = estimate_memory(subject.config, budget, batch_size=subject.batch, seq_len=subject.length)
+    return f"{subject.name} ({subject.config.model_type})\n\n" + format_budget(budget, memory)
 
 
 def describe_budget_with_lora(
@@ -377,41 +398,19 @@ def describe_budget_with_lora(
     state shrink to the adapter's size, while the weights (and activations) stay those of the base.
     """
     from peaufine.models.adapters import lora_budget
-    from peaufine.models.build import max_positions, resolve_source
-    from peaufine.models.presets import build_config
-    from peaufine.recipe import load_recipe
 
-    if preset is not None and recipe_path is not None:
-        raise ModelError("give a recipe or --preset, not both")
-    recipe = load_recipe(recipe_path, overrides)
-    adapter = recipe.model.adapter
+    subject = _params_subject(recipe_path, preset, overrides, batch_size, seq_len)
+    adapter = subject.recipe.model.adapter
     if lora_r is None and lora_targets is None and not dora and adapter.kind != "lora":
         return describe_budget(recipe_path, preset, overrides, batch_size, seq_len)
     r = lora_r if lora_r is not None else adapter.r
     targets = lora_targets if lora_targets is not None else adapter.target_modules
     dora = dora or adapter.dora
-
-    # The same model resolution as describe_budget.
-    name = preset or recipe.model.source
-    source = resolve_source(name)
-    if source.kind == "preset":
-        vocab = None if preset else recipe.model.tokenizer.vocab_size
-        config = build_config(name, {} if preset else recipe.model.config, vocab_size=vocab)
-    else:
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(
-            source.model_dir, trust_remote_code=recipe.model.trust_remote_code
-        )
-    budget = lora_budget(config, r, targets, dora=dora)
-    positions = max_positions(config) or 2048
-    if preset:
-        batch, length = batch_size or 1, seq_len or min(positions, 2048)
-    else:
-        batch = batch_size or recipe.train.micro_batch_size or recipe.train.batch_size
-        length = seq_len or recipe.data.block_size
-    memory = estimate_memory(config, budget, batch_size=batch, seq_len=length)
+    budget = lora_budget(subject.config, r, targets, dora=dora)
+    memory = estimate_memory(subject.config, budget, batch_size=subject.batch, seq_len=subject.length)
     shown = targets if isinstance(targets, str) else ",".join(targets)
     kind = "DoRA" if dora else "LoRA"
-    header = f"{name} ({config.model_type}) + {kind} r={r} on {shown}; frozen = the base model"
+    header = (
+        f"{subject.name} ({subject.config.model_type}) + {kind} r={r} on {shown}; frozen = the base model"
+    )
     return header + "\n\n" + format_budget(budget, memory)

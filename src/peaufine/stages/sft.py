@@ -8,6 +8,7 @@ is prepared in staging, before the run folder exists.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,6 +86,24 @@ def general_stream_path(recipe: Recipe, source: ModelSource) -> tuple[Path | Non
     return None, ""
 
 
+def prepare_replay(
+    recipe: Recipe, source: ModelSource, tokenizer: PreTrainedTokenizerBase, out: Path
+) -> None:
+    """Replay text: data.replay.source, else the training split of model.source's pretraining.
+
+    Never the validation split: forgetting is measured there, and replaying it would hide forgetting.
+    """
+    if recipe.data.replay.source is not None:
+        tokenize_general(tokenizer, recipe.data.replay.source, out)
+    elif source.kind == "run_dir" and (source.path / "data" / "train.bin").is_file():
+        shutil.copyfile(source.path / "data" / "train.bin", out)
+    else:
+        raise RecipeError(
+            "data.replay.ratio: replay needs general text: set data.replay.source, or fine-tune a "
+            "model pretrained by peaufine (its pretraining corpus is replayed)"
+        )
+
+
 def tokenize_general(tokenizer: PreTrainedTokenizerBase, path: str, out: Path) -> Path:
     from peaufine.data.batching import write_token_stream
     from peaufine.data.sources import load_documents
@@ -144,11 +163,11 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
     tokenizer.save_pretrained(staging / "tokenizer")
     general_bin, general_name = general_stream_path(recipe, source)
     if general_bin is None and general_name:
-        general_bin = tokenize_general(tokenizer, general_name, data_dir / "general.bin")
+        tokenize_general(tokenizer, general_name, data_dir / "general.bin")
     elif general_bin is not None:
-        import shutil
-
         shutil.copyfile(general_bin, data_dir / "general.bin")
+    if recipe.data.replay.ratio > 0:
+        prepare_replay(recipe, source, tokenizer, data_dir / "replay.bin")
     counts = {
         name: {
             "examples": r.examples,
@@ -193,16 +212,16 @@ def make_dataset(examples: list[Any], recipe: Recipe, pad_id: int) -> Any:
     return PaddedExamples(examples, pad_id)
 
 
-def replay_examples(general: Any, count: int, length: int, seed: int) -> list[Any]:
-    """`count` windows of general text, every token a target, appended to the task's examples."""
+def replay_examples(stream: Any, count: int, length: int, seed: int) -> list[Any]:
+    """`count` windows of replay text, every token a target, appended to the task's examples."""
     import numpy as np
 
     from peaufine.data.batching import Example
 
-    if count <= 0 or len(general) <= length:
+    if count <= 0 or len(stream) <= length:
         return []
-    starts = np.random.default_rng([seed, 7]).integers(0, len(general) - length, size=count)
-    return [Example([int(t) for t in general[s : s + length]], None) for s in starts]
+    starts = np.random.default_rng([seed, 7]).integers(0, len(stream) - length, size=count)
+    return [Example([int(t) for t in stream[s : s + length]], None) for s in starts]
 
 
 def general_loss(
@@ -280,14 +299,9 @@ def run_sft(
     general = read_token_stream(run.data / "general.bin") if (run.data / "general.bin").exists() else None
     ratio = recipe.data.replay.ratio
     if ratio > 0:
-        if general is None:
-            raise RecipeError(
-                "data.replay.ratio: replay needs general text: set data.replay.source or "
-                "eval.forgetting.general, or fine-tune a model pretrained by peaufine"
-            )
         extra = round(len(train_examples) * ratio / (1 - ratio))
         train_examples = train_examples + replay_examples(
-            general, extra, recipe.data.max_length, recipe.train.seed
+            read_token_stream(run.data / "replay.bin"), extra, recipe.data.max_length, recipe.train.seed
         )
     model = load_model(recipe, model_dir, runtime)
     before = evaluate_before(recipe, model, tokenizer, run, general, runtime, pad_id, val_examples)
