@@ -247,7 +247,9 @@ def test_params_unknown_preset_suggests(capsys, monkeypatch):
 
 def test_params_with_lora_on_a_named_shape(capsys, monkeypatch):
     code, out, err = run_cli(
-        ["params", "--preset", "llama-2-7b", "--lora", "r=8", "--targets", "q_proj,v_proj"], capsys, monkeypatch
+        ["params", "--preset", "llama-2-7b", "--lora", "r=8", "--targets", "q_proj,v_proj"],
+        capsys,
+        monkeypatch,
     )
     assert code == 0, err
     flat = " ".join(out.split())

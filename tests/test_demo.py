@@ -130,6 +130,12 @@ def test_fine_tuning_learns_the_answer_format_and_reports_its_risks(smoke_demo):
     assert evaluation["overfitting"]["best_step"] is not None
     assert "verdict" in evaluation["transfer"]
     run = smoke_demo.out / "sft"
-    for name in ["adapter/adapter_config.json", "adapter/adapter_model.safetensors",
-                 "model/model.safetensors", "chat_template.jinja", "first_example.txt", "eval.json"]:
+    for name in [
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "model/model.safetensors",
+        "chat_template.jinja",
+        "first_example.txt",
+        "eval.json",
+    ]:
         assert (run / name).is_file(), name
