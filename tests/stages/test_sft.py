@@ -134,3 +134,18 @@ def test_overfitting_onset_is_found_and_early_stopping_restores_it(base_run, tmp
     )
     for name in ["recipe.yaml", "eval.json", "loss.png", "chat_template.jinja", "first_example.txt"]:
         assert (tmp_path / "run" / name).is_file(), name
+
+
+@pytest.mark.slow
+def test_transfer_compares_with_the_same_model_trained_from_scratch(base_run, tmp_path):
+    data = digit_task(tmp_path / "digits.jsonl", 40)
+    recipe = sft_recipe(base_run, data, lr=3e-3, max_steps=30)
+    recipe["eval"]["transfer"] = {"from_scratch": True, "few_shot": 2}
+    recipe["eval"]["answers"] = 4
+    transfer = run_sft(validate_recipe(recipe), tmp_path / "run").evaluation["transfer"]
+    figures = transfer["task_val_loss"]
+    assert set(figures) == {"fine_tuned", "base_zero_shot", "base_few_shot", "from_scratch"}
+    assert all(isinstance(v, float) for v in figures.values())
+    assert figures["fine_tuned"] < figures["base_zero_shot"]
+    expected = "positive transfer" if figures["fine_tuned"] < figures["from_scratch"] else "NEGATIVE transfer"
+    assert transfer["verdict"].startswith(expected)
