@@ -21,6 +21,8 @@ from peaufine.errors import RunDirError
 
 if TYPE_CHECKING:
     from peaufine.engine.runtime import Runtime
+    from peaufine.engine.track import Tracker
+    from peaufine.recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -197,3 +199,41 @@ def start_run(
             commit_staging(staging, out)
     runtime.barrier()
     return json.loads((out / "prepared.json").read_text(encoding="utf-8"))
+
+
+@dataclass
+class OpenedRun:
+    """A stage's run folder, ready to train in: where it runs, who speaks, what preparation found."""
+
+    run: RunDir
+    runtime: Runtime
+    tracker: Tracker
+    prepared: dict[str, Any]
+
+
+def open_run(
+    recipe: Recipe,
+    out: Path,
+    prepare: Callable[[Path, Tracker], dict[str, Any]],
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    tracker: Tracker | None = None,
+) -> OpenedRun:
+    """Every stage's opening: the runtime, a tracker that only rank 0 lets speak, and `start_run`."""
+    from peaufine.engine.runtime import make_runtime
+    from peaufine.engine.track import Tracker
+
+    out = Path(out)
+    runtime = make_runtime(recipe.train)
+    tracker = tracker or Tracker(enabled=runtime.is_main)
+    prepared = start_run(
+        out,
+        recipe.to_yaml(),
+        runtime,
+        lambda staging: prepare(staging, tracker),
+        seed=recipe.train.seed,
+        overwrite=overwrite,
+        resume=resume,
+    )
+    return OpenedRun(RunDir(out), runtime, tracker, prepared)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from peaufine.engine.fit import FitResult, fit
 from peaufine.engine.track import Tracker, read_metrics
 from peaufine.errors import RecipeError
-from peaufine.rundir import RunDir, start_run, write_json
+from peaufine.rundir import RunDir, open_run, write_json
 
 if TYPE_CHECKING:
     from peaufine.recipe import Recipe
@@ -100,25 +100,21 @@ def run_classify(
     resume: bool = False,
     tracker: Tracker | None = None,
 ) -> ClassifyResult:
-    from peaufine.engine.runtime import make_runtime
     from peaufine.evaluate.classification import classification_metrics
     from peaufine.methods.classify import ClassificationLoss, build_classifier
     from peaufine.models.build import save_model
     from peaufine.models.tokenizer import load_tokenizer
 
     out = Path(out)
-    runtime = make_runtime(recipe.train)
-    tracker = tracker or Tracker(enabled=runtime.is_main)
-    run = RunDir(out)
-    prepared = start_run(
+    opened = open_run(
+        recipe,
         out,
-        recipe.to_yaml(),
-        runtime,
-        lambda s: prepare(recipe, s, tracker),
-        seed=recipe.train.seed,
+        lambda staging, talk: prepare(recipe, staging, talk),
         overwrite=overwrite,
         resume=resume,
+        tracker=tracker,
     )
+    run, runtime, tracker, prepared = opened.run, opened.runtime, opened.tracker, opened.prepared
     directory = model_path(recipe)
     tokenizer = load_tokenizer(str(directory), recipe.model.trust_remote_code)
     num_labels, regression = prepared["num_labels"], prepared["regression"]

@@ -17,7 +17,7 @@ from peaufine.engine.fit import FitResult, StepHook, fit
 from peaufine.engine.track import Tracker, read_metrics
 from peaufine.errors import DataError, RecipeError
 from peaufine.models.build import ModelSource, max_positions, resolve_source
-from peaufine.rundir import RunDir, start_run, write_json
+from peaufine.rundir import RunDir, open_run, write_json
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -251,22 +251,18 @@ def run_pretrain(
     tracker: Tracker | None = None,
     hooks: list[StepHook] | None = None,
 ) -> PretrainResult:
-    from peaufine.engine.runtime import make_runtime
     from peaufine.models.tokenizer import load_tokenizer
 
     out = Path(out)
-    runtime = make_runtime(recipe.train)
-    tracker = tracker or Tracker(enabled=runtime.is_main)
-    run = RunDir(out)
-    prepared = start_run(
+    opened = open_run(
+        recipe,
         out,
-        recipe.to_yaml(),
-        runtime,
-        lambda staging: prepare(recipe, staging, tracker),
-        seed=recipe.train.seed,
+        lambda staging, talk: prepare(recipe, staging, talk),
         overwrite=overwrite,
         resume=resume,
+        tracker=tracker,
     )
+    run, runtime, tracker, prepared = opened.run, opened.runtime, opened.tracker, opened.prepared
     source = resolve_source(recipe.model.source)
     tokenizer = load_tokenizer(str(run.tokenizer))
     model = load_or_build_model(recipe, source, tokenizer).to(runtime.device)

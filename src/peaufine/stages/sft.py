@@ -17,7 +17,7 @@ from peaufine.engine.fit import FitResult, StepHook, fit
 from peaufine.engine.track import Tracker, read_metrics
 from peaufine.errors import ModelError, RecipeError
 from peaufine.models.build import ModelSource, resolve_source
-from peaufine.rundir import RunDir, start_run, write_json
+from peaufine.rundir import RunDir, open_run, write_json
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -270,7 +270,6 @@ def run_sft(
     hooks: list[StepHook] | None = None,
 ) -> SftResult:
     from peaufine.data.batching import read_token_stream
-    from peaufine.engine.runtime import make_runtime
     from peaufine.evaluate.sft_report import evaluate_sft
     from peaufine.methods.lm import NextTokenLoss
     from peaufine.models.tokenizer import load_tokenizer
@@ -278,18 +277,15 @@ def run_sft(
     if recipe.stage != "sft":
         raise RecipeError(f"stage: this command runs stage 'sft', the recipe says '{recipe.stage}'")
     out = Path(out)
-    runtime = make_runtime(recipe.train)
-    tracker = tracker or Tracker(enabled=runtime.is_main)
-    run = RunDir(out)
-    prepared = start_run(
+    opened = open_run(
+        recipe,
         out,
-        recipe.to_yaml(),
-        runtime,
-        lambda s: prepare(recipe, s, tracker),
-        seed=recipe.train.seed,
+        lambda staging, talk: prepare(recipe, staging, talk),
         overwrite=overwrite,
         resume=resume,
+        tracker=tracker,
     )
+    run, runtime, tracker, prepared = opened.run, opened.runtime, opened.tracker, opened.prepared
     source = resolve_source(recipe.model.source)
     model_dir = source_model_dir(source)
     tokenizer = load_tokenizer(str(run.tokenizer))
