@@ -214,7 +214,7 @@ class OpenedRun:
 def open_run(
     recipe: Recipe,
     out: Path,
-    prepare: Callable[[Path, Tracker], dict[str, Any]],
+    prepare: Callable[[Recipe, Path, Tracker], dict[str, Any]],
     *,
     overwrite: bool = False,
     resume: bool = False,
@@ -231,7 +231,7 @@ def open_run(
         out,
         recipe.to_yaml(),
         runtime,
-        lambda staging: prepare(staging, tracker),
+        lambda staging: prepare(recipe, staging, tracker),
         seed=recipe.train.seed,
         overwrite=overwrite,
         resume=resume,

@@ -106,14 +106,7 @@ def run_classify(
     from peaufine.models.tokenizer import load_tokenizer
 
     out = Path(out)
-    opened = open_run(
-        recipe,
-        out,
-        lambda staging, talk: prepare(recipe, staging, talk),
-        overwrite=overwrite,
-        resume=resume,
-        tracker=tracker,
-    )
+    opened = open_run(recipe, out, prepare, overwrite=overwrite, resume=resume, tracker=tracker)
     run, runtime, tracker, prepared = opened.run, opened.runtime, opened.tracker, opened.prepared
     directory = model_path(recipe)
     tokenizer = load_tokenizer(str(directory), recipe.model.trust_remote_code)

@@ -254,14 +254,7 @@ def run_pretrain(
     from peaufine.models.tokenizer import load_tokenizer
 
     out = Path(out)
-    opened = open_run(
-        recipe,
-        out,
-        lambda staging, talk: prepare(recipe, staging, talk),
-        overwrite=overwrite,
-        resume=resume,
-        tracker=tracker,
-    )
+    opened = open_run(recipe, out, prepare, overwrite=overwrite, resume=resume, tracker=tracker)
     run, runtime, tracker, prepared = opened.run, opened.runtime, opened.tracker, opened.prepared
     source = resolve_source(recipe.model.source)
     tokenizer = load_tokenizer(str(run.tokenizer))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from peaufine.engine.fit import FitResult, StepHook, fit
 from peaufine.engine.track import Tracker, read_metrics
-from peaufine.errors import ModelError, RecipeError
+from peaufine.errors import RecipeError
 from peaufine.models.build import ModelSource, resolve_source
 from peaufine.rundir import RunDir, open_run, write_json
 
@@ -277,14 +277,7 @@ def run_sft(
     if recipe.stage != "sft":
         raise RecipeError(f"stage: this command runs stage 'sft', the recipe says '{recipe.stage}'")
     out = Path(out)
-    opened = open_run(
-        recipe,
-        out,
-        lambda staging, talk: prepare(recipe, staging, talk),
-        overwrite=overwrite,
-        resume=resume,
-        tracker=tracker,
-    )
+    opened = open_run(recipe, out, prepare, overwrite=overwrite, resume=resume, tracker=tracker)
     run, runtime, tracker, prepared = opened.run, opened.runtime, opened.tracker, opened.prepared
     source = resolve_source(recipe.model.source)
     model_dir = source_model_dir(source)
@@ -379,9 +372,3 @@ def save_outputs(
         save_model(merged_copy(model), tokenizer, run.model)
     else:
         save_model(model, tokenizer, run.model)
-
-
-def require_sft_source(recipe: Recipe) -> None:
-    source = resolve_source(recipe.model.source)
-    if source.kind == "preset":
-        raise ModelError(f"model.source: '{source.name}' is a preset, not a trained model")
