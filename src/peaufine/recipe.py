@@ -86,6 +86,14 @@ class AnomalyBlock(Block):
     too_long: Literal["error", "skip", "truncate"] = Field(
         "error", description="an example longer than data.max_length"
     )
+    # preference data (reward, dpo)
+    same_response: AnomalyPolicy = Field(
+        "skip", description="a pair whose chosen and rejected responses are the same text"
+    )
+    short_ranking: AnomalyPolicy = Field("error", description="a ranking with fewer than two responses")
+    prompt_mismatch: AnomalyPolicy = Field(
+        "error", description="an HH pair whose two dialogues differ before the last assistant turn"
+    )
 
 
 class FieldsBlock(Block):
@@ -99,6 +107,10 @@ class FieldsBlock(Block):
     output: str = "output"
     label: str = "label"
     system: str | None = Field(None, description="a system message for every example")
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+    responses: str = Field("responses", description="a ranking's responses, best first")
+    ranks: str = Field("ranks", description="optional rank of each response (1 = best; equal = tie)")
 
 
 class ReplayBlock(Block):
@@ -127,12 +139,18 @@ class DataBlock(Block):
     anomalies: AnomalyBlock = Field(default_factory=AnomalyBlock)
     world: WorldBlock = Field(default_factory=WorldBlock)
     # fine-tuning data (sft, classify)
-    format: Literal["auto", "prompt_completion", "messages", "alpaca", "classification"] = "auto"
+    format: Literal[
+        "auto", "prompt_completion", "messages", "alpaca", "classification", "pairs", "ranking", "hh"
+    ] = "auto"
     fields: FieldsBlock = Field(default_factory=FieldsBlock)
     max_length: int = Field(512, ge=8, description="tokens per fine-tuning example")
     packing: bool = Field(True, description="padding-free packing of examples into rows")
     loss_on: Literal["completion", "all"] = "completion"
     replay: ReplayBlock = Field(default_factory=ReplayBlock)
+    # preference data (reward, dpo)
+    rankings: Literal["all", "adjacent"] = Field(
+        "all", description="pairs from a ranking of K responses: all K(K-1)/2, or the K-1 adjacent ones"
+    )
 
 
 class TrainBlock(Block):
@@ -210,13 +228,78 @@ class EvalBlock(Block):
     )
 
 
+class RewardBlock(Block):
+    """Bradley-Terry reward model: -log sigmoid(r_chosen - r_rejected - margin)."""
+
+    margin: float = Field(0.0, ge=0.0, description="required gap between chosen and rejected rewards")
+    center: float = Field(
+        0.01, ge=0.0, description="weight of mean((r_chosen + r_rejected)^2): keeps rewards near zero"
+    )
+    backbone: str | None = Field(
+        None, description="encoder or causal LM folder for the reward model; default model.source"
+    )
+
+
+class DpoBlock(Block):
+    loss: Literal["sigmoid", "ipo", "cdpo", "simpo"] = "sigmoid"
+    beta: float = Field(0.1, gt=0.0, description="strength of the KL leash (sigmoid, ipo, cdpo)")
+    label_smoothing: float = Field(
+        0.1, ge=0.0, lt=0.5, description="cdpo: probability that a preference label is flipped"
+    )
+    simpo_beta: float = Field(2.0, gt=0.0)
+    simpo_gamma: float = Field(0.5, ge=0.0, description="simpo: target reward margin")
+    reference: Literal["precomputed", "adapter"] = Field(
+        "precomputed",
+        description="precomputed: reference log-probs computed once before training; adapter: the "
+        "LoRA model with its adapter disabled (needs model.adapter.kind lora)",
+    )
+
+
+class RewardSourceBlock(Block):
+    source: str = Field(description="a reward-model folder (or run dir), or a Python function module:function")
+    weight: float = 1.0
+
+
+class RlBlock(Block):
+    algorithm: Literal["grpo", "ppo"] = "grpo"
+    rewards: list[RewardSourceBlock] = Field(default_factory=list, description="summed, weighted")
+    prompts_per_step: int = Field(8, ge=1)
+    group_size: int = Field(8, ge=1, description="samples per prompt (grpo: advantages within a group)")
+    passes: int = Field(1, ge=1, description="optimisation passes over each batch of rollouts (mu)")
+    mini_batches: int = Field(1, ge=1, description="optimiser steps per pass")
+    clip: float = Field(0.2, gt=0.0, description="importance-ratio clipping")
+    kl_coef: float = Field(0.04, ge=0.0)
+    kl_control: Literal["fixed", "adaptive"] = "fixed"
+    target_kl: float = Field(6.0, gt=0.0, description="adaptive control: KL (nats per sequence) aimed at")
+    kl_horizon: int = Field(10000, ge=1, description="adaptive control: samples over which to correct")
+    scale_rewards: bool = Field(True, description="grpo: divide advantages by the group's std")
+    gamma: float = Field(1.0, ge=0.0, le=1.0, description="ppo discount")
+    lam: float = Field(0.95, ge=0.0, le=1.0, description="ppo GAE lambda")
+    value_coef: float = Field(0.1, ge=0.0)
+    value_clip: float = Field(0.2, gt=0.0)
+    max_new_tokens: int = Field(16, ge=1)
+    temperature: float = Field(1.0, gt=0.0)
+    top_k: int | None = Field(None, ge=1)
+    min_pass_rate: float | None = Field(
+        None, ge=0.0, le=1.0, description="keep prompts whose pass rate before training is at least this"
+    )
+    max_pass_rate: float | None = Field(None, ge=0.0, le=1.0)
+    pass_threshold: float = Field(
+        1.0, description="a sample passes when its reward reaches this (for the pass-rate filter)"
+    )
+    sample_every: int = Field(10, ge=1, description="log generated samples every N steps")
+
+
 class MethodBlock(Block):
-    name: Literal["lm", "classify"] = "lm"
+    name: Literal["lm", "classify", "reward", "dpo", "rl"] = "lm"
     num_labels: int | None = Field(None, ge=1, description="classify: 1 means regression")
+    reward: RewardBlock = Field(default_factory=RewardBlock)
+    dpo: DpoBlock = Field(default_factory=DpoBlock)
+    rl: RlBlock = Field(default_factory=RlBlock)
 
 
 class Recipe(Block):
-    stage: Literal["pretrain", "sft", "classify"] = "pretrain"
+    stage: Literal["pretrain", "sft", "classify", "reward", "dpo", "rl"] = "pretrain"
     model: ModelBlock = Field(default_factory=ModelBlock)
     data: DataBlock = Field(default_factory=DataBlock)
     train: TrainBlock = Field(default_factory=TrainBlock)
@@ -264,6 +347,21 @@ STAGE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"lr": 5e-5, "max_steps": 300, "warmup_steps": 30, "weight_decay": 0.01, "batch_size": 32},
         "eval": {"every": 50},
         "method": {"name": "classify"},
+    },
+    "reward": {
+        "train": {"lr": 5e-5, "max_steps": 300, "warmup_steps": 20, "weight_decay": 0.0, "batch_size": 16},
+        "eval": {"every": 50},
+        "method": {"name": "reward"},
+    },
+    "dpo": {
+        "train": {"lr": 5e-6, "max_steps": 200, "warmup_steps": 10, "weight_decay": 0.0, "batch_size": 16},
+        "eval": {"every": 50},
+        "method": {"name": "dpo"},
+    },
+    "rl": {
+        "train": {"lr": 1e-5, "max_steps": 100, "warmup_steps": 0, "weight_decay": 0.0, "schedule": "constant"},
+        "eval": {"every": 25},
+        "method": {"name": "rl"},
     },
 }
 

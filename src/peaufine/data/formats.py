@@ -35,8 +35,9 @@ if TYPE_CHECKING:
 FORMATS = ("auto", "prompt_completion", "messages", "alpaca", "classification")
 ROLES = ("system", "user", "assistant")
 ANOMALY_KINDS = ("not_utf8", "bad_json", "missing_field", "empty_text", "unknown_role", "empty_assistant")
-# data.anomalies keys that belong to a later step (tokenization), accepted here and left alone.
-_LATER_POLICY_KEYS = ("too_long",)
+# data.anomalies keys that belong to another step (tokenization) or to preference data (read by
+# data/preferences.py), accepted here and left alone.
+_LATER_POLICY_KEYS = ("too_long", "same_response", "short_ranking", "prompt_mismatch")
 
 _HINTS = {
     "not_utf8": "re-encode the file as UTF-8, or set data.anomalies.not_utf8: skip",
