@@ -6,6 +6,7 @@ mistake (`PeaufineError`) is printed as one message with a non-zero exit, never 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -104,6 +105,101 @@ def classify(
             k: result.evaluation.get(k) for k in ("validation", "from_scratch") if k in result.evaluation
         }
         typer.echo(json.dumps(shown, indent=2, default=str))
+
+
+@app.command()
+def reward(
+    recipe: RecipeArg = None,
+    out: OutOpt = Path("runs/reward"),
+    set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
+    resume: ResumeOpt = False,
+) -> None:
+    """Train a reward model (Bradley-Terry) from preference pairs or rankings; pairwise accuracy on
+    held-out prompts, per pair type."""
+    from rich.console import Console
+
+    from peaufine.recipe import load_recipe
+    from peaufine.stages.reward import run_reward
+    from peaufine.summary import reward_summary
+
+    spec = load_recipe(recipe, set_ or [], stage="reward")
+    result = run_reward(spec, out, overwrite=overwrite, resume=resume)
+    if result.evaluation:
+        Console().print(reward_summary(result.evaluation, result.run.path))
+
+
+@app.command()
+def dpo(
+    recipe: RecipeArg = None,
+    out: OutOpt = Path("runs/dpo"),
+    set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
+    resume: ResumeOpt = False,
+) -> None:
+    """Align a policy directly on preference pairs: DPO, IPO, conservative DPO or SimPO."""
+    from rich.console import Console
+
+    from peaufine.recipe import load_recipe
+    from peaufine.stages.dpo import run_dpo
+    from peaufine.summary import dpo_summary
+
+    spec = load_recipe(recipe, set_ or [], stage="dpo")
+    result = run_dpo(spec, out, overwrite=overwrite, resume=resume)
+    if result.evaluation:
+        Console().print(dpo_summary(result.evaluation, result.run.path))
+
+
+@app.command()
+def rl(
+    recipe: RecipeArg = None,
+    out: OutOpt = Path("runs/rl"),
+    set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
+    resume: ResumeOpt = False,
+) -> None:
+    """Improve a policy by RL against rewards (reward models, Python functions): GRPO or PPO with a
+    KL penalty to the reference."""
+    from rich.console import Console
+
+    from peaufine.recipe import load_recipe
+    from peaufine.stages.rl import run_rl
+    from peaufine.summary import rl_summary
+
+    spec = load_recipe(recipe, set_ or [], stage="rl")
+    result = run_rl(spec, out, overwrite=overwrite, resume=resume)
+    if result.evaluation:
+        Console().print(rl_summary(result.evaluation, result.run.path))
+
+
+@app.command()
+def score(
+    model: Annotated[Path, typer.Argument(help="A reward model folder or reward run folder.")],
+    data: Annotated[Path, typer.Argument(help="JSON lines with prompt and response fields.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the scores here (JSON lines).")
+    ] = None,
+    prompt_field: Annotated[str, typer.Option(help="Field of the prompt.")] = "prompt",
+    response_field: Annotated[str, typer.Option(help="Field of the response.")] = "response",
+    max_length: Annotated[int, typer.Option(help="Tokens per scored text.")] = 512,
+) -> None:
+    """Score prompt + response records with a reward model (one number each, higher is better)."""
+    from peaufine.methods.reward import RewardScorer, read_scoring_records
+
+    records = read_scoring_records(data, prompt_field, response_field)
+    scorer = RewardScorer.load(model, max_length=max_length)
+    scores = scorer.score([r[0] for r in records], [r[1] for r in records])
+    lines = [
+        json.dumps({prompt_field: p, response_field: r, "score": s})
+        for (p, r), s in zip(records, scores, strict=True)
+    ]
+    if out is None:
+        typer.echo("\n".join(lines))
+    else:
+        from peaufine.engine.checkpoint import write_text_atomic
+
+        write_text_atomic(out, "".join(line + "\n" for line in lines))
+        typer.echo(f"{len(lines)} scores written to {out} (mean {sum(scores) / max(1, len(scores)):.4f})")
 
 
 @app.command(name="eval")

@@ -81,3 +81,53 @@ def sft_summary(evaluation: dict[str, Any], run_dir: Path) -> Group:
         if verdict:
             parts.append(Text(f"{key}: {verdict}"))
     return Group(*parts)
+
+
+def _accuracy_line(figures: dict[str, Any] | None) -> str:
+    if not figures or figures.get("accuracy") is None:
+        return "-"
+    return f"{figures['accuracy']:.1%} (n={figures['pairs']}, mean margin {figures['mean_margin']:.2f})"
+
+
+def reward_summary(evaluation: dict[str, Any], run_dir: Path) -> Group:
+    table = Table(title=f"reward: {run_dir}", show_header=False)
+    table.add_row("steps", f"{evaluation['steps']:,}")
+    before = (evaluation.get("before") or {}).get("validation")
+    table.add_row("pairwise accuracy, validation, before", _accuracy_line(before))
+    for split in ("validation", "heldout"):
+        figures = evaluation.get(split)
+        if not figures:
+            continue
+        table.add_row(f"pairwise accuracy, {split}", _accuracy_line(figures))
+        for kind, counts in figures.get("by_kind", {}).items():
+            table.add_row(f"  {kind}", f"{counts['accuracy']:.1%} (n={counts['pairs']})")
+    return Group(table)
+
+
+def dpo_summary(evaluation: dict[str, Any], run_dir: Path) -> Group:
+    table = Table(
+        title=f"dpo ({evaluation['loss']}, beta {evaluation['beta']}): {run_dir}", show_header=False
+    )
+    table.add_row("steps", f"{evaluation['steps']:,}")
+    before, after = evaluation.get("before", {}), evaluation.get("after", {})
+    for key in sorted(k for k in after if k.startswith("likelihood_accuracy_")):
+        split = key.removeprefix("likelihood_accuracy_")
+        table.add_row(
+            f"policy prefers chosen ({split})", f"{_pct(before.get(key))} -> {_pct(after.get(key))}"
+        )
+    for split, figures in evaluation.get("final", {}).items():
+        if figures.get("accuracy") is not None:
+            table.add_row(f"implicit-reward accuracy ({split})", _pct(figures["accuracy"]))
+        if figures.get("implicit_kl") is not None:
+            table.add_row(f"log-ratio to reference ({split})", _fmt(figures["implicit_kl"], ".3f"))
+    answers_before, answers_after = before.get("answers_heldout"), after.get("answers_heldout")
+    if answers_before and answers_after:
+        table.add_row(
+            "annotator score, held-out (0-3)",
+            f"{_fmt(answers_before['annotator_score'], '.3f')} -> {_fmt(answers_after['annotator_score'], '.3f')}",
+        )
+        table.add_row(
+            "exact match, held-out",
+            f"{_pct(answers_before['exact_match'])} -> {_pct(answers_after['exact_match'])}",
+        )
+    return Group(table)

@@ -40,12 +40,60 @@ class Objective(Protocol):
     """What a method gives the engine: a summed loss over its units, and how many units a batch has.
 
     Units are target tokens for language modelling, pairs for preference losses: the engine divides
-    the summed loss by the units of the whole global batch.
+    the summed loss by the units of the whole global batch. An objective that reports more than its
+    loss (DPO's preference accuracy, RL's clip fraction) also has a `tally` (a MetricTally) that
+    its loss_sum adds to; the engine logs the tally's means with each training row, and with a
+    `val_` prefix after each validation.
     """
 
     def loss_sum(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor: ...
 
     def count(self, batch: Batch) -> torch.Tensor: ...
+
+
+class MetricTally:
+    """Running sums of an objective's metrics between two log rows: name -> (sum, count).
+
+    Sums stay tensors on the device (no host sync per micro-batch); `drain` adds them across
+    processes and returns the means.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, list[Any]] = {}
+
+    def add(self, name: str, total: Any, count: Any = 1.0) -> None:
+        """Add `total` over `count` units to metric `name` (a weighted mean: total / count)."""
+        import torch
+
+        total = torch.as_tensor(total).detach().double().reshape(())
+        count = torch.as_tensor(count, device=total.device).detach().double().reshape(())
+        entry = self.sums.get(name)
+        if entry is None:
+            self.sums[name] = [total.clone(), count.clone()]
+        else:
+            entry[0] = entry[0] + total
+            entry[1] = entry[1] + count
+
+    def drain(self, runtime: Runtime | None = None) -> dict[str, float]:
+        """The mean of each metric since the last drain (across processes), and start afresh."""
+        import torch
+
+        if not self.sums:
+            return {}
+        names = sorted(self.sums)
+        device = runtime.device if runtime is not None else self.sums[names[0]][0].device
+        stacked = torch.stack([torch.stack(self.sums[n]).to(device) for n in names])
+        if runtime is not None:
+            runtime.sum_across(stacked)
+        self.sums = {}
+        return {
+            name: float(total / count) if count > 0 else math.nan
+            for name, (total, count) in zip(names, stacked.tolist(), strict=True)
+        }
+
+
+def objective_tally(objective: Objective) -> MetricTally | None:
+    return getattr(objective, "tally", None)
 
 
 @dataclass
@@ -79,6 +127,42 @@ def evaluate_loss(
     max_batches: int | None = None,
 ) -> float:
     """Mean loss per unit over the validation set, in a fixed order, summed across processes."""
+    return evaluate(model, objective, dataset, runtime, batch_size, max_batches)[0]
+
+
+def evaluate(
+    model: torch.nn.Module,
+    objective: Objective,
+    dataset: Dataset,
+    runtime: Runtime,
+    batch_size: int,
+    max_batches: int | None = None,
+) -> tuple[float, dict[str, float]]:
+    """Mean loss per unit over a data set, and the means of the objective's other metrics there.
+
+    The objective's training tally is set aside meanwhile, so evaluation never leaks into the
+    training metrics of the current log window.
+    """
+    training_tally = objective_tally(objective)
+    if training_tally is not None:
+        objective.tally = MetricTally()  # type: ignore[attr-defined]
+    try:
+        loss = _evaluate_loss(model, objective, dataset, runtime, batch_size, max_batches)
+        metrics = objective.tally.drain(runtime) if training_tally is not None else {}  # type: ignore[attr-defined]
+    finally:
+        if training_tally is not None:
+            objective.tally = training_tally  # type: ignore[attr-defined]
+    return loss, metrics
+
+
+def _evaluate_loss(
+    model: torch.nn.Module,
+    objective: Objective,
+    dataset: Dataset,
+    runtime: Runtime,
+    batch_size: int,
+    max_batches: int | None,
+) -> float:
     import torch
 
     was_training = model.training
@@ -171,20 +255,23 @@ class TrainingLoop:
 
     # -- one optimiser step ----------------------------------------------------------------------
     def accumulate_gradients(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Forward and backward over this process's micro-batches of the current global batch.
+        """Forward and backward over this process's micro-batches of the current global batch."""
+        indices = global_batch(
+            len(self.train_set), self.plan.batch_size, self.train.seed, self.state.examples_seen
+        )
+        micro = rank_micro_batches(indices, self.plan, self.runtime.rank)
+        return self.gradients_on([batch_to(self.train_set.collate(m), self.runtime.device) for m in micro])
 
-        Leaves in `.grad` the gradient of (summed loss / targets in the global batch), whatever the
-        split into processes and micro-batches. Returns the summed loss, the global target count
-        and the input tokens processed by all processes.
+    def gradients_on(self, batches: list[Batch]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Forward and backward over this process's share (`batches`) of one global batch.
+
+        Leaves in `.grad` the gradient of (summed loss / units in the global batch), whatever the
+        split into processes and micro-batches. Returns the summed loss, the global unit count and
+        the input tokens processed by all processes. RL calls this on its own rollout batches.
         """
         import torch
 
         runtime = self.runtime
-        indices = global_batch(
-            len(self.train_set), self.plan.batch_size, self.train.seed, self.state.examples_seen
-        )
-        micro = rank_micro_batches(indices, self.plan, runtime.rank)
-        batches = [batch_to(self.train_set.collate(m), runtime.device) for m in micro]
         local = torch.tensor(
             [
                 float(sum(self.objective.count(b) for b in batches)),
@@ -229,11 +316,11 @@ class TrainingLoop:
         return grad_norm
 
     # -- evaluation and early stopping -----------------------------------------------------------
-    def validate(self) -> float | None:
-        if self.val_set is None:
-            return None
+    def validate(self) -> tuple[float, dict[str, float]]:
+        """Validation loss and the objective's other validation metrics (needs a validation set)."""
+        assert self.val_set is not None
         size = self.evaluation.batch_size or self.plan.micro_batch_size
-        return evaluate_loss(
+        return evaluate(
             self.model, self.objective, self.val_set, self.runtime, size, self.evaluation.max_batches
         )
 
@@ -312,6 +399,9 @@ class TrainingLoop:
                         "tokens_seen": state.tokens_seen,
                         "elapsed": state.elapsed,
                     }
+                    tally = objective_tally(self.objective)
+                    if tally is not None:
+                        row.update(tally.drain(self.runtime))
                     self.tracker.update(
                         state.step,
                         f"loss {last_train_loss:.3f}  {row['tokens_per_s'] or 0:,.0f} tok/s",
@@ -321,9 +411,10 @@ class TrainingLoop:
                     window_tokens, window_start = 0, time.perf_counter()
                 if self.val_set is not None and (state.step % self.evaluation.every == 0 or last):
                     eval_start = time.perf_counter()
-                    last_val = self.validate()
+                    last_val, val_metrics = self.validate()
                     row = row or {"step": state.step}
                     row["val_loss"] = last_val
+                    row.update({f"val_{name}": value for name, value in val_metrics.items()})
                     stopped_early = self.note_validation(last_val)
                     # evaluation time is not training time: keep it out of tokens/s
                     window_start += time.perf_counter() - eval_start

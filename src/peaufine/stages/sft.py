@@ -159,6 +159,10 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
             encoding="utf-8",
         )
     (staging / "chat_template.jinja").write_text(template, encoding="utf-8")
+    if recipe.data.source == "world":
+        from peaufine.stages.preference_data import copy_world
+
+        copy_world(source, staging)  # later stages (reward, dpo, rl) find the world here
     (staging / "first_example.txt").write_text(reports["train"].first_text or "", encoding="utf-8")
     tokenizer.save_pretrained(staging / "tokenizer")
     general_bin, general_name = general_stream_path(recipe, source)

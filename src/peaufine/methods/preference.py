@@ -1,0 +1,204 @@
+"""Direct preference optimisation and its variants: the policy learns from pairs without a reward model.
+
+All four losses are functions of the summed log-probabilities of the chosen and rejected responses
+under the policy (and, but for SimPO, under the frozen reference):
+- sigmoid (DPO, Rafailov et al. 2023): -log sigmoid(beta * h), h = (pi_c - ref_c) - (pi_r - ref_r);
+- cdpo (conservative DPO): labels flipped with probability eps: -(1-eps) log s(beta h) - eps log s(-beta h);
+- ipo (Azar et al. 2023): (h - 1/(2 beta))^2, a squared loss that stops pushing once the margin is met;
+- simpo (Meng et al. 2024): reference-free, length-normalised:
+  -log s(beta_s (pi_c/|y_c| - pi_r/|y_r|) - gamma).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from peaufine.data.batching import IGNORE_INDEX, Batch
+from peaufine.engine.fit import MetricTally
+from peaufine.errors import RecipeError
+
+if TYPE_CHECKING:
+    import torch
+
+    from peaufine.data.pairs import PairBatches
+    from peaufine.engine.runtime import Runtime
+    from peaufine.recipe import DpoBlock
+
+LOSSES = ("sigmoid", "ipo", "cdpo", "simpo")
+
+
+def sequence_logps(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of each row's target tokens, and the number of targets per row.
+
+    One cross-entropy over the shifted labels (float32), so the full log-softmax is never kept.
+    """
+    import torch.nn.functional as F
+
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).logits
+    labels = batch["labels"]
+    nll = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view(labels.shape)
+    return -nll.sum(-1), (labels != IGNORE_INDEX).sum(-1)
+
+
+def preference_losses(
+    loss: str,
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor | None,
+    reference_rejected: torch.Tensor | None,
+    length_chosen: torch.Tensor,
+    length_rejected: torch.Tensor,
+    *,
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+    simpo_beta: float = 2.0,
+    simpo_gamma: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pair losses, and the implicit rewards of the chosen and rejected responses."""
+    import torch.nn.functional as F
+
+    if loss == "simpo":
+        chosen = simpo_beta * policy_chosen / length_chosen.clamp(min=1)
+        rejected = simpo_beta * policy_rejected / length_rejected.clamp(min=1)
+        return -F.logsigmoid(chosen - rejected - simpo_gamma), chosen, rejected
+    if reference_chosen is None or reference_rejected is None:
+        raise RecipeError(f"method.dpo.loss {loss}: needs the reference model's log-probabilities")
+    chosen_ratio = policy_chosen - reference_chosen
+    rejected_ratio = policy_rejected - reference_rejected
+    h = chosen_ratio - rejected_ratio
+    if loss == "sigmoid":
+        losses = -F.logsigmoid(beta * h)
+    elif loss == "cdpo":
+        losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    elif loss == "ipo":
+        losses = (h - 1 / (2 * beta)) ** 2
+    else:
+        raise RecipeError(f"method.dpo.loss: unknown loss {loss!r}; use one of {', '.join(LOSSES)}")
+    return losses, beta * chosen_ratio, beta * rejected_ratio
+
+
+@dataclass
+class DpoLoss:
+    """The DPO family as an engine objective; units are pairs (weighted: a ranking's pairs share one).
+
+    Reference log-probs come with the batch (`ref_logps`, computed once before training), or, with
+    `adapter_reference`, from the same LoRA model with its adapter disabled, under no_grad.
+    """
+
+    config: DpoBlock
+    adapter_reference: bool = False
+    tally: MetricTally = field(default_factory=MetricTally)
+
+    def loss_sum(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        import torch
+
+        logps, lengths = sequence_logps(model, batch)
+        n = logps.shape[0] // 2
+        reference = None
+        if self.config.loss != "simpo":
+            if "ref_logps" in batch:
+                reference = batch["ref_logps"].to(logps.dtype)
+            elif self.adapter_reference:
+                reference = adapter_disabled_logps(model, batch)
+            else:
+                raise RecipeError("DPO needs reference log-probs: compute them before training")
+        losses, chosen_rewards, rejected_rewards = preference_losses(
+            self.config.loss,
+            logps[:n],
+            logps[n:],
+            None if reference is None else reference[:n],
+            None if reference is None else reference[n:],
+            lengths[:n],
+            lengths[n:],
+            beta=self.config.beta,
+            label_smoothing=self.config.label_smoothing if self.config.loss == "cdpo" else 0.0,
+            simpo_beta=self.config.simpo_beta,
+            simpo_gamma=self.config.simpo_gamma,
+        )
+        weights = batch["weights"].to(losses.dtype)
+        with torch.no_grad():
+            tally, total = self.tally, weights.sum()
+            tally.add("accuracy", (weights * (chosen_rewards > rejected_rewards)).sum(), total)
+            tally.add("reward_margin", (weights * (chosen_rewards - rejected_rewards)).sum(), total)
+            tally.add("reward_chosen", (weights * chosen_rewards).sum(), total)
+            tally.add("reward_rejected", (weights * rejected_rewards).sum(), total)
+            tally.add("logp_chosen", (weights * logps[:n]).sum(), total)
+            tally.add("logp_rejected", (weights * logps[n:]).sum(), total)
+            if reference is not None:
+                # sequence-level log-ratio to the reference on the pair's responses: a KL estimate
+                drift = (logps - reference).view(2, n).mean(0)
+                tally.add("implicit_kl", (weights * drift).sum(), total)
+        return (weights * losses).sum()
+
+    def count(self, batch: Batch) -> torch.Tensor:
+        return batch["weights"].sum()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DDP / torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def adapter_disabled_logps(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Summed log-probs under the LoRA model with its adapter off: the base model, no copy kept."""
+    import torch
+
+    peft_model = unwrap(model)
+    if not hasattr(peft_model, "disable_adapter"):
+        raise RecipeError("method.dpo.reference: adapter needs model.adapter.kind: lora")
+    with torch.no_grad(), peft_model.disable_adapter():
+        return sequence_logps(peft_model, batch)[0].detach()
+
+
+def precompute_reference(
+    model: torch.nn.Module, datasets: Sequence[PairBatches], runtime: Runtime, batch_size: int
+) -> None:
+    """Store each pair's reference log-probs, computed once with `model` before it is trained.
+
+    The policy starts as the reference, so no second model is ever resident; dropout is off (eval
+    mode). Every process computes all pairs of its data: they are few next to training.
+    """
+    import torch
+
+    from peaufine.data.batching import batch_to
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for dataset in datasets:
+            n = len(dataset)
+            for start in range(0, n, batch_size):
+                indices = list(range(start, min(n, start + batch_size)))
+                batch = batch_to(dataset.collate(indices), runtime.device)
+                with runtime.autocast():
+                    logps = sequence_logps(model, batch)[0].double().cpu().tolist()
+                for k, i in enumerate(indices):
+                    dataset.pairs[i].ref_chosen = logps[k]
+                    dataset.pairs[i].ref_rejected = logps[len(indices) + k]
+    model.train(was_training)
+
+
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Set every dropout probability to 0 (DPO compares log-probs with the reference: dropout would
+    add noise to both sides); returns how many dropout modules there were."""
+    import torch
+
+    count = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+            count += 1
+    return count

@@ -1,0 +1,157 @@
+"""The reward model's objective: Bradley-Terry on preference pairs.
+
+P(chosen > rejected) = sigmoid(r_chosen - r_rejected), so the loss of a pair is
+-log sigmoid(r_chosen - r_rejected - margin). A tie (two responses ranked equal) is a label of 1/2:
+-(log s(d) + log s(-d)) / 2, which is least when the rewards are equal. Only differences of rewards are
+identified, so a small centring term, center * (r_chosen + r_rejected)^2, keeps them near zero and
+comparable across runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from peaufine.data.batching import Batch
+from peaufine.engine.fit import MetricTally
+from peaufine.errors import DataError, ModelError
+from peaufine.methods.classify import classifier_logits
+
+if TYPE_CHECKING:
+    import torch
+
+    from peaufine.data.preferences import Prompt
+
+
+def bradley_terry_losses(
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    ties: torch.Tensor,
+    *,
+    margin: float = 0.0,
+    center: float = 0.0,
+) -> torch.Tensor:
+    """Per-pair losses from the two rewards; `ties` marks pairs ranked equal (no margin for them)."""
+    import torch
+    import torch.nn.functional as F
+
+    gap = chosen - rejected
+    decided = -F.logsigmoid(gap - margin)
+    tied = -(F.logsigmoid(gap) + F.logsigmoid(-gap)) / 2
+    return torch.where(ties, tied, decided) + center * (chosen + rejected) ** 2
+
+
+@dataclass
+class BradleyTerryLoss:
+    """Summed weighted pair losses; units are pairs. Batches are PairBatches' (chosen rows first)."""
+
+    margin: float = 0.0
+    center: float = 0.0
+    tally: MetricTally = field(default_factory=MetricTally)
+
+    def loss_sum(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        import torch
+
+        rewards = classifier_logits(model, batch).squeeze(-1)
+        n = rewards.shape[0] // 2
+        chosen, rejected = rewards[:n], rewards[n:]
+        ties = batch["ties"]
+        losses = bradley_terry_losses(chosen, rejected, ties, margin=self.margin, center=self.center)
+        weights = batch["weights"].to(losses.dtype)
+        with torch.no_grad():
+            decided = weights * (~ties)
+            self.tally.add("accuracy", (decided * (chosen > rejected)).sum(), decided.sum())
+            self.tally.add("reward_margin", (decided * (chosen - rejected)).sum(), decided.sum())
+            self.tally.add("reward_mean", rewards.sum(), rewards.numel())
+        return (weights * losses).sum()
+
+    def count(self, batch: Batch) -> torch.Tensor:
+        return batch["weights"].sum()
+
+
+class RewardScorer:
+    """A trained reward model that scores (prompt, response) texts.
+
+    Texts are tokenized with the reward model's own tokenizer, so a policy with another tokenizer
+    (or vocabulary) is scored correctly: ids are never passed from one model to the other.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, max_length: int = 512, batch_size: int = 32) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+
+    @classmethod
+    def load(cls, path: str | Path, *, max_length: int = 512, device: str = "cpu") -> RewardScorer:
+        """A reward model folder (AutoModelForSequenceClassification, one label) or a reward run."""
+        from peaufine.data.pairs import encoder_style
+        from peaufine.data.tokenize import ensure_chat_template
+        from peaufine.methods.classify import build_classifier
+        from peaufine.models.tokenizer import load_tokenizer
+
+        directory = Path(path).expanduser()
+        if (directory / "model" / "config.json").is_file():
+            directory = directory / "model"
+        if not (directory / "config.json").is_file():
+            raise ModelError(f"{path}: not a reward model folder or reward run (no config.json)")
+        model = build_classifier(directory, 1)
+        if model.config.num_labels != 1:
+            raise ModelError(f"{path}: a reward model has one output, this one has {model.config.num_labels}")
+        tokenizer = load_tokenizer(str(directory))
+        if not encoder_style(tokenizer):
+            ensure_chat_template(tokenizer)
+        return cls(model.to(device), tokenizer, max_length=max_length)
+
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+        import torch
+
+        from peaufine.data.batching import PaddedExamples
+        from peaufine.data.pairs import encode_scored
+
+        device = next(self.model.parameters()).device
+        examples = []
+        for prompt, response in zip(prompts, responses, strict=True):
+            encoded = encode_scored(
+                self.tokenizer, prompt, response, max_length=self.max_length, too_long="truncate"
+            )
+            assert encoded is not None  # truncation never drops a text
+            examples.append(encoded[0])
+        rows = PaddedExamples(examples, self.pad_id)
+        scores: list[float] = []
+        with torch.no_grad():
+            for start in range(0, len(examples), self.batch_size):
+                batch = rows.collate(range(start, min(len(examples), start + self.batch_size)))
+                batch = {k: v.to(device) for k, v in batch.items()}
+                scores += classifier_logits(self.model, batch).squeeze(-1).tolist()
+        return scores
+
+
+def read_scoring_records(path: Path, prompt_field: str, response_field: str) -> list[tuple[Prompt, str]]:
+    """(prompt, response) from each record of a JSON lines / JSON / CSV / Parquet file; a record
+    without either field is an error naming its line."""
+    from peaufine.data.formats import _records, record_paths
+    from peaufine.data.sources import _Anomaly
+
+    out: list[tuple[Prompt, str]] = []
+    for item in _records(record_paths(path)):
+        if isinstance(item, _Anomaly):
+            raise item.error()
+        where, raw = item
+        prompt, response = raw.get(prompt_field), raw.get(response_field)
+        for name, value in ((prompt_field, prompt), (response_field, response)):
+            if not isinstance(value, (str, list)) or (name == response_field and not isinstance(value, str)):
+                raise DataError(
+                    f"field {name!r} is missing or not text (got {type(value).__name__})",
+                    path=where.path,
+                    line=where.line,
+                    field=name,
+                    hint="use --prompt-field / --response-field to name your fields",
+                )
+        out.append((prompt, response))
+    if not out:
+        raise DataError("no records to score", path=path)
+    return out

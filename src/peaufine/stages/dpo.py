@@ -1,0 +1,196 @@
+"""The dpo stage: a policy (an SFT model, full or LoRA) aligned directly on preference pairs with DPO,
+IPO, conservative DPO or SimPO; no reward model, no sampling.
+
+The reference is the policy as it starts: its log-probs are computed once before training (no second
+model resident), or, with LoRA and `method.dpo.reference: adapter`, by switching the adapter off.
+Before and after training the stage measures how often the policy itself prefers the chosen response
+(mean log-prob per token, so length does not decide), and on the world the annotator's score and
+exact match of greedy answers to held-out questions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from peaufine.engine.fit import FitResult, StepHook, fit
+from peaufine.engine.track import Tracker, read_metrics
+from peaufine.errors import RecipeError
+from peaufine.models.build import resolve_source
+from peaufine.rundir import RunDir, open_run, write_json
+from peaufine.stages.preference_data import prepare_pairs, read_pairs, source_world
+
+if TYPE_CHECKING:
+    import torch
+
+    from peaufine.data.pairs import PairBatches
+    from peaufine.engine.runtime import Runtime
+    from peaufine.recipe import Recipe
+
+EVAL_SPLITS = ("validation", "heldout")
+
+
+@dataclass
+class DpoResult:
+    run: RunDir
+    fit: FitResult
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
+    from peaufine.data.tokenize import ensure_chat_template
+    from peaufine.models.tokenizer import load_tokenizer
+    from peaufine.stages.sft import source_model_dir
+
+    source = resolve_source(recipe.model.source)
+    tokenizer = load_tokenizer(str(source_model_dir(source)), recipe.model.trust_remote_code)
+    ensure_chat_template(tokenizer)
+    if recipe.method.dpo.reference == "adapter" and recipe.model.adapter.kind != "lora":
+        raise RecipeError("method.dpo.reference: adapter needs model.adapter.kind: lora")
+    prepared = prepare_pairs(recipe, source, tokenizer, staging, skip_ties=True, scored=False)
+    tokenizer.save_pretrained(staging / "tokenizer")
+    counts = prepared["pairs"]
+    tracker.say(
+        f"preferences: {counts['train']['pairs']:,} training pairs ({counts['train']['prompts']:,} prompts, "
+        f"{counts['train']['ties_skipped']:,} ties skipped), {counts['validation']['pairs']:,} validation"
+    )
+    return prepared
+
+
+def pair_dataset(run: RunDir, split: str, pad_id: int) -> PairBatches | None:
+    from peaufine.data.pairs import PairBatches
+
+    path = run.data / f"{split}.pairs.jsonl"
+    pairs = read_pairs(path) if path.is_file() else []
+    return PairBatches(pairs, pad_id) if pairs else None
+
+
+def likelihood_preference(
+    model: torch.nn.Module, dataset: PairBatches, runtime: Runtime, batch_size: int = 32
+) -> float:
+    """How often the policy gives the chosen response a higher mean log-prob per token than the
+    rejected one: its own preference, comparable before and after training (no reference needed)."""
+    import torch
+
+    from peaufine.data.batching import batch_to
+    from peaufine.methods.preference import sequence_logps
+
+    was_training = model.training
+    model.eval()
+    wins = 0.0
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            indices = list(range(start, min(len(dataset), start + batch_size)))
+            batch = batch_to(dataset.collate(indices), runtime.device)
+            with runtime.autocast():
+                logps, lengths = sequence_logps(model, batch)
+            mean = (logps / lengths.clamp(min=1)).float()
+            n = len(indices)
+            weights = batch["weights"].float()
+            wins += float((weights * (mean[:n] > mean[n:])).sum())
+            total += float(weights.sum())
+    model.train(was_training)
+    return wins / total if total else float("nan")
+
+
+def measure(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    recipe: Recipe,
+    sets: dict[str, PairBatches],
+    world: Any,
+    runtime: Runtime,
+) -> dict[str, Any]:
+    """The policy's own preference accuracy per split, and (on the world) its answers' quality."""
+    from peaufine.evaluate.alignment import world_answer_quality
+
+    numbers: dict[str, Any] = {
+        f"likelihood_accuracy_{name}": likelihood_preference(model, dataset, runtime)
+        for name, dataset in sets.items()
+    }
+    if world is not None and recipe.eval.answers:
+        numbers["answers_heldout"] = world_answer_quality(
+            model, tokenizer, world, "qa_heldout", recipe.eval.answers
+        )
+    return numbers
+
+
+def run_dpo(
+    recipe: Recipe,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    tracker: Tracker | None = None,
+    hooks: list[StepHook] | None = None,
+) -> DpoResult:
+    from peaufine.engine.fit import evaluate
+    from peaufine.methods.preference import DpoLoss, disable_dropout, precompute_reference
+    from peaufine.models.tokenizer import load_tokenizer
+    from peaufine.stages.sft import load_model, save_outputs, source_model_dir
+
+    if recipe.stage != "dpo":
+        raise RecipeError(f"stage: this command runs stage 'dpo', the recipe says '{recipe.stage}'")
+    out = Path(out)
+    opened = open_run(recipe, out, prepare, overwrite=overwrite, resume=resume, tracker=tracker)
+    run, runtime, tracker, prepared = opened.run, opened.runtime, opened.tracker, opened.prepared
+    source = resolve_source(recipe.model.source)
+    tokenizer = load_tokenizer(str(run.tokenizer))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model = load_model(recipe, source_model_dir(source), runtime)
+    disable_dropout(model)
+    sets = {name: pair_dataset(run, name, pad_id) for name in ("train", *EVAL_SPLITS)}
+    train_set = sets["train"]
+    if train_set is None:
+        raise RecipeError("data.source: no training pairs left (all ties or too long)")
+    present = {name: d for name, d in sets.items() if d is not None and name != "train"}
+    config = recipe.method.dpo
+    adapter_reference = config.reference == "adapter"
+    if config.loss != "simpo" and not adapter_reference:
+        tracker.say("computing the reference log-probs once (the policy before training)")
+        precompute_reference(model, [train_set, *present.values()], runtime, recipe.eval.batch_size or 32)
+    world = source_world(source)
+    before = measure(model, tokenizer, recipe, present, world, runtime) if runtime.is_main else {}
+    objective = DpoLoss(config, adapter_reference=adapter_reference)
+    result = fit(
+        model,
+        objective,
+        train_set,
+        present.get("validation"),
+        recipe.train,
+        recipe.eval,
+        runtime,
+        run_dir=out,
+        tracker=tracker,
+        resume=resume,
+        hooks=hooks,
+    )
+    evaluation: dict[str, Any] = {}
+    if runtime.is_main:
+        save_outputs(recipe, run, model, tokenizer)
+        if run.metrics.exists():
+            from peaufine.report.plots import plot_losses
+
+            plot_losses(read_metrics(run.metrics), run.loss_plot, result.best_step)
+        after = measure(model, tokenizer, recipe, present, world, runtime)
+        final = {
+            name: evaluate(model, objective, dataset, runtime, recipe.eval.batch_size or 32)
+            for name, dataset in present.items()
+        }
+        evaluation = {
+            "stage": "dpo",
+            "loss": config.loss,
+            "beta": config.simpo_beta if config.loss == "simpo" else config.beta,
+            "steps": result.steps,
+            "best_step": result.best_step,
+            "pairs": prepared["pairs"],
+            "anomalies": prepared["anomalies"],
+            "before": before,
+            "after": after,
+            "final": {name: {"loss": loss, **metrics} for name, (loss, metrics) in final.items()},
+        }
+        write_json(run.eval, evaluation)
+    runtime.barrier()
+    return DpoResult(run=run, fit=result, evaluation=evaluation)

@@ -1,0 +1,198 @@
+"""Preference pairs for the reward and dpo stages: gathered (the world's annotator or the user's files),
+split by prompt, tokenized into the run's data/ folder, and read back.
+
+The world's rankings come from its generator playing the annotator: for every question about a
+fact, a concise correct answer > a rambling correct one > a type-consistent wrong one > an
+off-topic one. Pairs are grouped by fact, so validation facts are never seen in training under
+another phrasing, and the world's held-out facts (never asked during fine-tuning) give a third set.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from peaufine.errors import RecipeError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from peaufine.data.pairs import PairExample
+    from peaufine.data.preferences import PreferencePair
+    from peaufine.data.world import World
+    from peaufine.models.build import ModelSource
+    from peaufine.recipe import Recipe
+
+SPLITS = ("train", "validation", "heldout")
+
+
+@dataclass
+class PreferenceData:
+    train: list[PreferencePair]
+    validation: list[PreferencePair]
+    heldout: list[PreferencePair] = field(default_factory=list)
+    anomalies: dict[str, int] = field(default_factory=dict)
+
+
+def source_world(source: ModelSource) -> World | None:
+    """The synthetic world a run was trained on (its world/ folder), if model.source is such a run."""
+    if source.kind != "run_dir" or not (source.path / "world").is_dir():
+        return None
+    from peaufine.data.world import load_world
+
+    return load_world(source.path / "world")
+
+
+def copy_world(source: ModelSource, staging: Path) -> None:
+    """Carry the world/ folder down the pipeline, so every later stage can find its world."""
+    if source.kind == "run_dir" and (source.path / "world").is_dir():
+        shutil.copytree(source.path / "world", staging / "world")
+
+
+def world_pairs(world: World, split: str, expand: str) -> list[PreferencePair]:
+    """The annotator's rankings of candidate answers to the questions of `split`, as weighted pairs."""
+    from peaufine.data.preferences import ranking_pairs
+    from peaufine.data.world_preferences import preference_rankings
+
+    pairs: list[PreferencePair] = []
+    for ranking in preference_rankings(world, split):
+        pairs += ranking_pairs(
+            [{"role": "user", "content": ranking.question}],
+            list(ranking.responses),
+            expand=expand,
+            group=ranking.fact_id,
+            kinds=list(ranking.kinds),
+            source=f"world seed {world.seed}, {split} split, fact {ranking.fact_id}",
+        )
+    return pairs
+
+
+def gather_pairs(recipe: Recipe, source: ModelSource) -> PreferenceData:
+    """Train / validation (split by prompt) / held-out pairs: the world's, or from data.source files."""
+    from peaufine.data.preferences import load_preference_pairs, split_pairs_by_prompt
+
+    data = recipe.data
+    if data.source == "world":
+        world = source_world(source)
+        if world is None:
+            raise RecipeError(
+                "data.source: 'world' learns from the synthetic world's rankings, which needs "
+                "model.source to be a run trained on the world (it has a world/ folder)"
+            )
+        train, validation = split_pairs_by_prompt(
+            world_pairs(world, "qa_train", data.rankings), data.validation_fraction, recipe.train.seed
+        )
+        return PreferenceData(train, validation, world_pairs(world, "qa_heldout", data.rankings))
+    if data.format not in ("auto", "pairs", "ranking", "hh"):
+        raise RecipeError(f"data.format: {data.format} holds no preferences; use pairs, ranking, hh or auto")
+    pairs, report = load_preference_pairs(
+        data.source,
+        format=data.format,
+        fields=data.fields,
+        rankings=data.rankings,
+        policy=data.anomalies.model_dump(),
+    )
+    train, validation = split_pairs_by_prompt(pairs, data.validation_fraction, recipe.train.seed)
+    return PreferenceData(train, validation, anomalies=dict(report.counts))
+
+
+def write_pairs(path: Path, pairs: list[PairExample], originals: list[PreferencePair] | None = None) -> None:
+    """Tokenized pairs as JSON lines (with the texts when given, for evaluation by generation)."""
+    lines = []
+    for pair in pairs:
+        row: dict[str, Any] = {
+            "chosen": pair.chosen.input_ids,
+            "chosen_mask": pair.chosen.target_mask,
+            "rejected": pair.rejected.input_ids,
+            "rejected_mask": pair.rejected.target_mask,
+            "weight": pair.weight,
+            "tie": pair.tie,
+            "kind": pair.kind,
+        }
+        lines.append(json.dumps(row) + "\n")
+    path.write_text("".join(lines), encoding="utf-8")
+    if originals is not None:
+        texts = path.with_name(path.name.replace(".pairs.jsonl", ".texts.jsonl"))
+        texts.write_text(
+            "".join(
+                json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "kind": p.kind})
+                + "\n"
+                for p in originals
+            ),
+            encoding="utf-8",
+        )
+
+
+def read_pairs(path: Path) -> list[PairExample]:
+    from peaufine.data.batching import Example
+    from peaufine.data.pairs import PairExample
+
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line:
+            continue
+        row = json.loads(line)
+        out.append(
+            PairExample(
+                Example(row["chosen"], row["chosen_mask"]),
+                Example(row["rejected"], row["rejected_mask"]),
+                row["weight"],
+                row["tie"],
+                row["kind"],
+            )
+        )
+    return out
+
+
+def read_texts(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def prepare_pairs(
+    recipe: Recipe,
+    source: ModelSource,
+    tokenizer: PreTrainedTokenizerBase,
+    staging: Path,
+    *,
+    skip_ties: bool,
+    scored: bool,
+) -> dict[str, Any]:
+    """Gather, split and tokenize the pairs into staging/data; returns counts for prepared.json.
+
+    `scored`: encode for a reward model (an encoder reads [CLS] prompt [SEP] response [SEP]).
+    """
+    from peaufine.data.pairs import encode_pairs
+
+    data = gather_pairs(recipe, source)
+    if not data.train:
+        raise RecipeError("data.source: no training pairs")
+    out = staging / "data"
+    out.mkdir(exist_ok=True)
+    counts: dict[str, Any] = {}
+    for name in SPLITS:
+        originals = getattr(data, name)
+        if not originals and name == "heldout":
+            continue
+        examples, report = encode_pairs(
+            tokenizer,
+            originals,
+            max_length=recipe.data.max_length,
+            too_long=recipe.data.anomalies.too_long,
+            skip_ties=skip_ties,
+            scored=scored,
+        )
+        write_pairs(out / f"{name}.pairs.jsonl", examples, [originals[i] for i in report.kept])
+        counts[name] = {
+            "pairs": len(examples),
+            "prompts": len({p.group for p in originals}),
+            "ties_skipped": report.skipped_ties,
+            "truncated": report.truncated,
+            "skipped_too_long": report.skipped_too_long,
+        }
+    copy_world(source, staging)
+    return {"pairs": counts, "anomalies": data.anomalies}

@@ -1,0 +1,183 @@
+"""The reward stage: a scalar head on a causal LM or an encoder, trained with Bradley-Terry on preference
+pairs, validated on held-out prompts, and reported per pair type; saved in Hugging Face
+sequence-classification format (AutoModelForSequenceClassification, num_labels = 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from peaufine.engine.fit import FitResult, StepHook, fit
+from peaufine.engine.track import Tracker, read_metrics
+from peaufine.errors import RecipeError
+from peaufine.models.build import resolve_source
+from peaufine.rundir import RunDir, open_run, write_json
+from peaufine.stages.preference_data import prepare_pairs, read_pairs
+
+if TYPE_CHECKING:
+    import torch
+
+    from peaufine.data.pairs import PairBatches
+    from peaufine.engine.runtime import Runtime
+    from peaufine.recipe import Recipe
+
+
+@dataclass
+class RewardResult:
+    run: RunDir
+    fit: FitResult
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+
+def backbone_path(recipe: Recipe) -> Path:
+    """method.reward.backbone, else model.source's model folder (an SFT run's model by default)."""
+    if recipe.method.reward.backbone is not None:
+        source = resolve_source(recipe.method.reward.backbone)
+    else:
+        source = resolve_source(recipe.model.source)
+    if source.model_dir is None:
+        raise RecipeError(
+            f"model.source: '{source.name}' is a preset; a reward model starts from a trained model "
+            "(a run folder or a Hugging Face model folder)"
+        )
+    return source.model_dir
+
+
+def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
+    from peaufine.data.pairs import encoder_style
+    from peaufine.data.tokenize import ensure_chat_template
+    from peaufine.models.tokenizer import load_tokenizer
+
+    backbone = backbone_path(recipe)
+    tokenizer = load_tokenizer(str(backbone), recipe.model.trust_remote_code)
+    if not encoder_style(tokenizer):
+        ensure_chat_template(tokenizer)
+    prepared = prepare_pairs(
+        recipe, resolve_source(recipe.model.source), tokenizer, staging, skip_ties=False, scored=True
+    )
+    tokenizer.save_pretrained(staging / "tokenizer")
+    counts = prepared["pairs"]
+    tracker.say(
+        f"preferences: {counts['train']['pairs']:,} training pairs "
+        f"({counts['train']['prompts']:,} prompts), {counts['validation']['pairs']:,} validation"
+        + (f", {counts['heldout']['pairs']:,} held-out" if "heldout" in counts else "")
+    )
+    return {**prepared, "backbone": str(backbone)}
+
+
+def pair_dataset(run: RunDir, split: str, pad_id: int) -> PairBatches | None:
+    from peaufine.data.pairs import PairBatches
+
+    path = run.data / f"{split}.pairs.jsonl"
+    if not path.is_file():
+        return None
+    pairs = read_pairs(path)
+    return PairBatches(pairs, pad_id) if pairs else None
+
+
+def pair_accuracy(
+    model: torch.nn.Module, dataset: PairBatches, runtime: Runtime, batch_size: int = 32
+) -> dict[str, Any]:
+    """Pairwise accuracy (chosen scored above rejected) overall and per pair kind, with counts."""
+    import torch
+
+    from peaufine.data.batching import batch_to
+    from peaufine.methods.classify import classifier_logits
+
+    model.eval()
+    right: dict[str, int] = {}
+    total: dict[str, int] = {}
+    margins: list[float] = []
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            indices = list(range(start, min(len(dataset), start + batch_size)))
+            batch = batch_to(dataset.collate(indices), runtime.device)
+            with runtime.autocast():
+                rewards = classifier_logits(model, batch).squeeze(-1).tolist()
+            n = len(indices)
+            for k, i in enumerate(indices):
+                pair = dataset.pairs[i]
+                if pair.tie:
+                    continue
+                margins.append(rewards[k] - rewards[n + k])
+                total[pair.kind] = total.get(pair.kind, 0) + 1
+                right[pair.kind] = right.get(pair.kind, 0) + (margins[-1] > 0)
+    correct = sum(m > 0 for m in margins)
+    return {
+        "pairs": len(margins),
+        "accuracy": correct / len(margins) if margins else None,
+        "mean_margin": sum(margins) / len(margins) if margins else None,
+        "by_kind": {
+            kind: {"accuracy": right[kind] / total[kind], "pairs": total[kind]}
+            for kind in sorted(total)
+            if kind
+        },
+    }
+
+
+def run_reward(
+    recipe: Recipe,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    tracker: Tracker | None = None,
+    hooks: list[StepHook] | None = None,
+) -> RewardResult:
+    from peaufine.methods.classify import build_classifier
+    from peaufine.methods.reward import BradleyTerryLoss
+    from peaufine.models.build import save_model
+    from peaufine.models.tokenizer import load_tokenizer
+
+    if recipe.stage != "reward":
+        raise RecipeError(f"stage: this command runs stage 'reward', the recipe says '{recipe.stage}'")
+    out = Path(out)
+    opened = open_run(recipe, out, prepare, overwrite=overwrite, resume=resume, tracker=tracker)
+    run, runtime, tracker, prepared = opened.run, opened.runtime, opened.tracker, opened.prepared
+    tokenizer = load_tokenizer(str(run.tokenizer))
+    model = build_classifier(prepared["backbone"], 1, seed=recipe.train.seed)
+    pad_id = model.config.pad_token_id
+    model.to(runtime.device)
+    train_set = pair_dataset(run, "train", pad_id)
+    val_set = pair_dataset(run, "validation", pad_id)
+    heldout_set = pair_dataset(run, "heldout", pad_id)
+    assert train_set is not None
+    before = {"validation": pair_accuracy(model, val_set, runtime)} if val_set is not None else {}
+    settings = recipe.method.reward
+    result = fit(
+        model,
+        BradleyTerryLoss(margin=settings.margin, center=settings.center),
+        train_set,
+        val_set,
+        recipe.train,
+        recipe.eval,
+        runtime,
+        run_dir=out,
+        tracker=tracker,
+        resume=resume,
+        hooks=hooks,
+    )
+    evaluation: dict[str, Any] = {}
+    if runtime.is_main:
+        save_model(model, tokenizer, run.model)
+        if run.metrics.exists():
+            from peaufine.report.plots import plot_losses
+
+            plot_losses(read_metrics(run.metrics), run.loss_plot, result.best_step)
+        evaluation = {
+            "stage": "reward",
+            "steps": result.steps,
+            "best_step": result.best_step,
+            "best_val_loss": result.best_val_loss,
+            "backbone": prepared["backbone"],
+            "pairs": prepared["pairs"],
+            "anomalies": prepared["anomalies"],
+            "before": before,
+            "validation": pair_accuracy(model, val_set, runtime) if val_set is not None else None,
+            "heldout": pair_accuracy(model, heldout_set, runtime) if heldout_set is not None else None,
+        }
+        write_json(run.eval, evaluation)
+    runtime.barrier()
+    return RewardResult(run=run, fit=result, evaluation=evaluation)
