@@ -53,3 +53,11 @@ def cpu_runtime():
     from peaufine.recipe import TrainBlock
 
     return make_runtime(TrainBlock(device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def smoke_demo(tmp_path_factory):
+    """The default pipeline at smoke size, run once per session: later stages' tests start from it."""
+    from peaufine.demo import run_demo
+
+    return run_demo(tmp_path_factory.mktemp("demo"), smoke=True)

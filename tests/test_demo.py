@@ -10,14 +10,6 @@ import sys
 
 import pytest
 
-from peaufine.demo import run_demo
-
-
-@pytest.fixture(scope="module")
-def smoke_demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    return run_demo(out, smoke=True)
-
 
 @pytest.mark.slow
 def test_pretraining_learns_the_world(smoke_demo):

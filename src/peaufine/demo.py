@@ -50,5 +50,29 @@ def run_demo(out: Path, *, smoke: bool = False, overwrite: bool = True) -> DemoR
     sft_recipe.model.source = str(out / "pretrain")
     sft = run_sft(sft_recipe, out / "sft", overwrite=overwrite and (out / "sft").exists())
     result.stages["sft"] = sft.evaluation
+
+    from peaufine.stages.reward import run_reward
+
+    reward_recipe = packaged_recipe(f"world-reward{suffix}")
+    reward_recipe.model.source = str(out / "sft")
+    reward = run_reward(reward_recipe, out / "reward", overwrite=overwrite and (out / "reward").exists())
+    result.stages["reward"] = reward.evaluation
+
+    from peaufine.stages.dpo import run_dpo
+
+    dpo_recipe = packaged_recipe(f"world-dpo{suffix}")
+    dpo_recipe.model.source = str(out / "sft")
+    dpo = run_dpo(dpo_recipe, out / "dpo", overwrite=overwrite and (out / "dpo").exists())
+    result.stages["dpo"] = dpo.evaluation
+
+    from peaufine.stages.rl import run_rl
+
+    rl_recipe = packaged_recipe(f"world-grpo{suffix}")
+    rl_recipe.model.source = str(out / "sft")
+    for source in rl_recipe.method.rl.rewards:
+        if source.source == "reward-model":  # the packaged recipe's placeholder for this demo's reward run
+            source.source = str(out / "reward")
+    rl = run_rl(rl_recipe, out / "grpo", overwrite=overwrite and (out / "grpo").exists())
+    result.stages["grpo"] = rl.evaluation
     result.seconds = time.perf_counter() - start
     return result

@@ -256,7 +256,9 @@ class DpoBlock(Block):
 
 
 class RewardSourceBlock(Block):
-    source: str = Field(description="a reward-model folder (or run dir), or a Python function module:function")
+    source: str = Field(
+        description="a reward-model folder (or run dir), or a Python function module:function"
+    )
     weight: float = 1.0
 
 
@@ -287,6 +289,10 @@ class RlBlock(Block):
     pass_threshold: float = Field(
         1.0, description="a sample passes when its reward reaches this (for the pass-rate filter)"
     )
+    pass_source: str | None = Field(
+        None, description="the reward source whose score decides a pass; default: the weighted sum"
+    )
+    eval_prompts: int = Field(64, ge=1, description="prompts scored before, during and after training")
     sample_every: int = Field(10, ge=1, description="log generated samples every N steps")
 
 
@@ -359,7 +365,13 @@ STAGE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "method": {"name": "dpo"},
     },
     "rl": {
-        "train": {"lr": 1e-5, "max_steps": 100, "warmup_steps": 0, "weight_decay": 0.0, "schedule": "constant"},
+        "train": {
+            "lr": 1e-5,
+            "max_steps": 100,
+            "warmup_steps": 0,
+            "weight_decay": 0.0,
+            "schedule": "constant",
+        },
         "eval": {"every": 25},
         "method": {"name": "rl"},
     },

@@ -54,6 +54,12 @@ def demo_summary(result: DemoResult) -> Group:
     sft = result.stages.get("sft")
     if sft:
         parts.append(sft_summary(sft, result.out / "sft"))
+    if result.stages.get("reward"):
+        parts.append(reward_summary(result.stages["reward"], result.out / "reward"))
+    if result.stages.get("dpo"):
+        parts.append(dpo_summary(result.stages["dpo"], result.out / "dpo"))
+    if result.stages.get("grpo"):
+        parts.append(rl_summary(result.stages["grpo"], result.out / "grpo"))
     size = "smoke" if result.smoke else "default"
     parts.append(Text(f"demo ({size} size) finished in {result.seconds:.0f} s; runs in {result.out}"))
     return Group(*parts)
@@ -124,10 +130,40 @@ def dpo_summary(evaluation: dict[str, Any], run_dir: Path) -> Group:
     if answers_before and answers_after:
         table.add_row(
             "annotator score, held-out (0-3)",
-            f"{_fmt(answers_before['annotator_score'], '.3f')} -> {_fmt(answers_after['annotator_score'], '.3f')}",
+            f"{_fmt(answers_before['annotator_score'], '.3f')} -> "
+            f"{_fmt(answers_after['annotator_score'], '.3f')}",
         )
         table.add_row(
             "exact match, held-out",
             f"{_pct(answers_before['exact_match'])} -> {_pct(answers_after['exact_match'])}",
         )
+    return Group(table)
+
+
+def rl_summary(evaluation: dict[str, Any], run_dir: Path) -> Group:
+    table = Table(title=f"rl ({evaluation['algorithm']}): {run_dir}", show_header=False)
+    table.add_row("steps", f"{evaluation['steps']:,}")
+    kept = evaluation.get("pass_rate_filter")
+    if kept:
+        low, high = kept["range"]
+        table.add_row(
+            f"prompts with pass rate in [{low:g}, {high:g}]",
+            f"{kept['prompts_kept']} of {kept['prompts_before']} "
+            f"(mean pass rate {kept['mean_pass_rate_before']:.2f})",
+        )
+    before, after = evaluation.get("before", {}), evaluation.get("after", {})
+    table.add_row(
+        "mean reward, sampled",
+        f"{_fmt(before.get('reward_sampled'), '.3f')} -> {_fmt(after.get('reward_sampled'), '.3f')}",
+    )
+    table.add_row(
+        "mean reward, greedy",
+        f"{_fmt(before.get('reward_greedy'), '.3f')} -> {_fmt(after.get('reward_greedy'), '.3f')}",
+    )
+    if "exact_match_greedy" in after:
+        table.add_row(
+            "exact match, greedy",
+            f"{_pct(before.get('exact_match_greedy'))} -> {_pct(after.get('exact_match_greedy'))}",
+        )
+    table.add_row("KL to reference (nats per answer)", _fmt(evaluation.get("final_kl"), ".3f"))
     return Group(table)

@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
+from tests.conftest import tiny_llama
 
 from peaufine.data.batching import Example
 from peaufine.data.pairs import PairBatches, PairExample
 from peaufine.methods.preference import DpoLoss, precompute_reference, preference_losses, sequence_logps
 from peaufine.recipe import DpoBlock
-from tests.conftest import tiny_llama
 
 # policy chosen / rejected, reference chosen / rejected (summed log-probs), response lengths
 PI_C, PI_R, REF_C, REF_R = -4.0, -6.0, -5.0, -5.5

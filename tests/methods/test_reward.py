@@ -84,8 +84,8 @@ def test_a_reward_model_learns_a_constructed_preference(cpu_runtime):
             prompt = torch.randint(10, 40, (4,), generator=g).tolist()
             body = torch.randint(10, 40, (4,), generator=g).tolist()
             pos = int(torch.randint(0, 4, (1,), generator=g))
-            good = body[:pos] + [7] + body[pos:]
-            bad = body[:pos] + [8] + body[pos:]
+            good = [*body[:pos], 7, *body[pos:]]
+            bad = [*body[:pos], 8, *body[pos:]]
             pairs.append(PairExample(Example(prompt + good), Example(prompt + bad), kind="has-7>has-8"))
         return PairBatches(pairs, pad_id=0)
 

