@@ -44,6 +44,11 @@ class AdapterBlock(Block):
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
     rslora: bool = False
     dora: bool = False
+    train_special_tokens: bool = Field(
+        True,
+        description="also train the embedding rows of the tokenizer's special tokens: chat-turn tokens a "
+        "base model never saw (so never learnt to emit) stay untrainable under LoRA otherwise",
+    )
 
 
 class FreezeBlock(Block):
@@ -71,6 +76,9 @@ class WorldBlock(Block):
     documents: int = Field(4000, ge=10)
     faq_documents: int = Field(
         0, ge=0, description="question-and-answer pages about the fine-tuning split's facts"
+    )
+    candidate_sets: int = Field(
+        1, ge=1, description="reward / dpo: sets of candidate answers the annotator ranks per question"
     )
 
 

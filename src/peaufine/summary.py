@@ -129,9 +129,14 @@ def dpo_summary(evaluation: dict[str, Any], run_dir: Path) -> Group:
     answers_before, answers_after = before.get("answers_heldout"), after.get("answers_heldout")
     if answers_before and answers_after:
         table.add_row(
-            "annotator score, held-out (0-3)",
+            "annotator score, held-out, greedy (0-3)",
             f"{_fmt(answers_before['annotator_score'], '.3f')} -> "
             f"{_fmt(answers_after['annotator_score'], '.3f')}",
+        )
+        table.add_row(
+            "annotator score, held-out, sampled (T=1)",
+            f"{_fmt(answers_before.get('annotator_score_sampled'), '.3f')} -> "
+            f"{_fmt(answers_after.get('annotator_score_sampled'), '.3f')}",
         )
         table.add_row(
             "exact match, held-out",

@@ -125,13 +125,21 @@ def candidate_answers(world: World, fact: Fact, question: str, rng: random.Rando
 
 
 def preference_rankings(
-    world: World, split: str, *, phrasings: str = "all", seed_stream: str = "preferences"
+    world: World,
+    split: str,
+    *,
+    phrasings: str = "all",
+    seed_stream: str = "preferences",
+    candidate_sets: int = 1,
 ) -> list[Ranking]:
-    """A ranking per (fact of `split`, question phrasing), deterministic for (world, split, stream).
+    """`candidate_sets` rankings per (fact of `split`, question phrasing), deterministic for (world,
+    split, stream); each set is a fresh draw of the wrong, rambling and off-topic answers.
 
     `phrasings="all"` asks every phrasing of a fact's relation; "one" only the phrasing `qa_pairs`
     chose for it, so the rankings ask what SFT asked.
     """
+    if candidate_sets < 1:
+        raise ValueError(f"candidate_sets must be >= 1, got {candidate_sets}")
     if phrasings not in PHRASINGS:
         raise ValueError(f"phrasings must be one of {', '.join(PHRASINGS)}, got {phrasings!r}")
     if seed_stream in _WORLD_PRODUCTS:
@@ -145,16 +153,17 @@ def preference_rankings(
     rng = random.Random(f"{world.seed}:{seed_stream}")
     rankings = []
     for fact, question in asked:
-        responses = candidate_answers(world, fact, question, rng)
-        rankings.append(
-            Ranking(
-                question=question,
-                answer=fact.object,
-                fact_id=fact.id,
-                responses=tuple(responses[kind] for kind in CANDIDATE_KINDS),
-                kinds=CANDIDATE_KINDS,
+        for _ in range(candidate_sets):
+            responses = candidate_answers(world, fact, question, rng)
+            rankings.append(
+                Ranking(
+                    question=question,
+                    answer=fact.object,
+                    fact_id=fact.id,
+                    responses=tuple(responses[kind] for kind in CANDIDATE_KINDS),
+                    kinds=CANDIDATE_KINDS,
+                )
             )
-        )
     return rankings
 
 

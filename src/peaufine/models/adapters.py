@@ -123,11 +123,17 @@ def _check_targets(model: torch.nn.Module, targets: list[str]) -> None:
             )
 
 
-def apply_adapter(model: PreTrainedModel, adapter: AdapterBlock) -> torch.nn.Module:
+def apply_adapter(
+    model: PreTrainedModel, adapter: AdapterBlock, special_token_ids: list[int] | None = None
+) -> torch.nn.Module:
     """Wrap `model` for LoRA training (kind `lora`), or return it unchanged (kind `none`).
 
     PEFT freezes every base weight and adds trainable A (r x in) and B (out x r) per targeted layer,
     B zero so the wrapped model starts equal to the base. The base modules are replaced in place.
+    With `adapter.train_special_tokens`, the embedding rows of `special_token_ids` train too (PEFT's
+    trainable tokens; tied output rows follow): a chat token such as <|end|> that pretraining never
+    showed has an embedding every softmax pushed down, and LoRA alone barely lifts it, so the model
+    would never learn to end its turn.
     """
     if adapter.kind == "none":
         return model
@@ -137,14 +143,20 @@ def apply_adapter(model: PreTrainedModel, adapter: AdapterBlock) -> torch.nn.Mod
     if targets != "all-linear":
         targets = list(targets)
         _check_targets(model, targets)
+    # a sequence classifier (a reward model) keeps its new score head trainable: PEFT's SEQ_CLS task
+    # puts the head in modules_to_save
+    classifier = type(model).__name__.endswith("ForSequenceClassification")
     config = LoraConfig(
-        task_type="CAUSAL_LM",
+        task_type="SEQ_CLS" if classifier else "CAUSAL_LM",
         r=adapter.r,
         lora_alpha=adapter.alpha,
         lora_dropout=adapter.dropout,
         target_modules=targets,
         use_rslora=adapter.rslora,
         use_dora=adapter.dora,
+        trainable_token_indices=sorted(set(special_token_ids))
+        if adapter.train_special_tokens and special_token_ids and not classifier
+        else None,
     )
     try:
         with _quiet_peft():

@@ -3,8 +3,10 @@ split by prompt, tokenized into the run's data/ folder, and read back.
 
 The world's rankings come from its generator playing the annotator: for every question about a
 fact, a concise correct answer > a rambling correct one > a type-consistent wrong one > an
-off-topic one. Pairs are grouped by fact, so validation facts are never seen in training under
-another phrasing, and the world's held-out facts (never asked during fine-tuning) give a third set.
+off-topic one. Pairs are grouped by prompt (the question), as for any preference data: validation
+questions are never seen in training, though their facts may be, asked another way. The world's
+held-out facts (never asked during fine-tuning, nor in any training pair) give a third set: there,
+telling a right answer from a wrong one takes knowledge the model brought from pretraining.
 """
 
 from __future__ import annotations
@@ -52,18 +54,18 @@ def copy_world(source: ModelSource, staging: Path) -> None:
         shutil.copytree(source.path / "world", staging / "world")
 
 
-def world_pairs(world: World, split: str, expand: str) -> list[PreferencePair]:
+def world_pairs(world: World, split: str, expand: str, candidate_sets: int = 1) -> list[PreferencePair]:
     """The annotator's rankings of candidate answers to the questions of `split`, as weighted pairs."""
     from peaufine.data.preferences import ranking_pairs
     from peaufine.data.world_preferences import preference_rankings
 
     pairs: list[PreferencePair] = []
-    for ranking in preference_rankings(world, split):
+    for ranking in preference_rankings(world, split, candidate_sets=candidate_sets):
         pairs += ranking_pairs(
             [{"role": "user", "content": ranking.question}],
             list(ranking.responses),
             expand=expand,
-            group=ranking.fact_id,
+            group=ranking.question,
             kinds=list(ranking.kinds),
             source=f"world seed {world.seed}, {split} split, fact {ranking.fact_id}",
         )
@@ -82,10 +84,11 @@ def gather_pairs(recipe: Recipe, source: ModelSource) -> PreferenceData:
                 "data.source: 'world' learns from the synthetic world's rankings, which needs "
                 "model.source to be a run trained on the world (it has a world/ folder)"
             )
+        sets = data.world.candidate_sets
         train, validation = split_pairs_by_prompt(
-            world_pairs(world, "qa_train", data.rankings), data.validation_fraction, recipe.train.seed
+            world_pairs(world, "qa_train", data.rankings, sets), data.validation_fraction, recipe.train.seed
         )
-        return PreferenceData(train, validation, world_pairs(world, "qa_heldout", data.rankings))
+        return PreferenceData(train, validation, world_pairs(world, "qa_heldout", data.rankings, sets))
     if data.format not in ("auto", "pairs", "ranking", "hh"):
         raise RecipeError(f"data.format: {data.format} holds no preferences; use pairs, ranking, hh or auto")
     pairs, report = load_preference_pairs(

@@ -128,8 +128,9 @@ def run_reward(
 ) -> RewardResult:
     from peaufine.methods.classify import build_classifier
     from peaufine.methods.reward import BradleyTerryLoss
-    from peaufine.models.build import save_model
+    from peaufine.models.adapters import apply_adapter, apply_freeze
     from peaufine.models.tokenizer import load_tokenizer
+    from peaufine.stages.sft import save_outputs
 
     if recipe.stage != "reward":
         raise RecipeError(f"stage: this command runs stage 'reward', the recipe says '{recipe.stage}'")
@@ -139,7 +140,8 @@ def run_reward(
     tokenizer = load_tokenizer(str(run.tokenizer))
     model = build_classifier(prepared["backbone"], 1, seed=recipe.train.seed)
     pad_id = model.config.pad_token_id
-    model.to(runtime.device)
+    apply_freeze(model, recipe.model.freeze)
+    model = apply_adapter(model, recipe.model.adapter).to(runtime.device)
     train_set = pair_dataset(run, "train", pad_id)
     val_set = pair_dataset(run, "validation", pad_id)
     heldout_set = pair_dataset(run, "heldout", pad_id)
@@ -161,7 +163,7 @@ def run_reward(
     )
     evaluation: dict[str, Any] = {}
     if runtime.is_main:
-        save_model(model, tokenizer, run.model)
+        save_outputs(recipe, run, model, tokenizer)
         if run.metrics.exists():
             from peaufine.report.plots import plot_losses
 

@@ -260,8 +260,18 @@ def load_model(recipe: Recipe, model_dir: Path, runtime: Runtime) -> PreTrainedM
 
     model = load_pretrained(model_dir, recipe.model.trust_remote_code)
     apply_freeze(model, recipe.model.freeze)
-    model = apply_adapter(model, recipe.model.adapter)
+    model = apply_adapter(model, recipe.model.adapter, special_token_ids(model_dir))
     return model.to(runtime.device)
+
+
+def special_token_ids(model_dir: Path) -> list[int]:
+    """The ids of the tokenizer's special tokens (turn markers, EOS, ...), when it has any."""
+    from peaufine.models.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(str(model_dir))
+    ids = set(tokenizer.all_special_ids)
+    ids.update(i for i, token in tokenizer.added_tokens_decoder.items() if token.special)
+    return sorted(i for i in ids if i is not None and i < len(tokenizer))
 
 
 def run_sft(
