@@ -24,9 +24,9 @@ def world_answer_quality(
     and `samples` sampled answers per question at temperature 1, the policy's whole distribution,
     which is what preference training reshapes."""
     from peaufine.data.formats import world_qa_records
+    from peaufine.data.tokenize import generation_prompt
     from peaufine.data.world import candidate_objects, qa_pairs
     from peaufine.data.world_preferences import annotator_score
-    from peaufine.data.tokenize import generation_prompt
     from peaufine.evaluate.answers import answer_questions
     from peaufine.generate import generate_texts
 

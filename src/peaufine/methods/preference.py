@@ -179,9 +179,15 @@ def precompute_reference(
     model.eval()
     with torch.no_grad():
         for dataset in datasets:
-            n = len(dataset)
-            for start in range(0, n, batch_size):
-                indices = list(range(start, min(n, start + batch_size)))
+            # longest first, so each batch holds pairs of similar length: little padding is computed
+            order = sorted(
+                range(len(dataset)),
+                key=lambda i: (
+                    -max(len(dataset.pairs[i].chosen.input_ids), len(dataset.pairs[i].rejected.input_ids))
+                ),
+            )
+            for start in range(0, len(order), batch_size):
+                indices = order[start : start + batch_size]
                 batch = batch_to(dataset.collate(indices), runtime.device)
                 with runtime.autocast():
                     logps = sequence_logps(model, batch)[0].double().cpu().tolist()

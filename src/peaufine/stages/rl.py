@@ -140,6 +140,11 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
         train, validation = records, records  # RL on the arithmetic questions, scored on them all
     else:
         train, validation = split_records(records, recipe.data.validation_fraction, recipe.train.seed)
+        if not validation:
+            tracker.warn(
+                "data.validation_fraction is 0: rewards before and after are measured on training prompts"
+            )
+            validation = train
     data = staging / "data"
     data.mkdir()
     for name, rows in (("train", train), ("validation", validation)):
