@@ -126,21 +126,24 @@ def dpo_summary(evaluation: dict[str, Any], run_dir: Path) -> Group:
             table.add_row(f"implicit-reward accuracy ({split})", _pct(figures["accuracy"]))
         if figures.get("implicit_kl") is not None:
             table.add_row(f"log-ratio to reference ({split})", _fmt(figures["implicit_kl"], ".3f"))
-    answers_before, answers_after = before.get("answers_heldout"), after.get("answers_heldout")
-    if answers_before and answers_after:
+    for split in ("validation", "heldout"):
+        answers_before, answers_after = before.get(f"answers_{split}"), after.get(f"answers_{split}")
+        if not (answers_before and answers_after):
+            continue
         table.add_row(
-            "annotator score, held-out, greedy (0-3)",
+            f"annotator score (0-3), {split} questions, greedy",
             f"{_fmt(answers_before['annotator_score'], '.3f')} -> "
             f"{_fmt(answers_after['annotator_score'], '.3f')}",
         )
         table.add_row(
-            "annotator score, held-out, sampled (T=1)",
-            f"{_fmt(answers_before.get('annotator_score_sampled'), '.3f')} -> "
-            f"{_fmt(answers_after.get('annotator_score_sampled'), '.3f')}",
+            f"annotator score (0-3), {split} questions, sampled",
+            f"{_fmt(answers_before['annotator_score_sampled'], '.3f')} -> "
+            f"{_fmt(answers_after['annotator_score_sampled'], '.3f')}",
         )
         table.add_row(
-            "exact match, held-out",
-            f"{_pct(answers_before['exact_match'])} -> {_pct(answers_after['exact_match'])}",
+            f"exact match, {split} questions",
+            f"{_pct(answers_before['exact_match'])} -> {_pct(answers_after['exact_match'])} "
+            f"(n={answers_after['n']})",
         )
     return Group(table)
 

@@ -102,9 +102,11 @@ def measure(
     sets: dict[str, PairBatches],
     world: Any,
     runtime: Runtime,
+    validation_questions: list[tuple[str, str]],
 ) -> dict[str, Any]:
-    """The policy's own preference accuracy per split, and (on the world) its answers' quality."""
-    from peaufine.evaluate.alignment import world_answer_quality
+    """The policy's own preference accuracy per split, and (on the world) its answers' quality on the
+    held-out facts and on the validation prompts."""
+    from peaufine.evaluate.alignment import answer_quality, world_answer_quality
 
     numbers: dict[str, Any] = {
         f"likelihood_accuracy_{name}": likelihood_preference(model, dataset, runtime)
@@ -114,7 +116,23 @@ def measure(
         numbers["answers_heldout"] = world_answer_quality(
             model, tokenizer, world, "qa_heldout", recipe.eval.answers
         )
+        if validation_questions:
+            numbers["answers_validation"] = answer_quality(
+                model, tokenizer, world, validation_questions[: recipe.eval.answers]
+            )
     return numbers
+
+
+def held_out_questions(run: RunDir) -> list[tuple[str, str]]:
+    """The validation prompts of world preference data (never trained on) with their right answers:
+    the chosen response of each concise-answer pair."""
+    from peaufine.stages.preference_data import read_texts
+
+    found: dict[str, str] = {}
+    for row in read_texts(run.data / "validation.texts.jsonl"):
+        if row["kind"].startswith("concise>") and isinstance(row["prompt"], list):
+            found.setdefault(row["prompt"][-1]["content"], row["chosen"])
+    return list(found.items())
 
 
 def run_dpo(
@@ -152,7 +170,8 @@ def run_dpo(
         tracker.say("computing the reference log-probs once (the policy before training)")
         precompute_reference(model, [train_set, *present.values()], runtime, recipe.eval.batch_size or 32)
     world = source_world(source)
-    before = measure(model, tokenizer, recipe, present, world, runtime) if runtime.is_main else {}
+    questions = held_out_questions(run) if world is not None else []
+    before = measure(model, tokenizer, recipe, present, world, runtime, questions) if runtime.is_main else {}
     objective = DpoLoss(config, adapter_reference=adapter_reference)
     result = fit(
         model,
@@ -174,7 +193,7 @@ def run_dpo(
             from peaufine.report.plots import plot_losses
 
             plot_losses(read_metrics(run.metrics), run.loss_plot, result.best_step)
-        after = measure(model, tokenizer, recipe, present, world, runtime)
+        after = measure(model, tokenizer, recipe, present, world, runtime, questions)
         final = {
             name: evaluate(model, objective, dataset, runtime, recipe.eval.batch_size or 32)
             for name, dataset in present.items()
