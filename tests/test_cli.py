@@ -67,7 +67,9 @@ def test_help_answers_without_importing_torch():
     assert "pretrain" in done.stdout
 
 
-@pytest.mark.parametrize("command", ["pretrain", "generate", "params", "demo"])
+@pytest.mark.parametrize(
+    "command", ["pretrain", "generate", "params", "demo", "reward", "dpo", "rl", "score"]
+)
 def test_every_subcommand_has_help(command):
     done = subprocess.run(
         [sys.executable, "-m", "peaufine.cli", command, "--help"], capture_output=True, text=True, timeout=60

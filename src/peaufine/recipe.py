@@ -256,6 +256,12 @@ class DpoBlock(Block):
     )
     simpo_beta: float = Field(2.0, gt=0.0)
     simpo_gamma: float = Field(0.5, ge=0.0, description="simpo: target reward margin")
+    sft_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="weight of the chosen answers' mean negative log-likelihood added to the loss (RPO): "
+        "keeps DPO from lowering the chosen answers' probability along with the rejected ones'",
+    )
     reference: Literal["precomputed", "adapter"] = Field(
         "precomputed",
         description="precomputed: reference log-probs computed once before training; adapter: the "

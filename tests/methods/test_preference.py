@@ -142,3 +142,15 @@ def test_the_adapter_switched_off_is_the_reference(cpu_runtime):
     batch = data.collate([0, 1, 2])
     assert torch.allclose(adapter_disabled_logps(model, batch).double(), precomputed, atol=1e-4)
     assert not torch.allclose(sequence_logps(model, batch)[0].double(), precomputed, atol=1e-3)
+
+
+def test_sft_weight_adds_the_chosen_answers_mean_nll(cpu_runtime):
+    model = tiny_llama().eval()
+    data = tiny_pairs(3)
+    precompute_reference(model, [data], cpu_runtime, batch_size=4)
+    batch = data.collate([0, 1, 2])
+    plain = DpoLoss(DpoBlock(beta=0.1)).loss_sum(model, batch)
+    with_sft = DpoLoss(DpoBlock(beta=0.1, sft_weight=0.5)).loss_sum(model, batch)
+    logps, lengths = sequence_logps(model, batch)
+    expected = 0.5 * (-logps[:3] / lengths[:3]).sum()
+    assert (with_sft - plain).item() == pytest.approx(expected.item(), rel=1e-5)

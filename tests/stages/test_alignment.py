@@ -195,3 +195,32 @@ def test_reward_model_on_the_minilm_encoder_scores_with_its_own_tokenizer(tmp_pa
     scorer = RewardScorer.load(tmp_path / "run", max_length=32)
     good, bad = scorer.score(["Is it good?"] * 2, ["Yes, it is wonderful and great.", "It is awful."])
     assert good > bad
+
+
+def test_score_command_scores_records_with_the_reward_model(smoke_demo, tmp_path, capsys, monkeypatch):
+    from peaufine import cli
+
+    records = tmp_path / "answers.jsonl"
+    records.write_text(
+        json.dumps({"prompt": "What is the sum of 2 and 3?", "response": "5"})
+        + "\n"
+        + json.dumps(
+            {"prompt": "What is the sum of 2 and 3?", "response": "I would rather talk about the weather."}
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "scores.jsonl"
+    monkeypatch.setattr(
+        "sys.argv", ["peaufine", "score", str(smoke_demo.out / "reward"), str(records), "--out", str(out)]
+    )
+    cli.main()
+    scores = [json.loads(line)["score"] for line in out.read_text().splitlines()]
+    assert len(scores) == 2 and scores[0] > scores[1]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "x"}) + "\n", encoding="utf-8")
+    monkeypatch.setattr("sys.argv", ["peaufine", "score", str(smoke_demo.out / "reward"), str(bad)])
+    with pytest.raises(SystemExit):
+        cli.main()
+    err = capsys.readouterr().err
+    assert "line 1" in err and "response" in err

@@ -7,6 +7,7 @@ under the policy (and, but for SimPO, under the frozen reference):
 - ipo (Azar et al. 2023): (h - 1/(2 beta))^2, a squared loss that stops pushing once the margin is met;
 - simpo (Meng et al. 2024): reference-free, length-normalised:
   -log s(beta_s (pi_c/|y_c| - pi_r/|y_r|) - gamma).
+Any of them can add `sft_weight` times the chosen answer's mean negative log-likelihood (RPO).
 """
 
 from __future__ import annotations
@@ -124,6 +125,10 @@ class DpoLoss:
             simpo_beta=self.config.simpo_beta,
             simpo_gamma=self.config.simpo_gamma,
         )
+        if self.config.sft_weight > 0:
+            # RPO (Pang et al. 2024): the chosen answer's mean NLL per token, so DPO cannot win by
+            # pushing both answers down (likelihood displacement)
+            losses = losses + self.config.sft_weight * (-logps[:n] / lengths[:n].clamp(min=1))
         weights = batch["weights"].to(losses.dtype)
         with torch.no_grad():
             tally, total = self.tally, weights.sum()
