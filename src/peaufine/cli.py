@@ -181,7 +181,9 @@ def score(
     ] = None,
     prompt_field: Annotated[str, typer.Option(help="Field of the prompt.")] = "prompt",
     response_field: Annotated[str, typer.Option(help="Field of the response.")] = "response",
-    max_length: Annotated[int, typer.Option(help="Tokens per scored text.")] = 512,
+    max_length: Annotated[
+        int | None, typer.Option(help="Tokens per scored text (default: the reward run's, else 512).")
+    ] = None,
 ) -> None:
     """Score prompt + response records with a reward model (one number each, higher is better)."""
     from peaufine.methods.reward import RewardScorer, read_scoring_records

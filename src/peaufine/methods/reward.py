@@ -86,8 +86,11 @@ class RewardScorer:
         self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
 
     @classmethod
-    def load(cls, path: str | Path, *, max_length: int = 512, device: str = "cpu") -> RewardScorer:
-        """A reward model folder (AutoModelForSequenceClassification, one label) or a reward run."""
+    def load(cls, path: str | Path, *, max_length: int | None = None, device: str = "cpu") -> RewardScorer:
+        """A reward model folder (AutoModelForSequenceClassification, one label) or a reward run.
+
+        `max_length` defaults to the run's data.max_length (texts are cut as in training), else 512.
+        """
         from peaufine.data.pairs import encoder_style
         from peaufine.data.tokenize import ensure_chat_template
         from peaufine.methods.classify import build_classifier
@@ -95,6 +98,10 @@ class RewardScorer:
 
         directory = Path(path).expanduser()
         if (directory / "model" / "config.json").is_file():
+            if max_length is None and (directory / "recipe.yaml").is_file():
+                from peaufine.recipe import read_yaml
+
+                max_length = read_yaml(directory / "recipe.yaml").get("data", {}).get("max_length")
             directory = directory / "model"
         if not (directory / "config.json").is_file():
             raise ModelError(f"{path}: not a reward model folder or reward run (no config.json)")
@@ -104,7 +111,7 @@ class RewardScorer:
         tokenizer = load_tokenizer(str(directory))
         if not encoder_style(tokenizer):
             ensure_chat_template(tokenizer)
-        return cls(model.to(device), tokenizer, max_length=max_length)
+        return cls(model.to(device), tokenizer, max_length=max_length or 512)
 
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
         import torch
