@@ -214,13 +214,16 @@ def test_score_command_scores_records_with_the_reward_model(smoke_demo, tmp_path
     monkeypatch.setattr(
         "sys.argv", ["peaufine", "score", str(smoke_demo.out / "reward"), str(records), "--out", str(out)]
     )
-    cli.main()
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    assert done.value.code == 0
     scores = [json.loads(line)["score"] for line in out.read_text().splitlines()]
     assert len(scores) == 2 and scores[0] > scores[1]
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "x"}) + "\n", encoding="utf-8")
     monkeypatch.setattr("sys.argv", ["peaufine", "score", str(smoke_demo.out / "reward"), str(bad)])
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as failed:
         cli.main()
+    assert failed.value.code == 2
     err = capsys.readouterr().err
     assert "line 1" in err and "response" in err
