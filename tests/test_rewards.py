@@ -210,3 +210,22 @@ def test_annotator_reward_is_the_annotators_score_over_three() -> None:
     assert rewards == [1.0, 2 / 3, 1 / 3, 0.0] * len(rankings)
     expected = annotator_scores(world, list(zip(prompts, answers, strict=True)), completions)
     assert rewards == [score / 3 for score in expected]
+
+
+def test_a_suite_sums_its_weighted_sources_and_keeps_each_ones_scores() -> None:
+    from types import SimpleNamespace
+
+    from peaufine.rewards import RewardSuite
+
+    suite = RewardSuite(
+        [
+            SimpleNamespace(source="exact_answer", weight=2.0),
+            SimpleNamespace(source="answer_format", weight=0.5),
+        ]
+    )
+    prompts = [[{"role": "user", "content": "What is 2 plus 3?"}]] * 2
+    totals, per_source = suite.score(
+        prompts, ["5", "it is six, or maybe seven or eight today"], {"answer": ["5", "5"]}
+    )
+    assert per_source == {"exact_answer": [1.0, 0.0], "answer_format": [1.0, 0.0]}
+    assert totals == [2.5, 0.0]

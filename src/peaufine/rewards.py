@@ -180,3 +180,51 @@ __all__ = [
     "exact_answer",
     "load_reward_function",
 ]
+
+
+def prompt_text(prompt: str | list[dict[str, str]]) -> str:
+    """What a reward function sees of a prompt: its last user turn (or the raw text)."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m.get("role") == "user"]
+    return users[-1] if users else ""
+
+
+class RewardSuite:
+    """The weighted sum of a recipe's reward sources (method.rl.rewards): reward-model folders and
+    Python functions, with each source's scores kept for the log."""
+
+    def __init__(self, sources: Sequence[Any], device: Any = "cpu") -> None:
+        """`sources`: items with `.source` (a folder or a function spec) and `.weight`."""
+        from pathlib import Path
+
+        from peaufine.methods.reward import RewardScorer
+
+        self.sources: list[tuple[str, float, Any]] = []
+        for item in sources:
+            folder = Path(item.source).expanduser()
+            if folder.is_dir():
+                scorer = RewardScorer.load(folder, device=str(device))
+                self.sources.append(("reward_model:" + folder.resolve().name, item.weight, scorer))
+            else:
+                self.sources.append((item.source, item.weight, load_reward_function(item.source)))
+
+    def score(
+        self, prompts: Sequence[Any], completions: Sequence[str], columns: dict[str, list[Any]]
+    ) -> tuple[list[float], dict[str, list[float]]]:
+        """Per completion: the total reward, and each source's scores (name -> list). Reward models
+        read the prompt as given (chat messages through their own template); functions get its text."""
+        from peaufine.methods.reward import RewardScorer
+
+        per_source: dict[str, list[float]] = {}
+        texts = [prompt_text(p) for p in prompts]
+        for name, _, scorer in self.sources:
+            if isinstance(scorer, RewardScorer):
+                per_source[name] = scorer.score(list(prompts), list(completions))
+            else:
+                per_source[name] = call_reward_function(scorer, name, texts, list(completions), columns)
+        totals = [
+            sum(weight * per_source[name][i] for name, weight, _ in self.sources)
+            for i in range(len(completions))
+        ]
+        return totals, per_source

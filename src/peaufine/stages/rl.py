@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from peaufine.engine.track import Tracker, read_metrics
 from peaufine.errors import RecipeError
 from peaufine.models.build import resolve_source
+from peaufine.rewards import RewardSuite, prompt_text
 from peaufine.rundir import RunDir, open_run, write_json
 from peaufine.stages.preference_data import copy_world, source_world
 
@@ -169,53 +170,6 @@ def load_prompts(path: Path, tokenizer: Any) -> PromptSet:
     )
 
 
-# -- rewards ------------------------------------------------------------------------------------------
-class RewardSuite:
-    """The weighted sum of the recipe's reward sources, with each source's scores kept for the log."""
-
-    def __init__(self, config: RlBlock, device: Any) -> None:
-        from peaufine.methods.reward import RewardScorer
-        from peaufine.rewards import load_reward_function
-
-        self.sources: list[tuple[str, float, Any]] = []
-        for source in config.rewards:
-            if Path(source.source).expanduser().is_dir():
-                scorer = RewardScorer.load(source.source, device=str(device))
-                self.sources.append((_short_name(source.source), source.weight, scorer))
-            else:
-                self.sources.append((source.source, source.weight, load_reward_function(source.source)))
-
-    def score(self, prompts: PromptSet, completions: list[str]) -> tuple[list[float], dict[str, list[float]]]:
-        """Per completion: the total reward, and each source's score (name -> list)."""
-        from peaufine.methods.reward import RewardScorer
-        from peaufine.rewards import call_reward_function
-
-        per_source: dict[str, list[float]] = {}
-        for name, _, scorer in self.sources:
-            if isinstance(scorer, RewardScorer):
-                per_source[name] = scorer.score(prompts.prompts, completions)
-            else:
-                texts = [_prompt_text(p) for p in prompts.prompts]
-                per_source[name] = call_reward_function(scorer, name, texts, completions, prompts.columns)
-        totals = [
-            sum(weight * per_source[name][i] for name, weight, _ in self.sources)
-            for i in range(len(completions))
-        ]
-        return totals, per_source
-
-
-def _short_name(path: str) -> str:
-    return "reward_model:" + Path(path).expanduser().resolve().name
-
-
-def _prompt_text(prompt: Any) -> str:
-    """What a reward function sees of a prompt: its last user turn (or the raw text)."""
-    if isinstance(prompt, str):
-        return prompt
-    users = [m["content"] for m in prompt if m.get("role") == "user"]
-    return users[-1] if users else ""
-
-
 # -- rollouts and their scores ---------------------------------------------------------------------------
 @dataclass
 class ScoredRollouts:
@@ -250,7 +204,7 @@ def sample(
         stop_ids=stop_ids,
     )
     rows = prompts.subset([int(i) for i in rollouts.prompt_index])
-    rewards, per_source = suite.score(rows, rollouts.completions)
+    rewards, per_source = suite.score(rows.prompts, rollouts.completions, rows.columns)
     return ScoredRollouts(rollouts, rows, rewards, per_source)
 
 
@@ -331,7 +285,7 @@ def measure(
     greedy = generate_texts(
         policy, tokenizer, prompts.texts, max_new_tokens=config.max_new_tokens, temperature=0.0
     )
-    greedy_rewards, greedy_sources = suite.score(prompts, greedy)
+    greedy_rewards, greedy_sources = suite.score(prompts.prompts, greedy, prompts.columns)
     out: dict[str, Any] = {
         "prompts": len(prompts),
         "reward_sampled": sum(scored.rewards) / len(scored.rewards),
@@ -340,7 +294,7 @@ def measure(
         "kl_to_reference": kl,
         "response_length": float(r.response_lengths().float().mean()),
         "samples": [
-            {"prompt": _prompt_text(p), "greedy": g}
+            {"prompt": prompt_text(p), "greedy": g}
             for p, g in zip(prompts.prompts[:5], greedy[:5], strict=True)
         ],
     }
@@ -456,7 +410,7 @@ def run_rl(
     reference = None
     if recipe.model.adapter.kind == "none":
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
-    suite = RewardSuite(config, runtime.device)
+    suite = RewardSuite(config.rewards, runtime.device)
     train_prompts = load_prompts(run.data / "train.prompts.jsonl", tokenizer)
     eval_prompts = load_prompts(run.data / "validation.prompts.jsonl", tokenizer)
     eval_prompts = eval_prompts.subset(list(range(min(len(eval_prompts), config.eval_prompts))))
@@ -568,7 +522,7 @@ def run_rl(
                             json.dumps(
                                 {
                                     "step": step,
-                                    "prompt": _prompt_text(scored.prompts.prompts[i]),
+                                    "prompt": prompt_text(scored.prompts.prompts[i]),
                                     "completion": scored.rollouts.completions[i],
                                     "reward": scored.rewards[i],
                                 }
