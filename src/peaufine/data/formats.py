@@ -200,14 +200,21 @@ def load_classification_records(
 
 def resolve_policy(policy: dict[str, str] | None) -> dict[str, str]:
     """The action (error or skip) for each anomaly kind; `recipe.data.anomalies` can be passed whole."""
-    resolved = dict.fromkeys(ANOMALY_KINDS, "error")
+    return resolve_anomaly_policy(policy, dict.fromkeys(ANOMALY_KINDS, "error"), _LATER_POLICY_KEYS)
+
+
+def resolve_anomaly_policy(
+    policy: dict[str, str] | None, defaults: dict[str, str], ignored: tuple[str, ...]
+) -> dict[str, str]:
+    """`defaults` (kind -> action) overridden by `policy`; keys in `ignored` belong to another loader."""
+    resolved = dict(defaults)
     for kind, value in (policy or {}).items():
-        if kind in _LATER_POLICY_KEYS:
+        if kind in ignored:
             continue
-        if kind not in ANOMALY_KINDS:
+        if kind not in defaults:
             raise DataError(
                 f"unknown anomaly kind {kind!r} in data.anomalies",
-                hint=f"valid kinds: {', '.join((*ANOMALY_KINDS, *_LATER_POLICY_KEYS))}",
+                hint=f"valid kinds: {', '.join((*defaults, *ignored))}",
             )
         if value not in ("error", "skip"):
             raise DataError(f"data.anomalies.{kind} is {value!r}", hint="use error or skip")

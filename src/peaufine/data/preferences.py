@@ -18,6 +18,7 @@ from peaufine.data.formats import (
     _string_field,
     _Where,
     record_paths,
+    resolve_anomaly_policy,
 )
 from peaufine.data.sources import AnomalyReport, _Anomaly, _json_type
 from peaufine.errors import DataError
@@ -138,19 +139,7 @@ def load_preference_pairs(
 def resolve_preference_policy(policy: dict[str, str] | None) -> dict[str, str]:
     """The action (error or skip) for each preference anomaly kind; `recipe.data.anomalies` can be passed
     whole, its keys for the other loaders are ignored."""
-    resolved = dict(DEFAULT_POLICY)
-    for kind, value in (policy or {}).items():
-        if kind in _OTHER_POLICY_KEYS:
-            continue
-        if kind not in PREFERENCE_ANOMALY_KINDS:
-            raise DataError(
-                f"unknown anomaly kind {kind!r} in data.anomalies",
-                hint=f"valid kinds: {', '.join((*PREFERENCE_ANOMALY_KINDS, *_OTHER_POLICY_KEYS))}",
-            )
-        if value not in ("error", "skip"):
-            raise DataError(f"data.anomalies.{kind} is {value!r}", hint="use error or skip")
-        resolved[kind] = value
-    return resolved
+    return resolve_anomaly_policy(policy, DEFAULT_POLICY, _OTHER_POLICY_KEYS)
 
 
 def ranking_pairs(

@@ -19,7 +19,7 @@ from peaufine.engine.track import Tracker, read_metrics
 from peaufine.errors import RecipeError
 from peaufine.models.build import resolve_source
 from peaufine.rundir import RunDir, open_run, write_json
-from peaufine.stages.preference_data import prepare_pairs, read_pairs, source_world
+from peaufine.stages.preference_data import pair_dataset, prepare_pairs, source_world
 
 if TYPE_CHECKING:
     import torch
@@ -56,14 +56,6 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
         f"{counts['train']['ties_skipped']:,} ties skipped), {counts['validation']['pairs']:,} validation"
     )
     return prepared
-
-
-def pair_dataset(run: RunDir, split: str, pad_id: int) -> PairBatches | None:
-    from peaufine.data.pairs import PairBatches
-
-    path = run.data / f"{split}.pairs.jsonl"
-    pairs = read_pairs(path) if path.is_file() else []
-    return PairBatches(pairs, pad_id) if pairs else None
 
 
 def likelihood_preference(
@@ -159,7 +151,7 @@ def run_dpo(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model = load_model(recipe, source_model_dir(source), runtime)
     disable_dropout(model)
-    sets = {name: pair_dataset(run, name, pad_id) for name in ("train", *EVAL_SPLITS)}
+    sets = {name: pair_dataset(run.data, name, pad_id) for name in ("train", *EVAL_SPLITS)}
     train_set = sets["train"]
     if train_set is None:
         raise RecipeError("data.source: no training pairs left (all ties or too long)")

@@ -22,7 +22,7 @@ from peaufine.errors import RecipeError
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from peaufine.data.pairs import PairExample
+    from peaufine.data.pairs import PairBatches, PairExample
     from peaufine.data.preferences import PreferencePair
     from peaufine.data.world import World
     from peaufine.models.build import ModelSource
@@ -148,6 +148,15 @@ def read_pairs(path: Path) -> list[PairExample]:
             )
         )
     return out
+
+
+def pair_dataset(data_dir: Path, split: str, pad_id: int) -> PairBatches | None:
+    """The tokenized pairs of `split` in a run's data folder, or None when it has none."""
+    from peaufine.data.pairs import PairBatches
+
+    path = data_dir / f"{split}.pairs.jsonl"
+    pairs = read_pairs(path) if path.is_file() else []
+    return PairBatches(pairs, pad_id) if pairs else None
 
 
 def read_texts(path: Path) -> list[dict[str, Any]]:

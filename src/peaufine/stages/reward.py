@@ -14,7 +14,7 @@ from peaufine.engine.track import Tracker, read_metrics
 from peaufine.errors import RecipeError
 from peaufine.models.build import resolve_source
 from peaufine.rundir import RunDir, open_run, write_json
-from peaufine.stages.preference_data import prepare_pairs, read_pairs
+from peaufine.stages.preference_data import pair_dataset, prepare_pairs
 
 if TYPE_CHECKING:
     import torch
@@ -65,16 +65,6 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
         + (f", {counts['heldout']['pairs']:,} held-out" if "heldout" in counts else "")
     )
     return {**prepared, "backbone": str(backbone)}
-
-
-def pair_dataset(run: RunDir, split: str, pad_id: int) -> PairBatches | None:
-    from peaufine.data.pairs import PairBatches
-
-    path = run.data / f"{split}.pairs.jsonl"
-    if not path.is_file():
-        return None
-    pairs = read_pairs(path)
-    return PairBatches(pairs, pad_id) if pairs else None
 
 
 def pair_accuracy(
@@ -142,9 +132,9 @@ def run_reward(
     pad_id = model.config.pad_token_id
     apply_freeze(model, recipe.model.freeze)
     model = apply_adapter(model, recipe.model.adapter).to(runtime.device)
-    train_set = pair_dataset(run, "train", pad_id)
-    val_set = pair_dataset(run, "validation", pad_id)
-    heldout_set = pair_dataset(run, "heldout", pad_id)
+    train_set = pair_dataset(run.data, "train", pad_id)
+    val_set = pair_dataset(run.data, "validation", pad_id)
+    heldout_set = pair_dataset(run.data, "heldout", pad_id)
     assert train_set is not None
     before = {"validation": pair_accuracy(model, val_set, runtime)} if val_set is not None else {}
     settings = recipe.method.reward
