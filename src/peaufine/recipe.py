@@ -130,6 +130,26 @@ class ReplayBlock(Block):
     ratio: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of each batch that is replay")
 
 
+class CrossValidationBlock(Block):
+    """k-fold cross-validation: fold `fold` of `folds` is the validation split (set by --folds)."""
+
+    folds: int | None = Field(
+        None,
+        ge=2,
+        description="split the data into k folds by example (by prompt for preferences); "
+        "null: hold out data.validation_fraction instead",
+    )
+    fold: int = Field(0, ge=0, description="which fold is the validation split, 0 to folds - 1")
+
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> CrossValidationBlock:
+        if self.folds is not None and self.fold >= self.folds:
+            raise ValueError(
+                f"fold {self.fold} does not exist with {self.folds} folds (0 to {self.folds - 1})"
+            )
+        return self
+
+
 class DataBlock(Block):
     source: str | list[str] = Field(
         "world", description="'world' (the built-in synthetic world) or files / folders"
@@ -159,6 +179,7 @@ class DataBlock(Block):
     rankings: Literal["all", "adjacent"] = Field(
         "all", description="pairs from a ranking of K responses: all K(K-1)/2, or the K-1 adjacent ones"
     )
+    cross_validation: CrossValidationBlock = Field(default_factory=CrossValidationBlock)
 
 
 class TrainBlock(Block):
@@ -318,6 +339,17 @@ class MethodBlock(Block):
     rl: RlBlock = Field(default_factory=RlBlock)
 
 
+class TrackBlock(Block):
+    """Where else the metrics go, beside metrics.jsonl (which every run writes)."""
+
+    tensorboard: bool = Field(False, description="TensorBoard event files in <run>/tensorboard")
+    mlflow: bool = Field(False, description="an MLflow run (params, metrics, final evaluation)")
+    mlflow_uri: str | None = Field(
+        None, description="MLflow tracking URI; null: a local SQLite store, sqlite:///<run>/mlflow.db"
+    )
+    mlflow_experiment: str = "peaufine"
+
+
 class Recipe(Block):
     stage: Literal["pretrain", "sft", "classify", "reward", "dpo", "rl"] = "pretrain"
     model: ModelBlock = Field(default_factory=ModelBlock)
@@ -325,6 +357,7 @@ class Recipe(Block):
     train: TrainBlock = Field(default_factory=TrainBlock)
     eval: EvalBlock = Field(default_factory=EvalBlock)
     method: MethodBlock = Field(default_factory=MethodBlock)
+    track: TrackBlock = Field(default_factory=TrackBlock)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

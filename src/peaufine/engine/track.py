@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -20,8 +20,50 @@ def _clean(value: Any) -> Any:
     return value
 
 
+class MetricSink(Protocol):
+    """Somewhere else a run's metric rows go: TensorBoard, MLflow, a search's pruner.
+
+    `write` gets every row metrics.jsonl gets, in order; it may raise to stop the run (a pruned
+    trial). `close` gets the run's final evaluation, flattened to numbers.
+    """
+
+    def write(self, row: dict[str, Any]) -> None: ...
+
+    def close(self, summary: dict[str, float]) -> None: ...
+
+
+# Sinks by the metrics file they follow. The engine only knows a run's metrics.jsonl, so whoever
+# opens a run (tracking options) or drives it (a search) attaches sinks to that path.
+_SINKS: dict[Path, list[MetricSink]] = {}
+
+
+def add_sink(metrics_path: Path, sink: MetricSink) -> None:
+    _SINKS.setdefault(Path(metrics_path).resolve(), []).append(sink)
+
+
+def close_sinks(metrics_path: Path, summary: dict[str, float] | None = None) -> None:
+    """Close and detach every sink of this run (each is closed even when another fails)."""
+    sinks = _SINKS.pop(Path(metrics_path).resolve(), [])
+    errors = []
+    for sink in sinks:
+        try:
+            sink.close(summary or {})
+        except Exception as exc:  # one broken integration must not keep the others open
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+def detach_sinks(metrics_path: Path) -> None:
+    """Forget this run's sinks without closing them (their owner closes them)."""
+    _SINKS.pop(Path(metrics_path).resolve(), None)
+
+
 class MetricsLog:
-    """Appends metric rows to metrics.jsonl and flushes each, so a crash loses at most one row."""
+    """Appends metric rows to metrics.jsonl and flushes each, so a crash loses at most one row.
+
+    Each row also goes to the sinks attached to this path (see `add_sink`).
+    """
 
     def __init__(self, path: Path, enabled: bool = True) -> None:
         self.path = Path(path)
@@ -41,6 +83,8 @@ class MetricsLog:
             return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
+        for sink in _SINKS.get(self.path.resolve(), []):
+            sink.write(row)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
