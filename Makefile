@@ -30,8 +30,14 @@ demo-smoke: $(STAMP)
 
 # The benchmark peers (TRL, the pretrained MiniLM) are installed for the tests: the benchmarks'
 # quick modes are smoke-tested there.
+# The report's browser test needs Chromium: installed here when apt can (root, Debian), else that one
+# test is skipped with the reason.
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e ".[dev,bench]"
+	$(BIN)/pip install --quiet -e ".[dev,bench,track]"
+	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get install -y -q chromium >/dev/null 2>&1 || \
+		  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+		echo "chromium could not be installed: the report's browser test will be skipped"
 	touch $@
 
 test: $(BENCH_STAMP)

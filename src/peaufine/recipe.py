@@ -511,4 +511,27 @@ def load_recipe(path: Path | None, overrides: list[str] | None = None, stage: st
                 f"{source}: stage '{given}' cannot run as `peaufine {stage}`; "
                 f"use `peaufine {given}` or set stage: {stage}"
             )
+    reference = _pipeline_reference(data)
+    if reference is not None:
+        key, value = reference
+        raise RecipeError(
+            f"{source}: {key} is {value!r}, a reference to a pipeline stage's run; run this recipe in a "
+            "pipeline (peaufine run), or replace the reference with a run folder"
+        )
     return validate_recipe(data, source)
+
+
+def _pipeline_reference(data: Any, key: str = "") -> tuple[str, str] | None:
+    """The first string holding `${...}` (only a pipeline can fill it in), with its key path."""
+    if isinstance(data, dict):
+        items: Any = data.items()
+    elif isinstance(data, list):
+        items = ((str(i), v) for i, v in enumerate(data))
+    else:
+        return (key, data) if isinstance(data, str) and "${" in data else None
+    for name, value in items:
+        found = _pipeline_reference(value, f"{key}.{name}" if key else str(name))
+        if found is not None:
+            return found
+    return None
+

@@ -80,6 +80,16 @@ def _is_run(path: Path) -> bool:
     return (path / "recipe.yaml").is_file()
 
 
+def finished_with(path: Path, recipe_yaml: str) -> bool:
+    """A run in `path` finished (it has eval.json) and was started from exactly this recipe."""
+    recipe_file, eval_file = path / "recipe.yaml", path / "eval.json"
+    return (
+        eval_file.is_file()
+        and recipe_file.is_file()
+        and recipe_file.read_text(encoding="utf-8") == recipe_yaml
+    )
+
+
 def check_target(path: Path, recipe_yaml: str, *, overwrite: bool, resume: bool) -> None:
     """Refuse a target that holds something else, before any work is done."""
     if overwrite and resume:
@@ -221,10 +231,12 @@ def open_run(
     tracker: Tracker | None = None,
 ) -> OpenedRun:
     """Every stage's opening: the runtime, a tracker that only rank 0 lets speak, and `start_run`."""
+    from peaufine.engine.integrations import check_tracking, open_tracking
     from peaufine.engine.runtime import make_runtime
-    from peaufine.engine.track import Tracker
+    from peaufine.engine.track import Tracker, add_sink, detach_sinks
 
     out = Path(out)
+    check_tracking(recipe.track)
     runtime = make_runtime(recipe.train)
     tracker = tracker or Tracker(enabled=runtime.is_main)
     prepared = start_run(
@@ -236,4 +248,21 @@ def open_run(
         overwrite=overwrite,
         resume=resume,
     )
-    return OpenedRun(RunDir(out), runtime, tracker, prepared)
+    run = RunDir(out)
+    if runtime.is_main:
+        detach_sinks(run.metrics)  # a run that died in this process earlier left its sinks behind
+        for sink in open_tracking(recipe, out):
+            add_sink(run.metrics, sink)
+    return OpenedRun(run, runtime, tracker, prepared)
+
+
+def finish_run(run: RunDir, evaluation: dict[str, Any]) -> None:
+    """Every stage's ending, on rank 0: eval.json, the tracking sinks closed with the final numbers,
+    and report.html. eval.json is written first: it is what marks the run as finished."""
+    from peaufine.engine.track import close_sinks
+    from peaufine.report.html import write_report
+    from peaufine.stages.dispatch import flatten_numbers
+
+    write_json(run.eval, evaluation)
+    close_sinks(run.metrics, flatten_numbers(evaluation))
+    write_report(run.path)

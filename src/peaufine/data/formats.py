@@ -292,8 +292,12 @@ def world_qa_records(world: World, split: str) -> list[ChatRecord]:
     ]
 
 
-def split_records(records: list, validation_fraction: float, seed: int) -> tuple[list, list]:
+def split_records(
+    records: list, validation_fraction: float, seed: int, fold: tuple[int, int] | None = None
+) -> tuple[list, list]:
     """Split by record into (train, validation), the same way for the same seed.
+
+    With `fold` = (k, i), the validation side is fold i of a k-fold split instead (cross-validation).
 
     Whole conversations go to one side, so no answer is trained on and validated on. The draw is the
     one `split_documents` uses (PCG64's raw stream, stable across numpy versions); each side keeps
@@ -301,6 +305,10 @@ def split_records(records: list, validation_fraction: float, seed: int) -> tuple
     """
     import numpy as np
 
+    if fold is not None:
+        from peaufine.data.folds import fold_split
+
+        return fold_split(records, range(len(records)), fold, seed)
     if not 0.0 <= validation_fraction < 1.0:
         raise DataError(
             f"data.validation_fraction is {validation_fraction!r}",

@@ -212,16 +212,23 @@ def prompt_key(prompt: Prompt) -> str:
 
 
 def split_pairs_by_prompt(
-    pairs: list[PreferencePair], validation_fraction: float, seed: int
+    pairs: list[PreferencePair], validation_fraction: float, seed: int, fold: tuple[int, int] | None = None
 ) -> tuple[list[PreferencePair], list[PreferencePair]]:
     """Split by prompt into (train, validation), the same way for the same seed.
 
     All pairs of one prompt (its `group`, or its key when the group is unset) go to one side, so no
     prompt is trained on and validated on. The fraction counts prompts, not pairs; the draw is the one
     `split_records` uses (PCG64's raw stream), over prompts in order of first appearance, and each side
-    keeps the pair order.
+    keeps the pair order. With `fold` = (k, i), the validation side is fold i of a k-fold split of
+    the prompts instead (cross-validation).
     """
     import numpy as np
+
+    keys = [pair.group or prompt_key(pair.prompt) for pair in pairs]
+    if fold is not None:
+        from peaufine.data.folds import fold_split
+
+        return fold_split(pairs, keys, fold, seed)
 
     if not 0.0 <= validation_fraction < 1.0:
         raise DataError(
@@ -230,7 +237,6 @@ def split_pairs_by_prompt(
         )
     if validation_fraction == 0.0:
         return list(pairs), []
-    keys = [pair.group or prompt_key(pair.prompt) for pair in pairs]
     groups = list(dict.fromkeys(keys))
     n = len(groups)
     if n < 2:

@@ -55,8 +55,12 @@ def close_sinks(metrics_path: Path, summary: dict[str, float] | None = None) -> 
 
 
 def detach_sinks(metrics_path: Path) -> None:
-    """Forget this run's sinks without closing them (their owner closes them)."""
-    _SINKS.pop(Path(metrics_path).resolve(), None)
+    """Detach this run's sinks after a run that did not finish (failed, pruned): each sink that can
+    `abort` does (an MLflow run is marked FAILED); none gets a summary."""
+    for sink in _SINKS.pop(Path(metrics_path).resolve(), []):
+        abort = getattr(sink, "abort", None)
+        if abort is not None:
+            abort()
 
 
 class MetricsLog:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from peaufine.engine.fit import FitResult, fit
 from peaufine.engine.track import Tracker, read_metrics
 from peaufine.errors import RecipeError
-from peaufine.rundir import RunDir, open_run, write_json
+from peaufine.rundir import RunDir, finish_run, open_run
 
 if TYPE_CHECKING:
     from peaufine.recipe import Recipe
@@ -40,6 +40,7 @@ def model_path(recipe: Recipe) -> Path:
 def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
     import json
 
+    from peaufine.data.folds import recipe_fold
     from peaufine.data.formats import load_classification_records, split_records
 
     regression = recipe.method.num_labels == 1
@@ -51,7 +52,9 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
         regression=regression,
         policy=policy,
     )
-    train, validation = split_records(records, recipe.data.validation_fraction, recipe.train.seed)
+    train, validation = split_records(
+        records, recipe.data.validation_fraction, recipe.train.seed, recipe_fold(recipe.data)
+    )
     num_labels = recipe.method.num_labels or len(names)
     if not regression and num_labels < 2:
         raise RecipeError(
@@ -148,6 +151,6 @@ def run_classify(
             from peaufine.report.plots import plot_losses
 
             plot_losses(read_metrics(run.metrics), run.loss_plot, result.best_step)
-        write_json(run.eval, evaluation)
+        finish_run(run, evaluation)
     runtime.barrier()
     return ClassifyResult(run=run, fit=result, evaluation=evaluation)

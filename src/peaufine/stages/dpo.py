@@ -18,7 +18,7 @@ from peaufine.engine.fit import FitResult, StepHook, fit
 from peaufine.engine.track import Tracker, read_metrics
 from peaufine.errors import RecipeError
 from peaufine.models.build import resolve_source
-from peaufine.rundir import RunDir, open_run, write_json
+from peaufine.rundir import RunDir, finish_run, open_run
 from peaufine.stages.preference_data import pair_dataset, prepare_pairs, source_world
 
 if TYPE_CHECKING:
@@ -202,6 +202,6 @@ def run_dpo(
             "after": after,
             "final": {name: {"loss": loss, **metrics} for name, (loss, metrics) in final.items()},
         }
-        write_json(run.eval, evaluation)
+        finish_run(run, evaluation)
     runtime.barrier()
     return DpoResult(run=run, fit=result, evaluation=evaluation)

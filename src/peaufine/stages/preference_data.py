@@ -74,6 +74,7 @@ def world_pairs(world: World, split: str, expand: str, candidate_sets: int = 1) 
 
 def gather_pairs(recipe: Recipe, source: ModelSource) -> PreferenceData:
     """Train / validation (split by prompt) / held-out pairs: the world's, or from data.source files."""
+    from peaufine.data.folds import recipe_fold
     from peaufine.data.preferences import load_preference_pairs, split_pairs_by_prompt
 
     data = recipe.data
@@ -86,7 +87,10 @@ def gather_pairs(recipe: Recipe, source: ModelSource) -> PreferenceData:
             )
         sets = data.world.candidate_sets
         train, validation = split_pairs_by_prompt(
-            world_pairs(world, "qa_train", data.rankings, sets), data.validation_fraction, recipe.train.seed
+            world_pairs(world, "qa_train", data.rankings, sets),
+            data.validation_fraction,
+            recipe.train.seed,
+            recipe_fold(data),
         )
         return PreferenceData(train, validation, world_pairs(world, "qa_heldout", data.rankings, sets))
     if data.format not in ("auto", "pairs", "ranking", "hh"):
@@ -98,7 +102,9 @@ def gather_pairs(recipe: Recipe, source: ModelSource) -> PreferenceData:
         rankings=data.rankings,
         policy=data.anomalies.model_dump(),
     )
-    train, validation = split_pairs_by_prompt(pairs, data.validation_fraction, recipe.train.seed)
+    train, validation = split_pairs_by_prompt(
+        pairs, data.validation_fraction, recipe.train.seed, recipe_fold(data)
+    )
     return PreferenceData(train, validation, anomalies=dict(report.counts))
 
 

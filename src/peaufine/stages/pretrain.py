@@ -17,7 +17,7 @@ from peaufine.engine.fit import FitResult, StepHook, fit
 from peaufine.engine.track import Tracker, read_metrics
 from peaufine.errors import DataError, RecipeError
 from peaufine.models.build import ModelSource, max_positions, resolve_source
-from peaufine.rundir import RunDir, open_run, write_json
+from peaufine.rundir import RunDir, finish_run, open_run
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -238,7 +238,7 @@ def finish(
 
         recall = fact_recall(model, tokenizer, cloze_probes(load_world(run.world)))
         evaluation["fact_recall"] = recall.as_dict()
-    write_json(run.eval, evaluation)
+    finish_run(run, evaluation)
     return evaluation
 
 

@@ -13,7 +13,7 @@ from peaufine.engine.fit import FitResult, StepHook, fit
 from peaufine.engine.track import Tracker, read_metrics
 from peaufine.errors import RecipeError
 from peaufine.models.build import resolve_source
-from peaufine.rundir import RunDir, open_run, write_json
+from peaufine.rundir import RunDir, finish_run, open_run
 from peaufine.stages.preference_data import pair_dataset, prepare_pairs
 
 if TYPE_CHECKING:
@@ -170,6 +170,6 @@ def run_reward(
             "validation": pair_accuracy(model, val_set, runtime) if val_set is not None else None,
             "heldout": pair_accuracy(model, heldout_set, runtime) if heldout_set is not None else None,
         }
-        write_json(run.eval, evaluation)
+        finish_run(run, evaluation)
     runtime.barrier()
     return RewardResult(run=run, fit=result, evaluation=evaluation)

@@ -22,7 +22,7 @@ from peaufine.engine.track import Tracker, read_metrics
 from peaufine.errors import RecipeError
 from peaufine.models.build import resolve_source
 from peaufine.rewards import RewardSuite, prompt_text
-from peaufine.rundir import RunDir, open_run, write_json
+from peaufine.rundir import RunDir, finish_run, open_run
 from peaufine.stages.preference_data import copy_world, source_world
 
 if TYPE_CHECKING:
@@ -548,6 +548,6 @@ def run_rl(
 
             plot_rl(read_metrics(run.metrics), run.path / "rl.png")
         evaluation.update(steps=step, before=before, after=after, final_kl=after["kl_to_reference"])
-        write_json(run.eval, evaluation)
+        finish_run(run, evaluation)
     runtime.barrier()
     return RlResult(run=run, steps=step, evaluation=evaluation)

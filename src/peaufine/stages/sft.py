@@ -17,7 +17,7 @@ from peaufine.engine.fit import FitResult, StepHook, fit
 from peaufine.engine.track import Tracker, read_metrics
 from peaufine.errors import RecipeError
 from peaufine.models.build import ModelSource, resolve_source
-from peaufine.rundir import RunDir, open_run, write_json
+from peaufine.rundir import RunDir, finish_run, open_run
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -55,6 +55,7 @@ def source_model_dir(source: ModelSource) -> Path:
 
 def gather_records(recipe: Recipe, source: ModelSource) -> TaskData:
     """The task's conversations: the world's Q&A (when model.source is a world run) or the user's files."""
+    from peaufine.data.folds import recipe_fold
     from peaufine.data.formats import load_chat_records, split_records, world_qa_records
 
     data = recipe.data
@@ -68,12 +69,15 @@ def gather_records(recipe: Recipe, source: ModelSource) -> TaskData:
 
         world = load_world(source.path / "world")
         train, validation = split_records(
-            world_qa_records(world, "qa_train"), data.validation_fraction, recipe.train.seed
+            world_qa_records(world, "qa_train"),
+            data.validation_fraction,
+            recipe.train.seed,
+            recipe_fold(data),
         )
         return TaskData(train, validation, heldout=world_qa_records(world, "qa_heldout"))
     policy = data.anomalies.model_dump(exclude={"too_long"})
     records, report = load_chat_records(data.source, format=data.format, fields=data.fields, policy=policy)
-    train, validation = split_records(records, data.validation_fraction, recipe.train.seed)
+    train, validation = split_records(records, data.validation_fraction, recipe.train.seed, recipe_fold(data))
     return TaskData(train, validation, anomalies=dict(report.counts))
 
 
@@ -331,7 +335,7 @@ def run_sft(
         evaluation = evaluate_sft(
             recipe, run, model, tokenizer, result, prepared, before, general, runtime, pad_id, tracker
         )
-        write_json(run.eval, evaluation)
+        finish_run(run, evaluation)
     runtime.barrier()
     return SftResult(run=run, fit=result, evaluation=evaluation)
 

@@ -1,0 +1,53 @@
+"""k-fold cross-validation splits: every example (or every prompt's group) in exactly one fold.
+
+The draw is the one the validation split uses (PCG64's raw stream), so folds are the same for the
+same seed on every machine; fold sizes differ by at most one group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+from peaufine.errors import DataError
+
+if TYPE_CHECKING:
+    from peaufine.recipe import DataBlock
+
+T = TypeVar("T")
+Fold = tuple[int, int]  # (number of folds k, index of the validation fold)
+
+
+def recipe_fold(data: DataBlock) -> Fold | None:
+    """The recipe's (k, fold) when it asks for cross-validation, else None."""
+    folds = data.cross_validation.folds
+    return None if folds is None else (folds, data.cross_validation.fold)
+
+
+def fold_of_groups(n_groups: int, folds: int, seed: int) -> list[int]:
+    """The fold of each of `n_groups` groups: a seeded shuffle dealt round-robin into k folds."""
+    import numpy as np
+
+    if n_groups < folds:
+        raise DataError(
+            f"cannot make {folds} folds from {n_groups} group(s) (examples, or prompts for preferences)",
+            hint="use fewer folds (data.cross_validation.folds / --folds) or more data",
+        )
+    order = np.argsort(np.random.PCG64(seed).random_raw(n_groups), kind="stable")
+    assignment = [0] * n_groups
+    for position, group in enumerate(order.tolist()):
+        assignment[group] = position % folds
+    return assignment
+
+
+def fold_split(
+    items: Sequence[T], keys: Sequence[Hashable], fold: Fold, seed: int
+) -> tuple[list[T], list[T]]:
+    """(train, validation) for fold `fold[1]` of `fold[0]`: items sharing a key stay together, and
+    each side keeps the items' order."""
+    folds, index = fold
+    groups = list(dict.fromkeys(keys))
+    of_group = dict(zip(groups, fold_of_groups(len(groups), folds, seed), strict=True))
+    train = [item for item, key in zip(items, keys, strict=True) if of_group[key] != index]
+    validation = [item for item, key in zip(items, keys, strict=True) if of_group[key] == index]
+    return train, validation

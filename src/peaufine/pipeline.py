@@ -1,0 +1,317 @@
+"""Multi-stage pipelines: named stages, each a recipe, chained by the runs they read.
+
+A pipeline file lists stages in the order they run. A stage's model can be an earlier stage's
+output (`model_from`), and any text in its recipe may name an earlier stage's run folder as
+`${name}` (an RL stage's reward model, say). Each stage runs into <out>/<name>.
+
+Re-running a pipeline skips every stage that already finished with the same resolved recipe and
+the same inputs — a stage's fingerprint covers its recipe and the fingerprints of the stages it
+reads — so a pipeline resumes after a crash, and a changed recipe re-runs that stage and every
+stage downstream of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field, ValidationError, model_validator
+
+from peaufine.errors import RecipeError
+from peaufine.recipe import Block, apply_overrides, read_yaml, validate_recipe
+
+if TYPE_CHECKING:
+    from peaufine.engine.track import Tracker
+    from peaufine.recipe import Recipe
+
+REFERENCE = re.compile(r"\$\{([A-Za-z0-9_-]+)\}")
+
+# the numbers pipeline.json and the pipeline report show for each kind of stage
+HEADLINES: dict[str, dict[str, str]] = {
+    "pretrain": {"validation loss": "val_loss", "fact recall": "fact_recall.accuracy"},
+    "sft": {
+        "exact match (validation)": "answers.validation.after.exact_match",
+        "exact match (held-out facts)": "answers.heldout.after.exact_match",
+        "forgetting (relative)": "forgetting.relative_change",
+    },
+    "classify": {"accuracy": "validation.accuracy", "validation loss": "val_loss"},
+    "reward": {"pairwise accuracy (validation)": "validation.accuracy", "held-out": "heldout.accuracy"},
+    "dpo": {
+        "prefers chosen, before": "before.likelihood_accuracy_validation",
+        "prefers chosen, after": "after.likelihood_accuracy_validation",
+    },
+    "rl": {
+        "sampled reward, before": "before.reward_sampled",
+        "sampled reward, after": "after.reward_sampled",
+        "exact match (greedy)": "after.exact_match_greedy",
+        "KL to reference": "final_kl",
+    },
+}
+
+
+class PipelineStage(Block):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", description="the stage's run folder under the output")
+    recipe: str = Field(
+        description="a packaged recipe name (world-sft) or a YAML path, relative to this file"
+    )
+    model_from: str | None = Field(
+        None, description="an earlier stage whose run is this stage's model.source"
+    )
+    set: list[str] = Field(default_factory=list, description="overrides, as --set KEY=VALUE")
+
+
+class Pipeline(Block):
+    name: str = "pipeline"
+    stages: list[PipelineStage] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references_point_back(self) -> Pipeline:
+        seen: set[str] = set()
+        for stage in self.stages:
+            if stage.name in seen:
+                raise ValueError(f"two stages are named '{stage.name}'")
+            if stage.model_from is not None and stage.model_from not in seen:
+                raise ValueError(
+                    f"stage '{stage.name}': model_from '{stage.model_from}' is not an earlier stage "
+                    f"(earlier: {', '.join(sorted(seen)) or 'none'})"
+                )
+            seen.add(stage.name)
+        return self
+
+
+def load_pipeline(path: Path) -> tuple[Pipeline, Path]:
+    """The validated pipeline and the folder its relative recipe paths start from."""
+    path = Path(path)
+    data = read_yaml(path)
+    try:
+        return Pipeline.model_validate(data), path.parent
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"]) or "pipeline"
+            problems.append(f"{path}: {where}: {error['msg']}")
+        raise RecipeError("\n".join(problems)) from None
+
+
+def packaged_pipeline(name: str) -> tuple[Pipeline, Path]:
+    resource = resources.files("peaufine") / "recipes" / f"{name}.yaml"
+    with resources.as_file(resource) as path:
+        return load_pipeline(Path(path))
+
+
+def _recipe_data(stage: PipelineStage, base: Path) -> dict[str, Any]:
+    candidate = Path(stage.recipe)
+    if candidate.suffix in (".yaml", ".yml") or len(candidate.parts) > 1:
+        path = candidate if candidate.is_absolute() else base / candidate
+        return read_yaml(path)
+    resource = resources.files("peaufine") / "recipes" / f"{stage.recipe}.yaml"
+    if not resource.is_file():
+        raise RecipeError(
+            f"stage '{stage.name}': recipe '{stage.recipe}' is neither a YAML path nor a packaged recipe"
+        )
+    with resources.as_file(resource) as path:
+        return read_yaml(Path(path))
+
+
+def _substitute(value: Any, runs: dict[str, Path], stage: str, used: set[str]) -> Any:
+    """Replace ${name} by the run folder of the earlier stage `name`, in every string."""
+    if isinstance(value, dict):
+        return {k: _substitute(v, runs, stage, used) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, runs, stage, used) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in runs:
+            raise RecipeError(
+                f"stage '{stage}': ${{{name}}} does not name an earlier stage "
+                f"(earlier: {', '.join(runs) or 'none'})"
+            )
+        used.add(name)
+        return str(runs[name])
+
+    return REFERENCE.sub(replace, value)
+
+
+def resolve_stage(
+    stage: PipelineStage, base: Path, runs: dict[str, Path], extra: list[str]
+) -> tuple[Recipe, set[str]]:
+    """The stage's recipe with its overrides, model_from and ${...} applied; and the stages it reads."""
+    data = apply_overrides(_recipe_data(stage, base), [*stage.set, *extra])
+    used: set[str] = set()
+    if stage.model_from is not None:
+        data.setdefault("model", {})["source"] = f"${{{stage.model_from}}}"
+    data = _substitute(data, runs, stage.name, used)
+    return validate_recipe(data, source=f"stage '{stage.name}' ({stage.recipe})"), used
+
+
+def fingerprint(recipe_yaml: str, inputs: list[str]) -> str:
+    digest = hashlib.sha256(recipe_yaml.encode("utf-8"))
+    for upstream in inputs:
+        digest.update(upstream.encode("ascii"))
+    return digest.hexdigest()[:16]
+
+
+def headline(stage: str, evaluation: dict[str, Any]) -> dict[str, float]:
+    from peaufine.stages.dispatch import flatten_numbers
+
+    flat = flatten_numbers(evaluation)
+    return {label: flat[key] for label, key in HEADLINES.get(stage, {}).items() if key in flat}
+
+
+@dataclass
+class StageOutcome:
+    name: str
+    stage: str
+    run: Path
+    status: str  # ran | skipped | failed | pending
+    fingerprint: str | None = None
+    seconds: float | None = None
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineResult:
+    out: Path
+    name: str
+    stages: list[StageOutcome]
+    seconds: float
+
+    def evaluation(self, name: str) -> dict[str, Any]:
+        return next(s.evaluation for s in self.stages if s.name == name)
+
+
+def _previous_fingerprints(out: Path) -> dict[str, str]:
+    import json
+
+    state = out / "pipeline.json"
+    if not state.is_file():
+        return {}
+    data = json.loads(state.read_text(encoding="utf-8"))
+    return {
+        s["name"]: s["fingerprint"] for s in data.get("stages", []) if s.get("status") in ("ran", "skipped")
+    }
+
+
+def _write_state(out: Path, pipeline: Pipeline, outcomes: list[StageOutcome], seconds: float) -> None:
+    from peaufine.rundir import write_json
+
+    write_json(
+        out / "pipeline.json",
+        {
+            "name": pipeline.name,
+            "seconds": seconds,
+            "stages": [
+                {
+                    "name": o.name,
+                    "stage": o.stage,
+                    "run": o.name,
+                    "status": o.status,
+                    "fingerprint": o.fingerprint,
+                    "seconds": o.seconds,
+                    "headline": headline(o.stage, o.evaluation),
+                }
+                for o in outcomes
+            ],
+        },
+    )
+
+
+def check_out(out: Path, pipeline: Pipeline) -> None:
+    from peaufine.errors import RunDirError
+
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise RunDirError(f"{out} exists and is not a folder; choose another output folder")
+    names = {s.name for s in pipeline.stages} | {"pipeline.json", "report.html"}
+    strangers = sorted(p.name for p in out.iterdir() if p.name not in names and not p.name.startswith("."))
+    if strangers and not (out / "pipeline.json").is_file():
+        raise RunDirError(
+            f"{out} holds files that are not this pipeline's ({', '.join(strangers[:3])}); "
+            "choose another output folder (peaufine never deletes folders it did not write)"
+        )
+
+
+def run_pipeline(
+    pipeline: Pipeline,
+    base: Path,
+    out: Path,
+    *,
+    overrides: dict[str, list[str]] | None = None,
+    rerun: set[str] | None = None,
+    tracker: Tracker | None = None,
+) -> PipelineResult:
+    """Run the stages in order into <out>/<name>, skipping those already finished as they are now."""
+    import json
+
+    from peaufine.engine.track import Tracker
+    from peaufine.report.html import write_report
+    from peaufine.rundir import finished_with
+    from peaufine.stages.dispatch import run_stage
+
+    overrides = overrides or {}
+    rerun = rerun or set()
+    names = [s.name for s in pipeline.stages]
+    for name in [*overrides, *rerun]:
+        if name not in names:
+            raise RecipeError(
+                f"no stage named '{name}' in pipeline '{pipeline.name}' (stages: {', '.join(names)})"
+            )
+    out = Path(out).resolve()
+    check_out(out, pipeline)
+    out.mkdir(parents=True, exist_ok=True)
+    tracker = tracker or Tracker()
+    previous = _previous_fingerprints(out)
+    start = time.perf_counter()
+    runs: dict[str, Path] = {}
+    prints: dict[str, str] = {}
+    outcomes = [StageOutcome(s.name, "?", out / s.name, "pending") for s in pipeline.stages]
+    for index, stage in enumerate(pipeline.stages):
+        recipe, used = resolve_stage(stage, base, runs, overrides.get(stage.name, []))
+        recipe_yaml = recipe.to_yaml()
+        stamp = fingerprint(recipe_yaml, [prints[name] for name in sorted(used)])
+        run_dir = out / stage.name
+        outcome = outcomes[index] = StageOutcome(stage.name, recipe.stage, run_dir, "pending", stamp)
+        runs[stage.name], prints[stage.name] = run_dir, stamp
+        if (
+            stage.name not in rerun
+            and previous.get(stage.name) == stamp
+            and finished_with(run_dir, recipe_yaml)
+        ):
+            outcome.status = "skipped"
+            outcome.evaluation = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
+            tracker.say(f"[bold]{stage.name}[/]: finished earlier with this recipe and inputs, skipped")
+            continue
+        tracker.say(f"[bold]{stage.name}[/] ({recipe.stage}) -> {run_dir}")
+        began = time.perf_counter()
+        try:
+            outcome.evaluation = run_stage(recipe, run_dir, overwrite=run_dir.exists(), tracker=tracker)
+        except BaseException:
+            outcome.status = "failed"
+            _write_state(out, pipeline, outcomes, time.perf_counter() - start)
+            raise
+        outcome.status, outcome.seconds = "ran", time.perf_counter() - began
+        _write_state(out, pipeline, outcomes, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    _write_state(out, pipeline, outcomes, seconds)
+    write_report(out)
+    return PipelineResult(out, pipeline.name, outcomes, seconds)
+
+
+def parse_stage_overrides(items: list[str]) -> dict[str, list[str]]:
+    """`--set sft:train.lr=1e-3` -> {"sft": ["train.lr=1e-3"]}."""
+    parsed: dict[str, list[str]] = {}
+    for item in items:
+        stage, sep, override = item.partition(":")
+        if not sep or "=" not in override or "=" in stage:
+            raise RecipeError(f"--set {item!r}: expected STAGE:KEY=VALUE, e.g. --set sft:train.lr=3e-4")
+        parsed.setdefault(stage, []).append(override)
+    return parsed
