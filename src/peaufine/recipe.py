@@ -534,4 +534,3 @@ def _pipeline_reference(data: Any, key: str = "") -> tuple[str, str] | None:
         if found is not None:
             return found
     return None
-
