@@ -421,6 +421,66 @@ def run_pipeline_command(
 
 
 @app.command()
+def search(
+    recipe: Annotated[Path, typer.Argument(help="The recipe to tune (any stage).")],
+    space: Annotated[
+        Path, typer.Option("--space", help="Search space YAML: recipe key -> range or choices.")
+    ],
+    out: OutOpt = Path("runs/search"),
+    trials: Annotated[
+        int | None, typer.Option(help="Finished trials wanted (default: the grid's size for grid).")
+    ] = None,
+    sampler: Annotated[str, typer.Option(help="tpe (Bayesian), random or grid.")] = "tpe",
+    metric: Annotated[
+        str,
+        typer.Option(
+            help="A metric the run reports, or an expression: 'val_loss + 0.5 * forgetting.relative_change'."
+        ),
+    ] = "val_loss",
+    direction: Annotated[
+        str | None, typer.Option(help="minimize or maximize (default: from the metric's name).")
+    ] = None,
+    prune: Annotated[
+        str, typer.Option(help="Stop hopeless trials from their validation losses: none, median, halving.")
+    ] = "none",
+    storage: Annotated[
+        str | None,
+        typer.Option(help="Study storage: default a journal file in --out; an RDB URL for several machines."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="The sampler's seed.")] = 0,
+    startup_trials: Annotated[
+        int | None, typer.Option(help="TPE: random trials before it models (default: trials / 4, 2 to 5).")
+    ] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Search recipe values (learning rate, LoRA rank, ...) with Optuna; run it again to continue,
+    or in several terminals to share the trials."""
+    from rich.console import Console
+
+    from peaufine.search import run_search
+
+    result = run_search(
+        recipe,
+        space,
+        out,
+        trials=trials,
+        sampler=sampler,
+        metric=metric,
+        direction=direction,
+        prune=prune,
+        storage=storage,
+        seed=seed,
+        startup_trials=startup_trials,
+        overrides=set_ or [],
+    )
+    Console().print(
+        f"best: trial {result.best_trial}, {metric} = {result.best_value} with {result.best_params}; "
+        f"trial 0 (the recipe as given): {result.baseline_value}"
+    )
+    Console().print(f"best-recipe.yaml, trials.jsonl and report.html in {result.out}")
+
+
+@app.command()
 def report(
     directory: Annotated[Path, typer.Argument(help="A run, search, cross-validation or pipeline folder.")],
 ) -> None:

@@ -231,7 +231,7 @@ def open_run(
     tracker: Tracker | None = None,
 ) -> OpenedRun:
     """Every stage's opening: the runtime, a tracker that only rank 0 lets speak, and `start_run`."""
-    from peaufine.engine.integrations import check_tracking, open_tracking
+    from peaufine.engine.integrations import TRACKING_SINKS, check_tracking, open_tracking
     from peaufine.engine.runtime import make_runtime
     from peaufine.engine.track import Tracker, add_sink, detach_sinks
 
@@ -250,7 +250,9 @@ def open_run(
     )
     run = RunDir(out)
     if runtime.is_main:
-        detach_sinks(run.metrics)  # a run that died in this process earlier left its sinks behind
+        # a run that died in this process earlier left its tracking sinks behind (a driver's own
+        # sinks, such as a search's pruner, were attached for this run and stay)
+        detach_sinks(run.metrics, TRACKING_SINKS)
         for sink in open_tracking(recipe, out):
             add_sink(run.metrics, sink)
     return OpenedRun(run, runtime, tracker, prepared)

@@ -123,6 +123,9 @@ class MlflowSink:
             self.client.set_terminated(self.run_id, "FAILED")
 
 
+TRACKING_SINKS = (TensorBoardSink, MlflowSink)
+
+
 def flat_params(data: Any, prefix: str = "") -> dict[str, str]:
     """The resolved recipe as dotted key -> text, the shape MLflow's params take."""
     if isinstance(data, dict):

@@ -54,12 +54,17 @@ def close_sinks(metrics_path: Path, summary: dict[str, float] | None = None) -> 
         raise errors[0]
 
 
-def detach_sinks(metrics_path: Path) -> None:
-    """Detach this run's sinks after a run that did not finish (failed, pruned): each sink that can
-    `abort` does (an MLflow run is marked FAILED); none gets a summary."""
-    for sink in _SINKS.pop(Path(metrics_path).resolve(), []):
+def detach_sinks(metrics_path: Path, kinds: tuple[type, ...] | None = None) -> None:
+    """Detach this run's sinks (only those of `kinds`, when given) after a run that did not finish
+    (failed, pruned): each sink that can `abort` does (an MLflow run is marked FAILED)."""
+    key = Path(metrics_path).resolve()
+    sinks = _SINKS.pop(key, [])
+    kept = [sink for sink in sinks if kinds is not None and not isinstance(sink, kinds)]
+    if kept:
+        _SINKS[key] = kept
+    for sink in sinks:
         abort = getattr(sink, "abort", None)
-        if abort is not None:
+        if abort is not None and sink not in kept:
             abort()
 
 
