@@ -11,7 +11,6 @@ import contextlib
 import copy
 import difflib
 import gc
-import importlib.util
 import json
 import math
 import os
@@ -1232,10 +1231,9 @@ def run_search(
         plot_params(rows, space, out / "params.png", expression.text)
     if tracker.enabled:
         tracker.console.print(_table(rows, list(space), expression.text, direction))
-    if importlib.util.find_spec("peaufine.report.html") is not None:
-        from peaufine.report.html import write_report
+    from peaufine.report.html import write_report
 
-        write_report(out)
+    write_report(out)
     best = data["best"]
     return SearchResult(
         out=out,
