@@ -68,6 +68,11 @@ class ModelBlock(Block):
     trust_remote_code: bool = False
     adapter: AdapterBlock = Field(default_factory=AdapterBlock)
     freeze: FreezeBlock = Field(default_factory=FreezeBlock)
+    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto",
+        description="attention kernel (transformers attn_implementation); auto: sdpa, or "
+        "flash_attention_2 on CUDA when installed",
+    )
 
 
 class WorldBlock(Block):
@@ -180,6 +185,11 @@ class DataBlock(Block):
         "all", description="pairs from a ranking of K responses: all K(K-1)/2, or the K-1 adjacent ones"
     )
     cross_validation: CrossValidationBlock = Field(default_factory=CrossValidationBlock)
+    cache_dir: str | None = Field(
+        None,
+        description="tokenized corpora are cached here, keyed by the content of their inputs, and "
+        "reused by later runs; null: tokenize in every run",
+    )
 
 
 class TrainBlock(Block):
@@ -201,7 +211,24 @@ class TrainBlock(Block):
     grad_clip: float | None = Field(1.0, gt=0.0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    compile: bool = False
+    compile: bool = Field(False, description="torch.compile the model (slow first step, then faster)")
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="with several processes: replicate (DDP) or shard (FSDP2 fully_shard)"
+    )
+    fsdp_cpu_offload: bool = Field(False, description="FSDP: keep parameters and optimiser state on the CPU")
+    activation_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: less memory, ~30% more compute"
+    )
+    fused_adamw: Literal["auto", "on", "off"] = Field("auto", description="fused AdamW kernel; auto: on CUDA")
+    loss_chunk_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="cross-entropy over chunks of this many tokens, never the whole batch's logits "
+        "at once (large vocabularies); null: in one piece",
+    )
+    prefetch_batches: int = Field(
+        2, ge=0, description="batches prepared ahead by a background thread; 0: prepared in the loop"
+    )
     seed: int = 0
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(500, ge=1)
