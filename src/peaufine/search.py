@@ -480,15 +480,19 @@ def make_sampler(
     raise RecipeError(f"--sampler {name!r}: use one of {', '.join(SAMPLERS)}")
 
 
-def make_pruner(name: str) -> optuna.pruners.BasePruner:
+def make_pruner(name: str, warmup_steps: int = 0) -> optuna.pruners.BasePruner:
+    """The pruner; no trial is judged before `warmup_steps` (losses early in training, during the
+    learning-rate warm-up, rank runs by their step size more than by where they end)."""
     import optuna
 
     if name == "none":
         return optuna.pruners.NopPruner()
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=warmup_steps)
     if name == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner()
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=max(1, warmup_steps) if warmup_steps else "auto"
+        )
     raise RecipeError(f"--prune {name!r}: use one of {', '.join(PRUNERS)}")
 
 
@@ -1141,7 +1145,8 @@ def run_search(
         study.sampler = make_sampler(
             sampler, space, seed=worker_seed, trials=n_trials, startup_trials=startup_trials
         )
-        study.pruner = make_pruner(prune)
+        # judged from a quarter of the run on, and never during the learning-rate warm-up
+        study.pruner = make_pruner(prune, max(recipe.train.warmup_steps, recipe.train.max_steps // 4))
     for note in notes:
         tracker.warn(f"trial 0 (the recipe as it is): {note}")
     done = len(finished_trials(study))
