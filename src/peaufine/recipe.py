@@ -70,8 +70,8 @@ class ModelBlock(Block):
     freeze: FreezeBlock = Field(default_factory=FreezeBlock)
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto",
-        description="attention kernel (transformers attn_implementation); auto: sdpa, or "
-        "flash_attention_2 on CUDA when installed",
+        description="attention kernel (transformers attn_implementation); auto: sdpa; "
+        "flash_attention_2 needs CUDA, the flash_attn package and bf16/fp16",
     )
 
 

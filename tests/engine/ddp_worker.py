@@ -2,7 +2,9 @@
 
 Run it with plain python (one process) or under torchrun (several); each rank writes rank<R>.json and,
 per objective, its parameters at the last step and as fit() returned them (.npy) into OUT_DIR.
-The engine's own files (metrics, checkpoints) go to RUN_ROOT/<objective>.
+The engine's own files (metrics, checkpoints) go to RUN_ROOT/<objective>. With `--strategy fsdp` the
+model is sharded (FSDP2; `--cpu-offload` adds CPUOffloadPolicy); the stage's model is whole only once
+fit() returns, so only those parameters are written.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from peaufine.data.batching import Batch, Example, PaddedExamples
-from peaufine.engine.fit import fit
+from peaufine.engine.fit import make_loop
 from peaufine.engine.runtime import make_runtime
 from peaufine.methods.lm import NextTokenLoss
 from peaufine.recipe import EvalBlock, TrainBlock
@@ -113,6 +115,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--micro-batch-size", type=int, required=True)
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--strategy", choices=["ddp", "fsdp"], default="ddp")
+    parser.add_argument("--objectives", default=",".join(OBJECTIVES))
+    parser.add_argument("--cpu-offload", action="store_true", help="fsdp: CPUOffloadPolicy")
     args = parser.parse_args()
 
     runtime = make_runtime(TrainBlock(device="cpu", precision="fp32"))
@@ -135,32 +140,29 @@ def main() -> None:
         log_every=1,
         device="cpu",
         precision="fp32",
+        distributed=args.strategy,
+        fsdp_cpu_offload=args.cpu_offload,
     )
     evaluation = EvalBlock(every=3)
-    for name, objective_class in OBJECTIVES.items():
-        objective = SeenExamples(objective_class())
+    for name in args.objectives.split(","):
+        objective = SeenExamples(OBJECTIVES[name]())
         model = tiny_llama()
-        files = {
-            "last_step": f"params-{name}-last_step-rank{runtime.rank}.npy",
-            "returned": f"params-{name}-returned-rank{runtime.rank}.npy",
-        }
+        files = {"returned": f"params-{name}-returned-rank{runtime.rank}.npy"}
+        if args.strategy == "ddp":
+            files["last_step"] = f"params-{name}-last_step-rank{runtime.rank}.npy"
 
-        def save_last_step(step: int, model: torch.nn.Module = model, path: str = files["last_step"]) -> None:
+        def save_last_step(step: int, model: torch.nn.Module = model, files: dict = files) -> None:
             # the weights of the last step, before fit() may restore the best validated ones
-            if step == args.steps:
-                np.save(args.out_dir / path, flat_parameters(model))
+            if step == args.steps and "last_step" in files:
+                np.save(args.out_dir / files["last_step"], flat_parameters(model))
 
-        result = fit(
-            model,
-            objective,
-            train_set,
-            val_set,
-            train,
-            evaluation,
-            runtime,
-            run_dir=args.run_root / name,
-            hooks=[save_last_step],
+        # fit(), spelt out, to look at the loop's placement
+        loop = make_loop(
+            model, objective, train_set, val_set, train, evaluation, runtime, run_dir=args.run_root / name
         )
+        trained = list(loop.trained.parameters())
+        local = [p.to_local() if hasattr(p, "to_local") else p for p in trained]
+        result = loop.run([save_last_step])
         np.save(args.out_dir / files["returned"], flat_parameters(model))
         record["objectives"][name] = {
             "history": result.history,
@@ -168,6 +170,11 @@ def main() -> None:
             "params_files": files,
             "restored_best": result.restored_best,
             "best_step": result.best_step,
+            "strategy": loop.placement.strategy,
+            "trained_elements": {
+                "local": sum(p.numel() for p in local),
+                "whole": sum(p.numel() for p in trained),
+            },
         }
     (args.out_dir / f"rank{runtime.rank}.json").write_text(json.dumps(record), encoding="utf-8")
     if dist.is_initialized():

@@ -1,7 +1,8 @@
 """2 processes (torchrun, gloo) == 1 process at the same global batch, on variable-length data.
 
 The worker (ddp_worker.py) trains a tiny Llama for 6 steps of global batch 8: once in one process
-(micro-batch 4, accumulation 2), once in two (micro-batch 2, accumulation 2 on each).
+(micro-batch 4, accumulation 2), once in two with DDP (micro-batch 2, accumulation 2 on each), and
+once in two with FSDP2 (fully_shard with CPU offload, the same split).
 """
 
 from __future__ import annotations
@@ -66,7 +67,14 @@ def _environment() -> dict[str, str]:
     return env
 
 
-def _launch(tmp: Path, name: str, launcher: list[str], micro_batch_size: int, processes: int) -> Launch:
+def _launch(
+    tmp: Path,
+    name: str,
+    launcher: list[str],
+    micro_batch_size: int,
+    processes: int,
+    extra: tuple[str, ...] = (),
+) -> Launch:
     out_dir, run_root = tmp / name / "out", tmp / name / "run"
     out_dir.mkdir(parents=True)
     command = [
@@ -82,6 +90,7 @@ def _launch(tmp: Path, name: str, launcher: list[str], micro_batch_size: int, pr
         str(micro_batch_size),
         "--steps",
         str(STEPS),
+        *extra,
     ]
     # Own session, so a timeout can stop torchrun's workers too, not only torchrun.
     proc = subprocess.Popen(
@@ -111,24 +120,36 @@ def _launch(tmp: Path, name: str, launcher: list[str], micro_batch_size: int, pr
     return Launch(out_dir, run_root, [json.loads(p.read_text(encoding="utf-8")) for p in records])
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Launch, Launch]:
+# --standalone: the rendezvous takes a free port itself, so parallel test runs cannot collide.
+TORCHRUN_2 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def _need_gloo() -> None:
     pytest.importorskip("torch.distributed.run", reason="torchrun (torch.distributed.run) is not available")
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_gloo_available()):
         pytest.skip("this torch build has no gloo backend for torch.distributed")
-    tmp = tmp_path_factory.mktemp("ddp")
-    one = _launch(tmp, "one-process", [sys.executable], micro_batch_size=4, processes=1)
-    # --standalone: the rendezvous takes a free port itself, so parallel test runs cannot collide.
-    two = _launch(
-        tmp,
-        "two-processes",
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
-        micro_batch_size=2,
-        processes=2,
-    )
+
+
+@pytest.fixture(scope="module")
+def launch_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ddp")
+
+
+@pytest.fixture(scope="module")
+def runs(launch_root: Path) -> tuple[Launch, Launch]:
+    _need_gloo()
+    one = _launch(launch_root, "one-process", [sys.executable], micro_batch_size=4, processes=1)
+    two = _launch(launch_root, "two-processes", TORCHRUN_2, micro_batch_size=2, processes=2)
     return one, two
+
+
+@pytest.fixture(scope="module")
+def fsdp(launch_root: Path, runs: tuple[Launch, Launch]) -> Launch:
+    # with CPU offload: on a CPU it changes nothing but which code path FSDP takes
+    extra = ("--strategy", "fsdp", "--objectives", "per_token", "--cpu-offload")
+    return _launch(launch_root, "fsdp", TORCHRUN_2, micro_batch_size=2, processes=2, extra=extra)
 
 
 def _relative_gap(a: list[float], b: list[float]) -> float:
@@ -225,3 +246,54 @@ def test_tokens_seen_counts_every_process(runs: tuple[Launch, Launch]) -> None:
     expected = _column(one.history("per_token"), "tokens_seen")
     for rank in (0, 1):
         assert _column(two.history("per_token", rank), "tokens_seen") == expected
+
+
+def test_fsdp_really_shards_the_model_over_the_two_ranks(fsdp: Launch) -> None:
+    for record in fsdp.ranks:
+        assert (record["world_size"], record["backend"]) == (2, "gloo")
+        objective = record["objectives"]["per_token"]
+        assert objective["strategy"] == "fsdp"
+        elements = objective["trained_elements"]
+        # each rank holds about half of every parameter (a shard is padded to equal sizes)
+        assert 0.45 < elements["local"] / elements["whole"] < 0.55, elements
+
+
+def test_fsdp_follows_the_one_process_trajectory(runs: tuple[Launch, Launch], fsdp: Launch) -> None:
+    one, _ = runs
+    expected = one.history("per_token")
+    for rank in (0, 1):
+        got = fsdp.history("per_token", rank)
+        assert [row["step"] for row in got] == [row["step"] for row in expected]
+        for key in ("train_loss", "grad_norm", "val_loss", "lr", "tokens_seen"):
+            gap = _relative_gap(_column(expected, key), _column(got, key))
+            assert gap < LOSS_RTOL, f"rank {rank}: {key} differs from the one-process run by {gap:.2e}"
+        # fit() hands back the whole model on every rank, the same as one process trains
+        gap = np.abs(fsdp.params("per_token", "returned", rank) - one.params("per_token", "returned")).max()
+        assert gap < PARAM_ATOL, f"rank {rank}: returned parameters differ by {gap:.2e}"
+    np.testing.assert_array_equal(
+        fsdp.params("per_token", "returned", 0), fsdp.params("per_token", "returned", 1)
+    )
+
+
+def test_fsdp_checkpoints_hold_the_whole_model_written_once(
+    runs: tuple[Launch, Launch], fsdp: Launch
+) -> None:
+    from safetensors.torch import load_file
+
+    one, _ = runs
+
+    def listing(root: Path) -> list[str]:
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+    assert listing(fsdp.run_root / "per_token") == listing(one.run_root / "per_token")
+    rows = [
+        json.loads(line) for line in (fsdp.run_root / "per_token" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [row["step"] for row in rows] == list(range(1, STEPS + 1)), "metrics from more than one writer"
+    checkpoint = f"checkpoints/step-{STEPS:08d}/model.safetensors"
+    sharded = load_file(fsdp.run_root / "per_token" / checkpoint)
+    whole = load_file(one.run_root / "per_token" / checkpoint)
+    assert sharded.keys() == whole.keys()
+    for key, tensor in whole.items():
+        assert sharded[key].shape == tensor.shape, key  # unsharded: full shapes
+        assert (sharded[key] - tensor).abs().max() < PARAM_ATOL, key

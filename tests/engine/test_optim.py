@@ -94,3 +94,47 @@ def test_gpt2_biases_are_not_decayed_and_tied_weights_counted_once():
     decays = {g["weight_decay"]: len(g["params"]) for g in optimizer.param_groups}
     assert decays[0.1] == len(groups.decay)
     assert decays[0.0] == len(groups.no_decay)
+
+
+# -- train.fused_adamw ----------------------------------------------------------------------------
+
+
+def adamw_kernel(optimizer) -> str:
+    fused = optimizer.defaults.get("fused")
+    return "fused" if fused else "default"
+
+
+@pytest.mark.parametrize(("choice", "kernel"), [("auto", "default"), ("off", "default"), ("on", "fused")])
+def test_fused_adamw_choice_on_cpu(choice, kernel):
+    model = tiny_llama()
+    optimizer = build_optimizer(model, TrainBlock(fused_adamw=choice))
+    assert adamw_kernel(optimizer) == kernel
+
+
+def test_fused_adamw_on_a_device_without_the_kernel_is_a_recipe_error(monkeypatch):
+    from torch.optim import optimizer
+
+    from peaufine.errors import RecipeError
+
+    monkeypatch.setattr(optimizer, "_get_fused_kernels_supported_devices", lambda: ["cuda"])
+    with pytest.raises(RecipeError, match=r"train\.fused_adamw"):
+        build_optimizer(tiny_llama(), TrainBlock(fused_adamw="on"))
+
+
+def test_fused_adamw_takes_the_same_steps_as_the_default_kernel():
+    import torch
+
+    def trained(choice: str) -> dict[str, torch.Tensor]:
+        model = tiny_llama(seed=3)
+        optimizer = build_optimizer(model, TrainBlock(fused_adamw=choice, lr=1e-2, weight_decay=0.1))
+        ids = torch.randint(0, 50, (4, 12), generator=torch.Generator().manual_seed(0))
+        for _ in range(3):
+            model(input_ids=ids, labels=ids).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    fused, default, start = trained("on"), trained("off"), tiny_llama(seed=3).state_dict()
+    for name, value in default.items():
+        assert not torch.equal(value, start[name]), name  # the steps moved every weight
+        torch.testing.assert_close(fused[name], value, rtol=1e-5, atol=1e-6, msg=name)

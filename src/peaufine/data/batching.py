@@ -1,4 +1,5 @@
-"""Examples on disk or in memory, and the deterministic, rank-aware order in which batches visit them.
+"""Examples on disk or in memory, the deterministic, rank-aware order in which batches visit them, and
+the feed that prepares the next steps' batches in a background thread (train.prefetch_batches).
 
 Batches carry labels already shifted (labels[t] is the token after input_ids[t], -100 where there is
 nothing to predict), so every objective computes one cross-entropy without slicing the logits.
@@ -7,6 +8,9 @@ nothing to predict), so every objective computes one cross-entropy without slici
 from __future__ import annotations
 
 import bisect
+import queue
+import threading
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -157,8 +161,10 @@ class PackedExamples:
     A batch is (rows, longest chosen row), padded only at row ends, with `position_ids` restarting at 0
     for every example and NO `attention_mask`. From restarting positions transformers (5.x,
     `masking_utils.find_packed_sequence_indices`) builds a block-diagonal causal mask for sdpa, eager
-    and flex attention, and flash-attention-2 runs varlen, so no token attends across examples, and
-    rotary (Llama) or learned (GPT-2) positions are those of the example alone. Two conditions:
+    and flex attention, so no token attends across examples, and rotary (Llama) or learned (GPT-2)
+    positions are those of the example alone. Flash-attention-2 goes varlen from positions only for a
+    ONE-row batch (`_is_packed_sequence`), so NextTokenLoss lays a packed batch out as one row under
+    flash (methods/lm.py). Two conditions:
     - no `attention_mask` key: any 2-D mask, even all ones, turns that detection off;
     - the model is called with `use_cache=False` (as NextTokenLoss does): with a key/value cache,
       transformers skips the detection and attention silently crosses examples.
@@ -297,3 +303,95 @@ def evaluation_batches(
 
 def batch_to(batch: Batch, device: Any) -> Batch:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def step_micro_batches(
+    dataset: Dataset, plan: BatchPlan, seed: int, rank: int, device: Any, examples_seen: int
+) -> list[Batch]:
+    """This process's micro-batches of the global batch that starts after `examples_seen` examples,
+    collated and on `device` (pinned first on CUDA, so the copy can overlap the running step)."""
+    indices = global_batch(len(dataset), plan.batch_size, seed, examples_seen)
+    batches = [dataset.collate(m) for m in rank_micro_batches(indices, plan, rank)]
+    if getattr(device, "type", device) == "cuda":
+        batches = [{k: v.pin_memory() for k, v in b.items()} for b in batches]
+    return [batch_to(b, device) for b in batches]
+
+
+class MicroBatchFeed:
+    """The micro-batches of consecutive optimiser steps, prepared ahead by a thread: up to `depth`
+    steps wait in its queue (and one more is being prepared).
+
+    What a step gets depends only on the data position (`examples_seen`), as without the feed, so
+    prefetching never changes results. Asked for a position it did not prepare (the first step, a
+    resume), it starts over from there. Errors in the thread are raised by `take`. The thread holds no
+    reference to the feed: when the feed is closed, dropped or the interpreter exits, the thread is
+    stopped and joined (a daemon thread killed inside a torch op at exit aborts the process).
+    """
+
+    def __init__(
+        self, dataset: Dataset, plan: BatchPlan, seed: int, rank: int, device: Any, depth: int
+    ) -> None:
+        self.prepare = (dataset, plan, seed, rank, device)
+        self.depth = depth
+        self._next: int | None = None
+        self._queue: queue.Queue[tuple[int, Any]] | None = None
+        self._halt: weakref.finalize | None = None
+
+    def take(self, examples_seen: int) -> list[Batch]:
+        """The micro-batches of the step that starts after `examples_seen` examples."""
+        if self.depth == 0:
+            return step_micro_batches(*self.prepare, examples_seen)
+        if self._next != examples_seen:
+            self._start(examples_seen)
+        assert self._queue is not None
+        position, batches = self._queue.get()
+        if isinstance(batches, BaseException):
+            self.close()
+            raise batches
+        self._next = position + self.prepare[1].batch_size
+        return batches
+
+    def _start(self, examples_seen: int) -> None:
+        self.close()
+        self._queue = queue.Queue(maxsize=self.depth)
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=_prefetch,
+            args=(self.prepare, examples_seen, self._queue, stop),
+            daemon=True,
+            name="peaufine-prefetch",
+        )
+        thread.start()
+        self._halt = weakref.finalize(self, _halt, stop, thread)
+        self._next = examples_seen
+
+    def close(self) -> None:
+        """Stop the thread and wait for it (at most the collation of one step)."""
+        if self._halt is not None:
+            self._halt()
+        self._queue, self._halt, self._next = None, None, None
+
+
+def _halt(stop: threading.Event, thread: threading.Thread) -> None:
+    stop.set()
+    if thread is not threading.current_thread():  # a finalizer may run in the thread itself
+        thread.join(timeout=60)
+
+
+def _prefetch(prepare: tuple[Any, ...], start: int, out: queue.Queue, stop: threading.Event) -> None:
+    step = prepare[1].batch_size
+    position = start
+    while not stop.is_set():
+        try:
+            item: Any = step_micro_batches(*prepare, position)
+        except BaseException as exc:  # handed to the training loop, which raises it
+            item = exc
+        while not stop.is_set():
+            try:
+                out.put((position, item), timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        if isinstance(item, BaseException):
+            return
+        position += step

@@ -2,7 +2,9 @@
 
 A checkpoint is written into a temporary folder, flushed to disk, renamed into place, and only then
 named by the `latest` (or `best`) pointer file, itself replaced atomically. A kill at any instant leaves
-the pointer naming a complete checkpoint.
+the pointer naming a complete checkpoint. What it holds does not depend on the number of processes:
+full weights, the full optimiser state keyed by parameter name, and the data position in examples, so
+a run checkpointed by N processes resumes with M.
 """
 
 from __future__ import annotations
@@ -78,21 +80,36 @@ def publish_dir(staging: Path, final: Path) -> None:
     _fsync_dir(final.parent)
 
 
-def _capture_rng() -> tuple[dict[str, Any], Any, Any]:
+def torch_rng_state() -> dict[str, Any]:
+    """This process's torch (and CUDA) generator states: what a checkpoint keeps for each rank."""
     import torch
 
     tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         tensors["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    return tensors
+
+
+def _capture_rng(ranks: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], Any, Any]:
+    """Rank 0's states under "torch"/"cuda", the other ranks' (when given) under "other_ranks"."""
+    tensors = dict(ranks[0]) if ranks else torch_rng_state()
+    if ranks and len(ranks) > 1:
+        tensors["other_ranks"] = list(ranks[1:])
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     numpy_state = [kind, keys.tolist(), pos, has_gauss, cached]
     return tensors, random.getstate(), numpy_state
 
 
-def _restore_rng(tensors: dict[str, Any], python_state: Any, numpy_state: Any) -> None:
+def _restore_rng(tensors: dict[str, Any], python_state: Any, numpy_state: Any, rank: int = 0) -> None:
+    """Restore this rank's saved generators. A rank the checkpoint has none for (the run has more
+    processes now) keeps the state it was seeded with; Python's and NumPy's are rank 0's everywhere."""
     import torch
 
-    torch.set_rng_state(tensors["torch"])
+    if rank > 0:
+        others = tensors.get("other_ranks") or []
+        tensors = others[rank - 1] if rank - 1 < len(others) else {}
+    if "torch" in tensors:
+        torch.set_rng_state(tensors["torch"])
     if "cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(list(tensors["cuda"]))
     if python_state is not None:
@@ -133,17 +150,21 @@ class CheckpointStore:
     def save(
         self,
         model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
+        optimizer_state: dict[str, Any],
         state: TrainerState,
+        rank_rng: list[dict[str, Any]] | None = None,
     ) -> Path:
+        """Write a checkpoint of the full `model`, the full `optimizer_state` (see
+        Placement.optimizer_state) and `state`, with each rank's generator states (`rank_rng`, by
+        rank; default: this process's)."""
         import torch
         from safetensors.torch import save_model
 
         name = f"step-{state.step:08d}"
         staging = self._staging(name)
         save_model(model, str(staging / WEIGHTS))
-        torch.save(optimizer.state_dict(), staging / OPTIMIZER)
-        rng_tensors, state.python_rng, state.numpy_rng = _capture_rng()
+        torch.save(optimizer_state, staging / OPTIMIZER)
+        rng_tensors, state.python_rng, state.numpy_rng = _capture_rng(rank_rng)
         torch.save(rng_tensors, staging / RNG)
         (staging / STATE).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
         final = self.directory / name
@@ -172,21 +193,22 @@ class CheckpointStore:
             if old != protect:
                 shutil.rmtree(old, ignore_errors=True)
 
-    def load(
-        self,
-        checkpoint: Path,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-    ) -> TrainerState:
+    def load(self, checkpoint: Path, model: torch.nn.Module) -> tuple[TrainerState, dict[str, Any]]:
+        """Load the weights into the full `model`; returns the trainer state and the optimiser state
+        (for Placement.load_optimizer_state). Generators are restored apart: see `restore_rng`."""
         import torch
         from safetensors.torch import load_model
 
         load_model(model, str(checkpoint / WEIGHTS))
-        optimizer.load_state_dict(torch.load(checkpoint / OPTIMIZER, weights_only=True))
+        optimizer_state = torch.load(checkpoint / OPTIMIZER, weights_only=True)
         state = TrainerState(**json.loads((checkpoint / STATE).read_text(encoding="utf-8")))
+        return state, optimizer_state
+
+    def restore_rng(self, checkpoint: Path, state: TrainerState, rank: int = 0) -> None:
+        import torch
+
         rng = torch.load(checkpoint / RNG, weights_only=True)
-        _restore_rng(rng, state.python_rng, state.numpy_rng)
-        return state
+        _restore_rng(rng, state.python_rng, state.numpy_rng, rank)
 
 
 def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:

@@ -7,7 +7,6 @@ and 2 processes x 4 give the same update on variable-length data.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -19,13 +18,13 @@ from peaufine.data.batching import (
     Batch,
     BatchPlan,
     Dataset,
+    MicroBatchFeed,
     batch_to,
     evaluation_batches,
-    global_batch,
-    rank_micro_batches,
 )
 from peaufine.engine.checkpoint import CheckpointStore, TrainerState, load_weights
 from peaufine.engine.optim import build_optimizer, build_scheduler
+from peaufine.engine.parallel import lockstep
 from peaufine.engine.track import MetricsLog, Tracker
 from peaufine.errors import TrainingError
 
@@ -169,10 +168,27 @@ def _evaluate_loss(
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=runtime.device)
     units = torch.zeros((), dtype=torch.float64, device=runtime.device)
-    batches = evaluation_batches(len(dataset), batch_size, runtime.rank, runtime.world_size, max_batches)
+    batches = list(
+        evaluation_batches(len(dataset), batch_size, runtime.rank, runtime.world_size, max_batches)
+    )
+    idle = 0
+    if runtime.distributed and len(dataset) > 0 and lockstep(model):
+        # FSDP gathers parameters in every forward: a rank with fewer batches runs one more, unused
+        rounds = max(runtime.gather_objects(len(batches)))
+        idle = rounds - len(batches)
+        batches += [[0]] * idle
     with torch.no_grad():
-        for indices in batches:
+        for k, indices in enumerate(batches):
             batch = batch_to(dataset.collate(indices), runtime.device)
+            if k >= len(batches) - idle:
+                tally = objective_tally(objective)
+                if tally is not None:
+                    objective.tally = MetricTally()  # type: ignore[attr-defined]
+                with runtime.autocast():
+                    objective.loss_sum(model, batch)
+                if tally is not None:
+                    objective.tally = tally  # type: ignore[attr-defined]
+                continue
             with runtime.autocast():
                 total += objective.loss_sum(model, batch).double()
             units += objective.count(batch).double()
@@ -218,26 +234,26 @@ class TrainingLoop:
             self.store.directory.mkdir(parents=True, exist_ok=True)
         self.writes = writes
         self.metrics = MetricsLog(Path(run_dir or ".") / "metrics.jsonl", enabled=writes)
-        self.optimizer = build_optimizer(model, train)
+        self.forward_module = self._wrap(model)
+        self.optimizer = build_optimizer(self.trained, train)
         self.scheduler = build_scheduler(self.optimizer, train)
         self.scaler = torch.amp.GradScaler("cuda") if runtime.precision == "fp16" else None
         self.state = TrainerState()
         self.history: list[dict[str, Any]] = []
         self.best_in_memory: dict[str, torch.Tensor] | None = None
-        self.trainable = [p for p in model.parameters() if p.requires_grad]
-        self.forward_module = self._wrap(model)
+        self.trainable = [p for p in self.trained.parameters() if p.requires_grad]
+        self.feed = MicroBatchFeed(
+            train_set, self.plan, train.seed, runtime.rank, runtime.device, train.prefetch_batches
+        )
 
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        import torch
+        """Place the model on the processes (DDP or FSDP, see engine/parallel.py); returns the module
+        the loss is computed through. `self.trained` is the one whose parameters the optimiser steps."""
+        from peaufine.engine.parallel import place
 
-        module = model
-        if self.runtime.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            module = DistributedDataParallel(model)
-        if self.train.compile:
-            module = torch.compile(module)
-        return module
+        self.placement = place(model, self.train, self.runtime)
+        self.trained = self.placement.trained
+        return self.placement.forward
 
     # -- resume --------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -248,7 +264,14 @@ class TrainingLoop:
                 f"{self.store.directory if self.store else 'this run'} (the run stopped before its "
                 "first checkpoint); start it again with --overwrite"
             )
-        self.state = self.store.load(checkpoint, self.model, self.optimizer)
+        # every rank reads the checkpoint: full weights and optimiser state, whatever world size wrote it
+        placement = self.placement
+        placement.ready_host_for_loading()
+        self.state, optimizer_state = self.store.load(checkpoint, self.model)
+        placement.push_host()
+        placement.empty_host()
+        placement.load_optimizer_state(self.optimizer, optimizer_state)
+        self.store.restore_rng(checkpoint, self.state, self.runtime.rank)
         self.scheduler.load_state_dict(self.state.scheduler)
         self.metrics.truncate_after(self.state.step)
         self.tracker.say(f"resumed from {checkpoint} at step {self.state.step}")
@@ -256,11 +279,7 @@ class TrainingLoop:
     # -- one optimiser step ----------------------------------------------------------------------
     def accumulate_gradients(self) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Forward and backward over this process's micro-batches of the current global batch."""
-        indices = global_batch(
-            len(self.train_set), self.plan.batch_size, self.train.seed, self.state.examples_seen
-        )
-        micro = rank_micro_batches(indices, self.plan, self.runtime.rank)
-        return self.gradients_on([batch_to(self.train_set.collate(m), self.runtime.device) for m in micro])
+        return self.gradients_on(self.feed.take(self.state.examples_seen))
 
     def gradients_on(self, batches: list[Batch]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Forward and backward over this process's share (`batches`) of one global batch.
@@ -286,8 +305,7 @@ class TrainingLoop:
         loss_total = torch.zeros((), device=runtime.device, dtype=torch.float64)
         for i, batch in enumerate(batches):
             sync = i == len(batches) - 1 or not runtime.distributed
-            ctx = contextlib.nullcontext() if sync else self.forward_module.no_sync()
-            with ctx:
+            with self.placement.gradient_sync(sync):
                 with runtime.autocast():
                     loss_sum = self.objective.loss_sum(self.forward_module, batch)
                 loss = loss_sum * scale.to(loss_sum.dtype)
@@ -306,6 +324,8 @@ class TrainingLoop:
             self.scaler.unscale_(self.optimizer)
         max_norm = self.train.grad_clip if self.train.grad_clip is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor, already reduced over the shards
+            grad_norm = grad_norm.full_tensor()
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -321,7 +341,7 @@ class TrainingLoop:
         assert self.val_set is not None
         size = self.evaluation.batch_size or self.plan.micro_batch_size
         return evaluate(
-            self.model, self.objective, self.val_set, self.runtime, size, self.evaluation.max_batches
+            self.trained, self.objective, self.val_set, self.runtime, size, self.evaluation.max_batches
         )
 
     def note_validation(self, val_loss: float) -> bool:
@@ -331,20 +351,32 @@ class TrainingLoop:
         if improved:
             state.best_val_loss, state.best_step = val_loss, state.step
             state.evals_without_improvement = 0
+            keep_in_memory = self.store is None and self.evaluation.restore_best
+            if self.store is not None or keep_in_memory:
+                self.placement.fill_host(everywhere=keep_in_memory)
             if self.writes and self.store is not None:
                 self.store.save_best(self.model, state.step, val_loss)
-            elif self.store is None and self.evaluation.restore_best:
+            elif keep_in_memory:
                 # no run directory to keep best/ in: keep the best weights in memory instead
                 self.best_in_memory = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.placement.empty_host()
             self.runtime.barrier()
             return False
         state.evals_without_improvement += 1
         return rule.patience is not None and state.evals_without_improvement >= rule.patience
 
     def checkpoint(self) -> None:
+        """Rank 0 writes full weights and optimiser state; under FSDP every rank helps gather them."""
+        from peaufine.engine.checkpoint import torch_rng_state
+
         self.state.scheduler = self.scheduler.state_dict()
-        if self.writes and self.store is not None:
-            self.store.save(self.model, self.optimizer, self.state)
+        if self.store is not None:
+            rank_rng = self.runtime.gather_objects(torch_rng_state())
+            self.placement.fill_host(everywhere=False)
+            optimizer_state = self.placement.optimizer_state(self.optimizer)
+            if self.writes:
+                self.store.save(self.model, optimizer_state, self.state, rank_rng)
+            self.placement.empty_host()
         self.runtime.barrier()
 
     def fail_non_finite(self, what: str) -> None:
@@ -433,7 +465,9 @@ class TrainingLoop:
                     )
                     break
         finally:
+            self.feed.close()
             self.tracker.stop()
+        self.placement.fill_host(everywhere=True)  # from here on the stage's model is whole on every rank
         restored = self.restore_best()
         return FitResult(
             steps=state.step,

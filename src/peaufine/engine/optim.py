@@ -68,14 +68,42 @@ def build_optimizer(model: torch.nn.Module, train: TrainBlock) -> torch.optim.Ad
         from peaufine.errors import TrainingError
 
         raise TrainingError("the model has no trainable parameters")
-    fused = all(p.device.type == "cuda" for g in param_groups for p in g["params"])
     return torch.optim.AdamW(
         param_groups,
         lr=train.lr,
         betas=train.betas,
         eps=train.eps,
-        fused=fused or None,
+        **adamw_implementation(param_groups, train.fused_adamw),
     )
+
+
+def adamw_implementation(param_groups: list[dict], fused_adamw: str) -> dict[str, bool | None]:
+    """AdamW's kernel for train.fused_adamw: one fused kernel for all parameters, or PyTorch's default
+    (foreach on CUDA, a loop over parameters on CPU).
+
+    auto: fused when every parameter is on CUDA; on: fused wherever PyTorch has the kernel (CUDA, CPU,
+    MPS, ... in torch 2.13), else a RecipeError; off: the default.
+    """
+    try:
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+        supported = set(_get_fused_kernels_supported_devices())
+    except ImportError:  # a private helper: if it moves, assume the kernels of torch 2.x
+        supported = {"cuda", "cpu", "mps", "xpu"}
+    devices = {p.device.type for g in param_groups for p in g["params"]}
+    if fused_adamw == "off":
+        return {"fused": False}
+    if fused_adamw == "auto":
+        return {"fused": True} if devices == {"cuda"} else {}
+    unsupported = devices - supported
+    if unsupported:
+        from peaufine.errors import RecipeError
+
+        raise RecipeError(
+            f"train.fused_adamw: on, but this PyTorch has no fused AdamW kernel for "
+            f"{', '.join(sorted(unsupported))}; set train.fused_adamw: auto or off"
+        )
+    return {"fused": True}
 
 
 def lr_at(step: int, train: TrainBlock) -> float:

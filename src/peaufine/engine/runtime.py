@@ -49,6 +49,16 @@ class Runtime:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every process's `obj` (picklable), by rank, on every process."""
+        if not self.distributed:
+            return [obj]
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
     def barrier(self) -> None:
         if self.distributed:
             import torch.distributed as dist

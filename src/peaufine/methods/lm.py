@@ -1,18 +1,22 @@
 """Next-token prediction: the objective of pretraining and of supervised fine-tuning.
 
 Batches carry pre-shifted labels (-100 where nothing is predicted), so the loss is one cross-entropy
-over the logits as the model returns them, summed; the engine divides by the target count.
+over the logits as the model returns them, summed; the engine divides by the target count. With
+`chunk_tokens` (train.loss_chunk_tokens) the same sum is taken a chunk of targets at a time
+(methods/chunked_loss.py), never holding the whole batch's logits.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from peaufine.data.batching import IGNORE_INDEX, Batch
 
 if TYPE_CHECKING:
     import torch
+
+    from peaufine.recipe import TrainBlock
 
 
 def model_inputs(batch: Batch) -> dict[str, torch.Tensor]:
@@ -20,13 +24,50 @@ def model_inputs(batch: Batch) -> dict[str, torch.Tensor]:
     return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
 
 
+def uses_flash_attention(model: torch.nn.Module) -> bool:
+    from peaufine.methods.chunked_loss import unwrapped
+
+    config = getattr(unwrapped(model), "config", None)
+    return "flash" in str(getattr(config, "_attn_implementation", "") or "")
+
+
+def packed_as_one_row(batch: Batch) -> Batch:
+    """A packed batch (restarting position_ids, no attention_mask) laid end to end as one row.
+
+    Flash attention finds packed examples from position_ids only when the batch has ONE row
+    (transformers' `_is_packed_sequence`); with several rows it runs plain causal attention across
+    the examples of a row. One row makes it run varlen, each example alone. The summed loss is the
+    same: labels move with their tokens, and each row's tail padding is its own sequence.
+    """
+    if "position_ids" not in batch or "attention_mask" in batch or batch["input_ids"].shape[0] == 1:
+        return batch
+    return {k: v.reshape(1, -1) for k, v in batch.items()}
+
+
 @dataclass(frozen=True)
 class NextTokenLoss:
-    """Summed cross-entropy over target tokens; units are target tokens."""
+    """Summed cross-entropy over target tokens; units are target tokens.
+
+    `chunk_tokens`: compute it `chunk_tokens` targets at a time, from the final hidden states, with
+    each chunk's logits recomputed in the backward pass (train.loss_chunk_tokens); None: in one piece.
+    """
+
+    chunk_tokens: int | None = None
+    _chunked: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.chunk_tokens is not None:
+            from peaufine.methods.chunked_loss import ChunkedNextTokenLoss
+
+            object.__setattr__(self, "_chunked", ChunkedNextTokenLoss(self.chunk_tokens))
 
     def loss_sum(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         import torch.nn.functional as F
 
+        if uses_flash_attention(model):
+            batch = packed_as_one_row(batch)
+        if self._chunked is not None:
+            return self._chunked(model, model_inputs(batch), batch["labels"])
         logits = model(**model_inputs(batch), use_cache=False).logits
         return F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(),
@@ -37,3 +78,8 @@ class NextTokenLoss:
 
     def count(self, batch: Batch) -> torch.Tensor:
         return (batch["labels"] != IGNORE_INDEX).sum()
+
+
+def next_token_loss(train: TrainBlock) -> NextTokenLoss:
+    """The objective as the recipe's train block sets it up (train.loss_chunk_tokens)."""
+    return NextTokenLoss(chunk_tokens=train.loss_chunk_tokens)

@@ -139,12 +139,14 @@ def run_classify(
         return (model, val_set), result
 
     (model, val_set), result = train_one(False, out)
+    # the from-scratch baseline trains on every process, as the run did (fit() is collective)
+    baseline = train_one(True, None)[0] if recipe.eval.transfer.from_scratch else None
     evaluation: dict[str, Any] = {"stage": "classify", "steps": result.steps, **prepared}
     if runtime.is_main:
         batch = recipe.eval.batch_size or 64
         evaluation["validation"] = classification_metrics(model, val_set, runtime, batch)
-        if recipe.eval.transfer.from_scratch:
-            (scratch, scratch_val), _ = train_one(True, None)
+        if baseline is not None:
+            scratch, scratch_val = baseline
             evaluation["from_scratch"] = classification_metrics(scratch, scratch_val, runtime, batch)
         save_model(model, tokenizer, run.model)
         if run.metrics.exists():

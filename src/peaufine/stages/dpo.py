@@ -10,6 +10,7 @@ exact match of greedy answers to held-out questions.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -186,8 +187,10 @@ def run_dpo(
 
             plot_losses(read_metrics(run.metrics), run.loss_plot, result.best_step)
         after = measure(model, tokenizer, recipe, present, world, runtime, questions)
+        # rank 0 alone evaluates after training: its losses must not wait for the other processes
+        alone = dataclasses.replace(runtime, rank=0, world_size=1)
         final = {
-            name: evaluate(model, objective, dataset, runtime, recipe.eval.batch_size or 32)
+            name: evaluate(model, objective, dataset, alone, recipe.eval.batch_size or 32)
             for name, dataset in present.items()
         }
         evaluation = {

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from peaufine.data.world import World
+    from peaufine.engine.runtime import Runtime
     from peaufine.recipe import Recipe
 
 
@@ -120,6 +121,41 @@ def tokenize_stream(tokenizer: PreTrainedTokenizerBase, batches: Iterable[list[s
     return write_token_stream(documents(), tokenizer.eos_token_id, path)
 
 
+def tokenize_corpus(
+    recipe: Recipe, source: ModelSource, corpus: Corpus, run: RunDir, tracker: Tracker
+) -> tuple[PreTrainedTokenizerBase, int, int]:
+    """The tokenizer, and run/data/{train,val}.bin with their token counts; with data.cache_dir, a
+    tokenizer trained on this corpus and the token files come from the cache when it has them."""
+    from peaufine.data.token_cache import TokenCache, digest, texts_digest, tokenizer_digest
+    from peaufine.models.tokenizer import load_tokenizer
+
+    cache = TokenCache(recipe.data.cache_dir)
+    corpus_key = (
+        texts_digest(iter_texts(corpus.train), iter_texts(corpus.validation)) if cache.enabled else ""
+    )
+    spec = recipe.model.tokenizer
+    if cache.enabled and spec.kind != "source" and source.kind == "preset":  # trained on the corpus
+
+        def train_tokenizer(folder: Path) -> None:
+            obtain_tokenizer(recipe, source, corpus).save_pretrained(folder)
+
+        cache.files("tokenizer", digest(spec.model_dump(), corpus_key), train_tokenizer, run.tokenizer)
+        tokenizer = load_tokenizer(str(run.tokenizer))
+    else:
+        tokenizer = obtain_tokenizer(recipe, source, corpus)
+    check_block_size(recipe, model_config(recipe, source, tokenizer))
+
+    def tokenize(folder: Path) -> None:
+        tokenize_stream(tokenizer, iter_texts(corpus.train), folder / "train.bin")
+        tokenize_stream(tokenizer, iter_texts(corpus.validation), folder / "val.bin")
+
+    key = digest(tokenizer_digest(tokenizer), corpus_key) if cache.enabled else ""
+    if cache.files("pretrain", key, tokenize, run.data):
+        tracker.say(f"tokens: reused from the cache in {recipe.data.cache_dir}")
+    n_train, n_val = ((run.data / name).stat().st_size // 4 for name in ("train.bin", "val.bin"))  # int32
+    return tokenizer, n_train, n_val
+
+
 def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
     """Everything that can fail on bad input, done into `staging`; returns facts for eval.json."""
     source = resolve_source(recipe.model.source)
@@ -130,12 +166,8 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
         f"corpus: {len(corpus.train):,} training and {len(corpus.validation):,} validation "
         "documents" + (f"; skipped {corpus.anomalies}" if any(corpus.anomalies.values()) else "")
     )
-    tokenizer = obtain_tokenizer(recipe, source, corpus)
-    check_block_size(recipe, model_config(recipe, source, tokenizer))
     run = RunDir(staging)
-    run.data.mkdir()
-    n_train = tokenize_stream(tokenizer, iter_texts(corpus.train), run.data / "train.bin")
-    n_val = tokenize_stream(tokenizer, iter_texts(corpus.validation), run.data / "val.bin")
+    tokenizer, n_train, n_val = tokenize_corpus(recipe, source, corpus, run, tracker)
     if n_train <= recipe.data.block_size:
         raise DataError(
             f"the training corpus has {n_train} tokens, fewer than one block of "
@@ -152,15 +184,23 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
 
 
 def load_or_build_model(
-    recipe: Recipe, source: ModelSource, tokenizer: PreTrainedTokenizerBase
+    recipe: Recipe, source: ModelSource, tokenizer: PreTrainedTokenizerBase, runtime: Runtime
 ) -> PreTrainedModel:
-    from peaufine.models.build import build_from_preset, configure_special_ids, load_pretrained
+    from peaufine.models.build import (
+        attention_kernel,
+        build_from_preset,
+        configure_special_ids,
+        load_pretrained,
+        prepare_for_training,
+    )
 
+    attention = attention_kernel(recipe.model.attention, runtime.device.type, runtime.precision)
     if source.kind == "preset":
-        return build_from_preset(source.name, recipe.model.config, tokenizer, recipe.train.seed)
-    model = load_pretrained(source.model_dir, recipe.model.trust_remote_code)
-    configure_special_ids(model, tokenizer)
-    return model
+        model = build_from_preset(source.name, recipe.model.config, tokenizer, recipe.train.seed, attention)
+    else:
+        model = load_pretrained(source.model_dir, recipe.model.trust_remote_code, attention=attention)
+        configure_special_ids(model, tokenizer)
+    return prepare_for_training(model, recipe.train)
 
 
 def sample_texts(
@@ -258,7 +298,7 @@ def run_pretrain(
     run, runtime, tracker, prepared = opened.run, opened.runtime, opened.tracker, opened.prepared
     source = resolve_source(recipe.model.source)
     tokenizer = load_tokenizer(str(run.tokenizer))
-    model = load_or_build_model(recipe, source, tokenizer).to(runtime.device)
+    model = load_or_build_model(recipe, source, tokenizer, runtime).to(runtime.device)
     params = sum(p.numel() for p in model.parameters())
     tracker.say(
         f"model: {recipe.model.source}, {params:,} parameters, on {runtime.device} "
@@ -267,11 +307,11 @@ def run_pretrain(
     block = recipe.data.block_size
     train_set = PackedBlocks(read_token_stream(run.data / "train.bin"), block, recipe.data.block_stride)
     val_set = PackedBlocks(read_token_stream(run.data / "val.bin"), block)
-    from peaufine.methods.lm import NextTokenLoss
+    from peaufine.methods.lm import next_token_loss
 
     result = fit(
         model,
-        NextTokenLoss(),
+        next_token_loss(recipe.train),
         train_set,
         val_set,
         recipe.train,

@@ -136,7 +136,9 @@ def run_reward(
     val_set = pair_dataset(run.data, "validation", pad_id)
     heldout_set = pair_dataset(run.data, "heldout", pad_id)
     assert train_set is not None
-    before = {"validation": pair_accuracy(model, val_set, runtime)} if val_set is not None else {}
+    before: dict[str, Any] = {}
+    if val_set is not None and runtime.is_main:  # only rank 0 reports
+        before["validation"] = pair_accuracy(model, val_set, runtime)
     settings = recipe.method.reward
     result = fit(
         model,

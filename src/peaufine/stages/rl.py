@@ -359,7 +359,10 @@ def rollout_batch(
 
 
 def optimise(loop: TrainingLoop, batch: dict[str, torch.Tensor], config: RlBlock) -> float:
-    """`passes` passes over the rollouts, `mini_batches` optimiser steps each; returns the mean loss."""
+    """`passes` passes over the rollouts, `mini_batches` optimiser steps each; returns the mean loss.
+
+    On several processes `batch` is this rank's rollouts; each optimiser step takes a mini-batch of
+    every rank's, and the loss returned is that of all processes."""
     import torch
 
     n = batch["input_ids"].shape[0]
@@ -370,8 +373,26 @@ def optimise(loop: TrainingLoop, batch: dict[str, torch.Tensor], config: RlBlock
             part = {k: v[chunk] for k, v in batch.items()}
             loss, units, _ = loop.gradients_on([part])
             loop.apply_update()
-            losses.append(float(loss / units.clamp(min=1)))
-    return sum(losses) / len(losses)
+            losses.append(loss / units.clamp(min=1))  # this rank's share of the global mean
+    return float(loop.runtime.sum_across(torch.stack(losses).mean()))
+
+
+def rollout_stats_across(logged: dict[str, float], rows: int, runtime: Any) -> dict[str, float]:
+    """The rollout statistics of all processes' rollouts: means weighted by rows, min and max."""
+    if not runtime.distributed:
+        return logged
+    everyone = runtime.gather_objects((logged, rows))
+    total = sum(n for _, n in everyone)
+    merged = {}
+    for key in logged:
+        values = [(stats[key], n) for stats, n in everyone]
+        if key == "reward_min":
+            merged[key] = min(v for v, _ in values)
+        elif key == "reward_max":
+            merged[key] = max(v for v, _ in values)
+        else:
+            merged[key] = sum(v * n for v, n in values) / total
+    return merged
 
 
 def run_rl(
@@ -385,6 +406,7 @@ def run_rl(
 
     from peaufine.data.batching import global_batch
     from peaufine.engine.fit import make_loop
+    from peaufine.engine.runtime import make_runtime
     from peaufine.methods.preference import disable_dropout
     from peaufine.methods.rl import (
         AdaptiveKLController,
@@ -399,7 +421,18 @@ def run_rl(
 
     if recipe.stage != "rl":
         raise RecipeError(f"stage: this command runs stage 'rl', the recipe says '{recipe.stage}'")
+    if recipe.train.distributed == "fsdp":
+        raise RecipeError(
+            "train.distributed: fsdp is not supported by the rl stage (each process generates with "
+            "the whole policy); use train.distributed: ddp"
+        )
     config = recipe.method.rl
+    world_size = make_runtime(recipe.train).world_size  # checked before the run folder is made
+    if config.prompts_per_step % world_size:
+        raise RecipeError(
+            f"method.rl.prompts_per_step ({config.prompts_per_step}) must be a multiple of the number "
+            f"of processes ({world_size}): each process samples its own share of the prompts"
+        )
     out = Path(out)
     opened = open_run(recipe, out, prepare, overwrite=overwrite, resume=resume, tracker=tracker)
     run, runtime, tracker, prepared = opened.run, opened.runtime, opened.tracker, opened.prepared
@@ -461,10 +494,13 @@ def run_rl(
         logged_rows = read_metrics(run.metrics) if run.metrics.exists() else []
         if logged_rows and "kl_coef" in logged_rows[-1]:
             kl_control.value = logged_rows[-1]["kl_coef"]  # the adaptive coefficient where it was
-    before = measure(policy, reference, tokenizer, eval_prompts, suite, config, stop_ids, seed=10_000)
-    tracker.say(
-        f"before: reward {before['reward_sampled']:.3f} sampled, {before['reward_greedy']:.3f} greedy"
-    )
+    # measurements are rank 0's alone: it samples and scores every evaluation prompt itself
+    before: dict[str, Any] = {}
+    if runtime.is_main:
+        before = measure(policy, reference, tokenizer, eval_prompts, suite, config, stop_ids, seed=10_000)
+        tracker.say(
+            f"before: reward {before['reward_sampled']:.3f} sampled, {before['reward_greedy']:.3f} greedy"
+        )
     history = []
     step = loop.state.step
     tracker.start(recipe.train.max_steps, step, config.algorithm)
@@ -489,8 +525,9 @@ def run_rl(
             if config.algorithm == "grpo":
                 objective.kl_coef = kl_control.value
             batch, logged = rollout_batch(scored, policy, reference, config, kl_control.value, head)
+            logged = rollout_stats_across(logged, len(scored.rewards), runtime)
             loss = optimise(loop, batch, config)
-            kl_control.update(logged["kl"], len(scored.rewards))
+            kl_control.update(logged["kl"], len(scored.rewards) * runtime.world_size)
             step += 1
             loop.state.step = step  # checkpoints count RL steps; the schedule counts optimiser updates
             loop.state.examples_seen += config.prompts_per_step
@@ -503,7 +540,7 @@ def run_rl(
                 "kl_coef": kl_control.value,
                 "seconds": time.perf_counter() - started,
             }
-            if step % recipe.eval.every == 0 or step == recipe.train.max_steps:
+            if runtime.is_main and (step % recipe.eval.every == 0 or step == recipe.train.max_steps):
                 during = measure(
                     policy, reference, tokenizer, eval_prompts, suite, config, stop_ids, seed=10_000
                 )
@@ -533,8 +570,8 @@ def run_rl(
                 loop.checkpoint()
     finally:
         tracker.stop()
-    after = measure(policy, reference, tokenizer, eval_prompts, suite, config, stop_ids, seed=10_000)
     if runtime.is_main:
+        after = measure(policy, reference, tokenizer, eval_prompts, suite, config, stop_ids, seed=10_000)
         save_outputs(recipe, run, policy, tokenizer)
         if head is not None:
             from safetensors.torch import save_file

@@ -125,6 +125,7 @@ def tokenize_general(tokenizer: PreTrainedTokenizerBase, path: str, out: Path) -
 
 def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
     """Validate and tokenize the task into staging; returns facts for eval.json."""
+    from peaufine.data.token_cache import TokenCache, cached_records, digest, tokenizer_digest
     from peaufine.data.tokenize import ensure_chat_template, tokenize_records
     from peaufine.models.tokenizer import load_tokenizer
 
@@ -143,15 +144,26 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
     reports = {}
     data_dir = staging / "data"
     data_dir.mkdir()
+    cache = TokenCache(recipe.data.cache_dir)
+    data = recipe.data
+    settings = (data.max_length, data.loss_on, data.anomalies.too_long)
+    key = digest(tokenizer_digest(tokenizer), *settings) if cache.enabled else ""
     for name in ("train", "validation", HELDOUT):
         records = getattr(task, name if name != HELDOUT else "heldout")
-        examples, report = tokenize_records(
-            tokenizer,
+        examples, report, reused = cached_records(
+            cache,
+            key,
             records,
-            max_length=recipe.data.max_length,
-            loss_on=recipe.data.loss_on,
-            too_long=recipe.data.anomalies.too_long,
+            lambda records=records: tokenize_records(
+                tokenizer,
+                records,
+                max_length=data.max_length,
+                loss_on=data.loss_on,
+                too_long=data.anomalies.too_long,
+            ),
         )
+        if reused:
+            tracker.say(f"tokens: {name} examples reused from the cache in {data.cache_dir}")
         reports[name] = report
         (data_dir / f"{name}.jsonl").write_text(
             "".join(json.dumps({"messages": r.messages}) + "\n" for r in records), encoding="utf-8"
@@ -259,13 +271,19 @@ def task_loss(model: PreTrainedModel, examples: list[Any], runtime: Runtime, pad
 
 
 def load_model(recipe: Recipe, model_dir: Path, runtime: Runtime) -> PreTrainedModel:
-    from peaufine.models.adapters import apply_adapter, apply_freeze
-    from peaufine.models.build import load_pretrained
+    import torch
 
-    model = load_pretrained(model_dir, recipe.model.trust_remote_code)
+    from peaufine.models.adapters import apply_adapter, apply_freeze
+    from peaufine.models.build import attention_kernel, load_pretrained, prepare_for_training
+
+    attention = attention_kernel(recipe.model.attention, runtime.device.type, runtime.precision)
+    model = load_pretrained(model_dir, recipe.model.trust_remote_code, attention=attention)
     apply_freeze(model, recipe.model.freeze)
+    # the adapter's random start (LoRA's A) from the recipe's seed: the same in every run, whatever
+    # this process did before (1 process and N processes then train the same model)
+    torch.manual_seed(recipe.train.seed)
     model = apply_adapter(model, recipe.model.adapter, special_token_ids(model_dir))
-    return model.to(runtime.device)
+    return prepare_for_training(model, recipe.train).to(runtime.device)
 
 
 def special_token_ids(model_dir: Path) -> list[int]:
@@ -289,7 +307,7 @@ def run_sft(
 ) -> SftResult:
     from peaufine.data.batching import read_token_stream
     from peaufine.evaluate.sft_report import evaluate_sft
-    from peaufine.methods.lm import NextTokenLoss
+    from peaufine.methods.lm import next_token_loss
     from peaufine.models.tokenizer import load_tokenizer
 
     if recipe.stage != "sft":
@@ -314,7 +332,7 @@ def run_sft(
     before = evaluate_before(recipe, model, tokenizer, run, general, runtime, pad_id, val_examples)
     result = fit(
         model,
-        NextTokenLoss(),
+        next_token_loss(recipe.train),
         make_dataset(train_examples, recipe, pad_id),
         make_dataset(val_examples, recipe, pad_id) if val_examples else None,
         recipe.train,
