@@ -7,18 +7,8 @@ The demo is the packaged pipeline file (recipes/world-pipeline.yaml) run by the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
-
-from peaufine.recipe import Recipe, read_yaml, validate_recipe
-
-
-def packaged_recipe(name: str) -> Recipe:
-    """A recipe shipped inside the package (`peaufine/recipes/NAME.yaml`)."""
-    resource = resources.files("peaufine") / "recipes" / f"{name}.yaml"
-    with resources.as_file(resource) as path:
-        return validate_recipe(read_yaml(Path(path)), source=f"peaufine/recipes/{name}.yaml")
 
 
 @dataclass
