@@ -187,8 +187,9 @@ class DataBlock(Block):
     cross_validation: CrossValidationBlock = Field(default_factory=CrossValidationBlock)
     cache_dir: str | None = Field(
         None,
-        description="tokenized corpora are cached here, keyed by the content of their inputs, and "
-        "reused by later runs; null: tokenize in every run",
+        description="tokenized data is cached here and reused by later runs (pretraining tokenizer "
+        "and streams, SFT examples, general and replay text, preference pairs), keyed by the texts, "
+        "the tokenizer's files and the settings that shape the tokens; null: tokenize in every run",
     )
 
 

@@ -156,14 +156,14 @@ def test_pretraining_data_is_tokenized_once_and_reused(tmp_path, monkeypatch):
 # -- sft ---------------------------------------------------------------------------------------------
 
 
-def chat_model_dir(root: Path) -> Path:
+def chat_model_dir(root: Path, chars: str = "abcdefghijklmnopqrstuvwxyz ?.0123456789") -> Path:
     """A folder that passes for a Hugging Face model as far as preparing data goes: config and tokenizer."""
     from transformers import LlamaConfig
 
     from peaufine.models.tokenizer import train_char
 
     folder = root / "base"
-    train_char(["abcdefghijklmnopqrstuvwxyz ?.0123456789"]).save_pretrained(folder)
+    train_char([chars]).save_pretrained(folder)
     LlamaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2).save_pretrained(
         folder
     )
@@ -206,3 +206,187 @@ def test_fine_tuning_examples_are_tokenized_once_and_reused(tmp_path, monkeypatc
     assert sum("reused from the cache" in line for line in notes.lines) == 3
     assert files_of(second / "data") == files_of(first / "data")
     assert after_third == 6  # another max_length: tokenized again
+
+
+def forbid_tokenizing(monkeypatch) -> None:
+    """From here on, turning any text into ids fails the test."""
+    from transformers import PreTrainedTokenizerBase
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tokenized, though the cache holds the entry")
+
+    for name in ("__call__", "encode", "apply_chat_template"):
+        monkeypatch.setattr(PreTrainedTokenizerBase, name, refuse)
+
+
+def entries(cache: Path, kind: str) -> list[str]:
+    return sorted(p.name for p in cache.glob(f"{kind}-*"))
+
+
+# -- sft: the general text (forgetting) and replay ---------------------------------------------------
+
+
+def test_general_text_is_tokenized_once_per_tokenizer_and_texts(tmp_path, monkeypatch):
+    from peaufine.models.tokenizer import load_tokenizer
+    from peaufine.stages.sft import tokenize_general
+
+    tokenizer = load_tokenizer(str(chat_model_dir(tmp_path)))
+    cache = TokenCache(tmp_path / "cache")
+    text = corpus(tmp_path / "general.txt")
+    plain = tokenize_general(tokenizer, str(text), tmp_path / "plain.bin")  # cache off
+    assert not (tmp_path / "cache").exists()
+    first = tokenize_general(tokenizer, str(text), tmp_path / "first.bin", cache=cache, tracker=Notes())
+    assert first.read_bytes() == plain.read_bytes()
+
+    # the same texts under another name, written later: nothing tokenized, the same stream
+    copy = tmp_path / "copy.txt"
+    copy.write_text(text.read_text())
+    with monkeypatch.context() as patch:
+        forbid_tokenizing(patch)
+        with pytest.raises(AssertionError, match="tokenized"):
+            tokenizer("forbidden")
+        notes = Notes()
+        second = tokenize_general(tokenizer, str(copy), tmp_path / "replay.bin", cache=cache, tracker=notes)
+    assert second.read_bytes() == plain.read_bytes()
+    assert notes.lines == [f"tokens: general text {copy} reused from the cache in {tmp_path / 'cache'}"]
+    assert len(entries(tmp_path / "cache", "general")) == 1
+
+    # one word changed, or another tokenizer: a new entry each
+    copy.write_text(text.read_text().replace("river", "rivet", 1))
+    changed = tokenize_general(tokenizer, str(copy), tmp_path / "changed.bin", cache=cache)
+    assert changed.read_bytes() != plain.read_bytes()
+    other = load_tokenizer(str(chat_model_dir(tmp_path / "other", chars="abcdefghijklmnopqrstuvwxyz .")))
+    tokenize_general(other, str(text), tmp_path / "other.bin", cache=cache)
+    assert len(entries(tmp_path / "cache", "general")) == 3
+
+
+def sft_general_recipe(model_dir: Path, data: Path, general: Path, replay: Path, cache: Path | None):
+    return validate_recipe(
+        {
+            "stage": "sft",
+            "model": {"source": str(model_dir)},
+            "data": {
+                "source": str(data),
+                "max_length": 64,
+                "cache_dir": None if cache is None else str(cache),
+                "replay": {"source": str(replay), "ratio": 0.25},
+            },
+            "eval": {"forgetting": {"general": str(general)}},
+        }
+    )
+
+
+def test_sft_general_and_replay_streams_come_from_the_cache(tmp_path, monkeypatch):
+    import peaufine.stages.sft as sft
+
+    model_dir = chat_model_dir(tmp_path)
+    data = tmp_path / "task.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": f"what is {i} plus {i}?", "completion": f"{2 * i}."}) + "\n"
+            for i in range(20)
+        )
+    )
+    general, replay = corpus(tmp_path / "general.txt"), corpus(tmp_path / "replay.txt", seed=2)
+    runs = [tmp_path / f"run{i}" for i in range(3)]
+    for run in runs:
+        run.mkdir()
+    cache = tmp_path / "cache"
+    first = sft.prepare(sft_general_recipe(model_dir, data, general, replay, cache), runs[0], Notes())
+    assert len(entries(cache, "general")) == 2  # the general text and the replay text
+    with monkeypatch.context() as patch:
+        forbid_tokenizing(patch)
+        notes = Notes()
+        second = sft.prepare(sft_general_recipe(model_dir, data, general, replay, cache), runs[1], notes)
+    assert second == first
+    assert files_of(runs[1] / "data") == files_of(runs[0] / "data")
+    reused = [line for line in notes.lines if line.startswith("tokens: general text")]
+    assert reused == [
+        f"tokens: general text {name} reused from the cache in {cache}" for name in (general, replay)
+    ]
+
+    # without data.cache_dir: the same files, and no cache entry made anywhere
+    def refuse(self, entry, make):
+        raise AssertionError(f"a cache entry {entry} was made with data.cache_dir unset")
+
+    monkeypatch.setattr(TokenCache, "_make_entry", refuse)
+    third = sft.prepare(sft_general_recipe(model_dir, data, general, replay, None), runs[2], Notes())
+    assert third == first
+    assert files_of(runs[2] / "data") == files_of(runs[0] / "data")
+    assert len(list(cache.iterdir())) == 5  # train, validation, held-out, general, replay
+
+
+# -- preference pairs (reward, dpo) ------------------------------------------------------------------
+
+
+def pairs_file(path: Path) -> Path:
+    rows = [
+        {"prompt": f"what is {i} plus {i}?", "chosen": f"{2 * i}.", "rejected": f"{2 * i + 1}."}
+        for i in range(20)
+    ]
+    rows.append({"prompt": "tell me " + "about the stone " * 6, "chosen": "no.", "rejected": "yes."})
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def pairs_recipe(
+    model_dir: Path, data: Path, cache: Path | None, stage: str = "reward", max_length: int = 48
+):
+    return validate_recipe(
+        {
+            "stage": stage,
+            "model": {"source": str(model_dir)},
+            "data": {
+                "source": str(data),
+                "max_length": max_length,
+                "anomalies": {"too_long": "truncate"},
+                "cache_dir": None if cache is None else str(cache),
+            },
+            "method": {"dpo": {"reference": "precomputed"}},
+        }
+    )
+
+
+def test_preference_pairs_are_tokenized_once_and_reused(tmp_path, monkeypatch):
+    import peaufine.data.pairs
+    import peaufine.stages.dpo as dpo
+    import peaufine.stages.reward as reward
+
+    model_dir = chat_model_dir(tmp_path)
+    data = pairs_file(tmp_path / "pairs.jsonl")
+    cache = tmp_path / "cache"
+    runs = [tmp_path / f"run{i}" for i in range(7)]
+    for run in runs:
+        run.mkdir()
+
+    first = reward.prepare(pairs_recipe(model_dir, data, cache), runs[0], Notes())
+    assert first["pairs"]["train"]["truncated"] + first["pairs"]["validation"]["truncated"] == 1
+    with monkeypatch.context() as patch:
+        forbid_tokenizing(patch)
+        patch.setattr(peaufine.data.pairs, "encode_pairs", None)  # calling it would fail
+        notes = Notes()
+        second = reward.prepare(pairs_recipe(model_dir, data, cache), runs[1], notes)
+    assert second == first
+    assert files_of(runs[1] / "data") == files_of(runs[0] / "data")
+    assert f"tokens: preference pairs reused from the cache in {cache}" in notes.lines
+    assert len(entries(cache, "pairs")) == 1
+
+    # one answer changed, another max_length, another tokenizer, dpo's encoding: a new entry each
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text(data.read_text().replace('"chosen": "0."', '"chosen": "zero."', 1))
+    reward.prepare(pairs_recipe(model_dir, changed, cache), runs[2], Notes())
+    reward.prepare(pairs_recipe(model_dir, data, cache, max_length=40), runs[3], Notes())
+    assert files_of(runs[3] / "data") != files_of(runs[0] / "data")  # the long pair is cut shorter
+    other = chat_model_dir(tmp_path / "other", chars="abcdefghijklmnopqrstuvwxyz ?.0123456789!")
+    reward.prepare(pairs_recipe(other, data, cache), runs[4], Notes())
+    dpo.prepare(pairs_recipe(model_dir, data, cache, stage="dpo"), runs[5], Notes())
+    assert len(entries(cache, "pairs")) == 5
+
+    # without data.cache_dir: the same files and counts, and no cache entry made
+    def refuse(self, entry, make):
+        raise AssertionError(f"a cache entry {entry} was made with data.cache_dir unset")
+
+    monkeypatch.setattr(TokenCache, "_make_entry", refuse)
+    plain = reward.prepare(pairs_recipe(model_dir, data, None), runs[6], Notes())
+    assert plain == first
+    assert files_of(runs[6] / "data") == files_of(runs[0] / "data")

@@ -105,7 +105,12 @@ def flat_parameters(model: torch.nn.Module) -> np.ndarray:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double().numpy()
 
 
-OBJECTIVES = {"per_token": NextTokenLoss, "per_micro_batch": MicroBatchMeanLoss}
+OBJECTIVES = {
+    "per_token": NextTokenLoss,
+    "per_micro_batch": MicroBatchMeanLoss,
+    # the same loss, its targets through the output head 5 at a time (train.loss_chunk_tokens)
+    "chunked": lambda: NextTokenLoss(chunk_tokens=5),
+}
 
 
 def main() -> None:

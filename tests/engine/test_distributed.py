@@ -2,7 +2,8 @@
 
 The worker (ddp_worker.py) trains a tiny Llama for 6 steps of global batch 8: once in one process
 (micro-batch 4, accumulation 2), once in two with DDP (micro-batch 2, accumulation 2 on each), and
-once in two with FSDP2 (fully_shard with CPU offload, the same split).
+once in two with FSDP2 (fully_shard with CPU offload, the same split). Each trains the next-token loss
+on whole logits and through the chunked cross-entropy, which must not change a thing.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ def runs(launch_root: Path) -> tuple[Launch, Launch]:
 @pytest.fixture(scope="module")
 def fsdp(launch_root: Path, runs: tuple[Launch, Launch]) -> Launch:
     # with CPU offload: on a CPU it changes nothing but which code path FSDP takes
-    extra = ("--strategy", "fsdp", "--objectives", "per_token", "--cpu-offload")
+    extra = ("--strategy", "fsdp", "--objectives", "per_token,chunked", "--cpu-offload")
     return _launch(launch_root, "fsdp", TORCHRUN_2, micro_batch_size=2, processes=2, extra=extra)
 
 
@@ -297,3 +298,22 @@ def test_fsdp_checkpoints_hold_the_whole_model_written_once(
     for key, tensor in whole.items():
         assert sharded[key].shape == tensor.shape, key  # unsharded: full shapes
         assert (sharded[key] - tensor).abs().max() < PARAM_ATOL, key
+
+
+def test_the_chunked_loss_follows_the_same_trajectory_under_ddp_and_fsdp(
+    runs: tuple[Launch, Launch], fsdp: Launch
+) -> None:
+    """Chunks call the output head outside the model's forward: DDP must still average its gradient and
+    FSDP must still have its parameters gathered. Every layout ends where whole logits end."""
+    one, two = runs
+    expected = one.history("per_token")
+    for name, launch in (("one process", one), ("DDP", two), ("FSDP", fsdp)):
+        for rank in range(len(launch.ranks)):
+            got = launch.history("chunked", rank)
+            for key in ("train_loss", "grad_norm", "val_loss"):
+                gap = _relative_gap(_column(expected, key), _column(got, key))
+                assert gap < LOSS_RTOL, f"{name} rank {rank}: chunked {key} differs by {gap:.2e}"
+            gap = np.abs(
+                launch.params("chunked", "returned", rank) - one.params("per_token", "returned")
+            ).max()
+            assert gap < PARAM_ATOL, f"{name} rank {rank}: chunked parameters differ by {gap:.2e}"

@@ -11,6 +11,7 @@ from conftest import tiny_llama, variable_examples
 from peaufine.data.batching import PackedExamples, PaddedExamples
 from peaufine.errors import TrainingError
 from peaufine.methods.lm import NextTokenLoss, packed_as_one_row
+from peaufine.recipe import DpoBlock
 
 VOCAB = 300  # several times the hidden size (32), as in real models
 
@@ -182,3 +183,115 @@ def test_a_packed_batch_laid_out_as_one_row_has_the_same_loss_and_gradients():
     )
     padded = padded_batch()
     assert packed_as_one_row(padded) is padded  # an attention mask: flash unpads it itself
+
+
+# -- DPO's sequence log-probs and RL's token log-probs through the chunks ---------------------------------
+def pair_batch():
+    from peaufine.data.batching import Example
+    from peaufine.data.pairs import PairBatches, PairExample
+
+    g = torch.Generator().manual_seed(3)
+    pairs = []
+    for i in range(5):
+        prompt = torch.randint(4, VOCAB, (2 + i % 3,), generator=g).tolist()
+        answers = [torch.randint(4, VOCAB, (2 + (i + k) % 4,), generator=g).tolist() for k in (0, 1)]
+        chosen, rejected = (Example(prompt + a, [False] * len(prompt) + [True] * len(a)) for a in answers)
+        pairs.append(PairExample(chosen, rejected))
+    return PairBatches(pairs, pad_id=0).collate(range(5))
+
+
+class Objective:
+    """Any of the log-prob readers as an objective, for loss_and_gradients."""
+
+    def __init__(self, loss_sum):
+        self.loss_sum = loss_sum
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_dpo_with_chunked_log_probs_equals_dpo_on_whole_logits(name):
+    from peaufine.methods.preference import DpoLoss, sequence_logps
+
+    model = MODELS[name]().float()
+    batch = pair_batch()
+    with torch.no_grad():
+        whole, lengths = sequence_logps(model, batch)
+        chunked, chunked_lengths = sequence_logps(model, batch, chunk_tokens=3)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+    assert torch.equal(chunked_lengths, lengths)
+    # the reference a little off the policy, so the loss has a gradient through both answers
+    batch["ref_logps"] = whole - 0.3 * torch.arange(len(whole))
+    config = DpoBlock(beta=0.5, sft_weight=0.2)
+    assert_same(
+        loss_and_gradients(model, DpoLoss(config, chunk_tokens=3), batch),
+        loss_and_gradients(model, DpoLoss(config), batch),
+    )
+
+
+def rollout_rows():
+    """Left-padded prompts and right-padded responses of different lengths, as rollouts are laid out."""
+    g = torch.Generator().manual_seed(4)
+    prompts, responses, width = [4, 2, 3], [5, 2, 4], 9
+    ids = torch.randint(3, VOCAB, (3, width), generator=g)
+    attention = torch.zeros(3, width, dtype=torch.long)
+    response = torch.zeros(3, width, dtype=torch.bool)
+    for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+        ids[i, : 4 - p] = 0
+        ids[i, 4 + r :] = 0
+        attention[i, 4 - p : 4 + r] = 1
+        response[i, 4 : 4 + r] = True
+    return {"input_ids": ids, "attention_mask": attention, "response_mask": response}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_rl_token_log_probs_and_losses_through_chunks_equal_the_whole_logits(name):
+    from peaufine.methods.rl import GrpoLoss, PolicyWithValue, PpoLoss, ValueHead, token_logprobs
+
+    model = MODELS[name]().float()
+    rows = rollout_rows()
+    with torch.no_grad():
+        whole = token_logprobs(model, **rows, temperature=0.7)
+        chunked = token_logprobs(model, **rows, temperature=0.7, chunk_tokens=4)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+    assert chunked[~rows["response_mask"]].abs().max() == 0 and whole[rows["response_mask"]].abs().min() > 0
+
+    mask = rows["response_mask"]
+    advantages = torch.tensor([1.0, -0.5, 0.3])
+    batch = {
+        **rows,
+        "old_logps": whole - 0.05 * mask,
+        "ref_logps": whole + 0.02 * mask,
+        "advantages": advantages,
+    }
+    assert_same(
+        loss_and_gradients(model, GrpoLoss(0.2, 0.1, temperature=0.7, chunk_tokens=4), batch),
+        loss_and_gradients(model, GrpoLoss(0.2, 0.1, temperature=0.7), batch),
+    )
+    torch.manual_seed(0)
+    head = ValueHead(32)
+    torch.nn.init.normal_(head.linear.weight, std=0.1)  # off zero: the value loss has a gradient
+    ppo_batch = {
+        **rows,
+        "old_logps": whole - 0.05 * mask,
+        "advantages": advantages[:, None].expand(mask.shape).contiguous(),
+        "old_values": torch.zeros(mask.shape),
+        "returns": torch.ones(mask.shape),
+    }
+    policy = PolicyWithValue(model, head)
+    assert_same(
+        loss_and_gradients(policy, PpoLoss(0.2, 0.2, 0.5, head, 0.7, chunk_tokens=4), ppo_batch),
+        loss_and_gradients(policy, PpoLoss(0.2, 0.2, 0.5, head, 0.7), ppo_batch),
+    )
+
+
+def test_rl_log_probs_through_chunks_never_keep_the_whole_logits():
+    from peaufine.methods.rl import token_logprobs
+
+    model = tiny_llama(vocab_size=VOCAB)
+    rows = rollout_rows()
+    whole = largest_saved_logits(model, Objective(lambda m, b: token_logprobs(m, **b).sum()), rows)
+    chunked = largest_saved_logits(
+        model, Objective(lambda m, b: token_logprobs(m, **b, chunk_tokens=4).sum()), rows
+    )
+    responded = int(rows["response_mask"].sum())
+    assert whole >= responded * VOCAB
+    assert chunked <= rows["input_ids"].shape[0] * VOCAB

@@ -359,3 +359,59 @@ def test_a_few_fit_steps_learn_a_separable_task(arch, cpu_runtime):
     assert 0.3 < before < 0.7
     assert after["accuracy"] > 0.9, (before, after)
     assert result.final_val_loss < math.log(2) / 2
+
+
+# -- speed options on classifiers ------------------------------------------------------------------------
+def saved_bodies(tmp_path):
+    """A BERT and a Llama classifier saved as folders: what classify and reward load from."""
+    for arch, build in MODELS.items():
+        build(2).save_pretrained(tmp_path / arch)
+    return {arch: tmp_path / arch for arch in MODELS}
+
+
+def loss_and_grads(model, batch):
+    model.zero_grad(set_to_none=True)
+    loss = ClassificationLoss(2).loss_sum(model, batch)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_classifiers_take_the_attention_kernel_and_activation_checkpointing(arch, tmp_path):
+    from peaufine.models.adapters import apply_adapter
+    from peaufine.models.build import prepare_for_training
+    from peaufine.recipe import AdapterBlock
+
+    source = saved_bodies(tmp_path)[arch]
+    batch = random_texts(8, 2).collate(range(8))
+    reference = build_classifier(source, 2, seed=1, attention="eager").train()
+    assert reference.config._attn_implementation == "eager"
+    want = loss_and_grads(reference, batch)
+    sdpa = build_classifier(source, 2, seed=1, attention="sdpa").train()
+    assert sdpa.config._attn_implementation == "sdpa"
+    checkpointed = prepare_for_training(
+        build_classifier(source, 2, seed=1, attention="sdpa"), TrainBlock(activation_checkpointing=True)
+    ).train()
+    assert checkpointed.is_activation_checkpointing and not sdpa.is_activation_checkpointing
+    for model in (sdpa, checkpointed):
+        loss, grads = loss_and_grads(model, batch)
+        torch.testing.assert_close(loss, want[0], rtol=1e-5, atol=1e-5)
+        assert grads.keys() == want[1].keys()
+        for name, g in want[1].items():
+            torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-5, msg=name)
+    # the reward stage's order: adapter first, then checkpointing on the base model under it
+    lora = apply_adapter(build_classifier(source, 2, seed=1), AdapterBlock(kind="lora", r=4))
+    lora = prepare_for_training(lora, TrainBlock(activation_checkpointing=True)).train()
+    assert lora.get_base_model().is_activation_checkpointing
+    loss, grads = loss_and_grads(lora, batch)
+    assert torch.isfinite(loss) and any("lora_" in name for name in grads)
+
+
+def test_an_attention_kernel_the_architecture_lacks_is_a_model_error(tmp_path, monkeypatch):
+    from transformers import BertForSequenceClassification
+
+    monkeypatch.setattr(BertForSequenceClassification, "_supports_sdpa", False)
+    source = saved_bodies(tmp_path)["bert"]
+    for scratch in (False, True):
+        with pytest.raises(ModelError, match=r"^model\.attention: sdpa is not available for .*bert"):
+            build_classifier(source, 2, from_scratch=scratch, attention="sdpa")

@@ -67,3 +67,17 @@ def test_a_decoder_learns_a_separable_sentiment_task(tiny_decoder_dir, tmp_path)
 
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "model")
     assert reloaded.config.num_labels == 2
+
+
+@pytest.mark.parametrize("stage", ["classify", "reward"])
+def test_a_chunked_loss_is_refused_for_classifier_stages_before_the_run_starts(stage, tmp_path):
+    from peaufine.errors import RecipeError
+    from peaufine.stages.reward import run_reward
+
+    recipe = validate_recipe({"stage": stage, "train": {"loss_chunk_tokens": 64, "device": "cpu"}})
+    run = run_classify if stage == "classify" else run_reward
+    with pytest.raises(
+        RecipeError, match=r"train\.loss_chunk_tokens: the .* stage trains a classification head"
+    ):
+        run(recipe, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -1,13 +1,15 @@
-"""Cross-entropy over the target tokens only, a chunk of them at a time (`train.loss_chunk_tokens`):
+"""Log-probabilities of the target tokens only, a chunk of them at a time (`train.loss_chunk_tokens`):
 the [tokens x vocabulary] logits never exist whole, neither in the forward nor in the backward pass.
+Next-token prediction (pretrain, SFT), DPO's sequence log-probs and RL's per-token log-probs all read
+their targets' log-probs through `target_logps` when the recipe sets a chunk size.
 
-The model is called as the engine wraps it (DDP, torch.compile, PEFT), with `logits_to_keep=1` so its
-own head computes one position per row; the final hidden states come back through
+The model is called as the engine wraps it (DDP, FSDP, torch.compile, PEFT), with `logits_to_keep=1`
+so its own head computes one position per row; the final hidden states come back through
 `output_hidden_states` (transformers ties the last one to the normed `last_hidden_state`). The target
 rows of those states are gathered, and each chunk goes through the output head, to float, and into a
-summed cross-entropy under `torch.utils.checkpoint`, so the backward pass recomputes one chunk's logits
-at a time instead of keeping them all. Going through the wrapper's forward matters: calling the inner
-decoder would skip DDP's gradient synchronisation and the compiled graph.
+cross-entropy under `torch.utils.checkpoint`, so the backward pass recomputes one chunk's logits at a
+time instead of keeping them all. Going through the wrapper's forward matters: calling the inner
+decoder would skip DDP's gradient synchronisation, FSDP's all-gather and the compiled graph.
 """
 
 from __future__ import annotations
@@ -77,56 +79,72 @@ def check_head_reproduces_logits(head: torch.nn.Module, hidden: torch.Tensor, lo
         )
 
 
-def _chunk_loss_sum(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _chunk_logps(
+    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> torch.Tensor:
     import torch.nn.functional as F
 
-    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+    logits = head(hidden).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    return -F.cross_entropy(logits, targets, reduction="none")
 
 
-def chunked_cross_entropy(
-    head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor, chunk_tokens: int
+def chunked_target_logps(
+    head: torch.nn.Module,
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    chunk_tokens: int,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
-    """Summed cross-entropy of head(hidden) against labels (-100: none), `chunk_tokens` targets at a time.
+    """log softmax(head(hidden) / temperature)[label] at every position with a label (-100: none, 0
+    there), float32, shaped like `labels`; `chunk_tokens` targets through the head at a time.
 
-    Only the rows with a target go through the head: with completion-only labels (SFT) that skips the
-    prompt tokens' logits altogether.
+    Only the rows with a target go through the head: with completion-only labels (SFT, DPO's responses,
+    RL's answers) the prompt tokens' logits are never computed. Under autograd each chunk is
+    checkpointed, so the backward pass recomputes one chunk's logits at a time instead of keeping all.
     """
     import torch
     from torch.utils.checkpoint import checkpoint
 
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be at least 1, got {chunk_tokens}")
     flat_labels = labels.reshape(-1)
     rows = (flat_labels != IGNORE_INDEX).nonzero().squeeze(1)
     hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)
     targets = flat_labels.index_select(0, rows)
-    if len(rows) == 0:
-        return hidden.float().sum()  # 0, still attached to the graph as a loss with no target is
-    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     recompute = torch.is_grad_enabled()
+    pieces = []
     for start in range(0, len(rows), chunk_tokens):
         piece = hidden[start : start + chunk_tokens]
         wanted = targets[start : start + chunk_tokens]
         if recompute:
-            total = total + checkpoint(_chunk_loss_sum, head, piece, wanted, use_reentrant=False)
+            pieces.append(checkpoint(_chunk_logps, head, piece, wanted, temperature, use_reentrant=False))
         else:
-            total = total + _chunk_loss_sum(head, piece, wanted)
-    return total
+            pieces.append(_chunk_logps(head, piece, wanted, temperature))
+    # no target at all: an empty vector still attached to the graph, so a loss from it backpropagates
+    values = torch.cat(pieces) if pieces else hidden.float().sum(-1)
+    out = torch.zeros(flat_labels.shape, dtype=torch.float32, device=hidden.device)
+    return out.index_copy(0, rows, values).view(labels.shape)
 
 
-class ChunkedNextTokenLoss:
-    """The summed next-token loss through `chunked_cross_entropy`; checks the head once per model."""
+_VERIFIED_HEADS: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 
-    def __init__(self, chunk_tokens: int) -> None:
-        if chunk_tokens < 1:
-            raise ValueError(f"chunk_tokens must be at least 1, got {chunk_tokens}")
-        self.chunk_tokens = chunk_tokens
-        self._checked: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 
-    def __call__(
-        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor
-    ) -> torch.Tensor:
-        hidden, last_logits = final_hidden_states(model, inputs)
-        head = output_head(model)
-        if head not in self._checked:
-            check_head_reproduces_logits(head, hidden, last_logits)
-            self._checked.add(head)
-        return chunked_cross_entropy(head, hidden, labels, self.chunk_tokens)
+def target_logps(
+    model: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    chunk_tokens: int,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the per-target log-probs of `chunked_target_logps`, the final hidden states [B, T, H]) from one
+    forward of `model` on `inputs`, with `labels` aligned to the positions that predict them (a
+    causal LM's logits at t predict token t + 1). Checks once per head that it reproduces the
+    model's logits (`check_head_reproduces_logits`)."""
+    hidden, last_logits = final_hidden_states(model, inputs)
+    head = output_head(model)
+    if head not in _VERIFIED_HEADS:
+        check_head_reproduces_logits(head, hidden, last_logits)
+        _VERIFIED_HEADS.add(head)
+    return chunked_target_logps(head, hidden, labels, chunk_tokens, temperature), hidden

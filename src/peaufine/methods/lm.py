@@ -8,8 +8,8 @@ over the logits as the model returns them, summed; the engine divides by the tar
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from peaufine.data.batching import IGNORE_INDEX, Batch
 
@@ -53,21 +53,21 @@ class NextTokenLoss:
     """
 
     chunk_tokens: int | None = None
-    _chunked: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.chunk_tokens is not None:
-            from peaufine.methods.chunked_loss import ChunkedNextTokenLoss
-
-            object.__setattr__(self, "_chunked", ChunkedNextTokenLoss(self.chunk_tokens))
+        if self.chunk_tokens is not None and self.chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be at least 1, got {self.chunk_tokens}")
 
     def loss_sum(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         import torch.nn.functional as F
 
         if uses_flash_attention(model):
             batch = packed_as_one_row(batch)
-        if self._chunked is not None:
-            return self._chunked(model, model_inputs(batch), batch["labels"])
+        if self.chunk_tokens is not None:
+            from peaufine.methods.chunked_loss import target_logps
+
+            logps, _ = target_logps(model, model_inputs(batch), batch["labels"], self.chunk_tokens)
+            return -logps.sum()
         logits = model(**model_inputs(batch), use_cache=False).logits
         return F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(),

@@ -30,17 +30,24 @@ if TYPE_CHECKING:
 LOSSES = ("sigmoid", "ipo", "cdpo", "simpo")
 
 
-def sequence_logps(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logps(
+    model: torch.nn.Module, batch: Batch, chunk_tokens: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probability of each row's target tokens, and the number of targets per row.
 
-    One cross-entropy over the shifted labels (float32), so the full log-softmax is never kept.
+    One cross-entropy over the shifted labels (float32), so the full log-softmax is never kept; with
+    `chunk_tokens` (train.loss_chunk_tokens) not even the logits are, but `chunk_tokens` targets' worth.
     """
     import torch.nn.functional as F
 
-    logits = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-    ).logits
     labels = batch["labels"]
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if chunk_tokens is not None:
+        from peaufine.methods.chunked_loss import target_logps
+
+        logps, _ = target_logps(model, inputs, labels, chunk_tokens)
+        return logps.sum(-1), (labels != IGNORE_INDEX).sum(-1)
+    logits = model(**inputs, use_cache=False).logits
     nll = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(),
         labels.reshape(-1),
@@ -93,23 +100,25 @@ class DpoLoss:
 
     Reference log-probs come with the batch (`ref_logps`, computed once before training), or, with
     `adapter_reference`, from the same LoRA model with its adapter disabled, under no_grad.
+    `chunk_tokens`: log-probs a chunk of targets at a time (train.loss_chunk_tokens).
     """
 
     config: DpoBlock
     adapter_reference: bool = False
+    chunk_tokens: int | None = None
     tally: MetricTally = field(default_factory=MetricTally)
 
     def loss_sum(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         import torch
 
-        logps, lengths = sequence_logps(model, batch)
+        logps, lengths = sequence_logps(model, batch, self.chunk_tokens)
         n = logps.shape[0] // 2
         reference = None
         if self.config.loss != "simpo":
             if "ref_logps" in batch:
                 reference = batch["ref_logps"].to(logps.dtype)
             elif self.adapter_reference:
-                reference = adapter_disabled_logps(model, batch)
+                reference = adapter_disabled_logps(model, batch, self.chunk_tokens)
             else:
                 raise RecipeError("DPO needs reference log-probs: compute them before training")
         losses, chosen_rewards, rejected_rewards = preference_losses(
@@ -157,7 +166,9 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
         model = inner
 
 
-def adapter_disabled_logps(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+def adapter_disabled_logps(
+    model: torch.nn.Module, batch: Batch, chunk_tokens: int | None = None
+) -> torch.Tensor:
     """Summed log-probs under the LoRA model with its adapter off: the base model, no copy kept."""
     import torch
 
@@ -165,11 +176,15 @@ def adapter_disabled_logps(model: torch.nn.Module, batch: Batch) -> torch.Tensor
     if not hasattr(peft_model, "disable_adapter"):
         raise RecipeError("method.dpo.reference: adapter needs model.adapter.kind: lora")
     with torch.no_grad(), peft_model.disable_adapter():
-        return sequence_logps(peft_model, batch)[0].detach()
+        return sequence_logps(peft_model, batch, chunk_tokens)[0].detach()
 
 
 def precompute_reference(
-    model: torch.nn.Module, datasets: Sequence[PairBatches], runtime: Runtime, batch_size: int
+    model: torch.nn.Module,
+    datasets: Sequence[PairBatches],
+    runtime: Runtime,
+    batch_size: int,
+    chunk_tokens: int | None = None,
 ) -> None:
     """Store each pair's reference log-probs, computed once with `model` before it is trained.
 
@@ -195,7 +210,7 @@ def precompute_reference(
                 indices = order[start : start + batch_size]
                 batch = batch_to(dataset.collate(indices), runtime.device)
                 with runtime.autocast():
-                    logps = sequence_logps(model, batch)[0].double().cpu().tolist()
+                    logps = sequence_logps(model, batch, chunk_tokens)[0].double().cpu().tolist()
                 for k, i in enumerate(indices):
                     dataset.pairs[i].ref_chosen = logps[k]
                     dataset.pairs[i].ref_rejected = logps[len(indices) + k]

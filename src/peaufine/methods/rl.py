@@ -66,21 +66,63 @@ def logprobs_of_tokens(
     return torch.where(response_mask, logps, torch.zeros_like(logps))
 
 
+def response_labels(input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Labels aligned with the positions that predict them: column t - 1 holds token t where token t
+    is a response token, -100 elsewhere (the layout of `chunked_target_logps`)."""
+    from peaufine.data.batching import IGNORE_INDEX
+
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    labels[:, :-1] = torch.where(response_mask[:, 1:].bool(), input_ids[:, 1:], IGNORE_INDEX)
+    return labels
+
+
+def token_logprobs_and_hidden(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float = 1.0,
+    chunk_tokens: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(`token_logprobs`, the final hidden states [N, L, H]) from one forward: what PPO's policy and
+    value head both read."""
+    if chunk_tokens is None:
+        out = policy_forward(model, input_ids, attention_mask, hidden_states=True)
+        return logprobs_of_tokens(out.logits, input_ids, response_mask, temperature), out.hidden_states[-1]
+    from peaufine.methods.chunked_loss import target_logps
+
+    inputs = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids_for(attention_mask),
+    }
+    labels = response_labels(input_ids, response_mask)
+    shifted, hidden = target_logps(model, inputs, labels, chunk_tokens, temperature)
+    logps = torch.cat([shifted.new_zeros(shifted.shape[0], 1), shifted[:, :-1]], dim=1)
+    return logps, hidden
+
+
 def token_logprobs(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     response_mask: torch.Tensor,
     temperature: float = 1.0,
+    chunk_tokens: int | None = None,
 ) -> torch.Tensor:
     """[N, L] log pi(token t | tokens before t) on response tokens, 0 elsewhere.
 
     `temperature` must be the one the rollouts were sampled at, so that the ratio of the policy to the
     sampling policy starts at exactly 1. Sampling's top-k truncation is not applied: the policy being
-    optimised is the full softmax (as in TRL).
+    optimised is the full softmax (as in TRL). `chunk_tokens` (train.loss_chunk_tokens): the response
+    tokens go through the output head that many at a time, never the whole [N, L, vocabulary] logits.
     """
-    logits = policy_forward(model, input_ids, attention_mask).logits
-    return logprobs_of_tokens(logits, input_ids, response_mask, temperature)
+    if chunk_tokens is None:
+        logits = policy_forward(model, input_ids, attention_mask).logits
+        return logprobs_of_tokens(logits, input_ids, response_mask, temperature)
+    return token_logprobs_and_hidden(
+        model, input_ids, attention_mask, response_mask, temperature, chunk_tokens
+    )[0]
 
 
 class ValueHead(torch.nn.Module):
@@ -111,6 +153,10 @@ class PolicyWithValue(torch.nn.Module):
 
     def forward(self, **inputs: Any) -> Any:
         return self.policy(**inputs)
+
+    def get_output_embeddings(self) -> torch.nn.Module | None:
+        """The policy's output head (the chunked log-probs apply it themselves)."""
+        return self.policy.get_output_embeddings()
 
 
 def values_of_tokens(head: ValueHead, hidden: torch.Tensor) -> torch.Tensor:
@@ -257,6 +303,7 @@ class GrpoLoss:
     kl_coef: float
     kl_estimator: str = "k3"
     temperature: float = 1.0
+    chunk_tokens: int | None = None
     tally: MetricTally = field(default_factory=MetricTally, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -268,7 +315,7 @@ class GrpoLoss:
     def loss_sum(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         mask = batch["response_mask"].bool()
         logps = token_logprobs(
-            model, batch["input_ids"], batch["attention_mask"], mask, temperature=self.temperature
+            model, batch["input_ids"], batch["attention_mask"], mask, self.temperature, self.chunk_tokens
         )
         old = torch.where(mask, batch["old_logps"].float(), 0.0)
         policy, clipped = clipped_policy_loss(logps, old, batch["advantages"].float(), self.clip)
@@ -308,13 +355,15 @@ class PpoLoss:
     value_coef: float
     head: ValueHead
     temperature: float = 1.0
+    chunk_tokens: int | None = None
     tally: MetricTally = field(default_factory=MetricTally, init=False, repr=False, compare=False)
 
     def loss_sum(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         mask = batch["response_mask"].bool()
-        out = policy_forward(model, batch["input_ids"], batch["attention_mask"], hidden_states=True)
-        logps = logprobs_of_tokens(out.logits, batch["input_ids"], mask, self.temperature)
-        values = values_of_tokens(self.head, out.hidden_states[-1])
+        logps, hidden = token_logprobs_and_hidden(
+            model, batch["input_ids"], batch["attention_mask"], mask, self.temperature, self.chunk_tokens
+        )
+        values = values_of_tokens(self.head, hidden)
         old = torch.where(mask, batch["old_logps"].float(), 0.0)
         policy, clipped = clipped_policy_loss(logps, old, batch["advantages"].float(), self.clip)
 

@@ -104,21 +104,29 @@ def run_classify(
     tracker: Tracker | None = None,
 ) -> ClassifyResult:
     from peaufine.evaluate.classification import classification_metrics
-    from peaufine.methods.classify import ClassificationLoss, build_classifier
-    from peaufine.models.build import save_model
+    from peaufine.methods.classify import (
+        ClassificationLoss,
+        build_classifier,
+        classifier_attention,
+        refuse_chunked_loss,
+    )
+    from peaufine.models.build import prepare_for_training, save_model
     from peaufine.models.tokenizer import load_tokenizer
 
+    refuse_chunked_loss(recipe)
     out = Path(out)
     opened = open_run(recipe, out, prepare, overwrite=overwrite, resume=resume, tracker=tracker)
     run, runtime, tracker, prepared = opened.run, opened.runtime, opened.tracker, opened.prepared
     directory = model_path(recipe)
     tokenizer = load_tokenizer(str(directory), recipe.model.trust_remote_code)
     num_labels, regression = prepared["num_labels"], prepared["regression"]
+    attention = classifier_attention(recipe, runtime.device.type, runtime.precision)
 
     def train_one(from_scratch: bool, run_dir: Path | None) -> tuple[Any, FitResult]:
-        model = build_classifier(directory, num_labels, from_scratch=from_scratch, seed=recipe.train.seed).to(
-            runtime.device
+        model = build_classifier(
+            directory, num_labels, from_scratch=from_scratch, seed=recipe.train.seed, attention=attention
         )
+        model = prepare_for_training(model, recipe.train).to(runtime.device)
         pad_id = model.config.pad_token_id
         if pad_id is None:
             pad_id = tokenizer.pad_token_id

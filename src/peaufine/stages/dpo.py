@@ -49,7 +49,9 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
     ensure_chat_template(tokenizer)
     if recipe.method.dpo.reference == "adapter" and recipe.model.adapter.kind != "lora":
         raise RecipeError("method.dpo.reference: adapter needs model.adapter.kind: lora")
-    prepared = prepare_pairs(recipe, source, tokenizer, staging, skip_ties=True, scored=False)
+    prepared = prepare_pairs(
+        recipe, source, tokenizer, staging, skip_ties=True, scored=False, tracker=tracker
+    )
     tokenizer.save_pretrained(staging / "tokenizer")
     counts = prepared["pairs"]
     tracker.say(
@@ -60,7 +62,11 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
 
 
 def likelihood_preference(
-    model: torch.nn.Module, dataset: PairBatches, runtime: Runtime, batch_size: int = 32
+    model: torch.nn.Module,
+    dataset: PairBatches,
+    runtime: Runtime,
+    batch_size: int = 32,
+    chunk_tokens: int | None = None,
 ) -> float:
     """How often the policy gives the chosen response a higher mean log-prob per token than the
     rejected one: its own preference, comparable before and after training (no reference needed)."""
@@ -78,7 +84,7 @@ def likelihood_preference(
             indices = list(range(start, min(len(dataset), start + batch_size)))
             batch = batch_to(dataset.collate(indices), runtime.device)
             with runtime.autocast():
-                logps, lengths = sequence_logps(model, batch)
+                logps, lengths = sequence_logps(model, batch, chunk_tokens)
             mean = (logps / lengths.clamp(min=1)).float()
             n = len(indices)
             weights = batch["weights"].float()
@@ -102,7 +108,9 @@ def measure(
     from peaufine.evaluate.alignment import answer_quality, world_answer_quality
 
     numbers: dict[str, Any] = {
-        f"likelihood_accuracy_{name}": likelihood_preference(model, dataset, runtime)
+        f"likelihood_accuracy_{name}": likelihood_preference(
+            model, dataset, runtime, chunk_tokens=recipe.train.loss_chunk_tokens
+        )
         for name, dataset in sets.items()
     }
     if world is not None and recipe.eval.answers:
@@ -161,11 +169,17 @@ def run_dpo(
     adapter_reference = config.reference == "adapter"
     if config.loss != "simpo" and not adapter_reference:
         tracker.say("computing the reference log-probs once (the policy before training)")
-        precompute_reference(model, [train_set, *present.values()], runtime, recipe.eval.batch_size or 32)
+        precompute_reference(
+            model,
+            [train_set, *present.values()],
+            runtime,
+            recipe.eval.batch_size or 32,
+            recipe.train.loss_chunk_tokens,
+        )
     world = source_world(source)
     questions = held_out_questions(run) if world is not None else []
     before = measure(model, tokenizer, recipe, present, world, runtime, questions) if runtime.is_main else {}
-    objective = DpoLoss(config, adapter_reference=adapter_reference)
+    objective = DpoLoss(config, adapter_reference, recipe.train.loss_chunk_tokens)
     result = fit(
         model,
         objective,

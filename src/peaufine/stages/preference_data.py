@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from peaufine.data.pairs import PairBatches, PairExample
     from peaufine.data.preferences import PreferencePair
     from peaufine.data.world import World
+    from peaufine.engine.track import Tracker
     from peaufine.models.build import ModelSource
     from peaufine.recipe import Recipe
 
@@ -179,32 +181,81 @@ def prepare_pairs(
     *,
     skip_ties: bool,
     scored: bool,
+    tracker: Tracker | None = None,
 ) -> dict[str, Any]:
     """Gather, split and tokenize the pairs into staging/data; returns counts for prepared.json.
 
-    `scored`: encode for a reward model (an encoder reads [CLS] prompt [SEP] response [SEP]).
+    `scored`: encode for a reward model (an encoder reads [CLS] prompt [SEP] response [SEP]). With
+    data.cache_dir, the tokenized files and their counts come from the cache when the tokenizer's files,
+    the pairs of every split and the settings that shape their tokens all match an entry.
     """
-    from peaufine.data.pairs import encode_pairs
+    from peaufine.data.token_cache import TokenCache, digest, tokenizer_digest
 
     data = gather_pairs(recipe, source)
     if not data.train:
         raise RecipeError("data.source: no training pairs")
     out = staging / "data"
     out.mkdir(exist_ok=True)
+    settings = {
+        "max_length": recipe.data.max_length,
+        "too_long": recipe.data.anomalies.too_long,
+        "skip_ties": skip_ties,
+        "scored": scored,
+    }
+    cache = TokenCache(recipe.data.cache_dir)
+
+    def make(folder: Path) -> None:
+        counts = encode_splits(data, tokenizer, folder, **settings)
+        (folder / "counts.json").write_text(json.dumps(counts), encoding="utf-8")
+
+    if cache.enabled:
+        key = digest(tokenizer_digest(tokenizer), settings, pairs_digest(data))
+        with tempfile.TemporaryDirectory() as tmp:
+            reused = cache.files("pairs", key, make, Path(tmp))
+            counts = json.loads((Path(tmp) / "counts.json").read_text(encoding="utf-8"))
+            for path in sorted(Path(tmp).glob("*.jsonl")):
+                shutil.copyfile(path, out / path.name)
+        if reused and tracker is not None:
+            tracker.say(f"tokens: preference pairs reused from the cache in {recipe.data.cache_dir}")
+    else:
+        counts = encode_splits(data, tokenizer, out, **settings)
+    copy_world(source, staging)
+    return {"pairs": counts, "anomalies": data.anomalies}
+
+
+def pairs_digest(data: PreferenceData) -> str:
+    """SHA-256 of everything of the pairs that their tokens and counts depend on, split by split in
+    order; not `source`, which only names a pair in an error (and an error leaves no entry)."""
+    from peaufine.data.token_cache import texts_digest
+
+    def rows(pairs: list[PreferencePair]) -> list[str]:
+        return [json.dumps([p.prompt, p.chosen, p.rejected, p.weight, p.tie, p.group, p.kind]) for p in pairs]
+
+    return texts_digest(*([rows(getattr(data, name))] for name in SPLITS))  # one batch per split
+
+
+def encode_splits(
+    data: PreferenceData,
+    tokenizer: PreTrainedTokenizerBase,
+    folder: Path,
+    *,
+    max_length: int,
+    too_long: str,
+    skip_ties: bool,
+    scored: bool,
+) -> dict[str, Any]:
+    """Tokenize each split into folder/{split}.pairs.jsonl (and .texts.jsonl); returns their counts."""
+    from peaufine.data.pairs import encode_pairs
+
     counts: dict[str, Any] = {}
     for name in SPLITS:
         originals = getattr(data, name)
         if not originals and name == "heldout":
             continue
         examples, report = encode_pairs(
-            tokenizer,
-            originals,
-            max_length=recipe.data.max_length,
-            too_long=recipe.data.anomalies.too_long,
-            skip_ties=skip_ties,
-            scored=scored,
+            tokenizer, originals, max_length=max_length, too_long=too_long, skip_ties=skip_ties, scored=scored
         )
-        write_pairs(out / f"{name}.pairs.jsonl", examples, [originals[i] for i in report.kept])
+        write_pairs(folder / f"{name}.pairs.jsonl", examples, [originals[i] for i in report.kept])
         counts[name] = {
             "pairs": len(examples),
             "prompts": len({p.group for p in originals}),
@@ -212,5 +263,4 @@ def prepare_pairs(
             "truncated": report.truncated,
             "skipped_too_long": report.skipped_too_long,
         }
-    copy_world(source, staging)
-    return {"pairs": counts, "anomalies": data.anomalies}
+    return counts

@@ -55,7 +55,13 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
     if not encoder_style(tokenizer):
         ensure_chat_template(tokenizer)
     prepared = prepare_pairs(
-        recipe, resolve_source(recipe.model.source), tokenizer, staging, skip_ties=False, scored=True
+        recipe,
+        resolve_source(recipe.model.source),
+        tokenizer,
+        staging,
+        skip_ties=False,
+        scored=True,
+        tracker=tracker,
     )
     tokenizer.save_pretrained(staging / "tokenizer")
     counts = prepared["pairs"]
@@ -116,22 +122,26 @@ def run_reward(
     tracker: Tracker | None = None,
     hooks: list[StepHook] | None = None,
 ) -> RewardResult:
-    from peaufine.methods.classify import build_classifier
+    from peaufine.methods.classify import build_classifier, classifier_attention, refuse_chunked_loss
     from peaufine.methods.reward import BradleyTerryLoss
     from peaufine.models.adapters import apply_adapter, apply_freeze
+    from peaufine.models.build import prepare_for_training
     from peaufine.models.tokenizer import load_tokenizer
     from peaufine.stages.sft import save_outputs
 
     if recipe.stage != "reward":
         raise RecipeError(f"stage: this command runs stage 'reward', the recipe says '{recipe.stage}'")
+    refuse_chunked_loss(recipe)
     out = Path(out)
     opened = open_run(recipe, out, prepare, overwrite=overwrite, resume=resume, tracker=tracker)
     run, runtime, tracker, prepared = opened.run, opened.runtime, opened.tracker, opened.prepared
     tokenizer = load_tokenizer(str(run.tokenizer))
-    model = build_classifier(prepared["backbone"], 1, seed=recipe.train.seed)
+    attention = classifier_attention(recipe, runtime.device.type, runtime.precision)
+    model = build_classifier(prepared["backbone"], 1, seed=recipe.train.seed, attention=attention)
     pad_id = model.config.pad_token_id
     apply_freeze(model, recipe.model.freeze)
-    model = apply_adapter(model, recipe.model.adapter).to(runtime.device)
+    model = apply_adapter(model, recipe.model.adapter)
+    model = prepare_for_training(model, recipe.train).to(runtime.device)
     train_set = pair_dataset(run.data, "train", pad_id)
     val_set = pair_dataset(run.data, "validation", pad_id)
     heldout_set = pair_dataset(run.data, "heldout", pad_id)

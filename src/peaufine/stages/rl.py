@@ -242,7 +242,9 @@ def pass_rates(
     return rates
 
 
-def reference_logps(policy: Any, reference: Any, rollouts: Rollouts, temperature: float) -> torch.Tensor:
+def reference_logps(
+    policy: Any, reference: Any, rollouts: Rollouts, temperature: float, chunk_tokens: int | None = None
+) -> torch.Tensor:
     import torch
 
     from peaufine.methods.preference import unwrap
@@ -251,9 +253,9 @@ def reference_logps(policy: Any, reference: Any, rollouts: Rollouts, temperature
     args = (rollouts.input_ids, rollouts.attention_mask, rollouts.response_mask)
     with torch.no_grad():
         if reference is not None:
-            return token_logprobs(reference, *args, temperature=temperature)
+            return token_logprobs(reference, *args, temperature, chunk_tokens)
         with unwrap(policy).disable_adapter():
-            return token_logprobs(policy, *args, temperature=temperature)
+            return token_logprobs(policy, *args, temperature, chunk_tokens)
 
 
 # -- evaluation ------------------------------------------------------------------------------------------
@@ -266,6 +268,7 @@ def measure(
     config: RlBlock,
     stop_ids: list[int],
     seed: int,
+    chunk_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Mean reward of sampled answers (what RL optimises), of greedy answers, exact match where the
     prompts have answers, and the KL to the reference (nats per answer, on the sampled answers)."""
@@ -279,8 +282,10 @@ def measure(
     scored = sample(policy, tokenizer, prompts, suite, config, group_size=group, seed=seed, stop_ids=stop_ids)
     r = scored.rollouts
     with torch.no_grad():
-        logps = token_logprobs(policy, r.input_ids, r.attention_mask, r.response_mask, config.temperature)
-    ref = reference_logps(policy, reference, r, config.temperature)
+        logps = token_logprobs(
+            policy, r.input_ids, r.attention_mask, r.response_mask, config.temperature, chunk_tokens
+        )
+    ref = reference_logps(policy, reference, r, config.temperature, chunk_tokens)
     kl = float(((logps - ref) * r.response_mask).sum(-1).mean())
     greedy = generate_texts(
         policy, tokenizer, prompts.texts, max_new_tokens=config.max_new_tokens, temperature=0.0
@@ -312,6 +317,7 @@ def rollout_batch(
     config: RlBlock,
     kl_coef: float,
     head: Any,
+    chunk_tokens: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """The tensors of one optimisation batch: old and reference log-probs, advantages (and PPO's values
     and returns), plus what to log about the rollouts themselves."""
@@ -324,12 +330,15 @@ def rollout_batch(
     rewards = torch.tensor(scored.rewards, dtype=torch.float32, device=r.input_ids.device)
     with torch.no_grad():
         if head is None:
-            old = rl.token_logprobs(policy, r.input_ids, r.attention_mask, mask, config.temperature)
+            old = rl.token_logprobs(
+                policy, r.input_ids, r.attention_mask, mask, config.temperature, chunk_tokens
+            )
         else:
-            out = rl.policy_forward(policy, r.input_ids, r.attention_mask, hidden_states=True)
-            old = rl.logprobs_of_tokens(out.logits, r.input_ids, mask, config.temperature)
-            old_values = torch.where(mask, rl.values_of_tokens(head, out.hidden_states[-1]), 0.0)
-    ref = reference_logps(policy, reference, r, config.temperature)
+            old, hidden = rl.token_logprobs_and_hidden(
+                policy, r.input_ids, r.attention_mask, mask, config.temperature, chunk_tokens
+            )
+            old_values = torch.where(mask, rl.values_of_tokens(head, hidden), 0.0)
+    ref = reference_logps(policy, reference, r, config.temperature, chunk_tokens)
     batch = {
         "input_ids": r.input_ids,
         "attention_mask": r.attention_mask,
@@ -473,12 +482,17 @@ def run_rl(
 
     head = None
     module = policy
+    chunk_tokens = recipe.train.loss_chunk_tokens
     if config.algorithm == "ppo":
         head = ValueHead(policy.config.hidden_size).to(runtime.device)
         module = PolicyWithValue(policy, head)
-        objective: Any = PpoLoss(config.clip, config.value_clip, config.value_coef, head, config.temperature)
+        objective: Any = PpoLoss(
+            config.clip, config.value_clip, config.value_coef, head, config.temperature, chunk_tokens
+        )
     else:
-        objective = GrpoLoss(config.clip, config.kl_coef, temperature=config.temperature)
+        objective = GrpoLoss(
+            config.clip, config.kl_coef, temperature=config.temperature, chunk_tokens=chunk_tokens
+        )
     updates = recipe.train.max_steps * config.passes * config.mini_batches
     schedule = recipe.train.model_copy(update={"max_steps": updates})
     loop = make_loop(
@@ -497,7 +511,9 @@ def run_rl(
     # measurements are rank 0's alone: it samples and scores every evaluation prompt itself
     before: dict[str, Any] = {}
     if runtime.is_main:
-        before = measure(policy, reference, tokenizer, eval_prompts, suite, config, stop_ids, seed=10_000)
+        before = measure(
+            policy, reference, tokenizer, eval_prompts, suite, config, stop_ids, 10_000, chunk_tokens
+        )
         tracker.say(
             f"before: reward {before['reward_sampled']:.3f} sampled, {before['reward_greedy']:.3f} greedy"
         )
@@ -524,7 +540,9 @@ def run_rl(
             )
             if config.algorithm == "grpo":
                 objective.kl_coef = kl_control.value
-            batch, logged = rollout_batch(scored, policy, reference, config, kl_control.value, head)
+            batch, logged = rollout_batch(
+                scored, policy, reference, config, kl_control.value, head, chunk_tokens
+            )
             logged = rollout_stats_across(logged, len(scored.rewards), runtime)
             loss = optimise(loop, batch, config)
             kl_control.update(logged["kl"], len(scored.rewards) * runtime.world_size)
@@ -542,7 +560,7 @@ def run_rl(
             }
             if runtime.is_main and (step % recipe.eval.every == 0 or step == recipe.train.max_steps):
                 during = measure(
-                    policy, reference, tokenizer, eval_prompts, suite, config, stop_ids, seed=10_000
+                    policy, reference, tokenizer, eval_prompts, suite, config, stop_ids, 10_000, chunk_tokens
                 )
                 row.update(
                     val_reward_sampled=during["reward_sampled"],
@@ -571,7 +589,9 @@ def run_rl(
     finally:
         tracker.stop()
     if runtime.is_main:
-        after = measure(policy, reference, tokenizer, eval_prompts, suite, config, stop_ids, seed=10_000)
+        after = measure(
+            policy, reference, tokenizer, eval_prompts, suite, config, stop_ids, 10_000, chunk_tokens
+        )
         save_outputs(recipe, run, policy, tokenizer)
         if head is not None:
             from safetensors.torch import save_file

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from peaufine.data.formats import ChatRecord
+    from peaufine.data.token_cache import TokenCache
     from peaufine.engine.runtime import Runtime
     from peaufine.recipe import Recipe
 
@@ -91,14 +93,22 @@ def general_stream_path(recipe: Recipe, source: ModelSource) -> tuple[Path | Non
 
 
 def prepare_replay(
-    recipe: Recipe, source: ModelSource, tokenizer: PreTrainedTokenizerBase, out: Path
+    recipe: Recipe,
+    source: ModelSource,
+    tokenizer: PreTrainedTokenizerBase,
+    out: Path,
+    tracker: Tracker | None = None,
 ) -> None:
-    """Replay text: data.replay.source, else the training split of model.source's pretraining.
+    """Replay text: data.replay.source (tokenized through data.cache_dir when set), else the training
+    split of model.source's pretraining.
 
     Never the validation split: forgetting is measured there, and replaying it would hide forgetting.
     """
     if recipe.data.replay.source is not None:
-        tokenize_general(tokenizer, recipe.data.replay.source, out)
+        from peaufine.data.token_cache import TokenCache
+
+        cache = TokenCache(recipe.data.cache_dir)
+        tokenize_general(tokenizer, recipe.data.replay.source, out, cache=cache, tracker=tracker)
     elif source.kind == "run_dir" and (source.path / "data" / "train.bin").is_file():
         shutil.copyfile(source.path / "data" / "train.bin", out)
     else:
@@ -108,18 +118,38 @@ def prepare_replay(
         )
 
 
-def tokenize_general(tokenizer: PreTrainedTokenizerBase, path: str, out: Path) -> Path:
+def tokenize_general(
+    tokenizer: PreTrainedTokenizerBase,
+    path: str,
+    out: Path,
+    *,
+    cache: TokenCache | None = None,
+    tracker: Tracker | None = None,
+) -> Path:
+    """The documents of `path` as one token stream (each followed by EOS) in `out`. With a cache on,
+    the stream is kept under the tokenizer's files and the texts themselves (not the file's name or
+    time), and a later call with both unchanged copies it instead of tokenizing."""
     from peaufine.data.batching import write_token_stream
     from peaufine.data.sources import load_documents
+    from peaufine.data.token_cache import digest, texts_digest, tokenizer_digest
     from peaufine.stages.pretrain import iter_texts
 
     dataset, _ = load_documents(path)
 
-    def documents() -> Any:
-        for texts in iter_texts(dataset):
-            yield from tokenizer(texts, add_special_tokens=False)["input_ids"]
+    def tokenize(target: Path) -> None:
+        batches = (tokenizer(texts, add_special_tokens=False)["input_ids"] for texts in iter_texts(dataset))
+        write_token_stream((ids for batch in batches for ids in batch), tokenizer.eos_token_id, target)
 
-    write_token_stream(documents(), tokenizer.eos_token_id, out)
+    if cache is None or not cache.enabled:
+        tokenize(out)
+        return out
+    key = digest(tokenizer_digest(tokenizer), tokenizer.eos_token_id, texts_digest(iter_texts(dataset)))
+    with tempfile.TemporaryDirectory() as tmp:
+        # the entry holds general.bin whatever `out` is called (general.bin, replay.bin, ...)
+        reused = cache.files("general", key, lambda folder: tokenize(folder / "general.bin"), Path(tmp))
+        shutil.copyfile(Path(tmp) / "general.bin", out)
+    if reused and tracker is not None:
+        tracker.say(f"tokens: general text {path} reused from the cache in {cache.directory}")
     return out
 
 
@@ -183,11 +213,11 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
     tokenizer.save_pretrained(staging / "tokenizer")
     general_bin, general_name = general_stream_path(recipe, source)
     if general_bin is None and general_name:
-        tokenize_general(tokenizer, general_name, data_dir / "general.bin")
+        tokenize_general(tokenizer, general_name, data_dir / "general.bin", cache=cache, tracker=tracker)
     elif general_bin is not None:
         shutil.copyfile(general_bin, data_dir / "general.bin")
     if recipe.data.replay.ratio > 0:
-        prepare_replay(recipe, source, tokenizer, data_dir / "replay.bin")
+        prepare_replay(recipe, source, tokenizer, data_dir / "replay.bin", tracker)
     counts = {
         name: {
             "examples": r.examples,
