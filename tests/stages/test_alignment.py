@@ -227,3 +227,48 @@ def test_score_command_scores_records_with_the_reward_model(smoke_demo, tmp_path
     assert failed.value.code == 2
     err = capsys.readouterr().err
     assert "line 1" in err and "response" in err
+
+
+def metric_rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_rows_agree(whole: dict, chunked: dict, keys: list[str]) -> None:
+    for key in keys:
+        a, b = whole[key], chunked[key]
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(a)), f"{key}: {a} on whole logits, {b} through chunks"
+
+
+def test_chunked_log_probs_leave_dpo_and_ppo_runs_unchanged(smoke_demo, tmp_path):
+    """train.loss_chunk_tokens reaches every log-prob a stage reads: DPO's precomputed reference, its
+    loss and its before/after preference; PPO's old, reference and trained log-probs and its values."""
+    from peaufine.stages.dpo import run_dpo
+    from peaufine.stages.rl import run_rl
+
+    dpo = {
+        "stage": "dpo",
+        "model": {"source": sft_dir(smoke_demo), "adapter": {"kind": "lora", "r": 4}},
+        "data": {"source": str(hh_file(tmp_path / "hh.jsonl")), "validation_fraction": 0.2, "max_length": 48},
+        "train": {"max_steps": 3, "batch_size": 8, "lr": 1e-3, "log_every": 1},
+        "eval": {"every": 3, "answers": 0},
+    }
+    ppo = rl_recipe(sft_dir(smoke_demo), algorithm="ppo", passes=2)
+    ppo["train"]["max_steps"] = 1
+    runs = {}
+    for chunk in (None, 5):
+        for name, recipe in (("dpo", dpo), ("ppo", ppo)):
+            recipe["train"]["loss_chunk_tokens"] = chunk
+            run = run_dpo if name == "dpo" else run_rl
+            runs[name, chunk] = run(validate_recipe(recipe), tmp_path / f"{name}-{chunk}").evaluation
+            runs[name, chunk]["rows"] = metric_rows(tmp_path / f"{name}-{chunk}")
+    whole, chunked = runs["dpo", None], runs["dpo", 5]
+    for a, b in zip(whole["rows"], chunked["rows"], strict=True):
+        assert_rows_agree(a, b, ["train_loss", "reward_margin", "logp_chosen", "implicit_kl"])
+    for moment in ("before", "after"):
+        assert (
+            whole[moment]["likelihood_accuracy_validation"]
+            == chunked[moment]["likelihood_accuracy_validation"]
+        )
+    # one step: its rollouts come from the same weights, so everything logged must agree
+    (whole_row,), (chunked_row,) = runs["ppo", None]["rows"], runs["ppo", 5]["rows"]
+    assert_rows_agree(whole_row, chunked_row, ["train_loss", "kl", "entropy", "value_loss", "ratio"])
