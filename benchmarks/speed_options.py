@@ -48,11 +48,14 @@ GROUPS: dict[str, dict[str, Any]] = {
     "pretrain": {"task": "pretrain", "vocab": 8192, "rows": 8, "length": 128},
     "pretrain-64k": {"task": "pretrain", "vocab": 65536, "rows": 4, "length": 128},
     "sft-lora": {"task": "sft", "vocab": 8192, "rows": 4, "length": 256},
+    # rows = pairs per step: 8 sequences of up to 128 tokens through a 64k vocabulary
+    "dpo-64k": {"task": "dpo", "vocab": 65536, "rows": 4, "length": 128},
 }
 QUICK_GROUPS: dict[str, dict[str, Any]] = {
     "pretrain": {"task": "pretrain", "vocab": 2048, "rows": 4, "length": 64},
     "pretrain-64k": {"task": "pretrain", "vocab": 16384, "rows": 4, "length": 64},
     "sft-lora": {"task": "sft", "vocab": 2048, "rows": 2, "length": 128},
+    "dpo-64k": {"task": "dpo", "vocab": 16384, "rows": 2, "length": 64},
 }
 
 # Every option off: the baseline each option is compared with.
@@ -83,6 +86,8 @@ CONFIGURATIONS = [
     "pretrain-64k:baseline",
     "pretrain-64k:chunked-ce",
     *(f"sft-lora:{o}" for o in ("baseline", "bf16", "act-ckpt", "chunked-ce", "prefetch")),
+    "dpo-64k:baseline",
+    "dpo-64k:chunked-ce",
 ]
 QUICK_CONFIGURATIONS = ["pretrain-64k:baseline", "pretrain-64k:chunked-ce", "sft-lora:baseline"]
 
@@ -160,6 +165,25 @@ def chat_like_examples(n: int, vocab: int, length: int, seed: int) -> list[Any]:
     return examples
 
 
+def random_pairs(n: int, vocab: int, length: int, seed: int) -> Any:
+    """Preference pairs of one prompt (20-60% of `length`) and two random answers filling the rest."""
+    import numpy as np
+
+    from peaufine.data.batching import Example
+    from peaufine.data.pairs import PairBatches, PairExample
+
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for _ in range(n):
+        prompt = rng.integers(4, vocab, size=int(length * rng.uniform(0.2, 0.6))).tolist()
+        answers = [
+            rng.integers(4, vocab, size=int(rng.integers(8, length - len(prompt) + 1))).tolist() for _ in "cr"
+        ]
+        chosen, rejected = (Example(prompt + a, [False] * len(prompt) + [True] * len(a)) for a in answers)
+        pairs.append(PairExample(chosen, rejected))
+    return PairBatches(pairs, pad_id=0)
+
+
 def train_one(job: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     import torch
@@ -205,6 +229,8 @@ def train_one(job: dict[str, Any]) -> dict[str, Any]:
         model = apply_adapter(model, AdapterBlock(kind="lora", r=8, train_special_tokens=False))
         examples = chat_like_examples(steps * rows * 4, vocab, length, seed=0)
         dataset: Any = PackedExamples(examples, length, pad_id=0)
+    elif group["task"] == "dpo":
+        dataset = random_pairs(steps * rows, vocab, length, seed=0)
     else:
         stream = np.random.default_rng(0).integers(0, vocab, size=steps * rows * length + 1, dtype=np.int32)
         dataset = PackedBlocks(stream, length)
@@ -219,9 +245,20 @@ def train_one(job: dict[str, Any]) -> dict[str, Any]:
             step_tokens.append(
                 sum(len(dataset.examples[i].input_ids) for r in chosen for i in dataset.rows[r])
             )
+        elif group["task"] == "dpo":
+            pairs = [dataset.pairs[i] for i in chosen]
+            step_tokens.append(sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in pairs))
         else:
             step_tokens.append(rows * length)
 
+    objective: Any = next_token_loss(train)
+    if group["task"] == "dpo":
+        from peaufine.methods.preference import DpoLoss, precompute_reference
+        from peaufine.recipe import DpoBlock
+
+        # the reference log-probs once, as the dpo stage computes them (chunked too when the option is on)
+        precompute_reference(model, [dataset], runtime, rows, train.loss_chunk_tokens)
+        objective = DpoLoss(DpoBlock(beta=0.1), chunk_tokens=train.loss_chunk_tokens)
     memory_before = peak_memory_mb(runtime.device)
     if runtime.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(runtime.device)
@@ -229,7 +266,7 @@ def train_one(job: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     result = fit(
         model,
-        next_token_loss(train),
+        objective,
         dataset,
         None,
         train,
