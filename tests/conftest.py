@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -61,3 +62,72 @@ def smoke_demo(tmp_path_factory):
     from peaufine.demo import run_demo
 
     return run_demo(tmp_path_factory.mktemp("demo"), smoke=True)
+
+
+# -- launching torchrun ----------------------------------------------------------------------------------
+# --standalone: the rendezvous takes a free port itself, so parallel test runs cannot collide
+TORCHRUN_2 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+# A launcher's variables in our own environment would turn a one-process run into a rank of something.
+LAUNCHER_VARIABLES = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
+
+
+def need_gloo() -> None:
+    """Skip unless this torch can run torchrun with the gloo backend."""
+    pytest.importorskip("torch.distributed.run", reason="torchrun (torch.distributed.run) is not available")
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("this torch build has no gloo backend for torch.distributed")
+
+
+def launch_environment() -> dict[str, str]:
+    """Ours, less any launcher's variables; one thread (steady on a shared CPU, the same in every run)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in LAUNCHER_VARIABLES and not k.startswith(("TORCHELASTIC_", "ACCELERATE_"))
+    }
+    env.update(
+        OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"
+    )
+    return env
+
+
+def run_launched(command: list[str], what: str, timeout_s: float) -> str:
+    """Run `command` (torchrun or plain python) in its own session, so that a timeout stops torchrun's
+    workers too; fail the test with its output if it fails or times out. Returns its stdout."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=launch_environment(),
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(
+            f"{what} timed out after {timeout_s} s: {' '.join(command)}\n"
+            f"--- stdout ---\n{stdout[-4000:]}\n--- stderr ---\n{stderr[-8000:]}"
+        )
+    if proc.returncode != 0:
+        pytest.fail(
+            f"{what} exited with {proc.returncode}: {' '.join(command)}\n"
+            f"--- stdout ---\n{stdout[-4000:]}\n--- stderr ---\n{stderr[-8000:]}"
+        )
+    return stdout

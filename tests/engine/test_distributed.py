@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+from conftest import TORCHRUN_2, need_gloo, run_launched
 
 pytestmark = pytest.mark.distributed
 
@@ -29,17 +28,6 @@ BATCH_SIZE = 8
 LOSS_RTOL = 1e-5
 PARAM_ATOL = 1e-5
 TIMEOUT_S = 180
-# A launcher's variables in our own environment would turn the one-process run into a rank of something.
-LAUNCHER_VARIABLES = (
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "GROUP_RANK",
-    "ROLE_RANK",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-)
 
 
 @dataclass
@@ -55,17 +43,6 @@ class Launch:
 
     def params(self, objective: str, which: str, rank: int = 0) -> np.ndarray:
         return np.load(self.out_dir / self.ranks[rank]["objectives"][objective]["params_files"][which])
-
-
-def _environment() -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in LAUNCHER_VARIABLES and not k.startswith(("TORCHELASTIC_", "ACCELERATE_"))
-    }
-    env["OMP_NUM_THREADS"] = "1"  # steady on a shared CPU, and the same thread count in both runs
-    env["CUDA_VISIBLE_DEVICES"] = ""
-    return env
 
 
 def _launch(
@@ -93,44 +70,10 @@ def _launch(
         str(STEPS),
         *extra,
     ]
-    # Own session, so a timeout can stop torchrun's workers too, not only torchrun.
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_environment(),
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(
-            f"{name} run timed out after {TIMEOUT_S} s: {' '.join(command)}\n"
-            f"--- stdout ---\n{stdout[-4000:]}\n--- stderr ---\n{stderr[-8000:]}"
-        )
-    if proc.returncode != 0:
-        pytest.fail(
-            f"{name} run exited with {proc.returncode}: {' '.join(command)}\n"
-            f"--- stdout ---\n{stdout[-4000:]}\n--- stderr ---\n{stderr[-8000:]}"
-        )
+    run_launched(command, f"{name} run", TIMEOUT_S)
     records = sorted(out_dir.glob("rank*.json"))
     assert len(records) == processes, f"{name}: expected {processes} rank records, found {records}"
     return Launch(out_dir, run_root, [json.loads(p.read_text(encoding="utf-8")) for p in records])
-
-
-# --standalone: the rendezvous takes a free port itself, so parallel test runs cannot collide.
-TORCHRUN_2 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-
-
-def _need_gloo() -> None:
-    pytest.importorskip("torch.distributed.run", reason="torchrun (torch.distributed.run) is not available")
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_gloo_available()):
-        pytest.skip("this torch build has no gloo backend for torch.distributed")
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +83,7 @@ def launch_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(launch_root: Path) -> tuple[Launch, Launch]:
-    _need_gloo()
+    need_gloo()
     one = _launch(launch_root, "one-process", [sys.executable], micro_batch_size=4, processes=1)
     two = _launch(launch_root, "two-processes", TORCHRUN_2, micro_batch_size=2, processes=2)
     return one, two

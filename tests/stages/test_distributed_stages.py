@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
 import sys
 import textwrap
 from importlib import resources
@@ -22,63 +19,21 @@ from typing import Any
 
 import pytest
 
+from conftest import TORCHRUN_2, need_gloo, run_launched
+
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 WORKER = Path(__file__).with_name("stage_worker.py")
 TIMEOUT_S = 300
 LOSS_RTOL = 1e-5
 PARAM_ATOL = 1e-5
-LAUNCHER_VARIABLES = (
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "GROUP_RANK",
-    "ROLE_RANK",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-)
-# --standalone: the rendezvous takes a free port itself, so parallel test runs cannot collide
-TORCHRUN_2 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 ONE = [sys.executable]
 CPU = ("train.device=cpu", "train.log_every=1")
 
 
-def _environment() -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in LAUNCHER_VARIABLES and not k.startswith(("TORCHELASTIC_", "ACCELERATE_"))
-    }
-    env.update(
-        OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"
-    )
-    return env
-
-
 def launch(launcher: list[str], program: list[str], what: str) -> None:
     """Run `program` (the worker or `-m peaufine.cli`) under `launcher`; fail with its output if it fails."""
-    command = [*launcher, *program]
-    # own session, so a timeout can stop torchrun's workers too, not only torchrun
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_environment(),
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"{what} timed out after {TIMEOUT_S} s: {' '.join(command)}\n{stderr[-8000:]}")
-    if proc.returncode != 0:
-        pytest.fail(
-            f"{what} exited with {proc.returncode}: {' '.join(command)}\n"
-            f"--- stdout ---\n{stdout[-3000:]}\n--- stderr ---\n{stderr[-8000:]}"
-        )
+    run_launched([*launcher, *program], what, TIMEOUT_S)
 
 
 def stage(launcher: list[str], name: str, recipe: Path, out: Path, *sets: str, digests: bool = True) -> Path:
@@ -131,11 +86,7 @@ def check_two_process_run(run: Path, steps: int) -> list[dict[str, Any]]:
 # -- a tiny world model to start from ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch.distributed.run", reason="torchrun (torch.distributed.run) is not available")
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_gloo_available()):
-        pytest.skip("this torch build has no gloo backend for torch.distributed")
+    need_gloo()
     return tmp_path_factory.mktemp("stages2")
 
 
