@@ -212,7 +212,11 @@ def test_grpo_gradient_at_ratio_one_is_the_plain_policy_gradient():
     for g, e in zip(grads, expected, strict=True):
         assert torch.allclose(g, e, atol=1e-6)
     stats = objective.pop_stats()
-    assert stats == {"clip_fraction": 0.0, "kl": pytest.approx(0.0, abs=1e-7), "ratio": pytest.approx(1.0)}
+    assert stats == {
+        "clip_fraction": 0.0,
+        "kl_per_token": pytest.approx(0.0, abs=1e-7),
+        "ratio": pytest.approx(1.0),
+    }
     assert objective.pop_stats() == {}
 
 

@@ -71,6 +71,8 @@ def test_grpo_run_logs_what_rl_needs_and_keeps_filtered_prompts(smoke_demo):
         "clip_fraction",
     ):
         assert key in rows[-1], key
+    # the loss's per-token estimate has its own name: it must not overwrite the KL per answer
+    assert "kl_per_token" in rows[-1] and rows[-1]["kl"] != rows[-1]["kl_per_token"]
     assert (run / "samples.jsonl").is_file() and (run / "rl.png").is_file()
     assert evaluation["final_kl"] >= 0.0
 

@@ -296,7 +296,8 @@ class GrpoLoss:
 
     Batch keys: input_ids, attention_mask, response_mask, old_logps, ref_logps (may be absent when
     kl_coef is 0) and advantages ([N] per sequence, or [N, L]). `tally` keeps the means, over response
-    tokens, of "clip_fraction", "kl" and "ratio" until drained (`pop_stats` drains this process's).
+    tokens, of "clip_fraction", "kl_per_token" (the loss's estimator: not the stage's "kl", which is
+    nats per answer) and "ratio" until drained (`pop_stats` drains this process's).
     """
 
     clip: float
@@ -324,7 +325,7 @@ class GrpoLoss:
         if ref is not None:
             kl = kl_per_token(logps, torch.where(mask, ref.float(), 0.0), self.kl_estimator)
             loss = loss + self.kl_coef * kl
-            self.tally.add("kl", torch.where(mask, kl, 0.0).sum(), mask.sum())
+            self.tally.add("kl_per_token", torch.where(mask, kl, 0.0).sum(), mask.sum())
         elif self.kl_coef != 0:
             raise ValueError("GrpoLoss with kl_coef != 0 needs ref_logps in the batch")
         self.tally.add("clip_fraction", (clipped & mask).sum(), mask.sum())
