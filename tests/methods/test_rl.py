@@ -369,3 +369,29 @@ def test_ppo_value_loss_is_clipped_around_the_old_values():
     # the clipped branch is constant in V: no gradient reaches the head
     loss.backward()
     assert head.linear.bias.grad.abs().max() == 0
+
+
+def test_on_policy_grpo_uses_its_own_forward_as_the_old_policy_and_tallies_the_rollout_statistics():
+    """One pass of one mini-batch: without old_logps the loss, its gradients and its statistics are
+    those it has with old log-probs from a separate forward, and it reports the rollouts' entropy and
+    KL per answer as the stage computed them from that forward."""
+    model = tiny_llama(VOCAB)
+    batch = rollout_batch(seed=2)
+    mask = batch["response_mask"]
+    with torch.no_grad():
+        old = token_logprobs(model, **rows(batch))
+    ref = old - 0.1 * mask * torch.linspace(0.5, 1.5, mask.shape[1])  # a reference a little apart
+    batch.update(ref_logps=ref, advantages=torch.tensor([1.0, -0.5, 0.25, -0.75]))
+    given = GrpoLoss(clip=0.2, kl_coef=0.3)
+    own = GrpoLoss(clip=0.2, kl_coef=0.3)
+    with_old = given.loss_sum(model, {**batch, "old_logps": old})
+    expected = torch.autograd.grad(with_old, list(model.parameters()))
+    without_old = own.loss_sum(model, batch)
+    grads = torch.autograd.grad(without_old, list(model.parameters()))
+    assert float(without_old) == pytest.approx(float(with_old), rel=1e-6)
+    for g, e in zip(grads, expected, strict=True):
+        assert torch.allclose(g, e, atol=1e-6)
+    stats, reference_stats = own.pop_stats(), given.pop_stats()
+    assert stats.pop("kl") == pytest.approx(float(((old - ref) * mask).sum(-1).mean()), rel=1e-5)
+    assert stats.pop("entropy") == pytest.approx(float(-(old * mask).sum() / mask.sum()), rel=1e-5)
+    assert stats == pytest.approx(reference_stats)  # clip fraction 0, ratio 1, the same kl_per_token

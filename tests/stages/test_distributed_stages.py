@@ -225,7 +225,9 @@ def test_grpo_in_two_processes(root: Path, sft: Path, reward: Path) -> None:
     rows = check_two_process_run(run, 2)
     for row in rows:
         assert row["reward_min"] <= row["reward_mean"] <= row["reward_max"]
-        assert math.isfinite(row["kl"]) and row["kl"] > -1e-3
+        # the rollouts' KL per answer is a sampled estimate (it may dip below 0); the loss's k3 may not
+        assert math.isfinite(row["kl"]) and row["kl_per_token"] > -1e-6
+        assert math.isfinite(row["entropy"]) and row["entropy"] > 0
     evaluation = json.loads((run / "eval.json").read_text())
     assert evaluation["steps"] == 2 and evaluation["after"]["prompts"] == 4
 

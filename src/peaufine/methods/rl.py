@@ -295,9 +295,12 @@ class GrpoLoss:
     wrong answers).
 
     Batch keys: input_ids, attention_mask, response_mask, old_logps, ref_logps (may be absent when
-    kl_coef is 0) and advantages ([N] per sequence, or [N, L]). `tally` keeps the means, over response
-    tokens, of "clip_fraction", "kl_per_token" (the loss's estimator: not the stage's "kl", which is
-    nats per answer) and "ratio" until drained (`pop_stats` drains this process's).
+    kl_coef is 0) and advantages ([N] per sequence, or [N, L]). Without old_logps the batch is taken
+    as on-policy (one pass, one mini-batch: the ratio is exactly 1), the old log-probs are this
+    forward's, detached, and the rollouts' "entropy" and "kl" (nats per answer) go to the tally too,
+    so the stage need not run the policy over its rollouts a second time. `tally` keeps the means, over
+    response tokens, of "clip_fraction", "kl_per_token" (the loss's estimator: not the stage's "kl",
+    which is nats per answer) and "ratio" until drained (`pop_stats` drains this process's).
     """
 
     clip: float
@@ -318,14 +321,22 @@ class GrpoLoss:
         logps = token_logprobs(
             model, batch["input_ids"], batch["attention_mask"], mask, self.temperature, self.chunk_tokens
         )
-        old = torch.where(mask, batch["old_logps"].float(), 0.0)
+        on_policy = "old_logps" not in batch
+        if on_policy:  # one pass, one mini-batch: the sampling policy is this very model
+            old = logps.detach()
+            self.tally.add("entropy", -torch.where(mask, old, 0.0).sum(), mask.sum())
+        else:
+            old = torch.where(mask, batch["old_logps"].float(), 0.0)
         policy, clipped = clipped_policy_loss(logps, old, batch["advantages"].float(), self.clip)
         loss = policy
         ref = batch.get("ref_logps")
         if ref is not None:
-            kl = kl_per_token(logps, torch.where(mask, ref.float(), 0.0), self.kl_estimator)
+            ref = torch.where(mask, ref.float(), 0.0)
+            kl = kl_per_token(logps, ref, self.kl_estimator)
             loss = loss + self.kl_coef * kl
             self.tally.add("kl_per_token", torch.where(mask, kl, 0.0).sum(), mask.sum())
+            if on_policy:  # the rollouts' KL to the reference, nats per answer
+                self.tally.add("kl", torch.where(mask, old - ref, 0.0).sum(), mask.shape[0])
         elif self.kl_coef != 0:
             raise ValueError("GrpoLoss with kl_coef != 0 needs ref_logps in the batch")
         self.tally.add("clip_fraction", (clipped & mask).sum(), mask.sum())

@@ -320,7 +320,11 @@ def rollout_batch(
     chunk_tokens: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """The tensors of one optimisation batch: old and reference log-probs, advantages (and PPO's values
-    and returns), plus what to log about the rollouts themselves."""
+    and returns), plus what to log about the rollouts themselves.
+
+    GRPO with one pass of one mini-batch optimises the very policy that sampled: its old log-probs are
+    those of the training forward (GrpoLoss without old_logps), which then also tallies the rollouts'
+    entropy and KL; no forward of the policy is spent on them here."""
     import torch
 
     from peaufine.methods import rl
@@ -328,8 +332,11 @@ def rollout_batch(
     r = scored.rollouts
     mask = r.response_mask
     rewards = torch.tensor(scored.rewards, dtype=torch.float32, device=r.input_ids.device)
+    on_policy = head is None and config.passes == 1 and config.mini_batches == 1
     with torch.no_grad():
-        if head is None:
+        if on_policy:
+            old = None
+        elif head is None:
             old = rl.token_logprobs(
                 policy, r.input_ids, r.attention_mask, mask, config.temperature, chunk_tokens
             )
@@ -343,9 +350,10 @@ def rollout_batch(
         "input_ids": r.input_ids,
         "attention_mask": r.attention_mask,
         "response_mask": mask,
-        "old_logps": old,
         "ref_logps": ref,
     }
+    if old is not None:
+        batch["old_logps"] = old
     if head is None:
         batch["advantages"] = rl.group_advantages(rewards, config.group_size, scale=config.scale_rewards)
     else:
@@ -358,10 +366,11 @@ def rollout_batch(
         "reward_mean": float(rewards.mean()),
         "reward_min": float(rewards.min()),
         "reward_max": float(rewards.max()),
-        "kl": float(((old - ref) * mask).sum(-1).mean()),
-        "entropy": float(-(old * mask).sum() / mask.sum().clamp(min=1)),
         "response_length": float(lengths.mean()),
     }
+    if old is not None:
+        logged["kl"] = float(((old - ref) * mask).sum(-1).mean())
+        logged["entropy"] = float(-(old * mask).sum() / mask.sum().clamp(min=1))
     for name, values in scored.per_source.items():
         logged[f"reward/{name}"] = sum(values) / len(values)
     return batch, logged
@@ -545,6 +554,7 @@ def run_rl(
             )
             logged = rollout_stats_across(logged, len(scored.rewards), runtime)
             loss = optimise(loop, batch, config)
+            logged.update(objective.tally.drain(runtime))  # on-policy GRPO tallies kl and entropy there
             kl_control.update(logged["kl"], len(scored.rewards) * runtime.world_size)
             step += 1
             loop.state.step = step  # checkpoints count RL steps; the schedule counts optimiser updates
@@ -554,7 +564,6 @@ def run_rl(
                 "lr": loop.scheduler.get_last_lr()[0],
                 "train_loss": loss,
                 **logged,
-                **objective.tally.drain(runtime),
                 "kl_coef": kl_control.value,
                 "seconds": time.perf_counter() - started,
             }
