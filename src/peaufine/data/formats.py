@@ -7,7 +7,7 @@ import csv
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -338,14 +338,21 @@ def _default_fields(fields: FieldsBlock | None) -> FieldsBlock:
     return FieldsBlock()
 
 
-def _handle(anomaly: _Anomaly, policy: dict[str, str], report: AnomalyReport) -> None:
+def _handle(
+    anomaly: _Anomaly,
+    policy: dict[str, str],
+    report: AnomalyReport,
+    hints: Mapping[str, str] | None = None,
+) -> None:
+    """Raise the anomaly as a DataError with its kind's hint (`hints`, default the chat kinds'), or
+    count it in `report` when the policy for its kind allows skipping."""
     if policy[anomaly.kind] == "error":
         raise DataError(
             anomaly.message,
             path=anomaly.path,
             line=anomaly.line,
             field=anomaly.field,
-            hint=_HINTS[anomaly.kind],
+            hint=(hints or _HINTS)[anomaly.kind],
         )
     report._add(anomaly)
 

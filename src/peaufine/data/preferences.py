@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from peaufine.data.formats import (
     ROLES,
     _default_fields,
+    _handle,
     _missing,
     _raise_empty,
     _records,
@@ -116,7 +117,7 @@ def load_preference_pairs(
     pairs: list[PreferencePair] = []
     for item in _records(paths):
         if isinstance(item, _Anomaly):
-            _handle(item, resolved, report)
+            _handle(item, resolved, report, _HINTS)
             continue
         where, raw = item
         if chosen_format is None:
@@ -129,7 +130,7 @@ def load_preference_pairs(
             )
             found, anomalies = ([], [pair]) if isinstance(pair, _Anomaly) else ([pair], [])
         for anomaly in anomalies:
-            _handle(anomaly, resolved, report)
+            _handle(anomaly, resolved, report, _HINTS)
         pairs.extend(found)
     if not pairs:
         _raise_empty(paths, report)
@@ -250,19 +251,6 @@ def split_pairs_by_prompt(
     train = [pair for pair, key in zip(pairs, keys, strict=True) if key not in held_out]
     validation = [pair for pair, key in zip(pairs, keys, strict=True) if key in held_out]
     return train, validation
-
-
-def _handle(anomaly: _Anomaly, policy: dict[str, str], report: AnomalyReport) -> None:
-    # formats._handle knows only the chat kinds' hints; the preference kinds need their own.
-    if policy[anomaly.kind] == "error":
-        raise DataError(
-            anomaly.message,
-            path=anomaly.path,
-            line=anomaly.line,
-            field=anomaly.field,
-            hint=_HINTS[anomaly.kind],
-        )
-    report._add(anomaly)
 
 
 def _detect_format(raw: dict[str, Any], fields: FieldsBlock, where: _Where) -> str:
