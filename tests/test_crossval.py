@@ -8,8 +8,8 @@ import statistics
 
 import pytest
 
-from peaufine.crossval import run_crossval, summarise
-from peaufine.errors import RecipeError
+from peaufine.crossval import check_out, run_crossval, summarise
+from peaufine.errors import RecipeError, RunDirError
 from peaufine.recipe import load_recipe
 
 
@@ -24,6 +24,25 @@ def test_summary_is_mean_and_sample_std_of_metrics_every_fold_has():
 def test_only_fine_tuning_stages_cross_validate(tmp_path):
     with pytest.raises(RecipeError, match="cross-validation runs stages sft, classify, reward"):
         run_crossval(load_recipe(None, [], stage="pretrain"), tmp_path / "cv", 3)
+
+
+def test_an_out_folder_holding_anything_but_folds_is_refused_and_named(tmp_path):
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    with pytest.raises(RunDirError, match="file exists and is not a folder"):
+        check_out(tmp_path / "file", overwrite=True)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text("stage: sft\n", encoding="utf-8")
+    with pytest.raises(RunDirError, match="holds a single run, not a cross-validation"):
+        check_out(run, overwrite=True)
+    cv = tmp_path / "cv"
+    (cv / "fold-0").mkdir(parents=True)
+    (cv / "cv.json").write_text("{}", encoding="utf-8")
+    check_out(cv, overwrite=False)
+    (cv / "notes.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(RunDirError, match=r"cv holds files that are not a cross-validation's \(notes.txt\)"):
+        check_out(cv, overwrite=False)
+    check_out(cv, overwrite=True)  # --overwrite re-runs the folds beside it
 
 
 def _questions(path):

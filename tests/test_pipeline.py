@@ -7,8 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from peaufine.errors import PeaufineError, RecipeError
-from peaufine.pipeline import Pipeline, load_pipeline, parse_stage_overrides, run_pipeline
+from peaufine.errors import PeaufineError, RecipeError, RunDirError
+from peaufine.pipeline import (
+    Pipeline,
+    check_out,
+    headline,
+    load_pipeline,
+    packaged_pipeline,
+    parse_stage_overrides,
+    run_pipeline,
+)
 from peaufine.recipe import load_recipe
 
 TINY = """
@@ -57,6 +65,43 @@ def test_stage_overrides_parse_and_a_bare_reference_is_refused_outside_a_pipelin
     recipe.write_text("stage: sft\nmodel:\n  source: ${pretrain}\n", encoding="utf-8")
     with pytest.raises(RecipeError, match=r"model.source is '\$\{pretrain\}', a reference to a pipeline"):
         load_recipe(recipe, [], stage="sft")
+
+
+def test_an_out_folder_holding_files_of_no_pipeline_is_refused_and_named(tmp_path):
+    pipeline = Pipeline.model_validate({"stages": [{"name": "sft", "recipe": "world-sft-smoke"}]})
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    with pytest.raises(RunDirError, match="file exists and is not a folder"):
+        check_out(tmp_path / "file", pipeline)
+    out = tmp_path / "out"
+    (out / "sft").mkdir(parents=True)
+    (out / ".sft.staging-123").mkdir()
+    check_out(out, pipeline)
+    (out / "thesis.tex").write_text("mine", encoding="utf-8")
+    with pytest.raises(RunDirError, match=r"out holds files that are not this pipeline's \(thesis.tex\)"):
+        check_out(out, pipeline)
+    (out / "pipeline.json").write_text("{}", encoding="utf-8")
+    check_out(out, pipeline)  # an earlier run of a pipeline, whose stages may since have changed
+
+
+def test_packaged_files_are_found_by_name_and_an_unknown_name_is_one_clear_error(tmp_path):
+    pipeline, _ = packaged_pipeline("world-pipeline-smoke")
+    assert pipeline.stages[0].name == "pretrain"
+    with pytest.raises(
+        RecipeError, match="'world-nothing' is neither a pipeline file nor a packaged pipeline"
+    ):
+        packaged_pipeline("world-nothing")
+    typo = Pipeline.model_validate({"stages": [{"name": "sft", "recipe": "world-sft-smok"}]})
+    with pytest.raises(RecipeError, match="stage 'sft': recipe 'world-sft-smok' is neither a YAML path"):
+        run_pipeline(typo, tmp_path, tmp_path / "out")
+
+
+def test_a_headline_is_the_stage_table_in_order_for_the_numbers_the_run_has():
+    evaluation = {
+        "validation": {"accuracy": 0.75, "macro_f1": 0.5, "pearson_r": float("nan")},
+        "steps": 10,
+    }
+    assert list(headline("classify", evaluation).items()) == [("accuracy", 0.75), ("macro F1", 0.5)]
+    assert headline("no-such-stage", evaluation) == {}
 
 
 def _state(out: Path) -> dict[str, str]:

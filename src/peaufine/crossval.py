@@ -24,18 +24,6 @@ if TYPE_CHECKING:
 CV_STAGES = ("sft", "classify", "reward")
 CV_FILES = {"cv.json", "report.html"}
 
-# the metrics each stage's table leads with (all the others are in cv.json and the report)
-HEADLINES: dict[str, list[str]] = {
-    "sft": [
-        "val_loss",
-        "answers.validation.after.exact_match",
-        "answers.heldout.after.exact_match",
-        "forgetting.relative_change",
-    ],
-    "classify": ["val_loss", "validation.accuracy", "validation.macro_f1", "validation.pearson_r"],
-    "reward": ["val_loss", "validation.accuracy", "heldout.accuracy", "validation.mean_margin"],
-}
-
 
 @dataclass
 class CvResult:
@@ -66,18 +54,16 @@ def summarise(per_fold: list[dict[str, float]]) -> dict[str, dict[str, Any]]:
 
 
 def check_out(out: Path, overwrite: bool) -> None:
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise RunDirError(f"{out} exists and is not a folder; choose another output folder")
+    from peaufine.rundir import refuse_strangers
+
     if (out / "recipe.yaml").is_file():
         raise RunDirError(f"{out} holds a single run, not a cross-validation; choose another --out")
-    entries = [p for p in out.iterdir() if not (p.name.startswith("fold-") or p.name in CV_FILES)]
-    if entries and not overwrite:
-        raise RunDirError(
-            f"{out} holds files that are not a cross-validation's ({entries[0].name}, ...); "
-            "choose another output folder"
-        )
+    # --overwrite re-runs the folds and leaves whatever else is there alone
+    refuse_strangers(
+        out,
+        "a cross-validation's",
+        lambda name: overwrite or name.startswith("fold-") or name in CV_FILES,
+    )
 
 
 def run_crossval(
@@ -91,7 +77,7 @@ def run_crossval(
     """Run `recipe` once per fold into <out>/fold-<i>; write cv.json and report.html in <out>."""
     from peaufine.engine.track import Tracker
     from peaufine.rundir import finished_with, write_json
-    from peaufine.stages.dispatch import run_metrics, run_stage
+    from peaufine.stages.dispatch import HEADLINES, run_metrics, run_stage
 
     if recipe.stage not in CV_STAGES:
         raise RecipeError(
@@ -124,7 +110,7 @@ def run_crossval(
             "stage": recipe.stage,
             "folds": folds,
             "seed": recipe.train.seed,
-            "headline": [name for name in HEADLINES[recipe.stage] if name in metrics],
+            "headline": [name for _, name in HEADLINES[recipe.stage] if name in metrics],
             "metrics": metrics,
             "runs": [f"fold-{i}" for i in range(folds)],
             "reused": reused,
@@ -141,12 +127,14 @@ def cv_table(result: CvResult) -> Any:
     """The headline metrics as a rich table: mean ± std, then each fold's value."""
     from rich.table import Table
 
+    from peaufine.stages.dispatch import HEADLINES
+
     table = Table(title=f"{result.stage}: {result.folds}-fold cross-validation ({result.out})")
     table.add_column("metric")
     table.add_column("mean ± std", justify="right")
     for i in range(result.folds):
         table.add_column(f"fold {i}", justify="right")
-    names = [n for n in HEADLINES[result.stage] if n in result.metrics]
+    names = [name for _, name in HEADLINES[result.stage] if name in result.metrics]
     for name in names:
         entry = result.metrics[name]
         table.add_row(

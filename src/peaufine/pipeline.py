@@ -15,10 +15,11 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -29,29 +30,9 @@ if TYPE_CHECKING:
     from peaufine.engine.track import Tracker
     from peaufine.recipe import Recipe
 
-REFERENCE = re.compile(r"\$\{([A-Za-z0-9_-]+)\}")
+T = TypeVar("T")
 
-# the numbers pipeline.json and the pipeline report show for each kind of stage
-HEADLINES: dict[str, dict[str, str]] = {
-    "pretrain": {"validation loss": "val_loss", "fact recall": "fact_recall.accuracy"},
-    "sft": {
-        "exact match (validation)": "answers.validation.after.exact_match",
-        "exact match (held-out facts)": "answers.heldout.after.exact_match",
-        "forgetting (relative)": "forgetting.relative_change",
-    },
-    "classify": {"accuracy": "validation.accuracy", "validation loss": "val_loss"},
-    "reward": {"pairwise accuracy (validation)": "validation.accuracy", "held-out": "heldout.accuracy"},
-    "dpo": {
-        "prefers chosen, before": "before.likelihood_accuracy_validation",
-        "prefers chosen, after": "after.likelihood_accuracy_validation",
-    },
-    "rl": {
-        "sampled reward, before": "before.reward_sampled",
-        "sampled reward, after": "after.reward_sampled",
-        "exact match (greedy)": "after.exact_match_greedy",
-        "KL to reference": "final_kl",
-    },
-}
+REFERENCE = re.compile(r"\$\{([A-Za-z0-9_-]+)\}")
 
 
 class PipelineStage(Block):
@@ -98,10 +79,18 @@ def load_pipeline(path: Path) -> tuple[Pipeline, Path]:
         raise RecipeError("\n".join(problems)) from None
 
 
-def packaged_pipeline(name: str) -> tuple[Pipeline, Path]:
+def _read_packaged(name: str, read: Callable[[Path], T], missing: str) -> T:
+    """`read` a YAML file shipped in peaufine/recipes (a recipe or a pipeline), by name."""
     resource = resources.files("peaufine") / "recipes" / f"{name}.yaml"
+    if not resource.is_file():
+        raise RecipeError(missing)
     with resources.as_file(resource) as path:
-        return load_pipeline(Path(path))
+        return read(Path(path))
+
+
+def packaged_pipeline(name: str) -> tuple[Pipeline, Path]:
+    missing = f"'{name}' is neither a pipeline file nor a packaged pipeline"
+    return _read_packaged(name, load_pipeline, missing)
 
 
 def _recipe_data(stage: PipelineStage, base: Path) -> dict[str, Any]:
@@ -109,13 +98,8 @@ def _recipe_data(stage: PipelineStage, base: Path) -> dict[str, Any]:
     if candidate.suffix in (".yaml", ".yml") or len(candidate.parts) > 1:
         path = candidate if candidate.is_absolute() else base / candidate
         return read_yaml(path)
-    resource = resources.files("peaufine") / "recipes" / f"{stage.recipe}.yaml"
-    if not resource.is_file():
-        raise RecipeError(
-            f"stage '{stage.name}': recipe '{stage.recipe}' is neither a YAML path nor a packaged recipe"
-        )
-    with resources.as_file(resource) as path:
-        return read_yaml(Path(path))
+    missing = f"stage '{stage.name}': recipe '{stage.recipe}' is neither a YAML path nor a packaged recipe"
+    return _read_packaged(stage.recipe, read_yaml, missing)
 
 
 def _substitute(value: Any, runs: dict[str, Path], stage: str, used: set[str]) -> Any:
@@ -160,10 +144,10 @@ def fingerprint(recipe_yaml: str, inputs: list[str]) -> str:
 
 
 def headline(stage: str, evaluation: dict[str, Any]) -> dict[str, float]:
-    from peaufine.stages.dispatch import flatten_numbers
+    from peaufine.stages.dispatch import HEADLINES, flatten_numbers
 
     flat = flatten_numbers(evaluation)
-    return {label: flat[key] for label, key in HEADLINES.get(stage, {}).items() if key in flat}
+    return {label: flat[key] for label, key in HEADLINES.get(stage, ()) if key in flat}
 
 
 @dataclass
@@ -225,19 +209,12 @@ def _write_state(out: Path, pipeline: Pipeline, outcomes: list[StageOutcome], se
 
 
 def check_out(out: Path, pipeline: Pipeline) -> None:
-    from peaufine.errors import RunDirError
+    from peaufine.rundir import refuse_strangers
 
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise RunDirError(f"{out} exists and is not a folder; choose another output folder")
+    if (out / "pipeline.json").is_file():
+        return  # an earlier run of a pipeline; stages it had and this one has not are left alone
     names = {s.name for s in pipeline.stages} | {"pipeline.json", "report.html"}
-    strangers = sorted(p.name for p in out.iterdir() if p.name not in names and not p.name.startswith("."))
-    if strangers and not (out / "pipeline.json").is_file():
-        raise RunDirError(
-            f"{out} holds files that are not this pipeline's ({', '.join(strangers[:3])}); "
-            "choose another output folder (peaufine never deletes folders it did not write)"
-        )
+    refuse_strangers(out, "this pipeline's", lambda name: name in names or name.startswith("."))
 
 
 def run_pipeline(

@@ -493,17 +493,23 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def set_dotted(data: dict[str, Any], path: list[str], value: Any, where: str) -> None:
+    """Set the key at `path` in a raw recipe mapping, creating blocks on the way; `where` names the
+    setting in the error when a block on the way is a value."""
+    node = data
+    for depth, part in enumerate(path[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            here = ".".join(path[: depth + 1])
+            raise RecipeError(f"{where}: '{here}' is a value, not a block of keys")
+        node = child
+    node[path[-1]] = value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for text in overrides:
         path, value = parse_override(text)
-        node = data
-        for depth, part in enumerate(path[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                here = ".".join(path[: depth + 1])
-                raise RecipeError(f"--set {text!r}: '{here}' is a value, not a block of keys")
-            node = child
-        node[path[-1]] = value
+        set_dotted(data, path, value, f"--set {text!r}")
     return data
 
 
@@ -549,16 +555,13 @@ def load_recipe(path: Path | None, overrides: list[str] | None = None, stage: st
     return validate_recipe(data, source)
 
 
-def _pipeline_reference(data: Any, key: str = "") -> tuple[str, str] | None:
+def _pipeline_reference(data: Any) -> tuple[str, str] | None:
     """The first string holding `${...}` (only a pipeline can fill it in), with its key path."""
-    if isinstance(data, dict):
-        items: Any = data.items()
-    elif isinstance(data, list):
-        items = ((str(i), v) for i, v in enumerate(data))
-    else:
-        return (key, data) if isinstance(data, str) and "${" in data else None
-    for name, value in items:
-        found = _pipeline_reference(value, f"{key}.{name}" if key else str(name))
-        if found is not None:
-            return found
-    return None
+    from peaufine.nested import dotted_items
+
+    found = (
+        (key, value)
+        for key, value in dotted_items(data, into_lists=True)
+        if isinstance(value, str) and "${" in value
+    )
+    return next(found, None)

@@ -90,19 +90,36 @@ def finished_with(path: Path, recipe_yaml: str) -> bool:
     )
 
 
+def folder_entries(path: Path) -> list[Path] | None:
+    """What an output folder holds; None while nothing is there. A file in its place is refused."""
+    if not path.exists():
+        return None
+    if not path.is_dir():
+        raise RunDirError(f"{path} exists and is not a folder; choose another output folder")
+    return list(path.iterdir())
+
+
+def refuse_strangers(path: Path, owner: str, ours: Callable[[str], bool]) -> None:
+    """Refuse an output folder holding entries that are not `owner`'s (`ours` tells by name): a
+    cross-validation or a pipeline writes its runs beside them, and cannot tell what is safe to replace."""
+    strangers = sorted(entry.name for entry in folder_entries(path) or [] if not ours(entry.name))
+    if strangers:
+        more = ", ..." if len(strangers) > 3 else ""
+        raise RunDirError(
+            f"{path} holds files that are not {owner} ({', '.join(strangers[:3])}{more}); "
+            "choose another output folder (peaufine never deletes folders it did not write)"
+        )
+
+
 def check_target(path: Path, recipe_yaml: str, *, overwrite: bool, resume: bool) -> None:
     """Refuse a target that holds something else, before any work is done."""
     if overwrite and resume:
         raise RunDirError("--overwrite and --resume contradict each other: choose one")
-    if not path.exists():
+    entries = folder_entries(path)
+    if not entries:
         if resume:
-            raise RunDirError(f"--resume: {path} does not exist; start the run without --resume")
-        return
-    if not path.is_dir():
-        raise RunDirError(f"{path} exists and is not a folder; choose another output folder")
-    if not any(path.iterdir()):
-        if resume:
-            raise RunDirError(f"--resume: {path} is empty; start the run without --resume")
+            missing = "does not exist" if entries is None else "is empty"
+            raise RunDirError(f"--resume: {path} {missing}; start the run without --resume")
         return
     if not _is_run(path):
         raise RunDirError(

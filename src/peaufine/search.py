@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 
 from peaufine.errors import RecipeError, RunDirError, TrainingError
-from peaufine.recipe import Recipe, apply_overrides, read_yaml, validate_recipe
+from peaufine.nested import dotted_items
+from peaufine.recipe import Recipe, apply_overrides, read_yaml, set_dotted, validate_recipe
 
 if TYPE_CHECKING:
     import optuna
@@ -215,24 +216,11 @@ def load_space(path: Path) -> Space:
     return {str(key): _dimension(str(key), spec, str(path)) for key, spec in data.items()}
 
 
-def set_key(data: dict[str, Any], key: str, value: Any, source: str) -> None:
-    """Set a dotted key in a raw recipe mapping, creating blocks on the way."""
-    parts = key.split(".")
-    node = data
-    for depth, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            here = ".".join(parts[: depth + 1])
-            raise RecipeError(f"{source}: '{key}': '{here}' is a value in the recipe, not a block of keys")
-        node = child
-    node[parts[-1]] = value
-
-
 def recipe_with(base: dict[str, Any], params: dict[str, Any], source: str) -> Recipe:
     """The recipe mapping `base` with each searched key set to its value, validated."""
     data = copy.deepcopy(base)
     for key, value in params.items():
-        set_key(data, key, value, source)
+        set_dotted(data, key.split("."), value, f"{source}: '{key}'")
     return validate_recipe(data, source)
 
 
@@ -528,20 +516,11 @@ def _differences(stored: dict[str, Any], wanted: dict[str, Any]) -> str:
         name for name in ("metric", "direction", "sampler", "space") if stored.get(name) != wanted.get(name)
     ]
     if stored.get("recipe") != wanted.get("recipe"):
-        old = _flat(yaml.safe_load(stored.get("recipe") or "") or {})
-        new = _flat(yaml.safe_load(wanted["recipe"]) or {})
+        old = dict(dotted_items(yaml.safe_load(stored.get("recipe") or "") or {}))
+        new = dict(dotted_items(yaml.safe_load(wanted["recipe"]) or {}))
         keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
         parts.append("recipe (" + ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "") + ")")
     return ", ".join(parts)
-
-
-def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(data, dict):
-        return {prefix.rstrip("."): data}
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        flat.update(_flat(value, f"{prefix}{key}."))
-    return flat
 
 
 def _storage_of(study: optuna.Study) -> Any:

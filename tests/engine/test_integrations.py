@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from peaufine.engine.integrations import check_tracking, mlflow_key
+from peaufine.engine.integrations import check_tracking, flat_params, mlflow_key
 from peaufine.errors import RecipeError
 from peaufine.recipe import TrackBlock, validate_recipe
 from peaufine.stages.pretrain import run_pretrain
@@ -45,6 +45,21 @@ def test_mlflow_keys_keep_only_what_mlflow_accepts():
     assert (
         mlflow_key("validation.by_kind.concise>wrong.accuracy") == "validation.by_kind.concise_wrong.accuracy"
     )
+
+
+def test_mlflow_params_are_the_recipe_as_dotted_text_with_lists_whole():
+    recipe = {
+        "stage": "sft",
+        "train": {"lr": 0.001, "resume_from": None, "bf16": True},
+        "lora": {"targets": ["q", "v"]},
+    }
+    assert flat_params(recipe) == {
+        "stage": "sft",
+        "train.lr": "0.001",
+        "train.resume_from": "null",
+        "train.bf16": "True",
+        "lora.targets": "['q', 'v']",
+    }
 
 
 def test_tensorboard_and_mlflow_get_every_logged_row(tmp_path):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peaufine.errors import RecipeError
+from peaufine.nested import dotted_items
 
 if TYPE_CHECKING:
     from peaufine.recipe import Recipe, TrackBlock
@@ -126,14 +127,9 @@ class MlflowSink:
 TRACKING_SINKS = (TensorBoardSink, MlflowSink)
 
 
-def flat_params(data: Any, prefix: str = "") -> dict[str, str]:
+def flat_params(data: dict[str, Any]) -> dict[str, str]:
     """The resolved recipe as dotted key -> text, the shape MLflow's params take."""
-    if isinstance(data, dict):
-        flat: dict[str, str] = {}
-        for key, value in data.items():
-            flat.update(flat_params(value, f"{prefix}{key}."))
-        return flat
-    return {prefix.rstrip("."): "null" if data is None else str(data)}
+    return {key: "null" if value is None else str(value) for key, value in dotted_items(data)}
 
 
 def open_tracking(recipe: Recipe, run_path: Path) -> list[Any]:

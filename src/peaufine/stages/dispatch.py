@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peaufine.errors import RunDirError
+from peaufine.nested import dotted_items
 
 if TYPE_CHECKING:
     from peaufine.engine.track import Tracker
@@ -26,6 +27,41 @@ STAGE_RUNNERS: dict[str, tuple[str, str]] = {
     "reward": ("peaufine.stages.reward", "run_reward"),
     "dpo": ("peaufine.stages.dpo", "run_dpo"),
     "rl": ("peaufine.stages.rl", "run_rl"),
+}
+
+
+# the numbers each stage's results lead with, as (label, run_metrics name), in order: pipeline.json
+# and the cross-validation table show these, cv.json and the reports have all the others
+HEADLINES: dict[str, tuple[tuple[str, str], ...]] = {
+    "pretrain": (("validation loss", "val_loss"), ("fact recall", "fact_recall.accuracy")),
+    "sft": (
+        ("validation loss", "val_loss"),
+        ("exact match (validation)", "answers.validation.after.exact_match"),
+        ("exact match (held-out facts)", "answers.heldout.after.exact_match"),
+        ("forgetting (relative)", "forgetting.relative_change"),
+    ),
+    "classify": (
+        ("validation loss", "val_loss"),
+        ("accuracy", "validation.accuracy"),
+        ("macro F1", "validation.macro_f1"),
+        ("Pearson r", "validation.pearson_r"),
+    ),
+    "reward": (
+        ("validation loss", "val_loss"),
+        ("pairwise accuracy (validation)", "validation.accuracy"),
+        ("held-out", "heldout.accuracy"),
+        ("mean margin (validation)", "validation.mean_margin"),
+    ),
+    "dpo": (
+        ("prefers chosen, before", "before.likelihood_accuracy_validation"),
+        ("prefers chosen, after", "after.likelihood_accuracy_validation"),
+    ),
+    "rl": (
+        ("sampled reward, before", "before.reward_sampled"),
+        ("sampled reward, after", "after.reward_sampled"),
+        ("exact match (greedy)", "after.exact_match_greedy"),
+        ("KL to reference", "final_kl"),
+    ),
 }
 
 
@@ -44,25 +80,13 @@ def run_stage(
     return result.evaluation
 
 
-def flatten_numbers(data: Any, prefix: str = "") -> dict[str, float]:
+def flatten_numbers(data: dict[str, Any]) -> dict[str, float]:
     """Every finite number in a nested mapping, under its dotted key path (lists by index)."""
-    flat: dict[str, float] = {}
-    if isinstance(data, dict):
-        items = data.items()
-    elif isinstance(data, list):
-        items = ((str(i), v) for i, v in enumerate(data))
-    else:
-        return flat
-    for key, value in items:
-        name = f"{prefix}{key}"
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, int | float):
-            if math.isfinite(value):
-                flat[name] = float(value)
-        else:
-            flat.update(flatten_numbers(value, f"{name}."))
-    return flat
+    return {
+        key: float(value)
+        for key, value in dotted_items(data, into_lists=True)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    }
 
 
 def run_metrics(run_dir: Path) -> dict[str, float]:
