@@ -30,6 +30,7 @@ import yaml
 from peaufine.errors import RecipeError, RunDirError, TrainingError
 from peaufine.nested import dotted_items
 from peaufine.recipe import Recipe, apply_overrides, read_yaml, set_dotted, validate_recipe
+from peaufine.report.plots import pyplot, save_figure
 
 if TYPE_CHECKING:
     import optuna
@@ -921,22 +922,6 @@ def write_outputs(
         write_text_atomic(out / "best-recipe.yaml", best_recipe)
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=100)
-    _pyplot().close(fig)
-    os.replace(tmp, path)
-
-
 def plot_history(
     rows: Sequence[dict[str, Any]],
     path: Path,
@@ -946,7 +931,7 @@ def plot_history(
 ) -> None:
     """The objective of each trial, the best so far as a step line, pruned trials and the baseline
     (the recipe's own values) marked."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     done = [r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None]
     pruned = [r for r in rows if r["state"] == "PRUNED" and r["value"] is not None]
@@ -981,12 +966,12 @@ def plot_history(
     ax.set_title(f"{metric} ({direction})")
     ax.legend()
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_params(rows: Sequence[dict[str, Any]], space: Space, path: Path, metric: str) -> None:
     """The objective against each parameter, one panel per parameter; log axes for log ranges."""
-    plt = _pyplot()
+    plt = pyplot()
     keys = list(space)
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
@@ -1013,7 +998,7 @@ def plot_params(rows: Sequence[dict[str, Any]], space: Space, path: Path, metric
         ax.set_xlabel(key)
         ax.set_ylabel(metric)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _table(rows: Sequence[dict[str, Any]], keys: Sequence[str], metric: str, direction: str) -> Any:

@@ -20,7 +20,8 @@ RL_DIAGNOSTICS = {
 }
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot on the headless Agg backend (no display here or in CI)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -29,11 +30,11 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path) -> None:
     """Write `fig` to `path` through a temporary file, so a reader never sees half a PNG."""
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     fig.savefig(tmp, dpi=100)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     os.replace(tmp, path)
 
 
@@ -56,7 +57,7 @@ def plot_losses(
 ) -> None:
     """Training and validation loss per step; vertical lines at the best validation step, the step
     training stopped early at, and the step overfitting began (each only when given)."""
-    plt = _pyplot()
+    plt = pyplot()
     train = _series(rows, "train_loss")
     val = _series(rows, "val_loss")
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -87,12 +88,12 @@ def plot_losses(
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_lr(rows: Sequence[dict[str, Any]], path: Path) -> None:
     """The learning rate the optimiser used at each logged step (warmup, decay and floor show as drawn)."""
-    plt = _pyplot()
+    plt = pyplot()
     lr = _series(rows, "lr")
     fig, ax = plt.subplots(figsize=(7, 3))
     if lr:
@@ -102,12 +103,12 @@ def plot_lr(rows: Sequence[dict[str, Any]], path: Path) -> None:
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_rl(rows: list[dict[str, Any]], path: Path) -> None:
     """Reward (mean, min-max band) and KL to the reference per RL step, side by side."""
-    plt = _pyplot()
+    plt = pyplot()
     steps = [r["step"] for r in rows if "reward_mean" in r]
     if not steps:
         return
@@ -131,7 +132,7 @@ def plot_rl(rows: list[dict[str, Any]], path: Path) -> None:
     right.set_xlabel("step")
     right.legend()
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_rl_diagnostics(rows: Sequence[dict[str, Any]], path: Path) -> bool:
@@ -140,7 +141,7 @@ def plot_rl_diagnostics(rows: Sequence[dict[str, Any]], path: Path) -> bool:
     present = {key: points for key, points in present.items() if points}
     if not present:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(present), figsize=(3.2 * len(present), 3), squeeze=False)
     for ax, (key, points) in zip(axes[0], present.items(), strict=True):
         ax.plot(*zip(*points, strict=True), marker=".", linewidth=1.2)
@@ -148,5 +149,5 @@ def plot_rl_diagnostics(rows: Sequence[dict[str, Any]], path: Path) -> bool:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     return True
