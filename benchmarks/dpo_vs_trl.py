@@ -15,21 +15,16 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
-import importlib.util
 import json
 import math
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sft_vs_trl import MODEL, fmt, maxrss_mb, optimizer_groups
+import harness
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
@@ -37,9 +32,7 @@ DEFAULT_DATA = REPO / ".." / "shared" / "data" / "hh-rlhf" / "harmless-base-test
 VOCAB_SIZE = 2000
 MAX_LENGTH = 256  # pairs with a longer chosen or rejected sequence are dropped, from both sides alike
 SPLIT_SEED = 0  # which pairs are held out and the initial weights: fixed, whatever the training seeds
-SIDES = ("trl", "peaufine")  # the order each repetition runs them in: the peer first
 SPEEDUP_TARGET = 1.3
-LOG_EVERY = 10  # TRL's logging_steps default
 
 
 @dataclass
@@ -111,22 +104,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path, Path | No
 
 
 # -- shared by the parent and the workers -----------------------------------------------------------
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-
-
-def write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-
-
-def targets_of(mask: list[bool] | list[int]) -> list[int]:
-    return [t for t in range(1, len(mask)) if mask[t]]
-
-
-def digest(rows: list[Any]) -> str:
-    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
-
-
 def pair_row(chosen: tuple[list[int], list[int]], rejected: tuple[list[int], list[int]]) -> list[Any]:
     """One trained pair as the digests compare it: (ids, target positions) of chosen, then rejected."""
     return [chosen[0], chosen[1], rejected[0], rejected[1]]
@@ -176,7 +153,7 @@ def train_peaufine(job: dict[str, Any]) -> dict[str, Any]:
                 "precision": "fp32",
                 "device": "cpu",
                 "seed": job["seed"],
-                "log_every": LOG_EVERY,
+                "log_every": harness.LOG_EVERY,
                 "checkpoint_every": steps,
             },
             "eval": {
@@ -203,8 +180,8 @@ def train_peaufine(job: dict[str, Any]) -> dict[str, Any]:
 
     def timed_run(loop: Any, hooks: Any) -> Any:
         marks["train_start"] = time.perf_counter()
-        marks["rss_before_train_mb"] = maxrss_mb()
-        marks["optimizer"] = optimizer_groups(loop.optimizer, loop.model)
+        marks["rss_before_train_mb"] = harness.maxrss_mb()
+        marks["optimizer"] = harness.optimizer_groups(loop.optimizer, loop.model)
         return run_loop(loop, hooks)
 
     preference.precompute_reference = timed_reference
@@ -214,7 +191,7 @@ def train_peaufine(job: dict[str, Any]) -> dict[str, Any]:
     result = run_dpo(
         recipe, out, tracker=Tracker(enabled=False), hooks=[lambda step: ends.append(time.perf_counter())]
     )
-    rss_peak = maxrss_mb()
+    rss_peak = harness.maxrss_mb()
 
     # The pairs each step drew (global_batch is a function of the data position alone), as tokenized by
     # the stage into its run folder.
@@ -225,8 +202,8 @@ def train_peaufine(job: dict[str, Any]) -> dict[str, Any]:
         step_tokens.append(sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in drawn))
         stream += [
             pair_row(
-                (p.chosen.input_ids, targets_of(p.chosen.target_mask)),
-                (p.rejected.input_ids, targets_of(p.rejected.target_mask)),
+                (p.chosen.input_ids, harness.targets_of(p.chosen.target_mask)),
+                (p.rejected.input_ids, harness.targets_of(p.rejected.target_mask)),
             )
             for p in drawn
         ]
@@ -247,7 +224,7 @@ def train_peaufine(job: dict[str, Any]) -> dict[str, Any]:
         "decayed": decayed,
         "optimizer": optimizer_settings,
         "pairs": len(pairs),
-        "stream_digest": digest(stream),
+        "stream_digest": harness.digest(stream),
         "model_dir": str(out / "model"),
         "threads": torch.get_num_threads(),
     }
@@ -258,14 +235,14 @@ def train_trl(job: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     import torch
     from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     torch.set_num_threads(job["threads"])
     steps, batch = job["steps"], job["batch"]
     tokenizer = AutoTokenizer.from_pretrained(job["init_dir"])
     # In peaufine's order for this seed; read sequentially, so both sides train the same pairs in each step.
-    dataset = Dataset.from_list(read_jsonl(Path(job["trl_file"])))
+    dataset = Dataset.from_list(harness.read_jsonl(Path(job["trl_file"])))
     config = DPOConfig(
         output_dir=str(Path(job["run_dir"]) / "trl-output"),
         max_steps=steps,
@@ -274,30 +251,13 @@ def train_trl(job: dict[str, Any]) -> dict[str, Any]:
         learning_rate=job["lr"],
         lr_scheduler_type="linear",
         warmup_steps=0,
-        weight_decay=job["weight_decay"],
-        adam_beta1=job["betas"][0],
-        adam_beta2=job["betas"][1],
-        adam_epsilon=job["eps"],
-        max_grad_norm=job["grad_clip"],
         beta=job["beta"],
         loss_type=["sigmoid"],
         max_length=job["max_length"],  # every pair fits: nothing is truncated
         precompute_ref_log_probs=True,
         precompute_ref_batch_size=job["reference_batch"],
         train_sampling_strategy="sequential",
-        # CPU settings (NOTES.md): TRL's configs turn bf16 and gradient checkpointing on by default.
-        bf16=False,
-        fp16=False,
-        use_cpu=True,
-        gradient_checkpointing=False,
-        dataloader_pin_memory=False,
-        report_to="none",
-        save_strategy="no",
-        eval_strategy="no",
-        logging_steps=LOG_EVERY,
-        disable_tqdm=True,
-        seed=job["seed"],
-        model_init_kwargs={"dtype": "float32"},
+        **harness.trl_training_args(job),
     )
 
     marks: dict[str, Any] = {}
@@ -312,30 +272,9 @@ def train_trl(job: dict[str, Any]) -> dict[str, Any]:
 
     DPOTrainer._precompute_ref_logps = timed_reference
 
-    class StepClock(TrainerCallback):
-        """Wall time and real tokens at the end of each optimiser step, and the lr that step used."""
-
-        def __init__(self) -> None:
-            self.trainer: Any = None
-            self.start = 0.0
-            self.rss_before = 0.0
-            self.ends: list[float] = []
-            self.tokens_seen: list[int] = []
-            self.lrs: list[float] = []
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.start = time.perf_counter()
-            self.rss_before = maxrss_mb()
-
-        def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.lrs.append(kwargs["optimizer"].param_groups[0]["lr"])  # before the scheduler steps
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.ends.append(time.perf_counter())
-            # TRL's own count, the attention mask of chosen and rejected rows summed: non-padding tokens
-            self.tokens_seen.append(int(self.trainer._total_train_tokens))
-
-    clock = StepClock()
+    # the start of training, then wall time, TRL's own count of non-padding tokens (the attention masks
+    # of chosen and rejected rows summed) and the lr of each optimiser step
+    clock = harness.trl_step_clock()
     trainer = DPOTrainer(
         model=job["init_dir"],
         args=config,
@@ -345,7 +284,7 @@ def train_trl(job: dict[str, Any]) -> dict[str, Any]:
     )
     clock.trainer = trainer
     trainer.train()
-    rss_peak = maxrss_mb()
+    rss_peak = harness.maxrss_mb()
 
     prepared = trainer.train_dataset
     stream = []
@@ -358,7 +297,7 @@ def train_trl(job: dict[str, Any]) -> dict[str, Any]:
                 (rejected, list(range(len(prompt), len(rejected)))),
             )
         )
-    decayed, optimizer_settings = optimizer_groups(trainer.optimizer, trainer.model)
+    decayed, optimizer_settings = harness.optimizer_groups(trainer.optimizer, trainer.model)
     model_dir = Path(job["run_dir"]) / "model"
     trainer.save_model(str(model_dir))
     return {
@@ -367,7 +306,7 @@ def train_trl(job: dict[str, Any]) -> dict[str, Any]:
         "reference_s": marks["reference_s"],
         "reference_pairs": marks["reference_pairs"],
         "step_ends": [t - clock.start for t in clock.ends],
-        "step_tokens": [b - a for a, b in zip([0, *clock.tokens_seen], clock.tokens_seen, strict=False)],
+        "step_tokens": clock.step_tokens(),
         "lrs": clock.lrs,
         # the mean of per-step losses over each logging window
         "train_log": [[row["step"], row["loss"]] for row in trainer.state.log_history if "loss" in row],
@@ -376,17 +315,10 @@ def train_trl(job: dict[str, Any]) -> dict[str, Any]:
         "decayed": decayed,
         "optimizer": optimizer_settings,
         "pairs": len(prepared),
-        "stream_digest": digest(stream),
+        "stream_digest": harness.digest(stream),
         "model_dir": str(model_dir),
         "threads": torch.get_num_threads(),
     }
-
-
-def worker(job_path: Path) -> int:
-    job = json.loads(job_path.read_text(encoding="utf-8"))
-    result = (train_trl if job["side"] == "trl" else train_peaufine)(job)
-    Path(job["result_file"]).write_text(json.dumps(result), encoding="utf-8")
-    return 0
 
 
 # -- the parent: data, model, alternation, evaluation ---------------------------------------------
@@ -432,9 +364,7 @@ def encode(tokenizer: Any, prompt: str, response: str) -> tuple[list[int], list[
 def prepare(settings: Settings, data_path: Path, workdir: Path) -> Prepared:
     """Held-out pairs, a BPE trained on the training side, the pairs that fit, and the initial model."""
     import numpy as np
-    import torch
     from tokenizers import processors
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from peaufine.data.preferences import load_preference_pairs
     from peaufine.models.tokenizer import BOS, train_bpe
@@ -485,23 +415,12 @@ def prepare(settings: Settings, data_path: Path, workdir: Path) -> Prepared:
             f"training pairs, one epoch, and {len(train)} fit: lower --steps or raise --train-pairs"
         )
     peaufine_file = workdir / "train-hh.jsonl"  # whole dialogues again: the stage's hh format reads them
-    write_jsonl(
+    harness.write_jsonl(
         [{"chosen": p.prompt + p.chosen, "rejected": p.prompt + p.rejected} for p in train], peaufine_file
     )
 
-    config = LlamaConfig(
-        **MODEL,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=MAX_LENGTH,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(SPLIT_SEED)
-    model = LlamaForCausalLM(config)
     init_dir = workdir / "init"
-    model.save_pretrained(init_dir, safe_serialization=True)
-    tokenizer.save_pretrained(init_dir)
+    parameters = harness.save_tiny_llama(tokenizer, MAX_LENGTH, SPLIT_SEED, init_dir)
     return Prepared(
         init_dir=init_dir,
         peaufine_file=peaufine_file,
@@ -510,7 +429,7 @@ def prepare(settings: Settings, data_path: Path, workdir: Path) -> Prepared:
         records=len(pairs) + sum(report.counts.values()),
         anomalies={k: v for k, v in report.counts.items() if v},
         dropped=dropped,
-        parameters=sum(p.numel() for p in model.parameters()),
+        parameters=parameters,
         vocab=len(tokenizer),
     )
 
@@ -522,7 +441,7 @@ def trl_file(prepared: Prepared, seed: int, workdir: Path) -> tuple[Path, list[i
 
     order = epoch_order(len(prepared.train), seed, 0).tolist()
     path = workdir / f"train-trl-seed{seed}.jsonl"
-    write_jsonl(
+    harness.write_jsonl(
         [
             {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
             for p in (prepared.train[i] for i in order)
@@ -567,16 +486,15 @@ def dpo_scores(policy: list[tuple[float, float]], reference: list[tuple[float, f
 
 
 def run_side(side: str, rep: int, settings: Settings, prepared: Prepared, files: dict, workdir: Path) -> dict:
+    """`side`'s repetition `rep`, trained in a process of its own from the settings both sides share."""
     run_dir = workdir / f"{side}-{rep}"
     run_dir.mkdir(exist_ok=True)
     seed = settings.seed + rep
     job = {
-        "side": side,
         "init_dir": str(prepared.init_dir),
         "peaufine_file": str(prepared.peaufine_file),
         "trl_file": str(files[seed]),
         "run_dir": str(run_dir / "run"),
-        "result_file": str(run_dir / "result.json"),
         "steps": settings.steps,
         "batch": settings.batch,
         "lr": settings.lr,
@@ -590,48 +508,13 @@ def run_side(side: str, rep: int, settings: Settings, prepared: Prepared, files:
         "seed": seed,
         "threads": settings.threads,
     }
-    job_file = run_dir / "job.json"
-    job_file.write_text(json.dumps(job), encoding="utf-8")
-    log = run_dir / "log.txt"
-    start = time.perf_counter()
-    with log.open("w") as out:
-        done = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", str(job_file)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=worker_env(settings.threads),
-            cwd=REPO,
-        )
-    if done.returncode != 0:
-        tail = log.read_text(encoding="utf-8", errors="replace")[-4000:]
-        raise RuntimeError(f"the {side} run {rep + 1} failed (exit {done.returncode}):\n{tail}")
-    result = json.loads(Path(job["result_file"]).read_text(encoding="utf-8"))
-    result["process_s"] = time.perf_counter() - start
-    result["seed"] = seed
-    return result
+    return harness.run_worker(__file__, side, rep, job, run_dir)
 
 
-def worker_env(threads: int) -> dict[str, str]:
-    return {
-        **os.environ,
-        "OMP_NUM_THREADS": str(threads),  # read once, when torch starts: it must be set before
-        "MKL_NUM_THREADS": str(threads),
-        "TOKENIZERS_PARALLELISM": "false",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "TQDM_DISABLE": "1",  # TRL's reference-pass bar
-    }
-
-
-def steady_rate(run: dict[str, Any], skip: int) -> dict[str, float]:
+def training_rate(run: dict[str, Any], skip: int) -> dict[str, float]:
     """Tokens/s and steps/s of steps skip+1 .. N-1, from the end of step `skip` to the end of step N-1:
     the last step is left out because peaufine writes its final checkpoint inside it."""
-    ends, tokens = run["step_ends"], run["step_tokens"]
-    last = len(ends) - 1
-    seconds = ends[last - 1] - ends[skip - 1]
-    return {"tokens_per_s": sum(tokens[skip:last]) / seconds, "steps_per_s": (last - skip) / seconds}
+    return harness.steady_rate(run, skip, drop_last=True)
 
 
 def with_reference_rate(run: dict[str, Any]) -> float:
@@ -643,12 +526,8 @@ def reference_rate(run: dict[str, Any], pairs: list[Pair]) -> float:
     return sum(len(p.chosen_ids) + len(p.rejected_ids) for p in pairs) / run["reference_s"]
 
 
-def logged_loss(run: dict[str, Any], step: int) -> float | None:
-    return next((loss for s, loss in run["train_log"] if s == step), None)
-
-
 def summarise(runs: list[dict[str, Any]], settings: Settings, train: list[Pair]) -> dict[str, Any]:
-    steady = [steady_rate(r, settings.skip) for r in runs]
+    steady = [training_rate(r, settings.skip) for r in runs]
     return {
         "tokens_per_s": statistics.median(s["tokens_per_s"] for s in steady),
         "tokens_per_s_reps": [s["tokens_per_s"] for s in steady],
@@ -668,7 +547,7 @@ def summarise(runs: list[dict[str, Any]], settings: Settings, train: list[Pair])
         "val_accuracy": statistics.median(r["eval"]["accuracy"] for r in runs),
         "val_accuracy_reps": [r["eval"]["accuracy"] for r in runs],
         "val_margin": statistics.median(r["eval"]["margin"] for r in runs),
-        "last_train_loss_reps": [logged_loss(r, settings.steps) for r in runs],
+        "last_train_loss_reps": [harness.logged_loss(r, settings.steps) for r in runs],
         "optimizer": runs[0]["optimizer"],
         "threads": runs[0]["threads"],
     }
@@ -677,7 +556,7 @@ def summarise(runs: list[dict[str, Any]], settings: Settings, train: list[Pair])
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:  # one side's training run, started by run_side
-        return worker(Path(argv[1]))
+        return harness.serve_worker(Path(argv[1]), {"trl": train_trl, "peaufine": train_peaufine})
     settings, data_path, keep = parse_args(argv)
     if not data_path.is_file():
         print(
@@ -685,91 +564,67 @@ def main(argv: list[str] | None = None) -> int:
             "PATH/harmless-base-test.jsonl.gz (anthropics/hh-rlhf, harmless-base/test.jsonl.gz)"
         )
         return 0
-    if importlib.util.find_spec("trl") is None:
-        print("SKIP: trl is not installed (pip install 'peaufine[bench]'); TRL is the peer of this benchmark")
+    if harness.skip_without_trl():
         return 0
-    os.environ["OMP_NUM_THREADS"] = str(settings.threads)  # before torch starts, for the evaluator
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     wall_start = time.perf_counter()
+    harness.limit_threads(settings.threads)  # this process, which evaluates, and the runs it starts
     log = sys.stderr
-
-    import torch
-    import transformers
-    import trl
-
-    torch.set_num_threads(settings.threads)
-    with tempfile.TemporaryDirectory(prefix="peaufine-dpo-vs-trl-") as tmp:
-        workdir = keep or Path(tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
+    with harness.work_folder(keep, "peaufine-dpo-vs-trl-") as workdir:
         prepared = prepare(settings, data_path, workdir)
         seeds = [settings.seed + rep for rep in range(settings.reps)]
         files, expected = {}, {}
         for seed in seeds:
             files[seed], order = trl_file(prepared, seed, workdir)
-            expected[seed] = digest(
+            expected[seed] = harness.digest(
                 [prepared.train[i].row() for i in order[: settings.steps * settings.batch]]
             )
         print(
             f"data: {prepared.records:,} HH records ({prepared.anomalies} skipped); {len(prepared.train):,} "
             f"train / {len(prepared.val):,} held-out pairs of <= {MAX_LENGTH} tokens "
             f"(dropped {prepared.dropped}); "
-            f"model: Llama {MODEL['num_hidden_layers']} x {MODEL['hidden_size']}, {prepared.parameters:,} "
-            f"parameters; {settings.steps} steps x {settings.batch} pairs x {settings.reps} repetitions, "
-            f"{settings.threads} thread(s)",
+            f"model: Llama {harness.TINY_LLAMA['num_hidden_layers']} x {harness.TINY_LLAMA['hidden_size']}, "
+            f"{prepared.parameters:,} parameters; {settings.steps} steps x {settings.batch} pairs x "
+            f"{settings.reps} repetitions, {settings.threads} thread(s)",
             file=log,
         )
-        runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
-        for rep in range(settings.reps):
-            for side in SIDES:
-                run = run_side(side, rep, settings, prepared, files, workdir)
-                runs[side].append(run)
-                rate = steady_rate(run, settings.skip)
-                print(
-                    f"  repetition {rep + 1}/{settings.reps} {side:>8}: {rate['tokens_per_s']:,.0f} tokens/s "
-                    f"training, {with_reference_rate(run):,.0f} with the reference pass "
-                    f"({run['reference_s']:.1f} s), peak {run['rss_peak_mb']:,.0f} MB",
-                    file=log,
-                )
+
+        def progress(run: dict[str, Any]) -> str:
+            return (
+                f"{training_rate(run, settings.skip)['tokens_per_s']:,.0f} tokens/s training, "
+                f"{with_reference_rate(run):,.0f} with the reference pass ({run['reference_s']:.1f} s), "
+                f"peak {run['rss_peak_mb']:,.0f} MB"
+            )
+
+        runs = harness.alternate(
+            settings.reps, lambda side, rep: run_side(side, rep, settings, prepared, files, workdir), progress
+        )
         reference = response_logps(prepared.init_dir, prepared.val)
         initial = dpo_scores(reference, reference, settings.beta)
-        for side in SIDES:
+        for side in harness.SIDES:
             for run in runs[side]:
                 run["eval"] = dpo_scores(
                     response_logps(Path(run["model_dir"]), prepared.val), reference, settings.beta
                 )
 
     trl_runs, ours_runs = runs["trl"], runs["peaufine"]
-    summary = {side: summarise(runs[side], settings, prepared.train) for side in SIDES}
-    ratios = [
-        steady_rate(o, settings.skip)["tokens_per_s"] / steady_rate(t, settings.skip)["tokens_per_s"]
-        for t, o in zip(trl_runs, ours_runs, strict=True)
-    ]
-    ratios_with_reference = [
-        with_reference_rate(o) / with_reference_rate(t) for t, o in zip(trl_runs, ours_runs, strict=True)
-    ]
-    loss_delta = [o["eval"]["loss"] - t["eval"]["loss"] for t, o in zip(trl_runs, ours_runs, strict=True)]
-    accuracy_delta = [
-        o["eval"]["accuracy"] - t["eval"]["accuracy"] for t, o in zip(trl_runs, ours_runs, strict=True)
-    ]
+    summary = {side: summarise(runs[side], settings, prepared.train) for side in harness.SIDES}
+    ratios = harness.paired_ratios(runs, lambda run: training_rate(run, settings.skip)["tokens_per_s"])
+    ratios_with_reference = harness.paired_ratios(runs, with_reference_rate)
+    loss_delta = harness.paired_differences(runs, lambda run: run["eval"]["loss"])
+    accuracy_delta = harness.paired_differences(runs, lambda run: run["eval"]["accuracy"])
     # Same batches in the same order: the logged training losses should agree. peaufine also logs step 1
     # (its first window is steps 2..10), so windows are compared from the second on.
-    windows = [s for s in range(2 * LOG_EVERY, settings.steps + 1, LOG_EVERY)]
+    windows = [s for s in range(2 * harness.LOG_EVERY, settings.steps + 1, harness.LOG_EVERY)]
     loss_gaps = [
-        abs(logged_loss(t, s) - logged_loss(o, s))
+        abs(harness.logged_loss(t, s) - harness.logged_loss(o, s))
         for t, o in zip(trl_runs, ours_runs, strict=True)
         for s in windows
-        if logged_loss(t, s) is not None and logged_loss(o, s) is not None
+        if harness.logged_loss(t, s) is not None and harness.logged_loss(o, s) is not None
     ]
-    lr_gaps = [abs(a - b) for a, b in zip(trl_runs[0]["lrs"], ours_runs[0]["lrs"], strict=True)]
     report = {
         "quick": settings.quick,
         "settings": asdict(settings),
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "trl": trl.__version__,
-        },
+        "versions": harness.library_versions(),
         "data": {
             "records": prepared.records,
             "anomalies_skipped": prepared.anomalies,
@@ -778,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
             "dropped": prepared.dropped,
             "max_length": MAX_LENGTH,
         },
-        "model": {**MODEL, "parameters": prepared.parameters, "vocab_size": prepared.vocab},
+        "model": {**harness.TINY_LLAMA, "parameters": prepared.parameters, "vocab_size": prepared.vocab},
         "trl": summary["trl"],
         "peaufine": summary["peaufine"],
         "speedup": statistics.median(ratios),
@@ -806,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
                 "peaufine": ours_runs[0]["reference_pairs"],
             },
             "same_decay_groups": trl_runs[0]["decayed"] == ours_runs[0]["decayed"],
-            "lr_max_gap": max(lr_gaps),
+            "lr_max_gap": max(harness.lr_gaps(runs)),
             "train_loss_windows": windows,
             "train_loss_max_gap": max(loss_gaps) if loss_gaps else None,
             "steps": {"trl": len(trl_runs[0]["step_ends"]), "peaufine": len(ours_runs[0]["step_ends"])},
@@ -827,10 +682,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(r: dict[str, Any]) -> None:
     s, t, o, c = r["settings"], r["trl"], r["peaufine"], r["checks"]
-
-    def row(name: str, a: str, b: str, ratio: str = "") -> str:
-        return f"{name:<44}{a:>14}{b:>14}{ratio:>12}"
-
+    table = harness.ComparisonTable(t, o)
     lines = [
         "",
         f"DPO on Anthropic HH, CPU, {s['threads']} thread(s), torch {r['versions']['torch']}, transformers "
@@ -845,54 +697,34 @@ def print_table(r: dict[str, Any]) -> None:
         f"linear to 0, betas {tuple(s['betas'])}, eps {s['eps']:g}, weight decay {s['weight_decay']}, clip "
         f"{s['grad_clip']} (largest lr gap {c['lr_max_gap']:.1e})",
         "",
-        row("", "TRL DPOTrainer", "peaufine", "ratio"),
-        row(
+        table.row("", "TRL DPOTrainer", "peaufine", "ratio"),
+        table.figure(
             "tokens/s, reference pass + training (median)",
-            fmt(t["with_reference_tokens_per_s"]),
-            fmt(o["with_reference_tokens_per_s"]),
-            f"{r['speedup_with_reference']:.2f}x",
+            "with_reference_tokens_per_s",
+            ratio=f"{r['speedup_with_reference']:.2f}x",
         ),
-        row(
-            "training tokens/s, steady (median)",
-            fmt(t["tokens_per_s"]),
-            fmt(o["tokens_per_s"]),
-            f"{r['speedup']:.2f}x",
-        ),
+        table.figure("training tokens/s, steady (median)", "tokens_per_s", ratio=f"{r['speedup']:.2f}x"),
     ]
     for k, (a, b) in enumerate(zip(t["tokens_per_s_reps"], o["tokens_per_s_reps"], strict=True)):
         lines.append(
-            row(f"    {k + 1} (seed {s['seed'] + k})", fmt(a), fmt(b), f"{r['speedup_reps'][k]:.2f}x")
+            table.pair(f"    {k + 1} (seed {s['seed'] + k})", a, b, ratio=f"{r['speedup_reps'][k]:.2f}x")
         )
     lines += [
-        row("training steps/s, steady", fmt(t["steps_per_s"], ".2f"), fmt(o["steps_per_s"], ".2f")),
-        row("reference pass (s)", fmt(t["reference_s"], ".1f"), fmt(o["reference_s"], ".1f")),
-        row("reference pass tokens/s", fmt(t["reference_tokens_per_s"]), fmt(o["reference_tokens_per_s"])),
-        row("training loop (s)", fmt(t["train_s"], ".1f"), fmt(o["train_s"], ".1f")),
-        row("setup: imports, data, model (s)", fmt(t["setup_s"], ".1f"), fmt(o["setup_s"], ".1f")),
-        row(
-            "real tokens per step (mean)",
-            fmt(t["tokens_per_step"], ",.1f"),
-            fmt(o["tokens_per_step"], ",.1f"),
-        ),
-        row("peak RSS (MB)", fmt(t["rss_peak_mb"]), fmt(o["rss_peak_mb"])),
-        row("  before the training loop (MB)", fmt(t["rss_before_train_mb"]), fmt(o["rss_before_train_mb"])),
-        row(
-            "held-out DPO loss (same evaluator)",
-            fmt(t["val_loss"], ".4f"),
-            fmt(o["val_loss"], ".4f"),
-            f"{r['val_loss_delta']:+.4f}",
-        ),
-        row(
-            "held-out reward accuracy",
-            fmt(t["val_accuracy"], ".3f"),
-            fmt(o["val_accuracy"], ".3f"),
-            f"{r['val_accuracy_delta']:+.3f}",
-        ),
+        table.figure("training steps/s, steady", "steps_per_s", ".2f"),
+        table.figure("reference pass (s)", "reference_s", ".1f"),
+        table.figure("reference pass tokens/s", "reference_tokens_per_s"),
+        table.figure("training loop (s)", "train_s", ".1f"),
+        table.figure("setup: imports, data, model (s)", "setup_s", ".1f"),
+        table.figure("real tokens per step (mean)", "tokens_per_step", ",.1f"),
+        table.figure("peak RSS (MB)", "rss_peak_mb"),
+        table.figure("  before the training loop (MB)", "rss_before_train_mb"),
+        table.figure("held-out DPO loss (same evaluator)", "val_loss", ".4f", f"{r['val_loss_delta']:+.4f}"),
+        table.figure("held-out reward accuracy", "val_accuracy", ".3f", f"{r['val_accuracy_delta']:+.3f}"),
     ]
     if s["reps"] > 1:
         for k in range(s["reps"]):
             lines.append(
-                row(
+                table.row(
                     f"    {k + 1} (seed {s['seed'] + k}) loss / accuracy",
                     f"{t['val_loss_reps'][k]:.4f} {t['val_accuracy_reps'][k]:.3f}",
                     f"{o['val_loss_reps'][k]:.4f} {o['val_accuracy_reps'][k]:.3f}",
@@ -900,14 +732,15 @@ def print_table(r: dict[str, Any]) -> None:
             )
     gap = c["train_loss_max_gap"]
     lines += [
-        row(
+        table.pair(
             "training loss, last window (own log, seed 0)",
-            fmt(t["last_train_loss_reps"][0], ".4f"),
-            fmt(o["last_train_loss_reps"][0], ".4f"),
+            t["last_train_loss_reps"][0],
+            o["last_train_loss_reps"][0],
+            ".4f",
         ),
         f"held-out: {r['data']['val_pairs']} pairs, before training loss {r['val_initial']['loss']:.4f} "
         f"(ln 2), accuracy {r['val_initial']['accuracy']:.3f} (all ties); largest gap between the two sides' "
-        f"logged training losses (windows of {LOG_EVERY} steps from step {2 * LOG_EVERY}): "
+        f"logged training losses (windows of {harness.LOG_EVERY} steps from step {2 * harness.LOG_EVERY}): "
         + (f"{gap:.4f}" if gap is not None else "-"),
         f"optimizer: TRL {t['optimizer']['class']} (fused {t['optimizer']['fused']}), peaufine "
         f"{o['optimizer']['class']} (fused {o['optimizer']['fused']}, foreach {o['optimizer']['foreach']})",

@@ -15,24 +15,18 @@ policies on held-out prompts computed by one evaluator in this script; ends with
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib.util
 import json
 import math
-import os
 import random
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sft_vs_trl import MODEL, fmt, maxrss_mb, optimizer_groups
+import harness
 
-REPO = Path(__file__).resolve().parents[1]
 VOCAB_SIZE = 300  # a near-byte-level BPE of the task's text: few of its tokens are digits
 TRAIN_QUESTIONS = 2000
 VAL_QUESTIONS = 200
@@ -41,9 +35,7 @@ DATA_SEED = 0  # the questions and the initial weights: fixed, whatever the trai
 # `EVAL_PROMPTS` of them); the parent replays the split to know which prompts each step draws.
 STAGE_VALIDATION_FRACTION = 0.02
 EVAL_PROMPTS = 8
-SIDES = ("trl", "peaufine")  # the order each repetition runs them in: the peer first
 SPEEDUP_TARGET = 1.0
-LOG_EVERY = 10  # TRL's logging_steps default
 REWARD = "grpo_vs_trl:digit_share"  # how peaufine's recipe names the reward function below
 
 
@@ -133,19 +125,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
     return settings, args.workdir
 
 
-# -- shared by the parent and the workers -----------------------------------------------------------
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-
-
-def write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-
-
-def digest(rows: list[Any]) -> str:
-    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
-
-
 # -- the two sides, each run in its own process ---------------------------------------------------------
 def train_peaufine(job: dict[str, Any]) -> dict[str, Any]:
     """`peaufine rl` as a user runs it: run_rl with algorithm grpo and a reward function."""
@@ -204,7 +183,7 @@ def train_peaufine(job: dict[str, Any]) -> dict[str, Any]:
     class LoopClock(Tracker):
         def start(self, total: int, done: int, description: str) -> None:
             marks["train_start"] = time.perf_counter()
-            marks["rss_before_train_mb"] = maxrss_mb()
+            marks["rss_before_train_mb"] = harness.maxrss_mb()
 
     ends: list[float] = []
     step_tokens: list[int] = []
@@ -215,7 +194,7 @@ def train_peaufine(job: dict[str, Any]) -> dict[str, Any]:
 
     def timed_optimise(loop: Any, batch: dict[str, Any], config: Any) -> float:
         if "optimizer" not in marks:
-            marks["optimizer"] = optimizer_groups(loop.optimizer, loop.model)
+            marks["optimizer"] = harness.optimizer_groups(loop.optimizer, loop.model)
         lrs.append(loop.optimizer.param_groups[0]["lr"])
         attention, response = batch["attention_mask"].bool(), batch["response_mask"].bool()
         prompt = attention & ~response
@@ -231,8 +210,8 @@ def train_peaufine(job: dict[str, Any]) -> dict[str, Any]:
     rl_stage.optimise = timed_optimise
     out = Path(job["run_dir"])
     rl_stage.run_rl(recipe, out, tracker=LoopClock(enabled=False))
-    rss_peak = maxrss_mb()
-    rows = read_jsonl(out / "metrics.jsonl")
+    rss_peak = harness.maxrss_mb()
+    rows = harness.read_jsonl(out / "metrics.jsonl")
     train_start = marks["train_start"]
     decayed, optimizer_settings = marks["optimizer"]
     return {
@@ -248,7 +227,7 @@ def train_peaufine(job: dict[str, Any]) -> dict[str, Any]:
         "rss_peak_mb": rss_peak,
         "decayed": decayed,
         "optimizer": optimizer_settings,
-        "prompts_digest": digest(prompts_seen),
+        "prompts_digest": harness.digest(prompts_seen),
         "model_dir": str(out / "model"),
         "threads": torch.get_num_threads(),
     }
@@ -259,7 +238,7 @@ def train_trl(job: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     import torch
     from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     torch.set_num_threads(job["threads"])
@@ -267,7 +246,7 @@ def train_trl(job: dict[str, Any]) -> dict[str, Any]:
     completions_per_step = job["prompts_per_step"] * job["group_size"]
     tokenizer = AutoTokenizer.from_pretrained(job["init_dir"])
     # The prompts peaufine's steps draw for this seed, in order; read in sequence (shuffle_dataset=False).
-    dataset = Dataset.from_list(read_jsonl(Path(job["trl_file"])))
+    dataset = Dataset.from_list(harness.read_jsonl(Path(job["trl_file"])))
     config = GRPOConfig(
         output_dir=str(Path(job["run_dir"]) / "trl-output"),
         max_steps=steps * passes,  # TRL counts optimiser steps
@@ -290,44 +269,10 @@ def train_trl(job: dict[str, Any]) -> dict[str, Any]:
         learning_rate=job["lr"],
         lr_scheduler_type="constant",
         warmup_steps=0,
-        weight_decay=job["weight_decay"],
-        adam_beta1=job["betas"][0],
-        adam_beta2=job["betas"][1],
-        adam_epsilon=job["eps"],
-        max_grad_norm=job["grad_clip"],
-        # CPU settings (NOTES.md): TRL's configs turn bf16 and gradient checkpointing on by default.
-        bf16=False,
-        fp16=False,
-        use_cpu=True,
-        gradient_checkpointing=False,
-        dataloader_pin_memory=False,
-        report_to="none",
-        save_strategy="no",
-        eval_strategy="no",
-        logging_steps=LOG_EVERY,
-        disable_tqdm=True,
-        seed=job["seed"],
-        model_init_kwargs={"dtype": "float32"},
+        **harness.trl_training_args(job),
     )
-
-    class StepClock(TrainerCallback):
-        def __init__(self) -> None:
-            self.start = 0.0
-            self.rss_before = 0.0
-            self.ends: list[float] = []
-            self.lrs: list[float] = []
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.start = time.perf_counter()
-            self.rss_before = maxrss_mb()
-
-        def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.lrs.append(kwargs["optimizer"].param_groups[0]["lr"])
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.ends.append(time.perf_counter())
-
-    clock = StepClock()
+    # the start of training, then wall time and the lr of each optimiser step
+    clock = harness.trl_step_clock()
     from grpo_vs_trl import digit_share as reward  # the very function peaufine's recipe names
 
     trainer = GRPOTrainer(
@@ -360,8 +305,8 @@ def train_trl(job: dict[str, Any]) -> dict[str, Any]:
 
     trainer._generate, trainer._calculate_rewards = recorded_generate, recorded_score
     trainer.train()
-    rss_peak = maxrss_mb()
-    decayed, optimizer_settings = optimizer_groups(trainer.optimizer, trainer.model)
+    rss_peak = harness.maxrss_mb()
+    decayed, optimizer_settings = harness.optimizer_groups(trainer.optimizer, trainer.model)
     model_dir = Path(job["run_dir"]) / "model"
     trainer.save_model(str(model_dir))
     return {
@@ -378,17 +323,10 @@ def train_trl(job: dict[str, Any]) -> dict[str, Any]:
         "rss_peak_mb": rss_peak,
         "decayed": decayed,
         "optimizer": optimizer_settings,
-        "prompts_digest": digest(prompts_seen),
+        "prompts_digest": harness.digest(prompts_seen),
         "model_dir": str(model_dir),
         "threads": torch.get_num_threads(),
     }
-
-
-def worker(job_path: Path) -> int:
-    job = json.loads(job_path.read_text(encoding="utf-8"))
-    result = (train_trl if job["side"] == "trl" else train_peaufine)(job)
-    Path(job["result_file"]).write_text(json.dumps(result), encoding="utf-8")
-    return 0
 
 
 # -- the parent: data, model, alternation, evaluation ---------------------------------------------
@@ -418,9 +356,6 @@ class Prepared:
 
 
 def prepare(settings: Settings, workdir: Path) -> Prepared:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from peaufine.models.tokenizer import END_OF_TURN, train_bpe
 
     rng = random.Random(DATA_SEED)
@@ -429,30 +364,18 @@ def prepare(settings: Settings, workdir: Path) -> Prepared:
     tokenizer = train_bpe((t for r in train for t in (r["question"], r["answer"])), VOCAB_SIZE)
     stop_ids = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(END_OF_TURN)]
     peaufine_file = workdir / "prompts.jsonl"  # text prompts: the rl stage makes each one user turn
-    write_jsonl([{"prompt": r["question"], "answer": r["answer"]} for r in train], peaufine_file)
+    harness.write_jsonl([{"prompt": r["question"], "answer": r["answer"]} for r in train], peaufine_file)
 
-    config = LlamaConfig(
-        **MODEL,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=128,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(DATA_SEED)
-    model = LlamaForCausalLM(config)
+    init_dir = workdir / "init"
     # Generation stops at EOS or the end of the assistant's turn, on both sides (peaufine reads the
     # tokenizer's end-of-turn token; TRL reads this list).
-    model.generation_config.eos_token_id = stop_ids
-    init_dir = workdir / "init"
-    model.save_pretrained(init_dir, safe_serialization=True)
-    tokenizer.save_pretrained(init_dir)
+    parameters = harness.save_tiny_llama(tokenizer, 128, DATA_SEED, init_dir, stop_ids=stop_ids)
     return Prepared(
         init_dir=init_dir,
         peaufine_file=peaufine_file,
         train=train,
         val=val,
-        parameters=sum(p.numel() for p in model.parameters()),
+        parameters=parameters,
         vocab=len(tokenizer),
         stop_ids=stop_ids,
     )
@@ -484,7 +407,9 @@ def expected_prompts_digest(tokenizer: Any, rows: list[dict[str, Any]], settings
         )
         for r in rows
     ]
-    return digest([[ids[s * p + k] for k in range(p) for _ in range(g)] for s in range(settings.steps)])
+    return harness.digest(
+        [[ids[s * p + k] for k in range(p) for _ in range(g)] for s in range(settings.steps)]
+    )
 
 
 def held_out_rewards(model_dir: Path, prepared: Prepared, settings: Settings) -> dict[str, float]:
@@ -534,31 +459,16 @@ def held_out_rewards(model_dir: Path, prepared: Prepared, settings: Settings) ->
     }
 
 
-def worker_env(threads: int) -> dict[str, str]:
-    return {
-        **os.environ,
-        "OMP_NUM_THREADS": str(threads),  # read once, when torch starts: it must be set before
-        "MKL_NUM_THREADS": str(threads),
-        "TOKENIZERS_PARALLELISM": "false",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "TQDM_DISABLE": "1",
-    }
-
-
 def run_side(side: str, rep: int, settings: Settings, prepared: Prepared, files: dict, workdir: Path) -> dict:
+    """`side`'s repetition `rep`, trained in a process of its own from the settings both sides share."""
     run_dir = workdir / f"{side}-{rep}"
     run_dir.mkdir(exist_ok=True)
     seed = settings.seed + rep
     job = {
-        "side": side,
         "init_dir": str(prepared.init_dir),
         "peaufine_file": str(prepared.peaufine_file),
         "trl_file": str(files[seed]),
         "run_dir": str(run_dir / "run"),
-        "result_file": str(run_dir / "result.json"),
         "steps": settings.steps,
         "lr": settings.lr,
         "prompts_per_step": settings.prompts_per_step,
@@ -575,33 +485,13 @@ def run_side(side: str, rep: int, settings: Settings, prepared: Prepared, files:
         "seed": seed,
         "threads": settings.threads,
     }
-    job_file = run_dir / "job.json"
-    job_file.write_text(json.dumps(job), encoding="utf-8")
-    log = run_dir / "log.txt"
-    start = time.perf_counter()
-    with log.open("w") as out:
-        done = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", str(job_file)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=worker_env(settings.threads),
-            cwd=REPO,
-        )
-    if done.returncode != 0:
-        tail = log.read_text(encoding="utf-8", errors="replace")[-4000:]
-        raise RuntimeError(f"the {side} run {rep + 1} failed (exit {done.returncode}):\n{tail}")
-    result = json.loads(Path(job["result_file"]).read_text(encoding="utf-8"))
-    result["process_s"] = time.perf_counter() - start
-    result["seed"] = seed
-    return result
+    return harness.run_worker(__file__, side, rep, job, run_dir)
 
 
-def steady_rate(run: dict[str, Any], skip: int) -> dict[str, float]:
+def rl_step_rate(run: dict[str, Any], skip: int) -> dict[str, float]:
     """RL steps/s and tokens/s (prompt + generated tokens of the rollouts) of steps skip+1..N, from the
     end of step `skip` to the end of step N: each includes its rollouts, scoring and `passes` updates."""
-    ends, tokens = run["step_ends"], run["step_tokens"]
-    seconds = ends[-1] - ends[skip - 1]
-    return {"steps_per_s": (len(ends) - skip) / seconds, "tokens_per_s": sum(tokens[skip:]) / seconds}
+    return harness.steady_rate(run, skip)
 
 
 def mean_of(values: list[float], part: slice) -> float:
@@ -610,7 +500,7 @@ def mean_of(values: list[float], part: slice) -> float:
 
 
 def summarise(runs: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
-    steady = [steady_rate(r, settings.skip) for r in runs]
+    steady = [rl_step_rate(r, settings.skip) for r in runs]
     window = max(1, settings.steps // 5)
     return {
         "steps_per_s": statistics.median(s["steps_per_s"] for s in steady),
@@ -641,88 +531,69 @@ def summarise(runs: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:  # one side's training run, started by run_side
-        return worker(Path(argv[1]))
+        return harness.serve_worker(Path(argv[1]), {"trl": train_trl, "peaufine": train_peaufine})
     settings, keep = parse_args(argv)
-    if importlib.util.find_spec("trl") is None:
-        print("SKIP: trl is not installed (pip install 'peaufine[bench]'); TRL is the peer of this benchmark")
+    if harness.skip_without_trl():
         return 0
-    os.environ["OMP_NUM_THREADS"] = str(settings.threads)  # before torch starts, for the evaluator
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     wall_start = time.perf_counter()
+    harness.limit_threads(settings.threads)  # this process, which evaluates, and the runs it starts
     log = sys.stderr
 
-    import torch
-    import transformers
-    import trl
     from transformers import AutoTokenizer
 
-    torch.set_num_threads(settings.threads)
-    with tempfile.TemporaryDirectory(prefix="peaufine-grpo-vs-trl-") as tmp:
-        workdir = keep or Path(tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
+    with harness.work_folder(keep, "peaufine-grpo-vs-trl-") as workdir:
         prepared = prepare(settings, workdir)
         tokenizer = AutoTokenizer.from_pretrained(prepared.init_dir)
         files, expected = {}, {}
         for seed in (settings.seed + rep for rep in range(settings.reps)):
             rows = step_prompts(prepared, settings, seed)
             files[seed] = workdir / f"prompts-trl-seed{seed}.jsonl"
-            write_jsonl([{"prompt": chat(r["question"]), "answer": r["answer"]} for r in rows], files[seed])
+            harness.write_jsonl(
+                [{"prompt": chat(r["question"]), "answer": r["answer"]} for r in rows], files[seed]
+            )
             expected[seed] = expected_prompts_digest(tokenizer, rows, settings)
         print(
             f"task: {len(prepared.train):,} arithmetic questions, reward = share of digits in the answer; "
-            f"model: Llama {MODEL['num_hidden_layers']} x {MODEL['hidden_size']}, {prepared.parameters:,} "
-            f"parameters, vocabulary {prepared.vocab}; {settings.steps} steps x {settings.prompts_per_step} "
-            f"prompts x {settings.group_size} completions x {settings.passes} passes x {settings.reps} "
-            f"repetitions, {settings.threads} thread(s)",
+            f"model: Llama {harness.TINY_LLAMA['num_hidden_layers']} x {harness.TINY_LLAMA['hidden_size']}, "
+            f"{prepared.parameters:,} parameters, vocabulary {prepared.vocab}; {settings.steps} steps x "
+            f"{settings.prompts_per_step} prompts x {settings.group_size} completions x {settings.passes} "
+            f"passes x {settings.reps} repetitions, {settings.threads} thread(s)",
             file=log,
         )
-        runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
-        for rep in range(settings.reps):
-            for side in SIDES:
-                run = run_side(side, rep, settings, prepared, files, workdir)
-                runs[side].append(run)
-                rate = steady_rate(run, settings.skip)
-                print(
-                    f"  repetition {rep + 1}/{settings.reps} {side:>8}: {rate['steps_per_s']:.2f} steps/s, "
-                    f"{rate['tokens_per_s']:,.0f} tokens/s, training reward {run['rewards'][0]:.3f} -> "
-                    f"{run['rewards'][-1]:.3f}, peak {run['rss_peak_mb']:,.0f} MB",
-                    file=log,
-                )
+
+        def progress(run: dict[str, Any]) -> str:
+            rate = rl_step_rate(run, settings.skip)
+            return (
+                f"{rate['steps_per_s']:.2f} steps/s, {rate['tokens_per_s']:,.0f} tokens/s, training reward "
+                f"{run['rewards'][0]:.3f} -> {run['rewards'][-1]:.3f}, peak {run['rss_peak_mb']:,.0f} MB"
+            )
+
+        runs = harness.alternate(
+            settings.reps, lambda side, rep: run_side(side, rep, settings, prepared, files, workdir), progress
+        )
         initial = held_out_rewards(prepared.init_dir, prepared, settings)
-        for side in SIDES:
+        for side in harness.SIDES:
             for run in runs[side]:
                 run["eval"] = held_out_rewards(Path(run["model_dir"]), prepared, settings)
 
     trl_runs, ours_runs = runs["trl"], runs["peaufine"]
-    summary = {side: summarise(runs[side], settings) for side in SIDES}
+    summary = {side: summarise(runs[side], settings) for side in harness.SIDES}
     pairs = list(zip(trl_runs, ours_runs, strict=True))
-    ratios = [
-        steady_rate(o, settings.skip)["steps_per_s"] / steady_rate(t, settings.skip)["steps_per_s"]
-        for t, o in pairs
-    ]
-    token_ratios = [
-        steady_rate(o, settings.skip)["tokens_per_s"] / steady_rate(t, settings.skip)["tokens_per_s"]
-        for t, o in pairs
-    ]
-    greedy_delta = [o["eval"]["reward_greedy"] - t["eval"]["reward_greedy"] for t, o in pairs]
-    sampled_delta = [o["eval"]["reward_sampled"] - t["eval"]["reward_sampled"] for t, o in pairs]
-    lr_gaps = [abs(a - b) for a, b in zip(trl_runs[0]["lrs"], ours_runs[0]["lrs"], strict=True)]
+    ratios = harness.paired_ratios(runs, lambda run: rl_step_rate(run, settings.skip)["steps_per_s"])
+    token_ratios = harness.paired_ratios(runs, lambda run: rl_step_rate(run, settings.skip)["tokens_per_s"])
+    greedy_delta = harness.paired_differences(runs, lambda run: run["eval"]["reward_greedy"])
+    sampled_delta = harness.paired_differences(runs, lambda run: run["eval"]["reward_sampled"])
     report = {
         "quick": settings.quick,
         "settings": asdict(settings),
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "trl": trl.__version__,
-        },
+        "versions": harness.library_versions(),
         "task": {
             "train_questions": len(prepared.train),
             "val_prompts": len(prepared.val),
             "reward": "digit_share",
             "stop_ids": prepared.stop_ids,
         },
-        "model": {**MODEL, "parameters": prepared.parameters, "vocab_size": prepared.vocab},
+        "model": {**harness.TINY_LLAMA, "parameters": prepared.parameters, "vocab_size": prepared.vocab},
         "trl": summary["trl"],
         "peaufine": summary["peaufine"],
         "speedup": statistics.median(ratios),  # RL steps/s, peaufine / TRL
@@ -741,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
             "steps": {"trl": len(trl_runs[0]["step_ends"]), "peaufine": len(ours_runs[0]["step_ends"])},
             "rounds_scored": {"trl": len(trl_runs[0]["rewards"]), "peaufine": len(ours_runs[0]["rewards"])},
             "same_decay_groups": trl_runs[0]["decayed"] == ours_runs[0]["decayed"],
-            "lr_max_gap": max(lr_gaps),
+            "lr_max_gap": max(harness.lr_gaps(runs)),
             "completions_per_step": settings.prompts_per_step * settings.group_size,
             "tokens_per_step_ratio": summary["peaufine"]["tokens_per_step"]
             / summary["trl"]["tokens_per_step"],
@@ -759,10 +630,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(r: dict[str, Any]) -> None:
     s, t, o, c = r["settings"], r["trl"], r["peaufine"], r["checks"]
-
-    def row(name: str, a: str, b: str, ratio: str = "") -> str:
-        return f"{name:<44}{a:>14}{b:>14}{ratio:>12}"
-
+    table = harness.ComparisonTable(t, o)
     lines = [
         "",
         f"GRPO on arithmetic prompts, CPU, {s['threads']} thread(s), torch {r['versions']['torch']}, "
@@ -777,62 +645,45 @@ def print_table(r: dict[str, Any]) -> None:
         f"AdamW lr {s['lr']:g} constant, "
         f"betas {tuple(s['betas'])}, clip {s['grad_clip']}; fp32 (largest lr gap {c['lr_max_gap']:.1e})",
         "",
-        row("", "TRL GRPOTrainer", "peaufine", "ratio"),
-        row(
-            "RL steps/s, steady (median)",
-            fmt(t["steps_per_s"], ".3f"),
-            fmt(o["steps_per_s"], ".3f"),
-            f"{r['speedup']:.2f}x",
-        ),
+        table.row("", "TRL GRPOTrainer", "peaufine", "ratio"),
+        table.figure("RL steps/s, steady (median)", "steps_per_s", ".3f", f"{r['speedup']:.2f}x"),
     ]
     for k, (a, b) in enumerate(zip(t["steps_per_s_reps"], o["steps_per_s_reps"], strict=True)):
         lines.append(
-            row(
-                f"    {k + 1} (seed {s['seed'] + k})",
-                fmt(a, ".3f"),
-                fmt(b, ".3f"),
-                f"{r['speedup_reps'][k]:.2f}x",
-            )
+            table.pair(f"    {k + 1} (seed {s['seed'] + k})", a, b, ".3f", f"{r['speedup_reps'][k]:.2f}x")
         )
     lines += [
-        row(
-            "tokens/s (prompt + generated), steady",
-            fmt(t["tokens_per_s"]),
-            fmt(o["tokens_per_s"]),
-            f"{r['tokens_speedup']:.2f}x",
+        table.figure(
+            "tokens/s (prompt + generated), steady", "tokens_per_s", ratio=f"{r['tokens_speedup']:.2f}x"
         ),
-        row("tokens per step (mean)", fmt(t["tokens_per_step"], ",.1f"), fmt(o["tokens_per_step"], ",.1f")),
-        row(
-            "  of which generated",
-            fmt(t["completion_tokens_per_step"], ",.1f"),
-            fmt(o["completion_tokens_per_step"], ",.1f"),
-        ),
-        row("training loop (s)", fmt(t["train_s"], ".1f"), fmt(o["train_s"], ".1f")),
-        row("setup: imports, data, model (s)", fmt(t["setup_s"], ".1f"), fmt(o["setup_s"], ".1f")),
-        row("peak RSS (MB)", fmt(t["rss_peak_mb"]), fmt(o["rss_peak_mb"])),
-        row("  before the training loop (MB)", fmt(t["rss_before_train_mb"]), fmt(o["rss_before_train_mb"])),
-        row(
+        table.figure("tokens per step (mean)", "tokens_per_step", ",.1f"),
+        table.figure("  of which generated", "completion_tokens_per_step", ",.1f"),
+        table.figure("training loop (s)", "train_s", ".1f"),
+        table.figure("setup: imports, data, model (s)", "setup_s", ".1f"),
+        table.figure("peak RSS (MB)", "rss_peak_mb"),
+        table.figure("  before the training loop (MB)", "rss_before_train_mb"),
+        table.row(
             "training reward, first -> last fifth",
             f"{t['train_reward_first']:.3f}->{t['train_reward_last']:.3f}",
             f"{o['train_reward_first']:.3f}->{o['train_reward_last']:.3f}",
         ),
-        row(
+        table.figure(
             "held-out reward, greedy (same evaluator)",
-            fmt(t["reward_greedy"], ".3f"),
-            fmt(o["reward_greedy"], ".3f"),
+            "reward_greedy",
+            ".3f",
             f"{r['reward_greedy_delta']:+.3f}",
         ),
-        row(
+        table.figure(
             f"held-out reward, {s['eval_samples']} samples a prompt",
-            fmt(t["reward_sampled"], ".3f"),
-            fmt(o["reward_sampled"], ".3f"),
+            "reward_sampled",
+            ".3f",
             f"{r['reward_sampled_delta']:+.3f}",
         ),
     ]
     if s["reps"] > 1:
         for k in range(s["reps"]):
             lines.append(
-                row(
+                table.row(
                     f"    {k + 1} (seed {s['seed'] + k}) greedy / sampled",
                     f"{t['reward_greedy_reps'][k]:.3f} {t['reward_sampled_reps'][k]:.3f}",
                     f"{o['reward_greedy_reps'][k]:.3f} {o['reward_sampled_reps'][k]:.3f}",

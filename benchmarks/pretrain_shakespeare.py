@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import harness
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
@@ -389,10 +391,6 @@ def measure_overhead(
 
 
 # -- the benchmark ---------------------------------------------------------------------------------
-def fmt(value: float | None, spec: str = ",.0f") -> str:
-    return "-" if value is None or not math.isfinite(value) else format(value, spec)
-
-
 def main(argv: list[str] | None = None) -> int:
     settings, data_path = parse_args(argv)
     if not data_path.is_file():
@@ -401,10 +399,8 @@ def main(argv: list[str] | None = None) -> int:
             "(nanoGPT's data/shakespeare_char/input.txt, 1,115,394 bytes)"
         )
         return 0
-    # Before torch is imported: OpenMP reads this once.
-    os.environ["OMP_NUM_THREADS"] = str(settings.threads)
-    os.environ["MKL_NUM_THREADS"] = str(settings.threads)
     wall_start = time.perf_counter()
+    harness.limit_threads(settings.threads)
 
     import torch
 
@@ -414,7 +410,6 @@ def main(argv: list[str] | None = None) -> int:
     from peaufine.methods.lm import NextTokenLoss
     from peaufine.models.build import build_from_preset
 
-    torch.set_num_threads(settings.threads)
     tokens_per_step = BATCH_SIZE * BLOCK_SIZE
     log = sys.stderr
 
@@ -532,11 +527,12 @@ def print_table(r: dict[str, Any]) -> None:
         f"baby GPT, tiny Shakespeare, CPU, {r['threads']} thread(s), torch {r['torch']}: "
         f"{r['iters']} iterations x {r['tokens_per_step']} tokens, {r['parameters']:,} parameters",
         "",
-        f"{'validation loss':<44}{fmt(r['val_loss'], '.4f'):>12}   {r['val_blocks']:,} of "
+        f"{'validation loss':<44}{harness.fmt(r['val_loss'], '.4f'):>12}   {r['val_blocks']:,} of "
         f"{r['val_blocks_total']:,} blocks ({val_note}); before training {r['val_loss_initial']:.4f}",
         f"{'  target <= ' + format(VAL_LOSS_TARGET, '.2f') + ' after 2000 iterations':<44}{goal:>12}",
-        f"{'training tokens/s, ' + r['train_mode'] + ' (median step)':<44}{fmt(r['tokens_per_s']):>12}"
-        f"   {r['ms_per_step']:.1f} ms/step; mean {fmt(r['tokens_per_s_mean'])} tok/s; first "
+        f"{'training tokens/s, ' + r['train_mode'] + ' (median step)':<44}"
+        f"{harness.fmt(r['tokens_per_s']):>12}"
+        f"   {r['ms_per_step']:.1f} ms/step; mean {harness.fmt(r['tokens_per_s_mean'])} tok/s; first "
         f"{r['warmup_steps_excluded']} steps excluded",
     ]
     if r["compile_s"] is not None:
@@ -549,8 +545,8 @@ def print_table(r: dict[str, Any]) -> None:
     for mode, f in r["overhead"].items():
         lines.append(
             f"{'  ' + mode + ', ' + str(r['rounds']) + ' rounds x ' + str(r['round_steps']) + ' steps':<32}"
-            f"{f['fit_ms_per_step']:>10.1f}{f['bare_ms_per_step']:>10.1f}{fmt(f['fit_tokens_per_s']):>11}"
-            f"{fmt(f['bare_tokens_per_s']):>12}{f['overhead_ratio']:>8.3f}   "
+            f"{f['fit_ms_per_step']:>10.1f}{f['bare_ms_per_step']:>10.1f}{harness.fmt(f['fit_tokens_per_s']):>11}"
+            f"{harness.fmt(f['bare_tokens_per_s']):>12}{f['overhead_ratio']:>8.3f}   "
             f"rounds {', '.join(f'{x:.3f}' for x in f['overhead_ratio_rounds'])}; "
             f"loss gap to bare {f['first_round_loss_max_abs_diff']:.1e}"
         )
@@ -563,7 +559,7 @@ def print_table(r: dict[str, Any]) -> None:
         f"nanoGPT reference (published figure from NOTES.md, NOT measured in this run): "
         f"{ref['tokens_per_s']:,.0f} tok/s ({ref['ms_per_iter']:.0f} ms/iter), one thread, "
         f"val loss {ref['val_loss']} after {ref['iters']} iterations",
-        f"  this run {r['train_mode']}: {fmt(r['tokens_per_s'])} tok/s = "
+        f"  this run {r['train_mode']}: {harness.fmt(r['tokens_per_s'])} tok/s = "
         f"{r['vs_reference_tokens_per_s']:.2f}x the reference; goal >= 1.00x "
         f"({'met' if r['vs_reference_tokens_per_s'] >= 1 else 'not met'}), stretch >= {STRETCH:.2f}x "
         f"({'met' if r['vs_reference_tokens_per_s'] >= STRETCH else 'not met'})",

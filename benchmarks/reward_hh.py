@@ -17,7 +17,6 @@ import argparse
 import gzip
 import json
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -25,6 +24,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import harness
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
@@ -357,26 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     if not data_file.is_file():
         print(f"SKIP: HH-RLHF not found at {data_file.resolve()}; pass --data FILE (.jsonl.gz)")
         return 0
-    # Before torch is imported: OpenMP reads this once.
-    os.environ["OMP_NUM_THREADS"] = str(settings.threads)
-    os.environ["MKL_NUM_THREADS"] = str(settings.threads)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     wall_start = time.perf_counter()
-
-    import torch
-    import transformers
-
-    from peaufine.errors import ModelError
-    from peaufine.methods.classify import minilm_path
-
-    torch.set_num_threads(settings.threads)
-    transformers.logging.set_verbosity_error()  # the "classifier.* newly initialised" report, expected
-    transformers.logging.disable_progress_bar()
-    try:
-        minilm_path()
-    except ModelError as exc:
-        print(f"SKIP: {exc}")
+    harness.limit_threads(settings.threads)
+    if harness.pretrained_minilm() is None:
         return 0
     with tempfile.TemporaryDirectory(prefix="reward_hh-") as work:
         report = run_benchmark(settings, data_file, out, Path(work))

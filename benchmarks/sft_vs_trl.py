@@ -13,38 +13,25 @@ one evaluator in this script; ends with one `RESULT {json}` line.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib.util
 import json
 import math
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import harness
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "alpaca-5000" / "alpaca_5000.json"
 
-# Llama at the baby-GPT scale of the other benchmarks; the vocabulary is a BPE trained on the data.
-MODEL = {
-    "hidden_size": 128,
-    "intermediate_size": 344,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 4,
-    "tie_word_embeddings": True,
-}
 VOCAB_SIZE = 2000
 MAX_LENGTH = 256  # the 6% of conversations longer than this are dropped, from both sides alike
 VALIDATION_FRACTION = 0.1
 SPLIT_SEED = 0  # which conversations are held out: fixed, whatever the training seeds
 ROWS_PER_STEP = 8  # peaufine's batch: packed rows of MAX_LENGTH; TRL's batch is sized to match
-SIDES = ("trl", "peaufine")  # the order each repetition runs them in: the peer first
 SPEEDUP_TARGET = 1.5
 
 
@@ -132,11 +119,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path, Path | No
 
 # -- shared by both sides and the evaluator ----------------------------------------------------------
 def read_conversations(path: Path) -> list[list[dict[str, str]]]:
-    return [json.loads(line)["messages"] for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [row["messages"] for row in harness.read_jsonl(path)]
 
 
 def write_conversations(conversations: list[list[dict[str, str]]], path: Path) -> None:
-    path.write_text("".join(json.dumps({"messages": m}) + "\n" for m in conversations), encoding="utf-8")
+    harness.write_jsonl([{"messages": m} for m in conversations], path)
 
 
 def chat_example(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[int], list[bool]]:
@@ -147,39 +134,6 @@ def chat_example(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[i
         messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
     )
     return list(out["input_ids"]), [bool(m) for m in out["assistant_masks"]]
-
-
-def examples_digest(examples: list[tuple[list[int], list[int]]]) -> str:
-    """sha256 of (ids, target positions) for every example in order; position 0 is never a target."""
-    return hashlib.sha256(json.dumps(examples).encode()).hexdigest()
-
-
-def targets_of(mask: list[bool]) -> list[int]:
-    return [t for t in range(1, len(mask)) if mask[t]]
-
-
-def maxrss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def optimizer_groups(optimizer: Any, model: Any) -> tuple[list[str], dict[str, Any]]:
-    """Names of the decayed parameters and the AdamW settings an optimizer holds, read the same way
-    for both sides."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
-    decayed = sorted(names[id(p)] for g in inner.param_groups if g["weight_decay"] > 0 for p in g["params"])
-    group = inner.param_groups[0]
-    settings = {
-        "class": type(inner).__name__,
-        "betas": list(group["betas"]),
-        "eps": group["eps"],
-        "weight_decay": max(g["weight_decay"] for g in inner.param_groups),
-        "fused": bool(group.get("fused")),
-        "foreach": group.get("foreach"),
-    }
-    return decayed, settings
 
 
 # -- the two sides, each run in its own process ---------------------------------------------------------
@@ -222,14 +176,14 @@ def train_peaufine(job: dict[str, Any]) -> dict[str, Any]:
         precision="fp32",
         device="cpu",
         seed=job["seed"],
-        log_every=10,  # TRL's logging_steps default
+        log_every=harness.LOG_EVERY,  # TRL's logging_steps default
         checkpoint_every=job["steps"],
     )
     runtime = make_runtime(train)
     model = load_pretrained(Path(job["init_dir"])).to(runtime.device)
     evaluation = EvalBlock(restore_best=False, samples=0, answers=0)
     prepare_s = time.perf_counter() - start
-    rss_before = maxrss_mb()
+    rss_before = harness.maxrss_mb()
 
     ends: list[float] = []
     train_start = time.perf_counter()
@@ -244,7 +198,7 @@ def train_peaufine(job: dict[str, Any]) -> dict[str, Any]:
         run_dir=None,
         hooks=[lambda step: ends.append(time.perf_counter())],
     )
-    rss_peak = maxrss_mb()
+    rss_peak = harness.maxrss_mb()
 
     # The rows each step trained on: global_batch is a function of the data position alone.
     step_tokens, step_examples = [], []
@@ -254,9 +208,8 @@ def train_peaufine(job: dict[str, Any]) -> dict[str, Any]:
         step_examples.append(len(members))
         step_tokens.append(sum(len(examples[i].input_ids) for i in members))
     # the groups and settings of the optimizer fit() built (TrainingLoop calls build_optimizer)
-    decayed, optimizer_settings = optimizer_groups(build_optimizer(model, train), model)
+    decayed, optimizer_settings = harness.optimizer_groups(build_optimizer(model, train), model)
     save_model(model, tokenizer, Path(job["out_dir"]))
-    digest = examples_digest([(e.input_ids, targets_of(e.target_mask)) for e in examples])
     return {
         "side": "peaufine",
         "prepare_s": prepare_s,
@@ -271,7 +224,8 @@ def train_peaufine(job: dict[str, Any]) -> dict[str, Any]:
         "decayed": decayed,
         "optimizer": optimizer_settings,
         "examples": len(examples),
-        "digest": digest,
+        # (ids, target positions) of every example in order, as TRL's side and the parent digest them
+        "digest": harness.digest([(e.input_ids, harness.targets_of(e.target_mask)) for e in examples]),
         "packed_rows": len(train_set),
         "packing_efficiency": train_set.packing_efficiency,
         "threads": torch.get_num_threads(),
@@ -284,7 +238,7 @@ def train_trl(job: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     import torch
     from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     torch.set_num_threads(job["threads"])
@@ -299,48 +253,14 @@ def train_trl(job: dict[str, Any]) -> dict[str, Any]:
         lr_scheduler_type="cosine_with_min_lr",
         lr_scheduler_kwargs={"min_lr_rate": job["min_lr_ratio"]},
         warmup_steps=job["warmup"],
-        weight_decay=job["weight_decay"],
-        adam_beta1=job["betas"][0],
-        adam_beta2=job["betas"][1],
-        adam_epsilon=job["eps"],
-        max_grad_norm=job["grad_clip"],
         max_length=job["max_length"],
         assistant_only_loss=True,
         packing=False,
         padding_free=False,
-        # CPU settings (NOTES.md): TRL's configs turn bf16 and gradient checkpointing on by default.
-        bf16=False,
-        fp16=False,
-        use_cpu=True,
-        gradient_checkpointing=False,
-        dataloader_pin_memory=False,
-        report_to="none",
-        save_strategy="no",
-        eval_strategy="no",
-        logging_steps=10,
-        disable_tqdm=True,
-        seed=job["seed"],
-        model_init_kwargs={"dtype": "float32"},
+        **harness.trl_training_args(job),
     )
-
-    class StepClock(TrainerCallback):
-        """Wall time and real tokens at the end of each optimiser step, and the lr that step used."""
-
-        def __init__(self) -> None:
-            self.trainer: Any = None
-            self.ends: list[float] = []
-            self.tokens_seen: list[int] = []
-            self.lrs: list[float] = []
-
-        def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.lrs.append(kwargs["optimizer"].param_groups[0]["lr"])  # before the scheduler steps
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.ends.append(time.perf_counter())
-            # TRL's own count, the attention mask summed over each batch: non-padding tokens
-            self.tokens_seen.append(int(self.trainer._total_train_tokens))
-
-    clock = StepClock()
+    # wall time, TRL's own count of non-padding tokens and the lr of each optimiser step
+    clock = harness.trl_step_clock()
     trainer = SFTTrainer(
         model=job["init_dir"],
         args=config,
@@ -350,17 +270,17 @@ def train_trl(job: dict[str, Any]) -> dict[str, Any]:
     )
     clock.trainer = trainer
     prepare_s = time.perf_counter() - start
-    rss_before = maxrss_mb()
+    rss_before = harness.maxrss_mb()
     train_start = time.perf_counter()
     trainer.train()
-    rss_peak = maxrss_mb()
+    rss_peak = harness.maxrss_mb()
 
     prepared = trainer.train_dataset
     examples = [
         (list(ids), [t for t in range(1, len(labels)) if labels[t] != -100])
         for ids, labels in zip(prepared["input_ids"], prepared["labels"], strict=True)
     ]
-    decayed, optimizer_settings = optimizer_groups(trainer.optimizer, trainer.model)
+    decayed, optimizer_settings = harness.optimizer_groups(trainer.optimizer, trainer.model)
     n, batch = len(examples), job["batch"]
     per_epoch = math.ceil(n / batch)  # the DataLoader keeps the short last batch of each epoch
     step_examples = [
@@ -371,7 +291,7 @@ def train_trl(job: dict[str, Any]) -> dict[str, Any]:
         "side": "trl",
         "prepare_s": prepare_s,
         "step_ends": [t - train_start for t in clock.ends],
-        "step_tokens": [b - a for a, b in zip([0, *clock.tokens_seen], clock.tokens_seen, strict=False)],
+        "step_tokens": clock.step_tokens(),
         "step_examples": step_examples,
         "lrs": clock.lrs,
         # the mean of per-step losses over each logging window
@@ -381,16 +301,9 @@ def train_trl(job: dict[str, Any]) -> dict[str, Any]:
         "decayed": decayed,
         "optimizer": optimizer_settings,
         "examples": n,
-        "digest": examples_digest(examples),
+        "digest": harness.digest(examples),
         "threads": torch.get_num_threads(),
     }
-
-
-def worker(job_path: Path) -> int:
-    job = json.loads(job_path.read_text(encoding="utf-8"))
-    result = (train_trl if job["side"] == "trl" else train_peaufine)(job)
-    Path(job["result_file"]).write_text(json.dumps(result), encoding="utf-8")
-    return 0
 
 
 # -- the parent: data, model, alternation, evaluation ---------------------------------------------
@@ -412,9 +325,6 @@ class Prepared:
 
 def prepare(settings: Settings, data_path: Path, workdir: Path) -> Prepared:
     """The split, a BPE trained on the training side, the conversations that fit, and the initial model."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from peaufine.data.batching import pack_examples
     from peaufine.data.formats import load_chat_records, split_records
     from peaufine.models.tokenizer import train_bpe
@@ -442,30 +352,19 @@ def prepare(settings: Settings, data_path: Path, workdir: Path) -> Prepared:
     train_file = workdir / "train.jsonl"
     write_conversations(train, train_file)
 
-    config = LlamaConfig(
-        **MODEL,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=MAX_LENGTH,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(SPLIT_SEED)
-    model = LlamaForCausalLM(config)
-    init_dir = workdir / "init"
-    model.save_pretrained(init_dir, safe_serialization=True)
-    tokenizer.save_pretrained(init_dir)  # with the chat template: both sides load it from here
+    init_dir = workdir / "init"  # the tokenizer with its chat template too: both sides load it from here
+    parameters = harness.save_tiny_llama(tokenizer, MAX_LENGTH, SPLIT_SEED, init_dir)
     return Prepared(
         init_dir=init_dir,
         train_file=train_file,
         train=train,
         val=val,
-        digest=examples_digest([(ids, targets_of(mask)) for ids, mask in train_tokenized]),
+        digest=harness.digest([(ids, harness.targets_of(mask)) for ids, mask in train_tokenized]),
         records=len(records),
         anomalies={k: v for k, v in report.counts.items() if v},
         dropped_train=dropped_train,
         dropped_val=dropped_val,
-        parameters=sum(p.numel() for p in model.parameters()),
+        parameters=parameters,
         vocab=len(tokenizer),
         packed_rows=len(pack_examples([len(ids) for ids, _ in train_tokenized], MAX_LENGTH)),
     )
@@ -494,14 +393,13 @@ def completion_loss(model_dir: Path, examples: list[tuple[list[int], list[bool]]
 
 
 def run_side(side: str, rep: int, settings: Settings, prepared: Prepared, batch: int, workdir: Path) -> dict:
+    """`side`'s repetition `rep`, trained in a process of its own from the settings both sides share."""
     run_dir = workdir / f"{side}-{rep}"
     run_dir.mkdir(exist_ok=True)
     job = {
-        "side": side,
         "init_dir": str(prepared.init_dir),
         "train_file": str(prepared.train_file),
         "out_dir": str(run_dir / "model"),
-        "result_file": str(run_dir / "result.json"),
         "steps": settings.steps,
         "warmup": settings.warmup,
         "lr": settings.lr,
@@ -516,47 +414,14 @@ def run_side(side: str, rep: int, settings: Settings, prepared: Prepared, batch:
         "seed": settings.seed + rep,
         "threads": settings.threads,
     }
-    job_file = run_dir / "job.json"
-    job_file.write_text(json.dumps(job), encoding="utf-8")
-    threads = str(settings.threads)
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": threads,  # read once, when torch starts: it must be set before
-        "MKL_NUM_THREADS": threads,
-        "TOKENIZERS_PARALLELISM": "false",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-    }
-    log = run_dir / "log.txt"
-    start = time.perf_counter()
-    with log.open("w") as out:
-        done = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", str(job_file)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=REPO,
-        )
-    if done.returncode != 0:
-        tail = log.read_text(encoding="utf-8", errors="replace")[-4000:]
-        raise RuntimeError(f"the {side} run {rep + 1} failed (exit {done.returncode}):\n{tail}")
-    result = json.loads(Path(job["result_file"]).read_text(encoding="utf-8"))
-    result["process_s"] = time.perf_counter() - start
+    result = harness.run_worker(__file__, side, rep, job, run_dir)
     result["model_dir"] = job["out_dir"]
-    result["seed"] = job["seed"]
     return result
 
 
 def steady_tokens_per_s(run: dict[str, Any], skip: int) -> float:
     """Real tokens of steps skip+1..N over the wall time from the end of step `skip` to the end of N."""
-    ends, tokens = run["step_ends"], run["step_tokens"]
-    return sum(tokens[skip:]) / (ends[-1] - ends[skip - 1])
-
-
-def last_logged_loss(run: dict[str, Any], steps: int) -> float | None:
-    """The training loss a side logged at its last step (the last 10 steps), if it logged there."""
-    return next((loss for step, loss in run["train_log"] if step == steps), None)
+    return harness.steady_rate(run, skip)["tokens_per_s"]
 
 
 def summarise(runs: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
@@ -567,7 +432,8 @@ def summarise(runs: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
         "tokens_per_s_reps": rates,
         "val_loss": statistics.median(losses),
         "val_loss_reps": losses,
-        "last_train_loss_reps": [last_logged_loss(r, settings.steps) for r in runs],
+        # the training loss each side logged at its last step (over the last 10 steps), if it did
+        "last_train_loss_reps": [harness.logged_loss(r, settings.steps) for r in runs],
         "rss_peak_mb": statistics.median(r["rss_peak_mb"] for r in runs),
         "rss_training_increase_mb": statistics.median(
             r["rss_peak_mb"] - r["rss_before_train_mb"] for r in runs
@@ -584,14 +450,10 @@ def summarise(runs: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
     }
 
 
-def fmt(value: float | None, spec: str = ",.0f") -> str:
-    return "-" if value is None or not math.isfinite(value) else format(value, spec)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:  # one side's training run, started by run_side
-        return worker(Path(argv[1]))
+        return harness.serve_worker(Path(argv[1]), {"trl": train_trl, "peaufine": train_peaufine})
     settings, data_path, keep = parse_args(argv)
     if not data_path.is_file():
         print(
@@ -599,23 +461,12 @@ def main(argv: list[str] | None = None) -> int:
             "(tatsu-lab/stanford_alpaca, data/alpaca_5000.json)"
         )
         return 0
-    if importlib.util.find_spec("trl") is None:
-        print("SKIP: trl is not installed (pip install 'peaufine[bench]'); TRL is the peer of this benchmark")
+    if harness.skip_without_trl():
         return 0
-    os.environ["OMP_NUM_THREADS"] = str(settings.threads)  # before torch starts, for the evaluator
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # transformers' loading bars; inherited by the runs
     wall_start = time.perf_counter()
+    harness.limit_threads(settings.threads)  # this process, which evaluates, and the runs it starts
     log = sys.stderr
-
-    import torch
-    import transformers
-    import trl
-
-    torch.set_num_threads(settings.threads)
-    with tempfile.TemporaryDirectory(prefix="peaufine-sft-vs-trl-") as tmp:
-        workdir = keep or Path(tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
+    with harness.work_folder(keep, "peaufine-sft-vs-trl-") as workdir:
         prepared = prepare(settings, data_path, workdir)
         per_row = len(prepared.train) / prepared.packed_rows
         batch = settings.trl_batch or max(1, round(settings.rows * per_row))
@@ -627,45 +478,37 @@ def main(argv: list[str] | None = None) -> int:
             file=log,
         )
         print(
-            f"model: Llama {MODEL['num_hidden_layers']} x {MODEL['hidden_size']}, {prepared.parameters:,} "
-            f"parameters, vocabulary {prepared.vocab}; batch: TRL {batch} examples, peaufine {settings.rows} "
-            f"rows; {settings.steps} steps x {settings.reps} repetitions, {settings.threads} thread(s)",
+            f"model: Llama {harness.TINY_LLAMA['num_hidden_layers']} x {harness.TINY_LLAMA['hidden_size']}, "
+            f"{prepared.parameters:,} parameters, vocabulary {prepared.vocab}; batch: TRL {batch} examples, "
+            f"peaufine {settings.rows} rows; {settings.steps} steps x {settings.reps} repetitions, "
+            f"{settings.threads} thread(s)",
             file=log,
         )
 
-        runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
-        for rep in range(settings.reps):
-            for side in SIDES:
-                run = run_side(side, rep, settings, prepared, batch, workdir)
-                runs[side].append(run)
-                print(
-                    f"  repetition {rep + 1}/{settings.reps} {side:>8}: "
-                    f"{steady_tokens_per_s(run, settings.skip):,.0f} tokens/s, {run['step_ends'][-1]:.0f} s "
-                    f"training, peak {run['rss_peak_mb']:,.0f} MB",
-                    file=log,
-                )
+        def progress(run: dict[str, Any]) -> str:
+            return (
+                f"{steady_tokens_per_s(run, settings.skip):,.0f} tokens/s, {run['step_ends'][-1]:.0f} s "
+                f"training, peak {run['rss_peak_mb']:,.0f} MB"
+            )
+
+        runs = harness.alternate(
+            settings.reps, lambda side, rep: run_side(side, rep, settings, prepared, batch, workdir), progress
+        )
 
         initial = completion_loss(prepared.init_dir, prepared.val)
-        for side in SIDES:
+        for side in harness.SIDES:
             for run in runs[side]:
                 run["val_loss"] = completion_loss(Path(run["model_dir"]), prepared.val)
 
     trl_runs, ours_runs = runs["trl"], runs["peaufine"]
-    ratios = [
-        steady_tokens_per_s(o, settings.skip) / steady_tokens_per_s(t, settings.skip)
-        for t, o in zip(trl_runs, ours_runs, strict=True)
-    ]
-    lr_gaps = [abs(a - b) for a, b in zip(trl_runs[0]["lrs"], ours_runs[0]["lrs"], strict=True)]
-    summary = {side: summarise(runs[side], settings) for side in SIDES}
-    delta = [o["val_loss"] - t["val_loss"] for t, o in zip(trl_runs, ours_runs, strict=True)]
+    ratios = harness.paired_ratios(runs, lambda run: steady_tokens_per_s(run, settings.skip))
+    gaps = harness.lr_gaps(runs)
+    summary = {side: summarise(runs[side], settings) for side in harness.SIDES}
+    delta = harness.paired_differences(runs, lambda run: run["val_loss"])
     report = {
         "quick": settings.quick,
         "settings": asdict(settings),
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "trl": trl.__version__,
-        },
+        "versions": harness.library_versions(),
         "data": {
             "records": prepared.records,
             "train_examples": len(prepared.train),
@@ -675,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
             "packed_rows": prepared.packed_rows,
             "examples_per_row": per_row,
         },
-        "model": {**MODEL, "parameters": prepared.parameters, "vocab_size": prepared.vocab},
+        "model": {**harness.TINY_LLAMA, "parameters": prepared.parameters, "vocab_size": prepared.vocab},
         "batch": {"trl_examples": batch, "peaufine_rows": settings.rows},
         "trl": summary["trl"],
         "peaufine": summary["peaufine"],
@@ -695,8 +538,8 @@ def main(argv: list[str] | None = None) -> int:
             },
             "same_decay_groups": trl_runs[0]["decayed"] == ours_runs[0]["decayed"],
             "decayed_parameters": len(ours_runs[0]["decayed"]),
-            "lr_max_gap": max(lr_gaps),
-            "lr_max_gap_after_warmup": max(lr_gaps[settings.warmup :]),
+            "lr_max_gap": max(gaps),
+            "lr_max_gap_after_warmup": max(gaps[settings.warmup :]),
             "steps": {"trl": len(trl_runs[0]["step_ends"]), "peaufine": len(ours_runs[0]["step_ends"])},
         },
         "targets": {
@@ -713,10 +556,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(r: dict[str, Any]) -> None:
     s, t, o, c = r["settings"], r["trl"], r["peaufine"], r["checks"]
-
-    def row(name: str, a: str, b: str, ratio: str = "") -> str:
-        return f"{name:<42}{a:>14}{b:>14}{ratio:>10}"
-
+    table = harness.ComparisonTable(t, o, label_width=42, ratio_width=10)
     lines = [
         "",
         f"SFT on Alpaca, CPU, {s['threads']} thread(s), torch {r['versions']['torch']}, transformers "
@@ -733,53 +573,35 @@ def print_table(r: dict[str, Any]) -> None:
         f"{r['batch']['peaufine_rows']} packed rows of {r['data']['max_length']} "
         f"({r['data']['examples_per_row']:.2f} examples a row)",
         "",
-        row("", "TRL SFTTrainer", "peaufine", "ratio"),
-        row(
-            "training tokens/s (real, median of reps)",
-            fmt(t["tokens_per_s"]),
-            fmt(o["tokens_per_s"]),
-            f"{r['speedup']:.2f}x",
+        table.row("", "TRL SFTTrainer", "peaufine", "ratio"),
+        table.figure(
+            "training tokens/s (real, median of reps)", "tokens_per_s", ratio=f"{r['speedup']:.2f}x"
         ),
-        row("  per repetition", "", "", ""),
+        table.row("  per repetition", "", "", ""),
     ]
     for k, (a, b) in enumerate(zip(t["tokens_per_s_reps"], o["tokens_per_s_reps"], strict=True)):
         lines.append(
-            row(f"    {k + 1} (seed {s['seed'] + k})", fmt(a), fmt(b), f"{r['speedup_reps'][k]:.2f}x")
+            table.pair(f"    {k + 1} (seed {s['seed'] + k})", a, b, ratio=f"{r['speedup_reps'][k]:.2f}x")
         )
     lines += [
-        row(
-            "examples per step (mean)", fmt(t["examples_per_step"], ".2f"), fmt(o["examples_per_step"], ".2f")
-        ),
-        row(
-            "real tokens per step (mean)",
-            fmt(t["tokens_per_step"], ",.1f"),
-            fmt(o["tokens_per_step"], ",.1f"),
-            f"{r['tokens_ratio']:.3f}",
-        ),
-        row("training time (s, median)", fmt(t["train_s"], ".1f"), fmt(o["train_s"], ".1f")),
-        row("setup: imports, data, model (s)", fmt(t["prepare_s"], ".1f"), fmt(o["prepare_s"], ".1f")),
-        row("peak RSS (MB)", fmt(t["rss_peak_mb"]), fmt(o["rss_peak_mb"])),
-        row(
-            "  of which during training (MB)",
-            fmt(t["rss_training_increase_mb"]),
-            fmt(o["rss_training_increase_mb"]),
-        ),
-        row(
-            "validation loss (same evaluator)",
-            fmt(t["val_loss"], ".4f"),
-            fmt(o["val_loss"], ".4f"),
-            f"{r['val_loss_delta']:+.4f}",
-        ),
+        table.figure("examples per step (mean)", "examples_per_step", ".2f"),
+        table.figure("real tokens per step (mean)", "tokens_per_step", ",.1f", f"{r['tokens_ratio']:.3f}"),
+        table.figure("training time (s, median)", "train_s", ".1f"),
+        table.figure("setup: imports, data, model (s)", "prepare_s", ".1f"),
+        table.figure("peak RSS (MB)", "rss_peak_mb"),
+        table.figure("  of which during training (MB)", "rss_training_increase_mb"),
+        table.figure("validation loss (same evaluator)", "val_loss", ".4f", f"{r['val_loss_delta']:+.4f}"),
     ]
     for k, (a, b) in enumerate(zip(t["val_loss_reps"], o["val_loss_reps"], strict=True)):
         if len(t["val_loss_reps"]) > 1:
             delta = f"{r['val_loss_delta_reps'][k]:+.4f}"
-            lines.append(row(f"    {k + 1} (seed {s['seed'] + k})", fmt(a, ".4f"), fmt(b, ".4f"), delta))
+            lines.append(table.pair(f"    {k + 1} (seed {s['seed'] + k})", a, b, ".4f", delta))
     lines += [
-        row(
+        table.pair(
             "training loss, last 10 steps (own log)",
-            fmt(t["last_train_loss_reps"][0], ".4f"),
-            fmt(o["last_train_loss_reps"][0], ".4f"),
+            t["last_train_loss_reps"][0],
+            o["last_train_loss_reps"][0],
+            ".4f",
         ),
         f"validation: {r['data']['val_examples']} held-out conversations, before training "
         f"{r['val_loss_initial']:.4f}",

@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import harness
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "sst2"
@@ -161,12 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (train_path.is_file() and dev_path.is_file()):
         print(f"SKIP: SST-2 not found at {data_dir.resolve()} (train.tsv and dev.tsv); pass --data DIR")
         return 0
-    # Before torch is imported: OpenMP reads this once.
-    os.environ["OMP_NUM_THREADS"] = str(settings.threads)
-    os.environ["MKL_NUM_THREADS"] = str(settings.threads)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     wall_start = time.perf_counter()
+    harness.limit_threads(settings.threads)
 
     import numpy as np
     import torch
@@ -174,17 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     from peaufine.engine.runtime import make_runtime
-    from peaufine.errors import ModelError
-    from peaufine.methods.classify import LabelledTexts, minilm_path
+    from peaufine.methods.classify import LabelledTexts
 
-    torch.set_num_threads(settings.threads)
-    transformers.logging.set_verbosity_error()  # the "classifier.* newly initialised" report, expected
-    transformers.logging.disable_progress_bar()
     log = sys.stderr
-    try:
-        source = minilm_path()
-    except ModelError as exc:
-        print(f"SKIP: {exc}")
+    source = harness.pretrained_minilm()
+    if source is None:
         return 0
 
     train_texts, train_labels = read_sst2(train_path)

@@ -6,19 +6,13 @@ Timings are printed by the benchmark, never asserted.
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from quick_run import REPO, run_benchmark, run_quick
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "dpo_vs_trl.py"
 DATA = REPO / ".." / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 @pytest.fixture(scope="module")
@@ -27,29 +21,11 @@ def quick_result() -> dict:
         pytest.skip("trl is not installed (the benchmark's peer; pip install 'peaufine[bench]')")
     if not DATA.is_file():
         pytest.skip(f"HH pairs are not at {DATA.resolve()}")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=REPO,
-        env=ENV,
-    )
-    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    assert len(lines) == 1, done.stdout[-3000:]
-    return json.loads(lines[0].removeprefix("RESULT "))
+    return run_quick("dpo_vs_trl.py")
 
 
 def test_missing_data_skips_with_exit_0(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--data", str(tmp_path / "hh.jsonl.gz")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env=ENV,
-    )
+    done = run_benchmark("dpo_vs_trl.py", "--quick", "--data", str(tmp_path / "hh.jsonl.gz"), timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("SKIP: HH pairs not found")
     assert "RESULT" not in done.stdout

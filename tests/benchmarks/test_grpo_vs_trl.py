@@ -6,46 +6,22 @@ the benchmark, never asserted.
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "grpo_vs_trl.py"
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+from quick_run import import_benchmark, run_quick
 
 
 @pytest.fixture(scope="module")
 def quick_result() -> dict:
     if importlib.util.find_spec("trl") is None:
         pytest.skip("trl is not installed (the benchmark's peer; pip install 'peaufine[bench]')")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=REPO,
-        env=ENV,
-    )
-    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    assert len(lines) == 1, done.stdout[-3000:]
-    return json.loads(lines[0].removeprefix("RESULT "))
+    return run_quick("grpo_vs_trl.py")
 
 
 @pytest.fixture
 def digit_share():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        from grpo_vs_trl import digit_share
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return digit_share
+    return import_benchmark("grpo_vs_trl").digit_share
 
 
 def test_the_reward_reads_both_completion_conventions(digit_share) -> None:

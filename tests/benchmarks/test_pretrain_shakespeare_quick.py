@@ -5,17 +5,11 @@ Timings are printed by the benchmark, never asserted: this machine is shared and
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from quick_run import REPO, run_quick
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "pretrain_shakespeare.py"
 DATA = REPO / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
 
@@ -24,23 +18,9 @@ def quick_result() -> dict:
     if not DATA.is_file():
         pytest.skip(f"tiny Shakespeare is not at {DATA.resolve()}")
     # --quick, shortened further (150 iterations, 2 rounds of 10 steps) to stay well under 2 minutes.
-    command = [
-        sys.executable,
-        str(SCRIPT),
-        "--quick",
-        "--iters",
-        "150",
-        "--rounds",
-        "2",
-        "--round-steps",
-        "10",
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    assert len(lines) == 1, done.stdout[-3000:]
-    return json.loads(lines[0].removeprefix("RESULT "))
+    return run_quick(
+        "pretrain_shakespeare.py", "--iters", "150", "--rounds", "2", "--round-steps", "10", timeout=600
+    )
 
 
 @pytest.mark.slow

