@@ -181,6 +181,22 @@ def test_numbers_are_shown_to_four_significant_digits_and_rates_as_percentages()
     assert fmt_metric("val_accuracy", 0.5) == "50.0%"
     assert fmt_metric("exact_match", 0.375) == "37.5%"
     assert fmt_metric("val_loss", 0.5) == "0.5"  # a loss is never a percentage
+    assert fmt_metric("forgetting (relative)", 0.03061) == "+3.1%"
+    assert fmt_metric("forgetting.relative_change", -0.2) == "-20.0%"
+    assert fmt_metric("forgetting (relative)", math.nan) == "nan"
+
+
+def test_every_pipeline_headline_of_a_rate_reads_as_a_percentage():
+    from peaufine.stages.dispatch import HEADLINES
+
+    rates = {"fact_recall.accuracy", "heldout.accuracy", "validation.accuracy", "after.exact_match_greedy"}
+    rates |= {
+        key for pairs in HEADLINES.values() for _, key in pairs if "accuracy" in key or "exact_match" in key
+    }
+    for pairs in HEADLINES.values():
+        for label, key in pairs:
+            if key in rates:
+                assert fmt_metric(label, 0.75) == "75.0%", f"{label!r} ({key}) would not read as a percentage"
 
 
 def test_the_kind_of_report_follows_the_marker_files_pipeline_first(tmp_path):

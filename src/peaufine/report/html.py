@@ -139,7 +139,10 @@ _RATE_WORDS = (
 
 
 def fmt_metric(name: str, value: Any) -> Num:
-    """A metric by its name: accuracy, exact match, F1 and fractions in [0, 1] as percentages."""
+    """A metric by its name: accuracy, exact match, F1 and fractions in [0, 1] as percentages, a
+    relative change as a signed percentage."""
+    if "relative" in name.lower() and _is_number(value) and math.isfinite(value):
+        return Num(f"{value * 100:+.1f}%")
     rate = any(word in name.lower() for word in _RATE_WORDS)
     if rate and isinstance(value, float) and 0.0 <= value <= 1.0:
         return fmt_percent(value)

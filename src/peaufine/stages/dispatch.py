@@ -49,12 +49,12 @@ HEADLINES: dict[str, tuple[tuple[str, str], ...]] = {
     "reward": (
         ("validation loss", "val_loss"),
         ("pairwise accuracy (validation)", "validation.accuracy"),
-        ("held-out", "heldout.accuracy"),
+        ("pairwise accuracy (held-out)", "heldout.accuracy"),
         ("mean margin (validation)", "validation.mean_margin"),
     ),
     "dpo": (
-        ("prefers chosen, before", "before.likelihood_accuracy_validation"),
-        ("prefers chosen, after", "after.likelihood_accuracy_validation"),
+        ("preference accuracy (validation), before", "before.likelihood_accuracy_validation"),
+        ("preference accuracy (validation), after", "after.likelihood_accuracy_validation"),
     ),
     "rl": (
         ("sampled reward, before", "before.reward_sampled"),
