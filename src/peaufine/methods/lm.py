@@ -54,10 +54,6 @@ class NextTokenLoss:
 
     chunk_tokens: int | None = None
 
-    def __post_init__(self) -> None:
-        if self.chunk_tokens is not None and self.chunk_tokens < 1:
-            raise ValueError(f"chunk_tokens must be at least 1, got {self.chunk_tokens}")
-
     def loss_sum(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         import torch.nn.functional as F
 
