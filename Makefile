@@ -40,14 +40,18 @@ $(BENCH_STAMP): $(STAMP)
 		echo "chromium could not be installed: the report's browser test will be skipped"
 	touch $@
 
+# The import graph first (import-linter: the layers and no cycles, see pyproject.toml), then the tests.
 test: $(BENCH_STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/pretrain_shakespeare.py
