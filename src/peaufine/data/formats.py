@@ -582,9 +582,9 @@ def _json_records(path: Path) -> Iterator[_Item]:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = body.count(b"\n", 0, exc.start) + 1
-        # One bad byte makes the whole array unreadable, so no policy can skip just a record.
-        bad = _not_utf8(path, line, len(raw) - len(body) + exc.start, body[exc.start : exc.end])
-        raise DataError(bad.message, path=path, line=line, hint="re-encode the file as UTF-8") from None
+        # One bad byte makes the whole array unreadable: the file is the one record it spoils.
+        yield _not_utf8(path, line, len(raw) - len(body) + exc.start, body[exc.start : exc.end])
+        return
 
     def syntax_error(message: str, pos: int) -> DataError:
         return DataError(

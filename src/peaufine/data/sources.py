@@ -30,7 +30,7 @@ TEXT_SUFFIXES = (".txt", ".md", ".text")
 SUPPORTED_SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", ".json", ".csv", ".tsv", ".parquet")
 
 # Bumped whenever parsing changes what a file yields, so stale Arrow caches are not reused.
-_PARSER_VERSION = 1
+_PARSER_VERSION = 2
 _JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
 _UTF8_BOM = codecs.BOM_UTF8
 
@@ -640,6 +640,14 @@ def _read_csv(path: Path, text_field: str, *, delimiter: str) -> Iterator[str | 
                 yield bad[0]
             elif not row:  # a blank line, not a record
                 continue
+            elif len(row) > len(header):
+                # more fields than columns: the row is out of step with the header
+                yield _Anomaly(
+                    "missing_field",
+                    path,
+                    f"the row has {len(row)} fields, the header {len(header)}",
+                    line=start,
+                )
             elif column >= len(row):
                 yield _Anomaly(
                     "missing_field",
