@@ -385,7 +385,7 @@ def step_prompts(prepared: Prepared, settings: Settings, seed: int) -> list[dict
     """The prompt each of peaufine's steps draws for `seed`, in order: its stage holds out a seeded
     fraction of the file (split_records), then draws prompts_per_step by global_batch."""
     from peaufine.data.batching import global_batch
-    from peaufine.data.formats import split_records
+    from peaufine.data.records import split_records
 
     train, _ = split_records(prepared.train, STAGE_VALIDATION_FRACTION, seed)
     p = settings.prompts_per_step

@@ -143,7 +143,7 @@ def train_peaufine(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from peaufine.data.batching import PackedExamples, global_batch
-    from peaufine.data.formats import ChatRecord
+    from peaufine.data.records import ChatRecord
     from peaufine.data.tokenize import tokenize_records
     from peaufine.engine.fit import fit
     from peaufine.engine.optim import build_optimizer, lr_at
@@ -326,7 +326,7 @@ class Prepared:
 def prepare(settings: Settings, data_path: Path, workdir: Path) -> Prepared:
     """The split, a BPE trained on the training side, the conversations that fit, and the initial model."""
     from peaufine.data.batching import pack_examples
-    from peaufine.data.formats import load_chat_records, split_records
+    from peaufine.data.records import load_chat_records, split_records
     from peaufine.models.tokenizer import train_bpe
 
     # Two Alpaca records have an empty output: nothing to learn, skipped as the sft stage would with

@@ -217,9 +217,10 @@ def score(
     ] = None,
 ) -> None:
     """Score prompt + response records with a reward model (one number each, higher is better)."""
-    from peaufine.methods.reward import RewardScorer, read_scoring_records
+    from peaufine.data.prompts import load_scoring_records
+    from peaufine.methods.reward import RewardScorer
 
-    records = read_scoring_records(data, prompt_field, response_field)
+    records = load_scoring_records(data, prompt_field, response_field)
     scorer = RewardScorer.load(model, max_length=max_length)
     scores = scorer.score([r[0] for r in records], [r[1] for r in records])
     lines = [

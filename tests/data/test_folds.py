@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from peaufine.data.folds import fold_of_groups, fold_split
-from peaufine.data.formats import split_records
 from peaufine.data.preferences import PreferencePair, split_pairs_by_prompt
+from peaufine.data.records import split_records
 from peaufine.errors import DataError, RecipeError
 from peaufine.recipe import validate_recipe
 

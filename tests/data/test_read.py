@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from peaufine.data.formats import load_chat_records, load_classification_records
+from peaufine.data.corpus import load_documents
 from peaufine.data.preferences import load_preference_pairs
-from peaufine.data.sources import load_documents
+from peaufine.data.records import load_chat_records, load_classification_records
 from peaufine.errors import DataError
 
 # One good record per loader, as a JSON object; a CSV header and row of the same record.

@@ -11,7 +11,7 @@ import copy
 import pytest
 
 from peaufine.data.batching import IGNORE_INDEX, PaddedExamples
-from peaufine.data.formats import ChatRecord
+from peaufine.data.records import ChatRecord
 from peaufine.data.tokenize import (
     DEFAULT_CHAT_TEMPLATE,
     ensure_chat_template,

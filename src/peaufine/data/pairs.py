@@ -106,7 +106,7 @@ def encode_response(
             response_ids = [*response_ids, tokenizer.eos_token_id]
         head = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         return _fit(head, prompt_ids, response_ids, max_length, too_long, source)
-    from peaufine.data.formats import ChatRecord
+    from peaufine.data.records import ChatRecord
     from peaufine.data.tokenize import tokenize_chat
 
     record = ChatRecord([*prompt, {"role": "assistant", "content": response}], source)

@@ -9,19 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from peaufine.data.formats import (
-    ROLES,
-    _default_fields,
-    _handle,
-    _missing,
-    _raise_empty,
-    _records,
-    _string_field,
-    _Where,
-    record_paths,
-    resolve_anomaly_policy,
-)
-from peaufine.data.sources import AnomalyReport, _Anomaly, _json_type
+from peaufine.data.anomalies import Anomaly, AnomalyPolicy, AnomalyReport, Where, anomaly_policy
+from peaufine.data.read import json_type, read_records, record_paths
+from peaufine.data.records import ROLES, default_fields, missing_field, raise_no_records, string_field
 from peaufine.errors import DataError
 
 if TYPE_CHECKING:
@@ -47,17 +37,10 @@ _OTHER_POLICY_KEYS = ("too_long", "unknown_role", "empty_assistant")
 _KIND_FIELD = "kind"
 _KINDS_FIELD = "kinds"
 
+# preference records name their fields under data.fields too, with their own names
 _HINTS = {
-    "not_utf8": "re-encode the file as UTF-8, or set data.anomalies.not_utf8: skip",
-    "bad_json": "fix the record, or set data.anomalies.bad_json: skip",
     "missing_field": "fix the record or name its fields under data.fields (e.g. data.fields.chosen), "
     "or set data.anomalies.missing_field: skip",
-    "empty_text": "remove the record, or set data.anomalies.empty_text: skip",
-    "same_response": "a pair needs two different responses: remove it, "
-    "or set data.anomalies.same_response: skip",
-    "short_ranking": "rank at least two responses, or set data.anomalies.short_ranking: skip",
-    "prompt_mismatch": "make both sides continue the same conversation, "
-    "or set data.anomalies.prompt_mismatch: skip",
 }
 
 Prompt = str | list[dict[str, str]]
@@ -102,8 +85,8 @@ def load_preference_pairs(
     (see `ranking_pairs`). Bad records raise one DataError naming file, line and field, unless
     `policy` says to skip that kind; skipped records are counted in the returned AnomalyReport.
     """
-    fields = _default_fields(fields)
-    resolved = resolve_preference_policy(policy)
+    fields = default_fields(fields)
+    resolved = _policy(policy)
     if format not in PREFERENCE_FORMATS:
         raise DataError(
             f"data.format {format!r} is not a preference format",
@@ -111,13 +94,13 @@ def load_preference_pairs(
         )
     if rankings not in RANKING_EXPANSIONS:
         raise DataError(f"data.rankings is {rankings!r}", hint=f"use one of: {', '.join(RANKING_EXPANSIONS)}")
-    report = AnomalyReport(counts=dict.fromkeys(PREFERENCE_ANOMALY_KINDS, 0))
+    report = resolved.report()
     chosen_format = None if format == "auto" else format
     paths = record_paths(source)
     pairs: list[PreferencePair] = []
-    for item in _records(paths):
-        if isinstance(item, _Anomaly):
-            _handle(item, resolved, report, _HINTS)
+    for item in read_records(paths):
+        if isinstance(item, Anomaly):
+            resolved.handle(item, report)
             continue
         where, raw = item
         if chosen_format is None:
@@ -128,19 +111,23 @@ def load_preference_pairs(
             pair = (
                 _hh_record(raw, fields, where) if chosen_format == "hh" else _pair_record(raw, fields, where)
             )
-            found, anomalies = ([], [pair]) if isinstance(pair, _Anomaly) else ([pair], [])
+            found, anomalies = ([], [pair]) if isinstance(pair, Anomaly) else ([pair], [])
         for anomaly in anomalies:
-            _handle(anomaly, resolved, report, _HINTS)
+            resolved.handle(anomaly, report)
         pairs.extend(found)
     if not pairs:
-        _raise_empty(paths, report)
+        raise_no_records(paths, report)
     return pairs, report
 
 
 def resolve_preference_policy(policy: dict[str, str] | None) -> dict[str, str]:
     """The action (error or skip) for each preference anomaly kind; `recipe.data.anomalies` can be passed
     whole, its keys for the other loaders are ignored."""
-    return resolve_anomaly_policy(policy, DEFAULT_POLICY, _OTHER_POLICY_KEYS)
+    return dict(_policy(policy).actions)
+
+
+def _policy(policy: dict[str, str] | None) -> AnomalyPolicy:
+    return anomaly_policy(policy, DEFAULT_POLICY, ignored=_OTHER_POLICY_KEYS, hints=_HINTS)
 
 
 def ranking_pairs(
@@ -253,7 +240,7 @@ def split_pairs_by_prompt(
     return train, validation
 
 
-def _detect_format(raw: dict[str, Any], fields: FieldsBlock, where: _Where) -> str:
+def _detect_format(raw: dict[str, Any], fields: FieldsBlock, where: Where) -> str:
     keys = set(raw)
     if fields.responses in keys:
         return "ranking"
@@ -281,39 +268,39 @@ def _detect_format(raw: dict[str, Any], fields: FieldsBlock, where: _Where) -> s
 # Normalising one record
 
 
-def _pair_record(raw: dict[str, Any], fields: FieldsBlock, where: _Where) -> PreferencePair | _Anomaly:
+def _pair_record(raw: dict[str, Any], fields: FieldsBlock, where: Where) -> PreferencePair | Anomaly:
     for name in (fields.chosen, fields.rejected):
         if name not in raw:
-            return _missing(raw, name, where)
+            return missing_field(raw, name, where)
     if fields.prompt in raw:
         prompt = _prompt_value(raw[fields.prompt], fields.prompt, where)
     elif isinstance(raw[fields.chosen], list):
         # No prompt field: the conversations hold it, as the turns before their last (answer) turn.
         turns = _turns(raw[fields.chosen], fields.chosen, where)
-        prompt = turns if isinstance(turns, _Anomaly) else _prompt_turns(turns[:-1], fields.chosen, where)
+        prompt = turns if isinstance(turns, Anomaly) else _prompt_turns(turns[:-1], fields.chosen, where)
     else:
-        return _missing(raw, fields.prompt, where)
-    if isinstance(prompt, _Anomaly):
+        return missing_field(raw, fields.prompt, where)
+    if isinstance(prompt, Anomaly):
         return prompt
     responses = []
     for name in (fields.chosen, fields.rejected):
         response = _response_value(raw[name], name, prompt, where)
-        if isinstance(response, _Anomaly):
+        if isinstance(response, Anomaly):
             return response
         responses.append(response)
     kind = raw.get(_KIND_FIELD)
     if kind is not None and not isinstance(kind, str):
-        return where.anomaly("missing_field", f"value is {_json_type(kind)}, not a string", _KIND_FIELD)
+        return where.anomaly("missing_field", f"value is {json_type(kind)}, not a string", _KIND_FIELD)
     names = (fields.chosen, fields.rejected)
     return _checked_pair(_with_system(prompt, fields), *responses, names, where, kind or "")
 
 
-def _hh_record(raw: dict[str, Any], fields: FieldsBlock, where: _Where) -> PreferencePair | _Anomaly:
+def _hh_record(raw: dict[str, Any], fields: FieldsBlock, where: Where) -> PreferencePair | Anomaly:
     names = (fields.chosen, fields.rejected)
     dialogues = []
     for name in names:
-        dialogue = _string_field(raw, name, where)
-        if isinstance(dialogue, _Anomaly):
+        dialogue = string_field(raw, name, where)
+        if isinstance(dialogue, Anomaly):
             return dialogue
         if HH_ASSISTANT not in dialogue:
             message = (
@@ -330,18 +317,18 @@ def _hh_record(raw: dict[str, Any], fields: FieldsBlock, where: _Where) -> Prefe
 
 
 def _ranking_record(
-    raw: dict[str, Any], fields: FieldsBlock, expand: str, where: _Where
-) -> tuple[list[PreferencePair], list[_Anomaly]]:
+    raw: dict[str, Any], fields: FieldsBlock, expand: str, where: Where
+) -> tuple[list[PreferencePair], list[Anomaly]]:
     """A ranking's pairs, and its anomalies: one that rejects the record, or one same_response per
     duplicate response dropped. A response repeated within a ranking is dropped (its best-ranked copy
     stays), so the rest of the ranking still yields its pairs."""
     if fields.prompt not in raw:
-        return [], [_missing(raw, fields.prompt, where)]
+        return [], [missing_field(raw, fields.prompt, where)]
     prompt = _prompt_value(raw[fields.prompt], fields.prompt, where)
-    if isinstance(prompt, _Anomaly):
+    if isinstance(prompt, Anomaly):
         return [], [prompt]
     responses = _string_list(raw, fields.responses, where)
-    if isinstance(responses, _Anomaly):
+    if isinstance(responses, Anomaly):
         return [], [responses]
     k = len(responses)
     if k < 2:
@@ -351,19 +338,19 @@ def _ranking_record(
         if not response.strip():
             return [], [where.anomaly("empty_text", f"response {number} is empty", fields.responses)]
     ranks = _ranks(raw, fields.ranks, k, where)
-    if isinstance(ranks, _Anomaly):
+    if isinstance(ranks, Anomaly):
         return [], [ranks]
     kinds = None
     if raw.get(_KINDS_FIELD) is not None:
         kinds = _string_list(raw, _KINDS_FIELD, where)
-        if isinstance(kinds, _Anomaly):
+        if isinstance(kinds, Anomaly):
             return [], [kinds]
         if len(kinds) != k:
             message = f"{len(kinds)} kinds for {k} responses: give one kind per response"
             return [], [where.anomaly("missing_field", message, _KINDS_FIELD)]
 
     first_copy: dict[str, int] = {}
-    duplicates: list[_Anomaly] = []
+    duplicates: list[Anomaly] = []
     for i in sorted(range(k), key=lambda i: ranks[i] if ranks is not None else i):
         text = responses[i].strip()
         if text in first_copy:
@@ -390,9 +377,9 @@ def _checked_pair(
     chosen: str,
     rejected: str,
     names: tuple[str, str],
-    where: _Where,
+    where: Where,
     kind: str = "",
-) -> PreferencePair | _Anomaly:
+) -> PreferencePair | Anomaly:
     for text, side, name in zip((chosen, rejected), ("chosen", "rejected"), names, strict=True):
         if not text.strip():
             return where.anomaly("empty_text", f"the {side} response is empty", name)
@@ -402,7 +389,7 @@ def _checked_pair(
     return PreferencePair(prompt, chosen, rejected, group=prompt_key(prompt), kind=kind, source=str(where))
 
 
-def _prompt_value(value: object, name: str, where: _Where) -> list[dict[str, str]] | _Anomaly:
+def _prompt_value(value: object, name: str, where: Where) -> list[dict[str, str]] | Anomaly:
     """A prompt field as chat turns: a string is one user turn, a list must end with the user's turn."""
     if isinstance(value, str):
         if not value.strip():
@@ -410,12 +397,12 @@ def _prompt_value(value: object, name: str, where: _Where) -> list[dict[str, str
         return [{"role": "user", "content": value}]
     if isinstance(value, list):
         turns = _turns(value, name, where)
-        return turns if isinstance(turns, _Anomaly) else _prompt_turns(turns, name, where)
-    message = f"value is {_json_type(value)}, not a string or a list of {{role, content}} turns"
+        return turns if isinstance(turns, Anomaly) else _prompt_turns(turns, name, where)
+    message = f"value is {json_type(value)}, not a string or a list of {{role, content}} turns"
     return where.anomaly("missing_field", message, name)
 
 
-def _prompt_turns(turns: list[dict[str, str]], name: str, where: _Where) -> list[dict[str, str]] | _Anomaly:
+def _prompt_turns(turns: list[dict[str, str]], name: str, where: Where) -> list[dict[str, str]] | Anomaly:
     if not turns:
         return where.anomaly("missing_field", "no prompt: there are no turns before the response", name)
     if turns[-1]["role"] != "user":
@@ -426,16 +413,16 @@ def _prompt_turns(turns: list[dict[str, str]], name: str, where: _Where) -> list
     return turns
 
 
-def _response_value(value: object, name: str, prompt: list[dict[str, str]], where: _Where) -> str | _Anomaly:
+def _response_value(value: object, name: str, prompt: list[dict[str, str]], where: Where) -> str | Anomaly:
     """A response: a string, or a conversation whose last turn is the assistant's answer; turns before
     it, if any, must be the prompt's."""
     if isinstance(value, str):
         return value
     if not isinstance(value, list):
-        message = f"value is {_json_type(value)}, not a string or a list of {{role, content}} turns"
+        message = f"value is {json_type(value)}, not a string or a list of {{role, content}} turns"
         return where.anomaly("missing_field", message, name)
     turns = _turns(value, name, where)
-    if isinstance(turns, _Anomaly):
+    if isinstance(turns, Anomaly):
         return turns
     if turns[-1]["role"] != "assistant":
         message = f"the last turn is a {turns[-1]['role']} turn, not the assistant's response"
@@ -445,10 +432,10 @@ def _response_value(value: object, name: str, prompt: list[dict[str, str]], wher
     return turns[-1]["content"]
 
 
-def _turns(value: object, name: str, where: _Where) -> list[dict[str, str]] | _Anomaly:
+def _turns(value: object, name: str, where: Where) -> list[dict[str, str]] | Anomaly:
     # An unknown role is a malformed field here: the unknown_role policy belongs to the chat loader.
     if not isinstance(value, list) or not value:
-        got = "an empty list" if value == [] else _json_type(value)
+        got = "an empty list" if value == [] else json_type(value)
         return where.anomaly("missing_field", f"expected a list of {{role, content}} turns, got {got}", name)
     turns = []
     for number, turn in enumerate(value, start=1):
@@ -460,30 +447,30 @@ def _turns(value: object, name: str, where: _Where) -> list[dict[str, str]] | _A
             return where.anomaly("missing_field", message, name)
         if not isinstance(content, str):
             return where.anomaly(
-                "missing_field", f"turn {number}: content is {_json_type(content)}, not a string", name
+                "missing_field", f"turn {number}: content is {json_type(content)}, not a string", name
             )
         turns.append({"role": role, "content": content})
     return turns
 
 
-def _string_list(raw: dict[str, Any], name: str, where: _Where) -> list[str] | _Anomaly:
+def _string_list(raw: dict[str, Any], name: str, where: Where) -> list[str] | Anomaly:
     if raw.get(name) is None:
-        return _missing(raw, name, where)
+        return missing_field(raw, name, where)
     value = raw[name]
     if not isinstance(value, list):
-        return where.anomaly("missing_field", f"value is {_json_type(value)}, not a list of strings", name)
+        return where.anomaly("missing_field", f"value is {json_type(value)}, not a list of strings", name)
     for number, item in enumerate(value, start=1):
         if not isinstance(item, str):
-            return where.anomaly("missing_field", f"item {number} is {_json_type(item)}, not a string", name)
+            return where.anomaly("missing_field", f"item {number} is {json_type(item)}, not a string", name)
     return value
 
 
-def _ranks(raw: dict[str, Any], name: str, k: int, where: _Where) -> list[float] | _Anomaly | None:
+def _ranks(raw: dict[str, Any], name: str, k: int, where: Where) -> list[float] | Anomaly | None:
     value = raw.get(name)
     if value is None:
         return None
     if not isinstance(value, list) or len(value) != k:
-        got = f"{len(value)} ranks" if isinstance(value, list) else _json_type(value)
+        got = f"{len(value)} ranks" if isinstance(value, list) else json_type(value)
         return where.anomaly("missing_field", f"expected one rank per response ({k}), got {got}", name)
     for number, rank in enumerate(value, start=1):
         if isinstance(rank, bool) or not isinstance(rank, (int, float)) or not math.isfinite(rank):

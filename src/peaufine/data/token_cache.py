@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from peaufine.data.batching import Example
-    from peaufine.data.formats import ChatRecord
+    from peaufine.data.records import ChatRecord
     from peaufine.data.tokenize import TokenizeReport
 
 CACHE_FORMAT = 1  # bump when what a cache entry holds, or the code that makes it, changes meaning

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from peaufine.data.batching import Example
-from peaufine.data.formats import ChatRecord
+from peaufine.data.records import ChatRecord
 from peaufine.errors import DataError, ModelError
 from peaufine.models.tokenizer import ASSISTANT, CHAT_TEMPLATE, END_OF_TURN, SYSTEM, USER
 

@@ -31,7 +31,7 @@ def few_shot_examples(
     This is in-context learning: the alternative to fine-tuning that changes no parameter.
     """
     from peaufine.data.batching import Example
-    from peaufine.data.formats import ChatRecord
+    from peaufine.data.records import ChatRecord
     from peaufine.data.tokenize import tokenize_chat
 
     prefix = [m for shot in shots for m in shot if m["role"] != "system"]

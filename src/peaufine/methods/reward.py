@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from peaufine.data.batching import Batch
 from peaufine.engine.fit import MetricTally
-from peaufine.errors import DataError, ModelError
+from peaufine.errors import ModelError
 from peaufine.methods.classify import classifier_logits
 
 if TYPE_CHECKING:
@@ -135,30 +135,3 @@ class RewardScorer:
                 batch = {k: v.to(device) for k, v in batch.items()}
                 scores += classifier_logits(self.model, batch).squeeze(-1).tolist()
         return scores
-
-
-def read_scoring_records(path: Path, prompt_field: str, response_field: str) -> list[tuple[Prompt, str]]:
-    """(prompt, response) from each record of a JSON lines / JSON / CSV / Parquet file; a record
-    without either field is an error naming its line."""
-    from peaufine.data.formats import _records, record_paths
-    from peaufine.data.sources import _Anomaly
-
-    out: list[tuple[Prompt, str]] = []
-    for item in _records(record_paths(path)):
-        if isinstance(item, _Anomaly):
-            raise item.error()
-        where, raw = item
-        prompt, response = raw.get(prompt_field), raw.get(response_field)
-        for name, value in ((prompt_field, prompt), (response_field, response)):
-            if not isinstance(value, (str, list)) or (name == response_field and not isinstance(value, str)):
-                raise DataError(
-                    f"field {name!r} is missing or not text (got {type(value).__name__})",
-                    path=where.path,
-                    line=where.line,
-                    field=name,
-                    hint="use --prompt-field / --response-field to name your fields",
-                )
-        out.append((prompt, response))
-    if not out:
-        raise DataError("no records to score", path=path)
-    return out

@@ -41,7 +41,7 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
     import json
 
     from peaufine.data.folds import recipe_fold
-    from peaufine.data.formats import load_classification_records, split_records
+    from peaufine.data.records import load_classification_records, split_records
 
     regression = recipe.method.num_labels == 1
     policy = recipe.data.anomalies.model_dump(exclude={"too_long"})

@@ -33,7 +33,7 @@ def measure(
     answers: int = 200,
 ) -> dict[str, Any]:
     """Every figure for one model: task loss and answers (with `data`), general loss (with `general`)."""
-    from peaufine.data.formats import load_chat_records
+    from peaufine.data.records import load_chat_records
     from peaufine.data.tokenize import ensure_chat_template, tokenize_records
     from peaufine.engine.runtime import make_runtime
     from peaufine.evaluate.answers import answer_questions

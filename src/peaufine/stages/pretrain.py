@@ -51,7 +51,7 @@ def gather_corpus(recipe: Recipe) -> Corpus:
     """Documents for training and validation: the synthetic world's, or the user's files."""
     from datasets import Dataset
 
-    from peaufine.data.sources import ANOMALY_KINDS, load_documents, split_documents
+    from peaufine.data.corpus import ANOMALY_KINDS, load_documents, split_documents
 
     data = recipe.data
     if data.source == "world":

@@ -69,10 +69,6 @@ def gather_prompts(recipe: Recipe) -> list[dict[str, Any]]:
     A file record has `prompt` (text or chat messages); every other field is a column for the reward
     functions.
     """
-    from peaufine.data.formats import _records, record_paths
-    from peaufine.data.sources import _Anomaly
-    from peaufine.errors import DataError
-
     data = recipe.data
     if data.source == "world":
         world = source_world(resolve_source(recipe.model.source))
@@ -89,27 +85,9 @@ def gather_prompts(recipe: Recipe) -> list[dict[str, Any]]:
             {"prompt": [{"role": "user", "content": q}], "answer": a, "candidates": numbers}
             for q, a in arithmetic_questions(world)
         ]
-    field_name = data.fields.prompt
-    records = []
-    for item in _records(record_paths(data.source)):
-        if isinstance(item, _Anomaly):
-            raise item.error()
-        where, raw = item
-        prompt = raw.get(field_name)
-        if isinstance(prompt, str) and prompt.strip():
-            prompt = [{"role": "user", "content": prompt}]
-        if not (isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt)):
-            raise DataError(
-                f"no prompt: expected text or chat messages in {field_name!r}",
-                path=where.path,
-                line=where.line,
-                field=field_name,
-                hint="name the field with data.fields.prompt",
-            )
-        records.append({**raw, "prompt": prompt})
-    if not records:
-        raise DataError("no prompts", path=str(data.source))
-    return records
+    from peaufine.data.prompts import load_prompt_records
+
+    return load_prompt_records(data.source, data.fields.prompt)
 
 
 def check_rewards(config: RlBlock) -> None:
@@ -127,7 +105,7 @@ def check_rewards(config: RlBlock) -> None:
 
 
 def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
-    from peaufine.data.formats import split_records
+    from peaufine.data.records import split_records
     from peaufine.data.tokenize import ensure_chat_template
     from peaufine.models.tokenizer import load_tokenizer
     from peaufine.stages.sft import source_model_dir

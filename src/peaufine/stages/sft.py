@@ -23,7 +23,7 @@ from peaufine.rundir import RunDir, finish_run, open_run
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from peaufine.data.formats import ChatRecord
+    from peaufine.data.records import ChatRecord
     from peaufine.data.token_cache import TokenCache
     from peaufine.engine.runtime import Runtime
     from peaufine.recipe import Recipe
@@ -58,7 +58,7 @@ def source_model_dir(source: ModelSource) -> Path:
 def gather_records(recipe: Recipe, source: ModelSource) -> TaskData:
     """The task's conversations: the world's Q&A (when model.source is a world run) or the user's files."""
     from peaufine.data.folds import recipe_fold
-    from peaufine.data.formats import load_chat_records, split_records, world_qa_records
+    from peaufine.data.records import load_chat_records, split_records, world_qa_records
 
     data = recipe.data
     if data.source == "world":
@@ -130,7 +130,7 @@ def tokenize_general(
     the stream is kept under the tokenizer's files and the texts themselves (not the file's name or
     time), and a later call with both unchanged copies it instead of tokenizing."""
     from peaufine.data.batching import write_token_stream
-    from peaufine.data.sources import load_documents
+    from peaufine.data.corpus import load_documents
     from peaufine.data.token_cache import digest, texts_digest, tokenizer_digest
     from peaufine.stages.pretrain import iter_texts
 

@@ -1,4 +1,4 @@
-"""Tests for peaufine.data.formats: every file format and record kind to the same conversations,
+"""Tests for peaufine.data.records: every file format and record kind to the same conversations,
 format detection, the bad-record policy with file and line, classification labels, the split.
 
 Records are written into tmp_path here; one test reads the shared Alpaca subset when it is present.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from peaufine.data.formats import (
+from peaufine.data.records import (
     ANOMALY_KINDS,
     ChatRecord,
     load_chat_records,

@@ -1,4 +1,4 @@
-"""Tests for peaufine.data.sources: each format, document units, the bad-input policy, the split.
+"""Tests for peaufine.data.corpus: each format, document units, the bad-input policy, the split.
 
 Every corpus is a few lines written into tmp_path; the datasets cache lives there too.
 """
@@ -10,13 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from peaufine.data.sources import (
-    ANOMALY_KINDS,
-    AnomalyReport,
-    find_files,
-    load_documents,
-    split_documents,
-)
+from peaufine.data.anomalies import AnomalyReport
+from peaufine.data.corpus import ANOMALY_KINDS, load_documents, split_documents
+from peaufine.data.read import find_files
 from peaufine.errors import DataError
 
 
