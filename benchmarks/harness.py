@@ -83,7 +83,7 @@ def pretrained_minilm() -> Path | None:
     import transformers
 
     from peaufine.errors import ModelError
-    from peaufine.methods.classify import minilm_path
+    from peaufine.models.build import minilm_path
 
     transformers.logging.set_verbosity_error()  # the "classifier.* newly initialised" report, expected
     transformers.logging.disable_progress_bar()

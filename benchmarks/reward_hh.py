@@ -124,7 +124,7 @@ def validation_fraction(prompts: int, held_out: int) -> float:
 
 def reward_recipe(settings: Settings, data_path: Path, fraction: float, steps: int) -> Any:
     """The recipe a user would write for this run: the reward stage's defaults, with our data and steps."""
-    from peaufine.methods.classify import minilm_path
+    from peaufine.models.build import minilm_path
     from peaufine.recipe import validate_recipe
 
     return validate_recipe(

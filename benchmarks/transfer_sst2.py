@@ -126,7 +126,8 @@ def train_and_score(
     picking a checkpoint on it would flatter both arms), then score every dev sentence."""
     from peaufine.engine.fit import fit
     from peaufine.evaluate.classification import classification_metrics
-    from peaufine.methods.classify import ClassificationLoss, build_classifier
+    from peaufine.methods.classify import ClassificationLoss
+    from peaufine.models.build import build_classifier
     from peaufine.recipe import EvalBlock
 
     scratch = arm == "scratch"
@@ -170,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
     from transformers import AutoTokenizer
 
+    from peaufine.data.batching import LabelledTexts
     from peaufine.engine.runtime import make_runtime
-    from peaufine.methods.classify import LabelledTexts
 
     log = sys.stderr
     source = harness.pretrained_minilm()

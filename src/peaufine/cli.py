@@ -281,7 +281,7 @@ def merge(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the merged model.")],
 ) -> None:
     """Merge a LoRA adapter into its base: a standalone model that loads with plain transformers."""
-    from peaufine.models.adapters import merge_adapter
+    from peaufine.commands.merge import merge_adapter
     from peaufine.models.build import resolve_source
 
     resolved = resolve_source(str(base))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from peaufine.data.batching import LabelledTexts
 from peaufine.engine.fit import fit, make_loop
 from peaufine.errors import ModelError
 from peaufine.evaluate.classification import (
@@ -15,7 +16,8 @@ from peaufine.evaluate.classification import (
     classification_scores,
     regression_scores,
 )
-from peaufine.methods.classify import ClassificationLoss, LabelledTexts, build_classifier, minilm_path
+from peaufine.methods.classify import ClassificationLoss
+from peaufine.models.build import build_classifier, minilm_path
 from peaufine.recipe import EvalBlock, TrainBlock
 
 VOCAB = 50

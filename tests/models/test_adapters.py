@@ -7,17 +7,16 @@ import math
 
 import pytest
 
+from peaufine.commands.merge import merge_adapter
 from peaufine.errors import ModelError
 from peaufine.models.adapters import (
     apply_adapter,
     apply_freeze,
     linear_layer_names,
-    lora_budget,
-    lora_trainable_parameters,
-    merge_adapter,
     merged_copy,
     save_adapter,
 )
+from peaufine.models.budget import lora_budget, lora_trainable_parameters
 from peaufine.recipe import AdapterBlock, FreezeBlock
 
 TEXTS = ["The capital of Veloria is Tarsk. Tarsk lies on the river Ombe."] * 50

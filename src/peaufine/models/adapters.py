@@ -1,7 +1,5 @@
-"""LoRA adapters (PEFT) and layer freezing: what trains, how adapters are saved, merged and counted.
-
-An adapter is saved in PEFT's own format; `merge_adapter` folds it into its base, giving a plain model.
-"""
+"""LoRA adapters (PEFT) and layer freezing: what trains, and how an adapter is saved (in PEFT's own
+format) or folded into a copy of its base."""
 
 from __future__ import annotations
 
@@ -19,9 +17,8 @@ from peaufine.errors import ModelError
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from peaufine.models.budget import ParamBudget
     from peaufine.recipe import AdapterBlock, FreezeBlock
 
 # PEFT warnings that say nothing the user can act on: GPT-2's Conv1D stores its weight transposed
@@ -36,14 +33,14 @@ _EXPECTED_PEFT_WARNINGS = (
 
 
 @contextlib.contextmanager
-def _quiet_peft() -> Iterator[None]:
+def quiet_peft() -> Iterator[None]:
     with warnings.catch_warnings():
         for message in _EXPECTED_PEFT_WARNINGS:
             warnings.filterwarnings("ignore", message=message)
         yield
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+def peft_base(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model inside a PeftModel (LoRA layers included), or the model itself."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
@@ -61,7 +58,7 @@ def _linear_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     """Dotted path -> Linear-like module, without the output head and without LoRA's own A/B layers."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    base = _unwrap(model)
+    base = peft_base(model)
     get_output = getattr(base, "get_output_embeddings", None)
     head = get_output() if callable(get_output) else None
     found: dict[str, torch.nn.Module] = {}
@@ -159,7 +156,7 @@ def apply_adapter(
         else None,
     )
     try:
-        with _quiet_peft():
+        with quiet_peft():
             return get_peft_model(model, config)
     except ValueError as exc:  # NoMatchingPeftModuleError and unsupported layer types are ValueErrors
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -179,7 +176,7 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     """
     import torch
 
-    base = _unwrap(model)
+    base = peft_base(model)
     get_decoder = getattr(base, "get_decoder", None)
     decoder = get_decoder() if callable(get_decoder) else base
     count = getattr(getattr(base, "config", None), "num_hidden_layers", None)
@@ -203,7 +200,7 @@ def apply_freeze(model: torch.nn.Module, freeze: FreezeBlock) -> None:
     """
     import torch
 
-    base = _unwrap(model)
+    base = peft_base(model)
     if freeze.layers:
         layers = decoder_layers(base)
         n = len(layers)
@@ -291,154 +288,3 @@ def merged_copy(model: torch.nn.Module) -> torch.nn.Module:
     if not isinstance(model, PeftModel):
         return model
     return copy.deepcopy(model).merge_and_unload()
-
-
-def _has_tokenizer(directory: Path) -> bool:
-    return (directory / "tokenizer_config.json").is_file() or (directory / "tokenizer.json").is_file()
-
-
-def _adapter_mismatch(model: torch.nn.Module, adapter_file: Path) -> str | None:
-    """Why the loaded adapter does not fit `model`, or None.
-
-    PEFT only warns about adapter weights the model lacks, and drops silently those with no place in it
-    (an adapter from a deeper model): both mean the adapter was trained on another model.
-    """
-    from peft import get_peft_model_state_dict
-    from safetensors import safe_open
-
-    with safe_open(str(adapter_file), framework="pt") as handle:
-        saved = set(handle.keys())
-    expected = set(get_peft_model_state_dict(model).keys())
-    extra, missing = sorted(saved - expected), sorted(expected - saved)
-    if not extra and not missing:
-        return None
-    parts = []
-    if extra:
-        parts.append(f"{len(extra)} adapter tensors have no place in the base (e.g. {extra[0]})")
-    if missing:
-        parts.append(f"{len(missing)} adapted layers get no weights (e.g. {missing[0]})")
-    return "; ".join(parts)
-
-
-def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path, overwrite: bool = False) -> None:
-    """`peaufine merge`: base + LoRA adapter -> one plain model folder, written atomically.
-
-    The result loads with `AutoModelForCausalLM.from_pretrained`, without PEFT. The tokenizer comes
-    from the adapter folder when it has one (the one trained with), else from the base.
-    """
-    from peft import PeftModel
-
-    from peaufine.models.build import load_pretrained, save_model
-    from peaufine.models.tokenizer import load_tokenizer
-
-    base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
-    if not base_dir.is_dir():
-        raise ModelError(
-            f"merge: base model folder {base_dir} does not exist; give the model the adapter was trained on"
-        )
-    # A peaufine run folder keeps its model in model/; a Hugging Face folder is the model itself.
-    model_dir = base_dir / "model" if (base_dir / "model" / "config.json").is_file() else base_dir
-    if not (model_dir / "config.json").is_file():
-        raise ModelError(
-            f"merge: {base_dir} holds neither config.json (a Hugging Face model) nor model/config.json "
-            "(a peaufine run); give the base model the adapter was trained on"
-        )
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise ModelError(
-            f"merge: {adapter_dir} holds no adapter_config.json; give the folder that a LoRA run "
-            "saved its adapter to"
-        )
-    adapter_file = adapter_dir / "adapter_model.safetensors"
-    if not adapter_file.is_file():
-        raise ModelError(
-            f"merge: {adapter_dir} has no adapter_model.safetensors; peaufine loads safetensors only "
-            "(re-save the adapter with PEFT's save_pretrained(safe_serialization=True))"
-        )
-    resolved = {p.resolve() for p in (base_dir, model_dir, adapter_dir)}
-    if out_dir.resolve() in resolved:
-        raise ModelError(f"merge: the output folder {out_dir} is an input; choose another folder")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise ModelError(f"merge: {out_dir} exists and is not empty; remove it or choose another folder")
-
-    base = load_pretrained(model_dir)
-    tokenizer_dir = adapter_dir if _has_tokenizer(adapter_dir) else model_dir
-    if not _has_tokenizer(tokenizer_dir):
-        raise ModelError(
-            f"merge: neither {adapter_dir} nor {model_dir} holds a tokenizer; save one next to the model"
-        )
-    tokenizer = load_tokenizer(str(tokenizer_dir))
-    how_to_fix = f"merge the adapter into the base model it was trained on, not {model_dir}"
-    try:
-        with _quiet_peft(), warnings.catch_warnings():
-            # Missing adapter keys are checked below, with a message that names the folders.
-            warnings.filterwarnings("ignore", message=r"Found missing adapter keys")
-            model = PeftModel.from_pretrained(base, adapter_dir)
-    except (ValueError, RuntimeError, KeyError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(
-            f"merge: the adapter in {adapter_dir} does not fit {model_dir} ({first_line}); {how_to_fix}"
-        ) from None
-    mismatch = _adapter_mismatch(model, adapter_file)
-    if mismatch:
-        raise ModelError(
-            f"merge: the adapter in {adapter_dir} does not fit {model_dir}: {mismatch}; {how_to_fix}"
-        )
-    save_model(model.merge_and_unload(), tokenizer, out_dir)
-
-
-def lora_budget(
-    config: PretrainedConfig, r: int, targets: list[str] | str, dora: bool = False
-) -> ParamBudget:
-    """Parameters of a model with LoRA on top, counted on the meta device (no memory, no download).
-
-    PEFT itself builds the adapter, so its count is PEFT's own: r*(in+out) per targeted layer, plus
-    `out` magnitudes with DoRA. Trainable = the adapter, frozen = the whole base, total = base + adapter.
-    """
-    from peaufine.models.budget import ParamBudget, count_parameters, meta_model
-    from peaufine.recipe import AdapterBlock
-
-    model = meta_model(config)
-    base = count_parameters(model)
-    adapter = AdapterBlock(kind="lora", r=r, target_modules=targets, dora=dora)
-    wrapped_model = apply_adapter(model, adapter)
-    wrapped = count_parameters(wrapped_model)
-    added = wrapped.total - base.total
-    by_type: dict[str, dict[str, int]] = {
-        name: {"total": row["total"], "trainable": 0} for name, row in base.by_module_type.items()
-    }
-    by_type["LoRA adapter"] = {"total": added, "trainable": wrapped.trainable}
-    return ParamBudget(
-        total=wrapped.total,
-        trainable=wrapped.trainable,
-        by_module_type=by_type,
-        active_per_token=_active_with_adapter(wrapped_model, base.active_per_token, added),
-        embedding=base.embedding,
-    )
-
-
-def _active_with_adapter(wrapped: torch.nn.Module, base_active: int | None, added: int) -> int | None:
-    """Active parameters per token once an adapter is added to an MoE model (None if dense).
-
-    With "all-linear", PEFT also adapts the fused routed experts, one low-rank pair per expert, so a
-    token goes through k/E of those; adapter weights elsewhere (attention, router) see every token.
-    """
-    from peaufine.models.budget import _NUM_EXPERTS_KEYS, _is_routed_experts
-
-    if base_active is None:
-        return None
-    config = _unwrap(wrapped).config
-    top_k = config.num_experts_per_tok
-    num_experts = next(getattr(config, k) for k in _NUM_EXPERTS_KEYS if getattr(config, k, None))
-    routed: dict[int, int] = {}
-    for name, module in wrapped.named_modules():
-        if _is_routed_experts(name, module):
-            routed.update({id(p): p.numel() for p in module.parameters() if p.requires_grad})
-    routed_adapter = sum(routed.values())
-    return base_active + added - routed_adapter + routed_adapter // num_experts * top_k
-
-
-def lora_trainable_parameters(
-    config: PretrainedConfig, r: int, targets: list[str] | str, dora: bool = False
-) -> int:
-    """How many parameters LoRA of rank `r` on `targets` trains (`peaufine params --lora r=8`)."""
-    return lora_budget(config, r, targets, dora).trainable

@@ -397,7 +397,6 @@ def describe_budget_with_lora(
     LoRA this is `describe_budget`. Frozen = the base, trainable = the adapter: gradients and AdamW
     state shrink to the adapter's size, while the weights (and activations) stay those of the base.
     """
-    from peaufine.models.adapters import lora_budget
 
     subject = _params_subject(recipe_path, preset, overrides, batch_size, seq_len)
     adapter = subject.recipe.model.adapter
@@ -414,3 +413,61 @@ def describe_budget_with_lora(
         f"{subject.name} ({subject.config.model_type}) + {kind} r={r} on {shown}; frozen = the base model"
     )
     return header + "\n\n" + format_budget(budget, memory)
+
+
+def lora_budget(
+    config: PreTrainedConfig, r: int, targets: list[str] | str, dora: bool = False
+) -> ParamBudget:
+    """Parameters of a model with LoRA on top, counted on the meta device (no memory, no download).
+
+    PEFT itself builds the adapter, so its count is PEFT's own: r*(in+out) per targeted layer, plus
+    `out` magnitudes with DoRA. Trainable = the adapter, frozen = the whole base, total = base + adapter.
+    """
+    from peaufine.models.adapters import apply_adapter
+    from peaufine.recipe import AdapterBlock
+
+    model = meta_model(config)
+    base = count_parameters(model)
+    adapter = AdapterBlock(kind="lora", r=r, target_modules=targets, dora=dora)
+    wrapped_model = apply_adapter(model, adapter)
+    wrapped = count_parameters(wrapped_model)
+    added = wrapped.total - base.total
+    by_type: dict[str, dict[str, int]] = {
+        name: {"total": row["total"], "trainable": 0} for name, row in base.by_module_type.items()
+    }
+    by_type["LoRA adapter"] = {"total": added, "trainable": wrapped.trainable}
+    return ParamBudget(
+        total=wrapped.total,
+        trainable=wrapped.trainable,
+        by_module_type=by_type,
+        active_per_token=_active_with_adapter(wrapped_model, base.active_per_token, added),
+        embedding=base.embedding,
+    )
+
+
+def _active_with_adapter(wrapped: torch.nn.Module, base_active: int | None, added: int) -> int | None:
+    """Active parameters per token once an adapter is added to an MoE model (None if dense).
+
+    With "all-linear", PEFT also adapts the fused routed experts, one low-rank pair per expert, so a
+    token goes through k/E of those; adapter weights elsewhere (attention, router) see every token.
+    """
+    from peaufine.models.adapters import peft_base
+
+    if base_active is None:
+        return None
+    config = peft_base(wrapped).config
+    top_k = config.num_experts_per_tok
+    num_experts = next(getattr(config, k) for k in _NUM_EXPERTS_KEYS if getattr(config, k, None))
+    routed: dict[int, int] = {}
+    for name, module in wrapped.named_modules():
+        if _is_routed_experts(name, module):
+            routed.update({id(p): p.numel() for p in module.parameters() if p.requires_grad})
+    routed_adapter = sum(routed.values())
+    return base_active + added - routed_adapter + routed_adapter // num_experts * top_k
+
+
+def lora_trainable_parameters(
+    config: PreTrainedConfig, r: int, targets: list[str] | str, dora: bool = False
+) -> int:
+    """How many parameters LoRA of rank `r` on `targets` trains (`peaufine params --lora r=8`)."""
+    return lora_budget(config, r, targets, dora).trainable

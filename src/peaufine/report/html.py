@@ -625,8 +625,8 @@ def estimate_budget(run: StageRun) -> tuple[Any, Any, str] | None:
 
     from peaufine.models.adapters import apply_adapter, apply_freeze
     from peaufine.models.budget import count_parameters, estimate_memory, meta_model
+    from peaufine.models.build import special_token_ids
     from peaufine.recipe import validate_recipe
-    from peaufine.stages.sft import special_token_ids
 
     recipe = validate_recipe(run.recipe, source=str(run.path / "recipe.yaml"))
     config = AutoConfig.from_pretrained(run.path / "model", trust_remote_code=recipe.model.trust_remote_code)

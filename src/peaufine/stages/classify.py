@@ -28,7 +28,7 @@ def model_path(recipe: Recipe) -> Path:
     from peaufine.models.build import resolve_source
 
     if recipe.model.source == "minilm":
-        from peaufine.methods.classify import minilm_path
+        from peaufine.models.build import minilm_path
 
         return minilm_path()
     source = resolve_source(recipe.model.source)
@@ -82,7 +82,7 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
 def load_split(path: Path, tokenizer: Any, recipe: Recipe, pad_id: int, regression: bool) -> Any:
     import json
 
-    from peaufine.methods.classify import LabelledTexts
+    from peaufine.data.batching import LabelledTexts
 
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     return LabelledTexts.from_texts(
@@ -104,13 +104,8 @@ def run_classify(
     tracker: Tracker | None = None,
 ) -> ClassifyResult:
     from peaufine.evaluate.classification import classification_metrics
-    from peaufine.methods.classify import (
-        ClassificationLoss,
-        build_classifier,
-        classifier_attention,
-        refuse_chunked_loss,
-    )
-    from peaufine.models.build import prepare_for_training, save_model
+    from peaufine.methods.classify import ClassificationLoss, refuse_chunked_loss
+    from peaufine.models.build import build_classifier, classifier_attention, prepare_for_training, save_model
     from peaufine.models.tokenizer import load_tokenizer
 
     refuse_chunked_loss(recipe)

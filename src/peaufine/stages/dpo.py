@@ -41,8 +41,8 @@ class DpoResult:
 
 def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
     from peaufine.data.tokenize import ensure_chat_template
+    from peaufine.models.build import source_model_dir
     from peaufine.models.tokenizer import load_tokenizer
-    from peaufine.stages.sft import source_model_dir
 
     source = resolve_source(recipe.model.source)
     tokenizer = load_tokenizer(str(source_model_dir(source)), recipe.model.trust_remote_code)
@@ -147,8 +147,8 @@ def run_dpo(
 ) -> DpoResult:
     from peaufine.engine.fit import evaluate
     from peaufine.methods.preference import DpoLoss, disable_dropout, precompute_reference
+    from peaufine.models.build import load_for_training, save_outputs, source_model_dir
     from peaufine.models.tokenizer import load_tokenizer
-    from peaufine.stages.sft import load_model, save_outputs, source_model_dir
 
     if recipe.stage != "dpo":
         raise RecipeError(f"stage: this command runs stage 'dpo', the recipe says '{recipe.stage}'")
@@ -158,7 +158,7 @@ def run_dpo(
     source = resolve_source(recipe.model.source)
     tokenizer = load_tokenizer(str(run.tokenizer))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    model = load_model(recipe, source_model_dir(source), runtime)
+    model = load_for_training(recipe, source_model_dir(source), runtime)
     disable_dropout(model)
     sets = {name: pair_dataset(run.data, name, pad_id) for name in ("train", *EVAL_SPLITS)}
     train_set = sets["train"]

@@ -122,12 +122,16 @@ def run_reward(
     tracker: Tracker | None = None,
     hooks: list[StepHook] | None = None,
 ) -> RewardResult:
-    from peaufine.methods.classify import build_classifier, classifier_attention, refuse_chunked_loss
+    from peaufine.methods.classify import refuse_chunked_loss
     from peaufine.methods.reward import BradleyTerryLoss
     from peaufine.models.adapters import apply_adapter, apply_freeze
-    from peaufine.models.build import prepare_for_training
+    from peaufine.models.build import (
+        build_classifier,
+        classifier_attention,
+        prepare_for_training,
+        save_outputs,
+    )
     from peaufine.models.tokenizer import load_tokenizer
-    from peaufine.stages.sft import save_outputs
 
     if recipe.stage != "reward":
         raise RecipeError(f"stage: this command runs stage 'reward', the recipe says '{recipe.stage}'")

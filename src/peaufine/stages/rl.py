@@ -107,8 +107,8 @@ def check_rewards(config: RlBlock) -> None:
 def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
     from peaufine.data.records import split_records
     from peaufine.data.tokenize import ensure_chat_template
+    from peaufine.models.build import source_model_dir
     from peaufine.models.tokenizer import load_tokenizer
-    from peaufine.stages.sft import source_model_dir
 
     source = resolve_source(recipe.model.source)
     tokenizer = load_tokenizer(str(source_model_dir(source)), recipe.model.trust_remote_code)
@@ -412,8 +412,8 @@ def run_rl(
         PpoLoss,
         ValueHead,
     )
+    from peaufine.models.build import load_for_training, save_outputs, source_model_dir
     from peaufine.models.tokenizer import end_of_turn_ids, load_tokenizer
-    from peaufine.stages.sft import load_model, save_outputs, source_model_dir
 
     if recipe.stage != "rl":
         raise RecipeError(f"stage: this command runs stage 'rl', the recipe says '{recipe.stage}'")
@@ -434,7 +434,7 @@ def run_rl(
     run, runtime, tracker, prepared = opened.run, opened.runtime, opened.tracker, opened.prepared
     tokenizer = load_tokenizer(str(run.tokenizer))
     stop_ids = end_of_turn_ids(tokenizer)
-    policy = load_model(recipe, source_model_dir(resolve_source(recipe.model.source)), runtime)
+    policy = load_for_training(recipe, source_model_dir(resolve_source(recipe.model.source)), runtime)
     disable_dropout(policy)
     reference = None
     if recipe.model.adapter.kind == "none":

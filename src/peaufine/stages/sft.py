@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 from peaufine.engine.fit import FitResult, StepHook, fit
 from peaufine.engine.track import Tracker, read_metrics
 from peaufine.errors import RecipeError
-from peaufine.models.build import ModelSource, resolve_source
+from peaufine.models.build import (
+    ModelSource,
+    load_for_training,
+    resolve_source,
+    save_outputs,
+    source_model_dir,
+)
 from peaufine.rundir import RunDir, finish_run, open_run
 
 if TYPE_CHECKING:
@@ -44,15 +50,6 @@ class TaskData:
     validation: list[ChatRecord]
     heldout: list[ChatRecord] = field(default_factory=list)
     anomalies: dict[str, int] = field(default_factory=dict)
-
-
-def source_model_dir(source: ModelSource) -> Path:
-    if source.model_dir is None:
-        raise RecipeError(
-            f"model.source: '{source.name}' is a preset; fine-tuning starts from a trained model "
-            "(a run folder or a Hugging Face model folder)"
-        )
-    return source.model_dir
 
 
 def gather_records(recipe: Recipe, source: ModelSource) -> TaskData:
@@ -300,32 +297,6 @@ def task_loss(model: PreTrainedModel, examples: list[Any], runtime: Runtime, pad
     return evaluate_loss(model, NextTokenLoss(), PaddedExamples(examples, pad_id), runtime, batch_size=16)
 
 
-def load_model(recipe: Recipe, model_dir: Path, runtime: Runtime) -> PreTrainedModel:
-    import torch
-
-    from peaufine.models.adapters import apply_adapter, apply_freeze
-    from peaufine.models.build import attention_kernel, load_pretrained, prepare_for_training
-
-    attention = attention_kernel(recipe.model.attention, runtime.device.type, runtime.precision)
-    model = load_pretrained(model_dir, recipe.model.trust_remote_code, attention=attention)
-    apply_freeze(model, recipe.model.freeze)
-    # the adapter's random start (LoRA's A) from the recipe's seed: the same in every run, whatever
-    # this process did before (1 process and N processes then train the same model)
-    torch.manual_seed(recipe.train.seed)
-    model = apply_adapter(model, recipe.model.adapter, special_token_ids(model_dir))
-    return prepare_for_training(model, recipe.train).to(runtime.device)
-
-
-def special_token_ids(model_dir: Path) -> list[int]:
-    """The ids of the tokenizer's special tokens (turn markers, EOS, ...), when it has any."""
-    from peaufine.models.tokenizer import load_tokenizer
-
-    tokenizer = load_tokenizer(str(model_dir))
-    ids = set(tokenizer.all_special_ids)
-    ids.update(i for i, token in tokenizer.added_tokens_decoder.items() if token.special)
-    return sorted(i for i in ids if i is not None and i < len(tokenizer))
-
-
 def run_sft(
     recipe: Recipe,
     out: Path,
@@ -358,7 +329,7 @@ def run_sft(
         train_examples = train_examples + replay_examples(
             read_token_stream(run.data / "replay.bin"), extra, recipe.data.max_length, recipe.train.seed
         )
-    model = load_model(recipe, model_dir, runtime)
+    model = load_for_training(recipe, model_dir, runtime)
     before = evaluate_before(recipe, model, tokenizer, run, general, runtime, pad_id, val_examples)
     result = fit(
         model,
@@ -423,18 +394,3 @@ def evaluate_before(
             if conversations:
                 before[f"answers_{split}"] = answer_questions(model, tokenizer, conversations).as_dict()
     return before
-
-
-def save_outputs(
-    recipe: Recipe, run: RunDir, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
-) -> None:
-    """adapter/ in PEFT's format for adapter runs, and model/ always: a standalone HF model."""
-    from peaufine.models.build import save_model
-
-    if recipe.model.adapter.kind != "none":
-        from peaufine.models.adapters import merged_copy, save_adapter
-
-        save_adapter(model, tokenizer, run.adapter)
-        save_model(merged_copy(model), tokenizer, run.model)
-    else:
-        save_model(model, tokenizer, run.model)

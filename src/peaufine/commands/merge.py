@@ -1,0 +1,107 @@
+"""`peaufine merge`: a LoRA adapter folded into its base model, giving one plain Hugging Face model folder
+that loads without PEFT; an adapter trained on another model is refused with the reason."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from peaufine.errors import ModelError
+from peaufine.models.adapters import quiet_peft
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _has_tokenizer(directory: Path) -> bool:
+    return (directory / "tokenizer_config.json").is_file() or (directory / "tokenizer.json").is_file()
+
+
+def _adapter_mismatch(model: torch.nn.Module, adapter_file: Path) -> str | None:
+    """Why the loaded adapter does not fit `model`, or None.
+
+    PEFT only warns about adapter weights the model lacks, and drops silently those with no place in it
+    (an adapter from a deeper model): both mean the adapter was trained on another model.
+    """
+    from peft import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    with safe_open(str(adapter_file), framework="pt") as handle:
+        saved = set(handle.keys())
+    expected = set(get_peft_model_state_dict(model).keys())
+    extra, missing = sorted(saved - expected), sorted(expected - saved)
+    if not extra and not missing:
+        return None
+    parts = []
+    if extra:
+        parts.append(f"{len(extra)} adapter tensors have no place in the base (e.g. {extra[0]})")
+    if missing:
+        parts.append(f"{len(missing)} adapted layers get no weights (e.g. {missing[0]})")
+    return "; ".join(parts)
+
+
+def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path, overwrite: bool = False) -> None:
+    """`peaufine merge`: base + LoRA adapter -> one plain model folder, written atomically.
+
+    The result loads with `AutoModelForCausalLM.from_pretrained`, without PEFT. The tokenizer comes
+    from the adapter folder when it has one (the one trained with), else from the base.
+    """
+    from peft import PeftModel
+
+    from peaufine.models.build import load_pretrained, save_model
+    from peaufine.models.tokenizer import load_tokenizer
+
+    base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
+    if not base_dir.is_dir():
+        raise ModelError(
+            f"merge: base model folder {base_dir} does not exist; give the model the adapter was trained on"
+        )
+    # A peaufine run folder keeps its model in model/; a Hugging Face folder is the model itself.
+    model_dir = base_dir / "model" if (base_dir / "model" / "config.json").is_file() else base_dir
+    if not (model_dir / "config.json").is_file():
+        raise ModelError(
+            f"merge: {base_dir} holds neither config.json (a Hugging Face model) nor model/config.json "
+            "(a peaufine run); give the base model the adapter was trained on"
+        )
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ModelError(
+            f"merge: {adapter_dir} holds no adapter_config.json; give the folder that a LoRA run "
+            "saved its adapter to"
+        )
+    adapter_file = adapter_dir / "adapter_model.safetensors"
+    if not adapter_file.is_file():
+        raise ModelError(
+            f"merge: {adapter_dir} has no adapter_model.safetensors; peaufine loads safetensors only "
+            "(re-save the adapter with PEFT's save_pretrained(safe_serialization=True))"
+        )
+    resolved = {p.resolve() for p in (base_dir, model_dir, adapter_dir)}
+    if out_dir.resolve() in resolved:
+        raise ModelError(f"merge: the output folder {out_dir} is an input; choose another folder")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise ModelError(f"merge: {out_dir} exists and is not empty; remove it or choose another folder")
+
+    base = load_pretrained(model_dir)
+    tokenizer_dir = adapter_dir if _has_tokenizer(adapter_dir) else model_dir
+    if not _has_tokenizer(tokenizer_dir):
+        raise ModelError(
+            f"merge: neither {adapter_dir} nor {model_dir} holds a tokenizer; save one next to the model"
+        )
+    tokenizer = load_tokenizer(str(tokenizer_dir))
+    how_to_fix = f"merge the adapter into the base model it was trained on, not {model_dir}"
+    try:
+        with quiet_peft(), warnings.catch_warnings():
+            # Missing adapter keys are checked below, with a message that names the folders.
+            warnings.filterwarnings("ignore", message=r"Found missing adapter keys")
+            model = PeftModel.from_pretrained(base, adapter_dir)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"merge: the adapter in {adapter_dir} does not fit {model_dir} ({first_line}); {how_to_fix}"
+        ) from None
+    mismatch = _adapter_mismatch(model, adapter_file)
+    if mismatch:
+        raise ModelError(
+            f"merge: the adapter in {adapter_dir} does not fit {model_dir}: {mismatch}; {how_to_fix}"
+        )
+    save_model(model.merge_and_unload(), tokenizer, out_dir)
