@@ -255,7 +255,7 @@ def evaluate(
     forgetting against a base model."""
     import json
 
-    from peaufine.stages.evaluate_model import run_eval
+    from peaufine.commands.eval import run_eval
 
     result = run_eval(
         model,

@@ -227,8 +227,8 @@ def entries(cache: Path, kind: str) -> list[str]:
 
 
 def test_general_text_is_tokenized_once_per_tokenizer_and_texts(tmp_path, monkeypatch):
+    from peaufine.data.corpus import tokenize_general
     from peaufine.models.tokenizer import load_tokenizer
-    from peaufine.stages.sft import tokenize_general
 
     tokenizer = load_tokenizer(str(chat_model_dir(tmp_path)))
     cache = TokenCache(tmp_path / "cache")

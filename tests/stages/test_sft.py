@@ -101,7 +101,7 @@ def test_forgetting_is_flagged_and_lora_at_a_low_lr_forgets_less(base_run, tmp_p
     assert (tmp_path / "lora" / "model" / "model.safetensors").is_file()
 
     # `peaufine eval` measures the same on the saved models, against the base
-    from peaufine.stages.evaluate_model import run_eval
+    from peaufine.commands.eval import run_eval
 
     measured = run_eval(
         str(tmp_path / "full"),

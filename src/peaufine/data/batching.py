@@ -8,6 +8,7 @@ nothing to predict), so every objective computes one cross-entropy without slici
 from __future__ import annotations
 
 import bisect
+import json
 import queue
 import threading
 import weakref
@@ -24,6 +25,8 @@ from peaufine.errors import DataError, ModelError
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
+
+    from peaufine.recipe import Recipe
 
 IGNORE_INDEX = -100
 Batch = dict[str, "torch.Tensor"]
@@ -456,3 +459,18 @@ class LabelledTexts:
         dtype = torch.float32 if self.regression else torch.long
         labels = torch.tensor([self.labels[i] for i in indices], dtype=dtype)
         return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def load_examples(path: Path) -> list[Any]:
+    from peaufine.data.batching import Example
+
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [Example(r["input_ids"], r["target_mask"]) for r in rows]
+
+
+def make_dataset(examples: list[Any], recipe: Recipe, pad_id: int) -> Any:
+    from peaufine.data.batching import PackedExamples, PaddedExamples
+
+    if recipe.data.packing:
+        return PackedExamples(examples, recipe.data.max_length, pad_id)
+    return PaddedExamples(examples, pad_id)

@@ -1,16 +1,19 @@
-"""Text corpora for pretraining: every document of the named files, one Arrow-backed row each, and the
-by-document train/validation split (the files themselves are read by data/read.py)."""
+"""Text corpora: every document of the named files, one Arrow-backed row each (the files themselves are
+read by data/read.py), the by-document train/validation split, and corpora as EOS-separated token streams."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peaufine.data.anomalies import Anomaly, AnomalyPolicy, AnomalyReport, Where, anomaly_policy
+from peaufine.data.batching import write_token_stream
 from peaufine.data.read import (
     DOCUMENT_UNITS,
     TEXT_SUFFIXES,
@@ -18,10 +21,14 @@ from peaufine.data.read import (
     read_file_records,
     read_text_documents,
 )
-from peaufine.errors import DataError
+from peaufine.errors import DataError, RecipeError
 
 if TYPE_CHECKING:
     import datasets
+    from transformers import PreTrainedTokenizerBase
+
+    from peaufine.data.token_cache import TokenCache
+    from peaufine.engine.track import Tracker
 
 ANOMALY_KINDS = ("not_utf8", "bad_json", "missing_field", "empty_text")
 # a corpus names its text by data.text_field, not by data.fields
@@ -245,3 +252,53 @@ def split_documents(
     validation = np.sort(order[:n_validation])
     train = np.sort(order[n_validation:])
     return dataset.select(train.tolist()), dataset.select(validation.tolist())
+
+
+def iter_texts(dataset: Any, batch_size: int = 1000) -> Iterator[list[str]]:
+    """The "text" column of a corpus dataset, a batch of documents at a time."""
+    for batch in dataset.iter(batch_size=batch_size):
+        yield batch["text"]
+
+
+def tokenize_stream(tokenizer: PreTrainedTokenizerBase, batches: Iterable[list[str]], path: Path) -> int:
+    """Every document of `batches` tokenized into one stream in `path`, each followed by EOS; returns
+    the number of tokens written."""
+
+    def documents() -> Iterator[list[int]]:
+        for texts in batches:
+            yield from tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    if tokenizer.eos_token_id is None:
+        raise RecipeError("model.tokenizer: the tokenizer has no EOS token to separate packed documents")
+    return write_token_stream(documents(), tokenizer.eos_token_id, path)
+
+
+def tokenize_general(
+    tokenizer: PreTrainedTokenizerBase,
+    path: str,
+    out: Path,
+    *,
+    cache: TokenCache | None = None,
+    tracker: Tracker | None = None,
+) -> Path:
+    """The documents of `path` as one token stream (each followed by EOS) in `out`. With a cache on,
+    the stream is kept under the tokenizer's files and the texts themselves (not the file's name or
+    time), and a later call with both unchanged copies it instead of tokenizing."""
+    from peaufine.data.token_cache import digest, texts_digest, tokenizer_digest
+
+    dataset, _ = load_documents(path)
+
+    def tokenize(target: Path) -> None:
+        tokenize_stream(tokenizer, iter_texts(dataset), target)
+
+    if cache is None or not cache.enabled:
+        tokenize(out)
+        return out
+    key = digest(tokenizer_digest(tokenizer), tokenizer.eos_token_id, texts_digest(iter_texts(dataset)))
+    with tempfile.TemporaryDirectory() as tmp:
+        # the entry holds general.bin whatever `out` is called (general.bin, replay.bin, ...)
+        reused = cache.files("general", key, lambda folder: tokenize(folder / "general.bin"), Path(tmp))
+        shutil.copyfile(Path(tmp) / "general.bin", out)
+    if reused and tracker is not None:
+        tracker.say(f"tokens: general text {path} reused from the cache in {cache.directory}")
+    return out

@@ -380,3 +380,10 @@ def _as_number(value: object) -> float | None:
         except ValueError:
             return None
     return None
+
+
+HELDOUT = "heldout"  # the world's questions about facts kept out of fine-tuning
+
+
+def load_conversations(path: Path) -> list[list[dict[str, str]]]:
+    return [json.loads(line)["messages"] for line in path.read_text(encoding="utf-8").splitlines() if line]

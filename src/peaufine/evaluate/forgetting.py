@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from peaufine.engine.runtime import Runtime
 
 
 @dataclass
@@ -47,4 +52,22 @@ def forgetting_report(source: str, before: float, after: float, threshold: float
         perplexity_after=math.exp(after),
         threshold=threshold,
         forgot=change > threshold,
+    )
+
+
+def general_loss(
+    model: PreTrainedModel, general: Any, runtime: Runtime, block: int, max_blocks: int | None
+) -> float:
+    from peaufine.data.batching import PackedBlocks
+    from peaufine.engine.fit import evaluate_loss
+    from peaufine.methods.lm import NextTokenLoss
+
+    blocks = PackedBlocks(general, block)
+    return evaluate_loss(
+        model,
+        NextTokenLoss(),
+        blocks,
+        runtime,
+        batch_size=16,
+        max_batches=(None if max_blocks is None else max(1, max_blocks // 16)),
     )

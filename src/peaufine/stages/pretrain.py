@@ -7,12 +7,12 @@ several processes rank 0 prepares and the others read what it wrote.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from peaufine.data.batching import PackedBlocks, read_token_stream, write_token_stream
+from peaufine.data.batching import PackedBlocks, read_token_stream
+from peaufine.data.corpus import iter_texts, tokenize_stream
 from peaufine.engine.fit import FitResult, StepHook, fit
 from peaufine.engine.track import Tracker, read_metrics
 from peaufine.errors import DataError, RecipeError
@@ -40,11 +40,6 @@ class Corpus:
     validation: Any
     anomalies: dict[str, int] = field(default_factory=dict)
     world: World | None = None
-
-
-def iter_texts(dataset: Any, batch_size: int = 1000) -> Iterator[list[str]]:
-    for batch in dataset.iter(batch_size=batch_size):
-        yield batch["text"]
 
 
 def gather_corpus(recipe: Recipe) -> Corpus:
@@ -109,16 +104,6 @@ def check_block_size(recipe: Recipe, config: Any) -> None:
             f"positions ({limit}); lower data.block_size or raise the model's "
             "max_position_embeddings / n_positions in model.config"
         )
-
-
-def tokenize_stream(tokenizer: PreTrainedTokenizerBase, batches: Iterable[list[str]], path: Path) -> int:
-    def documents() -> Iterator[list[int]]:
-        for texts in batches:
-            yield from tokenizer(texts, add_special_tokens=False)["input_ids"]
-
-    if tokenizer.eos_token_id is None:
-        raise RecipeError("model.tokenizer: the tokenizer has no EOS token to separate packed documents")
-    return write_token_stream(documents(), tokenizer.eos_token_id, path)
 
 
 def tokenize_corpus(

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from peaufine.data.batching import load_examples, make_dataset
+from peaufine.data.corpus import tokenize_general
+from peaufine.data.records import HELDOUT
 from peaufine.engine.fit import FitResult, StepHook, fit
 from peaufine.engine.track import Tracker, read_metrics
 from peaufine.errors import RecipeError
+from peaufine.evaluate.sft import evaluate_before
 from peaufine.models.build import (
     ModelSource,
     load_for_training,
@@ -27,14 +30,10 @@ from peaufine.models.build import (
 from peaufine.rundir import RunDir, finish_run, open_run
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
 
     from peaufine.data.records import ChatRecord
-    from peaufine.data.token_cache import TokenCache
-    from peaufine.engine.runtime import Runtime
     from peaufine.recipe import Recipe
-
-HELDOUT = "heldout"  # the world's questions about facts kept out of fine-tuning
 
 
 @dataclass
@@ -113,41 +112,6 @@ def prepare_replay(
             "data.replay.ratio: replay needs general text: set data.replay.source, or fine-tune a "
             "model pretrained by peaufine (its pretraining corpus is replayed)"
         )
-
-
-def tokenize_general(
-    tokenizer: PreTrainedTokenizerBase,
-    path: str,
-    out: Path,
-    *,
-    cache: TokenCache | None = None,
-    tracker: Tracker | None = None,
-) -> Path:
-    """The documents of `path` as one token stream (each followed by EOS) in `out`. With a cache on,
-    the stream is kept under the tokenizer's files and the texts themselves (not the file's name or
-    time), and a later call with both unchanged copies it instead of tokenizing."""
-    from peaufine.data.batching import write_token_stream
-    from peaufine.data.corpus import load_documents
-    from peaufine.data.token_cache import digest, texts_digest, tokenizer_digest
-    from peaufine.stages.pretrain import iter_texts
-
-    dataset, _ = load_documents(path)
-
-    def tokenize(target: Path) -> None:
-        batches = (tokenizer(texts, add_special_tokens=False)["input_ids"] for texts in iter_texts(dataset))
-        write_token_stream((ids for batch in batches for ids in batch), tokenizer.eos_token_id, target)
-
-    if cache is None or not cache.enabled:
-        tokenize(out)
-        return out
-    key = digest(tokenizer_digest(tokenizer), tokenizer.eos_token_id, texts_digest(iter_texts(dataset)))
-    with tempfile.TemporaryDirectory() as tmp:
-        # the entry holds general.bin whatever `out` is called (general.bin, replay.bin, ...)
-        reused = cache.files("general", key, lambda folder: tokenize(folder / "general.bin"), Path(tmp))
-        shutil.copyfile(Path(tmp) / "general.bin", out)
-    if reused and tracker is not None:
-        tracker.say(f"tokens: general text {path} reused from the cache in {cache.directory}")
-    return out
 
 
 def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
@@ -240,25 +204,6 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
     }
 
 
-def load_examples(path: Path) -> list[Any]:
-    from peaufine.data.batching import Example
-
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-    return [Example(r["input_ids"], r["target_mask"]) for r in rows]
-
-
-def load_conversations(path: Path) -> list[list[dict[str, str]]]:
-    return [json.loads(line)["messages"] for line in path.read_text(encoding="utf-8").splitlines() if line]
-
-
-def make_dataset(examples: list[Any], recipe: Recipe, pad_id: int) -> Any:
-    from peaufine.data.batching import PackedExamples, PaddedExamples
-
-    if recipe.data.packing:
-        return PackedExamples(examples, recipe.data.max_length, pad_id)
-    return PaddedExamples(examples, pad_id)
-
-
 def replay_examples(stream: Any, count: int, length: int, seed: int) -> list[Any]:
     """`count` windows of replay text, every token a target, appended to the task's examples."""
     import numpy as np
@@ -271,32 +216,6 @@ def replay_examples(stream: Any, count: int, length: int, seed: int) -> list[Any
     return [Example([int(t) for t in stream[s : s + length]], None) for s in starts]
 
 
-def general_loss(
-    model: PreTrainedModel, general: Any, runtime: Runtime, block: int, max_blocks: int | None
-) -> float:
-    from peaufine.data.batching import PackedBlocks
-    from peaufine.engine.fit import evaluate_loss
-    from peaufine.methods.lm import NextTokenLoss
-
-    blocks = PackedBlocks(general, block)
-    return evaluate_loss(
-        model,
-        NextTokenLoss(),
-        blocks,
-        runtime,
-        batch_size=16,
-        max_batches=(None if max_blocks is None else max(1, max_blocks // 16)),
-    )
-
-
-def task_loss(model: PreTrainedModel, examples: list[Any], runtime: Runtime, pad_id: int) -> float:
-    from peaufine.data.batching import PaddedExamples
-    from peaufine.engine.fit import evaluate_loss
-    from peaufine.methods.lm import NextTokenLoss
-
-    return evaluate_loss(model, NextTokenLoss(), PaddedExamples(examples, pad_id), runtime, batch_size=16)
-
-
 def run_sft(
     recipe: Recipe,
     out: Path,
@@ -307,7 +226,7 @@ def run_sft(
     hooks: list[StepHook] | None = None,
 ) -> SftResult:
     from peaufine.data.batching import read_token_stream
-    from peaufine.evaluate.sft_report import evaluate_sft
+    from peaufine.evaluate.sft import evaluate_sft
     from peaufine.methods.lm import next_token_loss
     from peaufine.models.tokenizer import load_tokenizer
 
@@ -357,40 +276,3 @@ def run_sft(
         finish_run(run, evaluation)
     runtime.barrier()
     return SftResult(run=run, fit=result, evaluation=evaluation)
-
-
-def evaluate_before(
-    recipe: Recipe,
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    run: RunDir,
-    general: Any,
-    runtime: Runtime,
-    pad_id: int,
-    val_examples: list[Any],
-) -> dict[str, Any]:
-    """The base model's numbers, taken before the first update (the adapter starts as a no-op)."""
-    from peaufine.evaluate.answers import answer_questions
-
-    before: dict[str, Any] = {}
-    if general is not None:
-        before["general_loss"] = general_loss(
-            model, general, runtime, recipe.data.max_length, recipe.eval.forgetting.max_blocks
-        )
-    if val_examples:
-        before["task_val_loss"] = task_loss(model, val_examples, runtime, pad_id)
-    if val_examples and recipe.eval.transfer.few_shot:
-        from peaufine.evaluate.sft_report import few_shot_examples
-
-        shots = load_conversations(run.data / "train.jsonl")[: recipe.eval.transfer.few_shot]
-        few = few_shot_examples(
-            tokenizer, shots, load_conversations(run.data / "validation.jsonl"), recipe.data.max_length
-        )
-        if few:
-            before["task_val_loss_few_shot"] = task_loss(model, few, runtime, pad_id)
-    if recipe.eval.answers and runtime.is_main:
-        for split in ("validation", HELDOUT):
-            conversations = load_conversations(run.data / f"{split}.jsonl")[: recipe.eval.answers]
-            if conversations:
-                before[f"answers_{split}"] = answer_questions(model, tokenizer, conversations).as_dict()
-    return before

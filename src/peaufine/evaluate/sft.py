@@ -1,5 +1,5 @@
-"""What a fine-tuning run reports without being asked: overfitting, forgetting, task metrics before and
-after, and transfer (fine-tuned vs base zero-shot vs base few-shot vs the same model from scratch)."""
+"""What a fine-tuning run reports without being asked, measured before and after training: overfitting,
+forgetting, task loss and answers, and transfer (fine-tuned vs base zero-shot / few-shot / from scratch)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from peaufine.evaluate.forgetting import forgetting_report
+from peaufine.data.records import HELDOUT, load_conversations
+from peaufine.evaluate.forgetting import forgetting_report, general_loss
 from peaufine.evaluate.overfitting import overfitting_report
 
 if TYPE_CHECKING:
@@ -70,9 +71,9 @@ def train_from_scratch(
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from peaufine.data.batching import make_dataset
     from peaufine.engine.fit import fit
     from peaufine.methods.lm import NextTokenLoss
-    from peaufine.stages.sft import make_dataset
 
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=recipe.model.trust_remote_code)
     torch.manual_seed(recipe.train.seed)
@@ -123,9 +124,9 @@ def evaluate_sft(
     pad_id: int,
     tracker: Tracker,
 ) -> dict[str, Any]:
+    from peaufine.data.batching import load_examples
     from peaufine.evaluate.answers import answer_questions
     from peaufine.models.build import resolve_source, source_model_dir
-    from peaufine.stages.sft import HELDOUT, general_loss, load_conversations, load_examples, task_loss
 
     # rank 0 alone evaluates after training: its measurements must not wait for the other processes
     runtime = dataclasses.replace(runtime, rank=0, world_size=1)
@@ -183,3 +184,46 @@ def evaluate_sft(
             ).as_dict()
     evaluation["transfer"] = {"task_val_loss": figures, "verdict": transfer_verdict(figures)}
     return evaluation
+
+
+def task_loss(model: PreTrainedModel, examples: list[Any], runtime: Runtime, pad_id: int) -> float:
+    from peaufine.data.batching import PaddedExamples
+    from peaufine.engine.fit import evaluate_loss
+    from peaufine.methods.lm import NextTokenLoss
+
+    return evaluate_loss(model, NextTokenLoss(), PaddedExamples(examples, pad_id), runtime, batch_size=16)
+
+
+def evaluate_before(
+    recipe: Recipe,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    run: RunDir,
+    general: Any,
+    runtime: Runtime,
+    pad_id: int,
+    val_examples: list[Any],
+) -> dict[str, Any]:
+    """The base model's numbers, taken before the first update (the adapter starts as a no-op)."""
+    from peaufine.evaluate.answers import answer_questions
+
+    before: dict[str, Any] = {}
+    if general is not None:
+        before["general_loss"] = general_loss(
+            model, general, runtime, recipe.data.max_length, recipe.eval.forgetting.max_blocks
+        )
+    if val_examples:
+        before["task_val_loss"] = task_loss(model, val_examples, runtime, pad_id)
+    if val_examples and recipe.eval.transfer.few_shot:
+        shots = load_conversations(run.data / "train.jsonl")[: recipe.eval.transfer.few_shot]
+        few = few_shot_examples(
+            tokenizer, shots, load_conversations(run.data / "validation.jsonl"), recipe.data.max_length
+        )
+        if few:
+            before["task_val_loss_few_shot"] = task_loss(model, few, runtime, pad_id)
+    if recipe.eval.answers and runtime.is_main:
+        for split in ("validation", HELDOUT):
+            conversations = load_conversations(run.data / f"{split}.jsonl")[: recipe.eval.answers]
+            if conversations:
+                before[f"answers_{split}"] = answer_questions(model, tokenizer, conversations).as_dict()
+    return before

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from peaufine.evaluate.sft_report import transfer_verdict
+from peaufine.evaluate.sft import transfer_verdict
 
 
 def test_all_better():

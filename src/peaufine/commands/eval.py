@@ -1,8 +1,5 @@
-"""`peaufine eval`: the fine-tuning report's measurements on any model folder and task file.
-
-Task loss and exact match / F1 of generated answers; with general text, loss and perplexity there;
-with a base model, the same for it and the forgetting verdict between the two.
-"""
+"""`peaufine eval`: the fine-tuning report's measurements on any model folder and task file: task loss
+and answers' exact match / F1; loss on general text; against a base model, the forgetting verdict."""
 
 from __future__ import annotations
 
@@ -23,7 +20,7 @@ def _model_dir(path: str) -> Path:
     return source.model_dir
 
 
-def measure(
+def measure_model(
     model_path: str,
     data: str | None,
     general: str | None,
@@ -33,14 +30,16 @@ def measure(
     answers: int = 200,
 ) -> dict[str, Any]:
     """Every figure for one model: task loss and answers (with `data`), general loss (with `general`)."""
+    from peaufine.data.corpus import tokenize_general
     from peaufine.data.records import load_chat_records
     from peaufine.data.tokenize import ensure_chat_template, tokenize_records
     from peaufine.engine.runtime import make_runtime
     from peaufine.evaluate.answers import answer_questions
+    from peaufine.evaluate.forgetting import general_loss
+    from peaufine.evaluate.sft import task_loss
     from peaufine.models.build import load_pretrained
     from peaufine.models.tokenizer import load_tokenizer
     from peaufine.recipe import FieldsBlock, TrainBlock
-    from peaufine.stages.sft import general_loss, task_loss, tokenize_general
 
     directory = _model_dir(model_path)
     runtime = make_runtime(TrainBlock())
@@ -86,12 +85,12 @@ def run_eval(
     if data is None and general is None:
         raise ModelError("eval: give task data (--data) and/or general text (--general)")
     result: dict[str, Any] = {
-        "model": measure(
+        "model": measure_model(
             model_path, data, general, data_format=data_format, max_length=max_length, answers=answers
         )
     }
     if base is not None:
-        result["base"] = measure(
+        result["base"] = measure_model(
             base, data, general, data_format=data_format, max_length=max_length, answers=answers
         )
         if general is not None:
