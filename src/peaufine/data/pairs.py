@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from peaufine.data.batching import Batch, Example, PaddedExamples
+from peaufine.data.preferences import prompt_key
 from peaufine.errors import DataError
 
 if TYPE_CHECKING:
@@ -54,13 +55,6 @@ def encoder_style(tokenizer: PreTrainedTokenizerBase) -> bool:
     )
 
 
-def prompt_text(prompt: Prompt) -> str:
-    """A prompt as plain text, for models that have no chat template (encoders)."""
-    if isinstance(prompt, str):
-        return prompt
-    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
-
-
 def encode_scored(
     tokenizer: PreTrainedTokenizerBase,
     prompt: Prompt,
@@ -77,7 +71,7 @@ def encode_scored(
         return encode_response(
             tokenizer, prompt, response, max_length=max_length, too_long=too_long, source=source
         )
-    prompt_ids = tokenizer(prompt_text(prompt), add_special_tokens=False)["input_ids"]
+    prompt_ids = tokenizer(prompt_key(prompt), add_special_tokens=False)["input_ids"]
     response_ids = [*tokenizer(response, add_special_tokens=False)["input_ids"], tokenizer.sep_token_id]
     fitted = _fit([tokenizer.cls_token_id], prompt_ids, response_ids, max_length - 1, too_long, source)
     if fitted is None:

@@ -193,7 +193,8 @@ def split_hh_dialogue(chosen: str, rejected: str) -> tuple[str, str, str] | None
 
 
 def prompt_key(prompt: Prompt) -> str:
-    """A stable text key of a prompt: raw text as it is, chat messages as "role: content" lines."""
+    """A prompt as plain text: raw text as it is, chat messages as "role: content" lines. It is the key
+    that groups a prompt's pairs, and what a model without a chat template (an encoder) reads."""
     if isinstance(prompt, str):
         return prompt
     return "\n".join(f"{turn['role']}: {turn['content']}" for turn in prompt)

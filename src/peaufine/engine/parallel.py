@@ -204,3 +204,17 @@ def lockstep(module: torch.nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(module, FSDPModule)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module under DistributedDataParallel and torch.compile (a PEFT model is kept: it is the model):
+    the one way to reach the model the engine was given."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model

@@ -18,28 +18,16 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from peaufine.data.batching import IGNORE_INDEX
+from peaufine.engine.parallel import unwrap
 from peaufine.errors import TrainingError
 
 if TYPE_CHECKING:
     import torch
 
 
-def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
-    """The module under DistributedDataParallel and torch.compile (a PEFT model is kept: it is the model)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    while True:
-        if isinstance(model, DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
-            model = model._orig_mod
-        else:
-            return model
-
-
 def output_head(model: torch.nn.Module) -> torch.nn.Module:
     """The module that maps final hidden states to logits (a PEFT wrapper of it included)."""
-    head = unwrapped(model).get_output_embeddings()
+    head = unwrap(model).get_output_embeddings()
     if head is None:
         raise TrainingError(
             "train.loss_chunk_tokens: the model has no output head (get_output_embeddings() is None); "

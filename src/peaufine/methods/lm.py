@@ -25,9 +25,9 @@ def model_inputs(batch: Batch) -> dict[str, torch.Tensor]:
 
 
 def uses_flash_attention(model: torch.nn.Module) -> bool:
-    from peaufine.methods.chunked_loss import unwrapped
+    from peaufine.engine.parallel import unwrap
 
-    config = getattr(unwrapped(model), "config", None)
+    config = getattr(unwrap(model), "config", None)
     return "flash" in str(getattr(config, "_attn_implementation", "") or "")
 
 

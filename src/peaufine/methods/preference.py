@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from peaufine.data.batching import IGNORE_INDEX, Batch
 from peaufine.engine.fit import MetricTally
+from peaufine.engine.parallel import unwrap
 from peaufine.errors import RecipeError
 
 if TYPE_CHECKING:
@@ -155,15 +156,6 @@ class DpoLoss:
 
     def count(self, batch: Batch) -> torch.Tensor:
         return batch["weights"].sum()
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside DDP / torch.compile wrappers."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if inner is None:
-            return model
-        model = inner
 
 
 def adapter_disabled_logps(

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from peaufine.engine.track import Tracker, read_metrics
 from peaufine.errors import RecipeError
+from peaufine.methods.rewards import RewardSuite, last_user_turn
 from peaufine.models.build import resolve_source
-from peaufine.rewards import RewardSuite, prompt_text
 from peaufine.rundir import RunDir, finish_run, open_run
 from peaufine.stages.preference_data import copy_world, source_world
 
@@ -92,7 +92,7 @@ def gather_prompts(recipe: Recipe) -> list[dict[str, Any]]:
 
 def check_rewards(config: RlBlock) -> None:
     """Every reward source loads: a reward-model folder, or a function that imports."""
-    from peaufine.rewards import load_reward_function
+    from peaufine.methods.rewards import load_reward_function
 
     if not config.rewards:
         raise RecipeError(
@@ -225,7 +225,7 @@ def reference_logps(
 ) -> torch.Tensor:
     import torch
 
-    from peaufine.methods.preference import unwrap
+    from peaufine.engine.parallel import unwrap
     from peaufine.methods.rl import token_logprobs
 
     args = (rollouts.input_ids, rollouts.attention_mask, rollouts.response_mask)
@@ -253,8 +253,8 @@ def measure(
     import torch
 
     from peaufine.generate import generate_texts
+    from peaufine.methods.rewards import exact_answer
     from peaufine.methods.rl import token_logprobs
-    from peaufine.rewards import exact_answer
 
     group = min(config.group_size, 4)
     scored = sample(policy, tokenizer, prompts, suite, config, group_size=group, seed=seed, stop_ids=stop_ids)
@@ -277,7 +277,7 @@ def measure(
         "kl_to_reference": kl,
         "response_length": float(r.response_lengths().float().mean()),
         "samples": [
-            {"prompt": prompt_text(p), "greedy": g}
+            {"prompt": last_user_turn(p), "greedy": g}
             for p, g in zip(prompts.prompts[:5], greedy[:5], strict=True)
         ],
     }
@@ -564,7 +564,7 @@ def run_rl(
                             json.dumps(
                                 {
                                     "step": step,
-                                    "prompt": prompt_text(scored.prompts.prompts[i]),
+                                    "prompt": last_user_turn(scored.prompts.prompts[i]),
                                     "completion": scored.rollouts.completions[i],
                                     "reward": scored.rewards[i],
                                 }

@@ -16,7 +16,7 @@ import torch
 from peaufine.data.world import candidate_objects, generate_world
 from peaufine.data.world_preferences import annotator_scores, preference_rankings
 from peaufine.errors import RecipeError, TrainingError
-from peaufine.rewards import (
+from peaufine.methods.rewards import (
     annotator,
     answer_format,
     call_reward_function,
@@ -75,7 +75,7 @@ def _call(spec: str, completions: list[str] = COMPLETIONS) -> list[float]:
 def test_loads_a_function_from_a_module_and_passes_columns(reward_module: str) -> None:
     assert _call(f"{reward_module}:length_penalty") == pytest.approx([-0.1, -0.8, -0.1, -0.2])
     assert _call(f"{reward_module}:uses_column") == [1.0, 0.0, 0.0, 1.0]
-    assert load_reward_function(" peaufine.rewards:exact_answer ") is exact_answer
+    assert load_reward_function(" peaufine.methods.rewards:exact_answer ") is exact_answer
 
 
 def test_builtins_by_short_name() -> None:
@@ -215,7 +215,7 @@ def test_annotator_reward_is_the_annotators_score_over_three() -> None:
 def test_a_suite_sums_its_weighted_sources_and_keeps_each_ones_scores() -> None:
     from types import SimpleNamespace
 
-    from peaufine.rewards import RewardSuite
+    from peaufine.methods.rewards import RewardSuite
 
     suite = RewardSuite(
         [

@@ -182,7 +182,7 @@ __all__ = [
 ]
 
 
-def prompt_text(prompt: str | list[dict[str, str]]) -> str:
+def last_user_turn(prompt: str | list[dict[str, str]]) -> str:
     """What a reward function sees of a prompt: its last user turn (or the raw text)."""
     if isinstance(prompt, str):
         return prompt
@@ -217,7 +217,7 @@ class RewardSuite:
         from peaufine.methods.reward import RewardScorer
 
         per_source: dict[str, list[float]] = {}
-        texts = [prompt_text(p) for p in prompts]
+        texts = [last_user_turn(p) for p in prompts]
         for name, _, scorer in self.sources:
             if isinstance(scorer, RewardScorer):
                 per_source[name] = scorer.score(list(prompts), list(completions))
