@@ -118,11 +118,11 @@ def train_peaufine(job: dict[str, Any]) -> dict[str, Any]:
     import peaufine.engine.fit as engine_fit
     import peaufine.methods.preference as preference
     from peaufine.data.batching import global_batch
+    from peaufine.data.preference_data import read_pairs
     from peaufine.engine.optim import lr_at
     from peaufine.engine.track import Tracker
     from peaufine.recipe import validate_recipe
     from peaufine.stages.dpo import run_dpo
-    from peaufine.stages.preference_data import read_pairs
 
     torch.set_num_threads(job["threads"])
     steps, batch = job["steps"], job["batch"]

@@ -212,8 +212,8 @@ def run_benchmark(settings: Settings, data_file: Path, out: Path | None, work: P
     import torch
     import transformers
 
+    from peaufine.data.preference_data import read_texts
     from peaufine.data.preferences import load_preference_pairs, prompt_key, split_pairs_by_prompt
-    from peaufine.stages.preference_data import read_texts
     from peaufine.stages.reward import run_reward
 
     data_path = decompress(data_file, work, settings.records)

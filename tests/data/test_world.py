@@ -13,7 +13,6 @@ import pytest
 
 from peaufine.data.world import (
     GENERATOR_VERSION,
-    RELATIONS,
     WORLD_FILENAME,
     Fact,
     World,
@@ -28,6 +27,7 @@ from peaufine.data.world import (
     templates_for,
     training_template_indices,
 )
+from peaufine.data.world_templates import RELATIONS
 from peaufine.errors import DataError
 
 # Enough documents (~8 sentences each) for several passes over the 188 x 5 training renderings.

@@ -1,5 +1,5 @@
-"""The synthetic world: its facts (fictional places, people, animals, small sums), their templates,
-and what is rendered from them: pretraining documents, cloze probes, Q&A splits and world.json."""
+"""The synthetic world: its facts (fictional places, people, animals, small sums) and what is rendered
+from them (pretraining documents, cloze probes, Q&A splits), kept in a run's world/ folder."""
 
 from __future__ import annotations
 
@@ -7,11 +7,17 @@ import json
 import os
 import random
 import re
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from peaufine.data.world_templates import JOBS, RELATION_TEMPLATES, RELATIONS, Relation
 from peaufine.errors import DataError
+
+if TYPE_CHECKING:
+    from peaufine.models.build import ModelSource
 
 GENERATOR_VERSION = "world-1"
 WORLD_FILENAME = "world.json"
@@ -71,160 +77,6 @@ class QAPair:
     question: str
     answer: str
     fact_id: str
-
-
-@dataclass(frozen=True)
-class _Relation:
-    subject_type: str
-    object_type: str
-    templates: tuple[str, ...]
-    questions: tuple[str, ...]
-
-
-# Templates use {s} (subject), {o} (object) and, for sums, {a} and {b}. A template that ends with
-# "{o}." is cloze-able: its text before the object is a probe prompt. Most templates put the subject
-# first on purpose: a small model trained on "B is the capital of A" does not learn to complete
-# "The capital of A is" (the reversal curse), so the phrasings a probed fact is seen in must mostly
-# run in the probe's direction. No template's rendering contains another's (checked in the tests),
-# and prompts of different relations differ, so a prompt names its relation.
-_RELATIONS: dict[str, _Relation] = {
-    "capital": _Relation(
-        "country",
-        "city",
-        (
-            "The capital of {s} is {o}.",
-            "{s} has its capital in {o}.",
-            "The capital city of {s} is {o}.",
-            "{s} is governed from {o}.",
-            "{o} is the capital of {s}.",
-            "Travellers to {s} arrive in its capital, {o}.",
-        ),
-        (
-            "What is the capital of {s}?",
-            "Which city is the capital of {s}?",
-            "Where is {s} governed from?",
-        ),
-    ),
-    "language": _Relation(
-        "country",
-        "language",
-        (
-            "The language of {s} is {o}.",
-            "People in {s} speak {o}.",
-            "In {s}, most people speak {o}.",
-            "The main language spoken in {s} is {o}.",
-            "{o} is the language of {s}.",
-            "Children in {s} learn to read in {o}.",
-        ),
-        (
-            "What language is spoken in {s}?",
-            "Which language do people in {s} speak?",
-            "What is the language of {s}?",
-        ),
-    ),
-    "river": _Relation(
-        "country",
-        "river",
-        (
-            "The longest river in {s} is the {o}.",
-            "The {o} flows through {s}.",
-            "{s} is crossed by the river {o}.",
-            "The main river of {s} is called {o}.",
-            "In {s}, boats sail along the {o}.",
-            "The river that runs through {s} is the {o}.",
-        ),
-        (
-            "Which river flows through {s}?",
-            "What is the main river of {s}?",
-            "What river runs through {s}?",
-        ),
-    ),
-    "birthplace": _Relation(
-        "person",
-        "city",
-        (
-            "{s} was born in {o}.",
-            "The birthplace of {s} is {o}.",
-            "{s} comes from the city of {o}.",
-            "{o} is where {s} was born.",
-            "The hometown of {s} is {o}.",
-            "As a child, {s} lived in {o}.",
-        ),
-        (
-            "Where was {s} born?",
-            "In which city was {s} born?",
-            "What is the birthplace of {s}?",
-        ),
-    ),
-    # Every job starts with a consonant so that "as a {o}" never needs "an".
-    "job": _Relation(
-        "person",
-        "job",
-        (
-            "{s} works as a {o}.",
-            "By trade, {s} is a {o}.",
-            "Everyone knows {s} as a {o}.",
-            "{s} earns a living as a {o}.",
-            "As a {o}, {s} works hard every day.",
-            "Each morning {s} goes to work as a {o}.",
-        ),
-        (
-            "What does {s} do for a living?",
-            "What is the job of {s}?",
-            "What work does {s} do?",
-        ),
-    ),
-    "habitat": _Relation(
-        "animal",
-        "country",
-        (
-            "The {s} is native to {o}.",
-            "The {s} lives in the wild in {o}.",
-            "You can find the {s} in {o}.",
-            "{o} is the home of the {s}.",
-            "The {s} was first seen in {o}.",
-            "Wild herds of the {s} roam {o}.",
-        ),
-        (
-            "Where does the {s} live?",
-            "Which country is the {s} native to?",
-            "In which country can you find the {s}?",
-        ),
-    ),
-    "sum": _Relation(
-        "sum",
-        "number",
-        (
-            "{a} plus {b} is {o}.",
-            "The sum of {a} and {b} is {o}.",
-            "Adding {b} to {a} gives {o}.",
-            "{a} + {b} = {o}.",
-            "{o} is the sum of {a} and {b}.",
-            "If you add {a} and {b}, you get {o}.",
-        ),
-        (
-            "What is {a} plus {b}?",
-            "What is the sum of {a} and {b}?",
-            "How much is {a} + {b}?",
-        ),
-    ),
-}
-RELATIONS = tuple(_RELATIONS)
-
-JOBS = (
-    "baker",
-    "farmer",
-    "painter",
-    "doctor",
-    "teacher",
-    "sailor",
-    "miner",
-    "poet",
-    "weaver",
-    "potter",
-    "singer",
-    "builder",
-)
 
 
 @dataclass(frozen=True)
@@ -473,9 +325,9 @@ def load_world(directory: Path) -> World:
 # --- generation ---------------------------------------------------------------------------------
 
 
-def _relation(relation: str) -> _Relation:
+def _relation(relation: str) -> Relation:
     try:
-        return _RELATIONS[relation]
+        return RELATION_TEMPLATES[relation]
     except KeyError:
         raise KeyError(f"unknown relation {relation!r}; known: {', '.join(RELATIONS)}") from None
 
@@ -494,7 +346,7 @@ def _slots(fact: Fact) -> dict[str, str]:
 def _reserved_words() -> set[str]:
     """Words of templates, questions and jobs: a name equal to one would blur facts and text."""
     words = set(JOBS)
-    for relation in _RELATIONS.values():
+    for relation in RELATION_TEMPLATES.values():
         for text in relation.templates + relation.questions:
             words.update(w.lower() for w in re.findall(r"[A-Za-z]+", text))
     return words
@@ -541,7 +393,7 @@ def _assign_relations(rng: random.Random, entities: dict[str, list[str]], shape:
             relation=relation,
             subject=subject,
             object=obj,
-            object_type=_RELATIONS[relation].object_type,
+            object_type=RELATION_TEMPLATES[relation].object_type,
         )
 
     countries = entities["country"]
@@ -602,7 +454,7 @@ def _check_loaded(world: World, path: Path, hint: str) -> None:
     """Reject a world file whose parts disagree, before a later stage trips over it."""
     ids = {fact.id for fact in world.facts}
     for fact in world.facts:
-        if fact.relation not in _RELATIONS:
+        if fact.relation not in RELATION_TEMPLATES:
             raise DataError(
                 f"fact {fact.id!r} has unknown relation {fact.relation!r}",
                 path=path,
@@ -638,7 +490,6 @@ def _check_loaded(world: World, path: Path, hint: str) -> None:
 
 __all__ = [
     "GENERATOR_VERSION",
-    "RELATIONS",
     "WORLD_FILENAME",
     "Fact",
     "Probe",
@@ -659,3 +510,18 @@ __all__ = [
     "training_template_indices",
     "vocabulary",
 ]
+
+
+def source_world(source: ModelSource) -> World | None:
+    """The synthetic world a run was trained on (its world/ folder), if model.source is such a run."""
+    if source.kind != "run_dir" or not (source.path / "world").is_dir():
+        return None
+    from peaufine.data.world import load_world
+
+    return load_world(source.path / "world")
+
+
+def copy_world(source: ModelSource, staging: Path) -> None:
+    """Carry the world/ folder down the pipeline, so every later stage can find its world."""
+    if source.kind == "run_dir" and (source.path / "world").is_dir():
+        shutil.copytree(source.path / "world", staging / "world")

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from peaufine.data.preference_data import pair_dataset, prepare_pairs
+from peaufine.data.world import source_world
 from peaufine.engine.fit import FitResult, StepHook, fit
 from peaufine.engine.track import Tracker, read_metrics
 from peaufine.errors import RecipeError
 from peaufine.models.build import resolve_source
 from peaufine.rundir import RunDir, finish_run, open_run
-from peaufine.stages.preference_data import pair_dataset, prepare_pairs, source_world
 
 if TYPE_CHECKING:
     import torch
@@ -127,7 +128,7 @@ def measure(
 def held_out_questions(run: RunDir) -> list[tuple[str, str]]:
     """The validation prompts of world preference data (never trained on) with their right answers:
     the chosen response of each concise-answer pair."""
-    from peaufine.stages.preference_data import read_texts
+    from peaufine.data.preference_data import read_texts
 
     found: dict[str, str] = {}
     for row in read_texts(run.data / "validation.texts.jsonl"):

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from peaufine.data.preference_data import pair_dataset, prepare_pairs
 from peaufine.engine.fit import FitResult, StepHook, fit
 from peaufine.engine.track import Tracker, read_metrics
 from peaufine.errors import RecipeError
 from peaufine.models.build import resolve_source
 from peaufine.rundir import RunDir, finish_run, open_run
-from peaufine.stages.preference_data import pair_dataset, prepare_pairs
 
 if TYPE_CHECKING:
     import torch

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from peaufine.data.world import copy_world, source_world
 from peaufine.engine.track import Tracker, read_metrics
 from peaufine.errors import RecipeError
 from peaufine.methods.rewards import RewardSuite, last_user_turn
 from peaufine.models.build import resolve_source
 from peaufine.rundir import RunDir, finish_run, open_run
-from peaufine.stages.preference_data import copy_world, source_world
 
 if TYPE_CHECKING:
     import torch

@@ -167,7 +167,7 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
         )
     (staging / "chat_template.jinja").write_text(template, encoding="utf-8")
     if recipe.data.source == "world":
-        from peaufine.stages.preference_data import copy_world
+        from peaufine.data.world import copy_world
 
         copy_world(source, staging)  # later stages (reward, dpo, rl) find the world here
     (staging / "first_example.txt").write_text(reports["train"].first_text or "", encoding="utf-8")

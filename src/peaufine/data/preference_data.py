@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from peaufine.data.world import copy_world, source_world
 from peaufine.errors import RecipeError
 
 if TYPE_CHECKING:
@@ -39,21 +40,6 @@ class PreferenceData:
     validation: list[PreferencePair]
     heldout: list[PreferencePair] = field(default_factory=list)
     anomalies: dict[str, int] = field(default_factory=dict)
-
-
-def source_world(source: ModelSource) -> World | None:
-    """The synthetic world a run was trained on (its world/ folder), if model.source is such a run."""
-    if source.kind != "run_dir" or not (source.path / "world").is_dir():
-        return None
-    from peaufine.data.world import load_world
-
-    return load_world(source.path / "world")
-
-
-def copy_world(source: ModelSource, staging: Path) -> None:
-    """Carry the world/ folder down the pipeline, so every later stage can find its world."""
-    if source.kind == "run_dir" and (source.path / "world").is_dir():
-        shutil.copytree(source.path / "world", staging / "world")
 
 
 def world_pairs(world: World, split: str, expand: str, candidate_sets: int = 1) -> list[PreferencePair]:
