@@ -20,7 +20,7 @@ import optuna
 import pytest
 import yaml
 
-from peaufine import search
+from peaufine.drivers.search import run as search
 from peaufine.engine.track import MetricsLog, add_sink, detach_sinks
 from peaufine.errors import RecipeError, RunDirError
 from peaufine.recipe import load_recipe
@@ -79,7 +79,7 @@ def test_a_space_key_the_recipe_refuses_fails_before_any_trial(tmp_path):
 def test_the_example_sft_space_is_valid_for_the_packaged_sft_recipe():
     from importlib import resources
 
-    space = search.load_space(Path(__file__).parents[1] / "recipes" / "search-sft-space.yaml")
+    space = search.load_space(Path(__file__).parents[3] / "recipes" / "search-sft-space.yaml")
     assert set(space) == {"train.lr", "model.adapter.r", "train.weight_decay"}
     recipe_file = resources.files("peaufine") / "recipes" / "world-sft.yaml"
     with resources.as_file(recipe_file) as path:
@@ -367,7 +367,7 @@ WORKER = """
 import os, sys, time
 from pathlib import Path
 import optuna
-from peaufine import search
+from peaufine.drivers.search import run as search
 ready = Path(sys.argv[2]).parent / "ready"
 ready.mkdir(exist_ok=True)
 (ready / str(os.getpid())).touch()
@@ -562,7 +562,7 @@ def tiny_pretrain(tmp_path: Path) -> tuple[Path, Path]:
 KILLED_WORKER = """
 import sys, time
 from pathlib import Path
-from peaufine import search
+from peaufine.drivers.search import run as search
 from peaufine.engine.track import Tracker
 from peaufine.stages import dispatch
 
