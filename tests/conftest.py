@@ -59,7 +59,7 @@ def cpu_runtime():
 @pytest.fixture(scope="session")
 def smoke_demo(tmp_path_factory):
     """The default pipeline at smoke size, run once per session: later stages' tests start from it."""
-    from peaufine.demo import run_demo
+    from peaufine.drivers.demo import run_demo
 
     return run_demo(tmp_path_factory.mktemp("demo"), smoke=True)
 

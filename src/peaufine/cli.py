@@ -42,7 +42,7 @@ FoldsOpt = Annotated[
 def _cross_validate(spec: object, out: Path, folds: int, overwrite: bool, resume: bool) -> None:
     from rich.console import Console
 
-    from peaufine.crossval import cv_table, run_crossval
+    from peaufine.drivers.crossval import cv_table, run_crossval
 
     if resume:
         _fail(
@@ -373,7 +373,7 @@ def demo(
     GRPO (the packaged pipeline file world-pipeline.yaml)."""
     from rich.console import Console
 
-    from peaufine.demo import run_demo
+    from peaufine.drivers.demo import run_demo
     from peaufine.summary import demo_summary
 
     result = run_demo(out, smoke=smoke, fresh=fresh)
@@ -399,7 +399,12 @@ def run_pipeline_command(
     from rich.console import Console
     from rich.table import Table
 
-    from peaufine.pipeline import load_pipeline, packaged_pipeline, parse_stage_overrides, run_pipeline
+    from peaufine.drivers.pipeline import (
+        load_pipeline,
+        packaged_pipeline,
+        parse_stage_overrides,
+        run_pipeline,
+    )
 
     if not pipeline.exists() and pipeline.suffix == "" and len(pipeline.parts) == 1:
         spec, base = packaged_pipeline(pipeline.name)
@@ -411,7 +416,7 @@ def run_pipeline_command(
     table = Table(title=f"pipeline {result.name}: {result.out} ({result.seconds:.0f} s)")
     for column in ("stage", "status", "seconds", "numbers"):
         table.add_column(column)
-    from peaufine.pipeline import headline
+    from peaufine.drivers.pipeline import headline
 
     for stage in result.stages:
         numbers = ", ".join(f"{k} {v:.4g}" for k, v in headline(stage.stage, stage.evaluation).items())
@@ -458,7 +463,7 @@ def search(
     or in several terminals to share the trials."""
     from rich.console import Console
 
-    from peaufine.search import run_search
+    from peaufine.drivers.search.run import run_search
 
     result = run_search(
         recipe,

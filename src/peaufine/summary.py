@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from peaufine.demo import DemoResult
+    from peaufine.drivers.demo import DemoResult
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:

@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from peaufine.crossval import check_out, run_crossval, summarise
+from peaufine.drivers.crossval import check_out, run_crossval, summarise
 from peaufine.errors import RecipeError, RunDirError
 from peaufine.recipe import load_recipe
 

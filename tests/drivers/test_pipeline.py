@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from peaufine.errors import PeaufineError, RecipeError, RunDirError
-from peaufine.pipeline import (
+from peaufine.drivers.pipeline import (
     Pipeline,
     check_out,
     headline,
@@ -17,6 +16,7 @@ from peaufine.pipeline import (
     parse_stage_overrides,
     run_pipeline,
 )
+from peaufine.errors import PeaufineError, RecipeError, RunDirError
 from peaufine.recipe import load_recipe
 
 TINY = """
@@ -169,7 +169,7 @@ def test_the_demo_is_a_pipeline_and_its_rerun_skips_every_stage(smoke_demo):
     )
     grpo_recipe = (smoke_demo.out / "grpo" / "recipe.yaml").read_text(encoding="utf-8")
     assert str(smoke_demo.out / "reward") in grpo_recipe  # ${reward} became the reward run
-    from peaufine.demo import run_demo
+    from peaufine.drivers.demo import run_demo
 
     again = run_demo(smoke_demo.out, smoke=True)
     assert again.seconds < 30
