@@ -486,7 +486,7 @@ def report(
     directory: Annotated[Path, typer.Argument(help="A run, search, cross-validation or pipeline folder.")],
 ) -> None:
     """(Re)write report.html for a finished run, search, cross-validation or pipeline folder."""
-    from peaufine.report.html import write_report
+    from peaufine.report.pages.write import write_report
 
     typer.echo(str(write_report(directory)))
 
