@@ -78,7 +78,7 @@ def pretrain(
     spec = load_recipe(recipe, set_ or [], stage="pretrain")
     result = run_pretrain(spec, out, overwrite=overwrite, resume=resume)
     if result.evaluation:
-        from peaufine.summary import pretrain_summary
+        from peaufine.report.terminal import pretrain_summary
 
         Console().print(pretrain_summary(result.evaluation, result.run.path))
 
@@ -97,8 +97,8 @@ def sft(
     from rich.console import Console
 
     from peaufine.recipe import load_recipe
+    from peaufine.report.terminal import sft_summary
     from peaufine.stages.sft import run_sft
-    from peaufine.summary import sft_summary
 
     spec = load_recipe(recipe, set_ or [], stage="sft")
     if folds is not None:
@@ -149,8 +149,8 @@ def reward(
     from rich.console import Console
 
     from peaufine.recipe import load_recipe
+    from peaufine.report.terminal import reward_summary
     from peaufine.stages.reward import run_reward
-    from peaufine.summary import reward_summary
 
     spec = load_recipe(recipe, set_ or [], stage="reward")
     if folds is not None:
@@ -172,8 +172,8 @@ def dpo(
     from rich.console import Console
 
     from peaufine.recipe import load_recipe
+    from peaufine.report.terminal import dpo_summary
     from peaufine.stages.dpo import run_dpo
-    from peaufine.summary import dpo_summary
 
     spec = load_recipe(recipe, set_ or [], stage="dpo")
     result = run_dpo(spec, out, overwrite=overwrite, resume=resume)
@@ -194,8 +194,8 @@ def rl(
     from rich.console import Console
 
     from peaufine.recipe import load_recipe
+    from peaufine.report.terminal import rl_summary
     from peaufine.stages.rl import run_rl
-    from peaufine.summary import rl_summary
 
     spec = load_recipe(recipe, set_ or [], stage="rl")
     result = run_rl(spec, out, overwrite=overwrite, resume=resume)
@@ -374,7 +374,7 @@ def demo(
     from rich.console import Console
 
     from peaufine.drivers.demo import run_demo
-    from peaufine.summary import demo_summary
+    from peaufine.report.terminal import demo_summary
 
     result = run_demo(out, smoke=smoke, fresh=fresh)
     Console().print(demo_summary(result))
@@ -491,7 +491,7 @@ def report(
     directory: Annotated[Path, typer.Argument(help="A run, search, cross-validation or pipeline folder.")],
 ) -> None:
     """(Re)write report.html for a finished run, search, cross-validation or pipeline folder."""
-    from peaufine.report.html import write_report
+    from peaufine.report.pages.write import write_report
 
     typer.echo(str(write_report(directory)))
 

@@ -279,7 +279,7 @@ def finish_run(run: RunDir, evaluation: dict[str, Any]) -> None:
     """Every stage's ending, on rank 0: eval.json, the tracking sinks closed with the final numbers,
     and report.html. eval.json is written first: it is what marks the run as finished."""
     from peaufine.engine.track import close_sinks
-    from peaufine.report.html import write_report
+    from peaufine.report.pages.write import write_report
     from peaufine.stages.dispatch import flatten_numbers
 
     write_json(run.eval, evaluation)

@@ -117,7 +117,7 @@ def run_crossval(
             "seconds": result.seconds,
         },
     )
-    from peaufine.report.html import write_report
+    from peaufine.report.pages.write import write_report
 
     write_report(out)
     return result

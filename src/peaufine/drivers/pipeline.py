@@ -230,7 +230,7 @@ def run_pipeline(
     import json
 
     from peaufine.engine.track import Tracker
-    from peaufine.report.html import write_report
+    from peaufine.report.pages.write import write_report
     from peaufine.rundir import finished_with
     from peaufine.stages.dispatch import run_stage
 

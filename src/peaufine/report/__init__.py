@@ -1,1 +1,1 @@
-"""Reports: plots and pages made from a run directory."""
+"""Reports made from a run directory: the HTML toolkit and pages, plots, and the terminal tables."""

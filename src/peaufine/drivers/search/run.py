@@ -236,7 +236,7 @@ def run_search(
         plot_params(rows, space, out / "params.png", expression.text)
     if tracker.enabled:
         tracker.console.print(trials_table(rows, list(space), expression.text, direction))
-    from peaufine.report.html import write_report
+    from peaufine.report.pages.write import write_report
 
     write_report(out)
     best = data["best"]

@@ -1,7 +1,5 @@
-"""What a finished stage or the demo tells the user in the terminal: rich tables of the numbers.
-
-Built from eval.json contents, so what is printed is exactly what was written to the run.
-"""
+"""The terminal tables printed after a run: a finished stage's or the demo's numbers as rich tables,
+built from eval.json's contents, so what is printed is exactly what was written to the run."""
 
 from __future__ import annotations
 

@@ -1,0 +1,250 @@
+"""A stage run's results section: each stage's own numbers from eval.json (pretrain's fact recall, sft's
+answers, reward's pairwise accuracy, dpo's likelihoods and implicit reward, rl's rewards, classify's)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from peaufine.report.pages.stage_run import StageRun
+from peaufine.report.toolkit import (
+    Num,
+    Section,
+    before_after,
+    both,
+    details,
+    fmt_metric,
+    fmt_number,
+    fmt_percent,
+    is_number,
+    paragraph,
+    samples_table,
+    table,
+)
+
+
+def results_section(run: StageRun) -> Section:
+    section = Section(f"Results ({run.stage})")
+    results: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+        "pretrain": pretrain_results,
+        "sft": sft_results,
+        "reward": reward_results,
+        "dpo": dpo_results,
+        "rl": rl_results,
+        "classify": classify_results,
+    }
+    if run.evaluation and run.stage in results:
+        section.parts += results[run.stage](run.evaluation)
+    return section
+
+
+def pretrain_results(evaluation: dict[str, Any]) -> list[str]:
+    recall = evaluation.get("fact_recall")
+    if not isinstance(recall, dict):
+        return []
+    correct = both(recall.get("correct"), recall.get("total"), " of ")
+    parts = [
+        table(
+            None, [("fact recall (cloze, greedy)", Num(f"{fmt_percent(recall.get('accuracy'))} ({correct})"))]
+        )
+    ]
+    by_relation = recall.get("by_relation") or {}
+    if by_relation:
+        rows = [
+            (
+                name,
+                c.get("correct"),
+                c.get("total"),
+                fmt_percent(c["correct"] / c["total"]) if c.get("total") else "–",
+            )
+            for name, c in by_relation.items()
+        ]
+        parts.append(
+            table(["relation", "correct", "of", "accuracy"], rows, caption="Fact recall by relation")
+        )
+    misses = recall.get("misses") or []
+    if misses:
+        rows = [(m.get("prompt"), m.get("answer"), m.get("completion")) for m in misses]
+        parts.append(
+            details(
+                f"the {len(misses)} facts missed", samples_table(["prompt", "expected", "completion"], rows)
+            )
+        )
+    return parts
+
+
+def sft_results(evaluation: dict[str, Any]) -> list[str]:
+    parts: list[str] = []
+    losses = evaluation.get("task_val_loss") or {}
+    if losses:
+        rows = [before_after("task validation loss", losses.get("before"), losses.get("after"))]
+        parts.append(table(["", "before", "after", "change"], rows))
+    answers = evaluation.get("answers") or {}
+    rows = []
+    for split, figures in answers.items():
+        before, after = figures.get("before") or {}, figures.get("after") or {}
+        n = after.get("n", before.get("n"))
+        rows.append(
+            before_after(
+                f"{split}: exact match (n={n})", before.get("exact_match"), after.get("exact_match"), True
+            )
+        )
+        rows.append(before_after(f"{split}: F1", before.get("f1"), after.get("f1"), True))
+        scratch = figures.get("from_scratch")
+        if isinstance(scratch, dict):
+            rows.append(
+                (
+                    f"{split}: exact match, the model trained from scratch",
+                    "–",
+                    fmt_percent(scratch.get("exact_match")),
+                    "–",
+                )
+            )
+    if rows:
+        caption = "Greedy answers to the task's questions, before and after fine-tuning"
+        parts.append(table(["answers", "before", "after", "change"], rows, caption=caption))
+    return parts
+
+
+def reward_results(evaluation: dict[str, Any]) -> list[str]:
+    def row(label: str, figures: dict[str, Any]) -> tuple[Any, ...]:
+        return label, figures.get("pairs"), fmt_percent(figures.get("accuracy")), figures.get("mean_margin")
+
+    parts: list[str] = []
+    splits = {"validation, before training": (evaluation.get("before") or {}).get("validation")}
+    splits |= {split: evaluation.get(split) for split in ("validation", "heldout")}
+    splits = {label: figures for label, figures in splits.items() if isinstance(figures, dict)}
+    if splits:
+        header = ["pairs", "n", "accuracy (chosen scored higher)", "mean margin"]
+        parts.append(
+            table(header, [row(label, f) for label, f in splits.items()], caption="Pairwise accuracy")
+        )
+    kinds: dict[str, dict[str, str]] = {}
+    for label, figures in splits.items():
+        for kind, counts in (figures.get("by_kind") or {}).items():
+            kinds.setdefault(kind, {})[label] = (
+                f"{fmt_percent(counts.get('accuracy'))} (n={counts.get('pairs')})"
+            )
+    if kinds:
+        rows = [(kind, *(Num(shown.get(label, "–")) for label in splits)) for kind, shown in kinds.items()]
+        parts.append(table(["kind of pair", *splits], rows, caption="Accuracy by kind of pair"))
+    return parts
+
+
+def dpo_results(evaluation: dict[str, Any]) -> list[str]:
+    parts = [paragraph(f"loss {evaluation.get('loss', '–')}, beta {fmt_number(evaluation.get('beta'))}")]
+    before, after = evaluation.get("before") or {}, evaluation.get("after") or {}
+    rows = [
+        before_after(key.removeprefix("likelihood_accuracy_"), before.get(key), after.get(key), True)
+        for key in sorted(k for k in after if k.startswith("likelihood_accuracy_"))
+    ]
+    if rows:
+        caption = "The policy gives the chosen answer the higher likelihood (likelihood accuracy)"
+        parts.append(table(["pairs", "before", "after", "change"], rows, caption=caption))
+    final = evaluation.get("final") or {}
+    if final:
+        rows = [
+            (
+                split,
+                fmt_percent(f.get("accuracy")),
+                f.get("reward_margin"),
+                f.get("implicit_kl"),
+                f.get("loss"),
+            )
+            for split, f in final.items()
+        ]
+        header = ["pairs", "implicit-reward accuracy", "reward margin", "log-ratio to reference", "loss"]
+        parts.append(table(header, rows, caption="Implicit reward after training"))
+    rows = []
+    for split in ("validation", "heldout"):
+        b, a = before.get(f"answers_{split}"), after.get(f"answers_{split}")
+        if isinstance(b, dict) and isinstance(a, dict):
+            rows += [
+                before_after(
+                    f"{split}: annotator score (0-3), greedy",
+                    b.get("annotator_score"),
+                    a.get("annotator_score"),
+                ),
+                before_after(
+                    f"{split}: annotator score (0-3), sampled",
+                    b.get("annotator_score_sampled"),
+                    a.get("annotator_score_sampled"),
+                ),
+                before_after(
+                    f"{split}: exact match (n={a.get('n')})", b.get("exact_match"), a.get("exact_match"), True
+                ),
+            ]
+    if rows:
+        parts.append(
+            table(["answers", "before", "after", "change"], rows, caption="Answers to the questions")
+        )
+    return parts
+
+
+_RL_FIGURES = (
+    ("mean reward, sampled", "reward_sampled", False),
+    ("mean reward, greedy", "reward_greedy", False),
+    ("exact match, greedy", "exact_match_greedy", True),
+    ("KL to the reference (nats per answer)", "kl_to_reference", False),
+    ("response length (tokens)", "response_length", False),
+)
+
+
+def rl_results(evaluation: dict[str, Any]) -> list[str]:
+    parts = [paragraph(f"algorithm {evaluation.get('algorithm', '–')}")]
+    kept = evaluation.get("pass_rate_filter")
+    if isinstance(kept, dict):
+        low, high = kept.get("range") or (None, None)
+        rows = [
+            (
+                f"prompts with a pass rate in [{low}, {high}]",
+                both(kept.get("prompts_kept"), kept.get("prompts_before"), " of "),
+            ),
+            (
+                "mean pass rate, all / kept",
+                both(kept.get("mean_pass_rate_before"), kept.get("mean_pass_rate_kept")),
+            ),
+        ]
+        parts.append(table(None, rows, caption="Prompts kept for training"))
+    before, after = evaluation.get("before") or {}, evaluation.get("after") or {}
+    rows = [
+        before_after(label, before.get(key), after.get(key), percent)
+        for label, key, percent in _RL_FIGURES
+        if key in before or key in after
+    ]
+    sources_before, sources_after = before.get("by_source_greedy") or {}, after.get("by_source_greedy") or {}
+    for source in dict.fromkeys([*sources_before, *sources_after]):
+        rows.append(
+            before_after(f"reward {source}, greedy", sources_before.get(source), sources_after.get(source))
+        )
+    if rows:
+        caption = "On the evaluation prompts, before and after RL"
+        parts.append(table(["", "before", "after", "change"], rows, caption=caption))
+    if is_number(evaluation.get("final_kl")):
+        parts.append(
+            paragraph(f"final KL to the reference: {fmt_number(evaluation['final_kl'])} nats per answer")
+        )
+    return parts
+
+
+def classify_results(evaluation: dict[str, Any]) -> list[str]:
+    parts: list[str] = []
+    tuned, scratch = evaluation.get("validation") or {}, evaluation.get("from_scratch") or {}
+    names = [name for name, value in tuned.items() if is_number(value)]
+    if names:
+        header = ["metric", "fine-tuned", *(["from scratch"] if scratch else [])]
+        rows = [
+            (name, fmt_metric(name, tuned[name]), *([fmt_metric(name, scratch.get(name))] if scratch else []))
+            for name in names
+        ]
+        parts.append(table(header, rows, caption="Validation"))
+    per_class = tuned.get("per_class") or {}
+    if per_class:
+        rows = [
+            (label, *(fmt_percent(c.get(k)) for k in ("precision", "recall", "f1")), c.get("support"))
+            for label, c in per_class.items()
+        ]
+        parts.append(
+            table(["class", "precision", "recall", "F1", "support"], rows, caption="Per class, validation")
+        )
+    return parts
