@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import math
 
-from peaufine.nested import dotted_items
-from peaufine.stages.dispatch import flatten_numbers
+from peaufine.nested import dotted_items, flatten_numbers
 
 EVALUATION = {
     "stage": "sft",

@@ -230,7 +230,7 @@ def score(
     if out is None:
         typer.echo("\n".join(lines))
     else:
-        from peaufine.engine.checkpoint import write_text_atomic
+        from peaufine.atomic import write_text_atomic
 
         write_text_atomic(out, "".join(line + "\n" for line in lines))
         typer.echo(f"{len(lines)} scores written to {out} (mean {sum(scores) / max(1, len(scores)):.4f})")
@@ -268,7 +268,7 @@ def evaluate(
     )
     text = json.dumps(result, indent=2, default=str)
     if out is not None:
-        from peaufine.engine.checkpoint import write_text_atomic
+        from peaufine.atomic import write_text_atomic
 
         write_text_atomic(out, text + "\n")
     typer.echo(text)
@@ -304,8 +304,8 @@ def generate(
     chat: Annotated[bool, typer.Option(help="Wrap each prompt as a user turn (chat template).")] = False,
 ) -> None:
     """Generate text from a model we trained or any local Hugging Face causal LM."""
-    from peaufine.generate import generate_texts
     from peaufine.models.build import load_pretrained, resolve_source
+    from peaufine.models.generate import generate_texts
     from peaufine.models.tokenizer import load_tokenizer
 
     resolved = resolve_source(str(source))

@@ -1,4 +1,5 @@
-"""The run directory: its frozen layout, and the rules for starting, refusing, replacing or resuming it.
+"""The run folder: its frozen layout (the only code that names its files), the rules for starting,
+refusing, replacing or resuming it, and the reading of what a run logged.
 
 A fresh run is prepared in a staging folder beside the target and renamed into place only once its
 inputs are valid, so bad input never leaves a half-written run behind.
@@ -8,21 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peaufine.errors import RunDirError
 
 if TYPE_CHECKING:
-    from peaufine.engine.runtime import Runtime
-    from peaufine.engine.track import Tracker
-    from peaufine.recipe import Recipe
+    pass
 
 
 @dataclass(frozen=True)
@@ -72,6 +68,10 @@ class RunDir:
         return self.path / "eval.json"
 
     @property
+    def prepared(self) -> Path:
+        return self.path / "prepared.json"
+
+    @property
     def loss_plot(self) -> Path:
         return self.path / "loss.png"
 
@@ -82,7 +82,7 @@ def _is_run(path: Path) -> bool:
 
 def finished_with(path: Path, recipe_yaml: str) -> bool:
     """A run in `path` finished (it has eval.json) and was started from exactly this recipe."""
-    recipe_file, eval_file = path / "recipe.yaml", path / "eval.json"
+    recipe_file, eval_file = RunDir(path).recipe, RunDir(path).eval
     return (
         eval_file.is_file()
         and recipe_file.is_file()
@@ -155,133 +155,15 @@ def commit_staging(staging: Path, target: Path) -> None:
     os.rename(staging, target)
 
 
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def environment(device: str, precision: str, world_size: int, seed: int) -> dict[str, Any]:
-    import torch
-
-    packages = [
-        "peaufine",
-        "torch",
-        "transformers",
-        "tokenizers",
-        "peft",
-        "accelerate",
-        "datasets",
-        "safetensors",
-        "numpy",
-    ]
-    return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "packages": {name: _version(name) for name in packages},
-        "device": device,
-        "precision": precision,
-        "world_size": world_size,
-        "threads": torch.get_num_threads(),
-        "seed": seed,
-        "cuda": torch.version.cuda,
-    }
-
-
 def write_json(path: Path, data: Any) -> None:
-    from peaufine.engine.checkpoint import write_text_atomic
+    from peaufine.atomic import write_text_atomic
 
     write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
-def start_run(
-    out: Path,
-    recipe_yaml: str,
-    runtime: Runtime,
-    prepare: Callable[[Path], dict[str, Any]],
-    *,
-    seed: int,
-    overwrite: bool = False,
-    resume: bool = False,
-) -> dict[str, Any]:
-    """Open the run folder: refuse a wrong target, or prepare a fresh run in staging and commit it.
-
-    `prepare(staging)` does everything that can fail on bad input and returns facts for eval.json;
-    it runs on rank 0 only, and the other processes read what it wrote once it is in place.
-    """
-    if runtime.is_main:
-        check_target(out, recipe_yaml, overwrite=overwrite, resume=resume)
-        if not resume:
-            staging = staging_dir(out)
-            try:
-                prepared = prepare(staging)
-                RunDir(staging).recipe.write_text(recipe_yaml, encoding="utf-8")
-                env = environment(str(runtime.device), runtime.precision, runtime.world_size, seed)
-                write_json(RunDir(staging).env, env)
-                write_json(staging / "prepared.json", prepared)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
-            commit_staging(staging, out)
-    runtime.barrier()
-    return json.loads((out / "prepared.json").read_text(encoding="utf-8"))
-
-
-@dataclass
-class OpenedRun:
-    """A stage's run folder, ready to train in: where it runs, who speaks, what preparation found."""
-
-    run: RunDir
-    runtime: Runtime
-    tracker: Tracker
-    prepared: dict[str, Any]
-
-
-def open_run(
-    recipe: Recipe,
-    out: Path,
-    prepare: Callable[[Recipe, Path, Tracker], dict[str, Any]],
-    *,
-    overwrite: bool = False,
-    resume: bool = False,
-    tracker: Tracker | None = None,
-) -> OpenedRun:
-    """Every stage's opening: the runtime, a tracker that only rank 0 lets speak, and `start_run`."""
-    from peaufine.engine.integrations import TRACKING_SINKS, check_tracking, open_tracking
-    from peaufine.engine.runtime import make_runtime
-    from peaufine.engine.track import Tracker, add_sink, detach_sinks
-
-    out = Path(out)
-    check_tracking(recipe.track)
-    runtime = make_runtime(recipe.train)
-    tracker = tracker or Tracker(enabled=runtime.is_main)
-    prepared = start_run(
-        out,
-        recipe.to_yaml(),
-        runtime,
-        lambda staging: prepare(recipe, staging, tracker),
-        seed=recipe.train.seed,
-        overwrite=overwrite,
-        resume=resume,
-    )
-    run = RunDir(out)
-    if runtime.is_main:
-        # a run that died in this process earlier left its tracking sinks behind (a driver's own
-        # sinks, such as a search's pruner, were attached for this run and stay)
-        detach_sinks(run.metrics, TRACKING_SINKS)
-        for sink in open_tracking(recipe, out):
-            add_sink(run.metrics, sink)
-    return OpenedRun(run, runtime, tracker, prepared)
-
-
-def finish_run(run: RunDir, evaluation: dict[str, Any]) -> None:
-    """Every stage's ending, on rank 0: eval.json, the tracking sinks closed with the final numbers,
-    and report.html. eval.json is written first: it is what marks the run as finished."""
-    from peaufine.engine.track import close_sinks
-    from peaufine.report.pages.write import write_report
-    from peaufine.stages.dispatch import flatten_numbers
-
-    write_json(run.eval, evaluation)
-    close_sinks(run.metrics, flatten_numbers(evaluation))
-    write_report(run.path)
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rows.append(json.loads(line))
+    return rows

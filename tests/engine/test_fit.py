@@ -11,10 +11,10 @@ from peaufine.data.batching import PaddedExamples
 from peaufine.engine import checkpoint as checkpoint_module
 from peaufine.engine.checkpoint import CheckpointStore
 from peaufine.engine.fit import fit
-from peaufine.engine.track import read_metrics
 from peaufine.errors import TrainingError
 from peaufine.methods.lm import NextTokenLoss
 from peaufine.recipe import EarlyStoppingBlock, EvalBlock, TrainBlock
+from peaufine.rundir import read_metrics
 
 
 class PoisonedAfter(NextTokenLoss):

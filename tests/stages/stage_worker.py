@@ -21,7 +21,7 @@ import torch
 from peaufine.cli import _quiet_libraries
 from peaufine.engine import fit as engine
 from peaufine.recipe import load_recipe
-from peaufine.stages.dispatch import STAGE_RUNNERS
+from peaufine.stages import STAGE_RUNNERS
 
 LOOPS: list[Any] = []
 

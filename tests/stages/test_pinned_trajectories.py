@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from peaufine.engine.track import read_metrics
 from peaufine.recipe import validate_recipe
+from peaufine.rundir import read_metrics
 
 REL, ABS = 1e-5, 1e-7
 # every run: the CPU in fp32, a log row at every step, one seed

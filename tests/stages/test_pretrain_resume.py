@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from peaufine.engine.track import read_metrics
+from peaufine.rundir import read_metrics
 
 N = 6
 

@@ -76,8 +76,9 @@ def run_crossval(
 ) -> CvResult:
     """Run `recipe` once per fold into <out>/fold-<i>; write cv.json and report.html in <out>."""
     from peaufine.engine.track import Tracker
+    from peaufine.results import HEADLINES, run_metrics
     from peaufine.rundir import finished_with, write_json
-    from peaufine.stages.dispatch import HEADLINES, run_metrics, run_stage
+    from peaufine.stages import run_stage
 
     if recipe.stage not in CV_STAGES:
         raise RecipeError(
@@ -127,7 +128,7 @@ def cv_table(result: CvResult) -> Any:
     """The headline metrics as a rich table: mean ± std, then each fold's value."""
     from rich.table import Table
 
-    from peaufine.stages.dispatch import HEADLINES
+    from peaufine.results import HEADLINES
 
     table = Table(title=f"{result.stage}: {result.folds}-fold cross-validation ({result.out})")
     table.add_column("metric")

@@ -25,6 +25,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from peaufine.errors import RecipeError
 from peaufine.recipe import Block, apply_overrides, read_yaml, validate_recipe
+from peaufine.results import read_evaluation
 
 if TYPE_CHECKING:
     from peaufine.engine.track import Tracker
@@ -144,7 +145,8 @@ def fingerprint(recipe_yaml: str, inputs: list[str]) -> str:
 
 
 def headline(stage: str, evaluation: dict[str, Any]) -> dict[str, float]:
-    from peaufine.stages.dispatch import HEADLINES, flatten_numbers
+    from peaufine.nested import flatten_numbers
+    from peaufine.results import HEADLINES
 
     flat = flatten_numbers(evaluation)
     return {label: flat[key] for label, key in HEADLINES.get(stage, ()) if key in flat}
@@ -227,12 +229,11 @@ def run_pipeline(
     tracker: Tracker | None = None,
 ) -> PipelineResult:
     """Run the stages in order into <out>/<name>, skipping those already finished as they are now."""
-    import json
 
     from peaufine.engine.track import Tracker
     from peaufine.report.pages.write import write_report
     from peaufine.rundir import finished_with
-    from peaufine.stages.dispatch import run_stage
+    from peaufine.stages import run_stage
 
     overrides = overrides or {}
     rerun = rerun or set()
@@ -264,7 +265,7 @@ def run_pipeline(
             and finished_with(run_dir, recipe_yaml)
         ):
             outcome.status = "skipped"
-            outcome.evaluation = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
+            outcome.evaluation = read_evaluation(run_dir) or {}
             tracker.say(f"[bold]{stage.name}[/]: finished earlier with this recipe and inputs, skipped")
             continue
         tracker.say(f"[bold]{stage.name}[/] ({recipe.stage}) -> {run_dir}")

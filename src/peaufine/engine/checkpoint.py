@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from peaufine.atomic import publish_dir, write_text_atomic
+
 if TYPE_CHECKING:
     import torch
 
@@ -42,42 +44,6 @@ class TrainerState:
     scheduler: dict[str, Any] = field(default_factory=dict)
     python_rng: Any = None
     numpy_rng: Any = None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(path: Path) -> None:
-    for item in path.iterdir():
-        if item.is_file():
-            with open(item, "rb") as f:
-                os.fsync(f.fileno())
-    _fsync_dir(path)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` so that readers see the old or the new content, never a mix."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def publish_dir(staging: Path, final: Path) -> None:
-    """Move a fully written folder into place (replacing an older one of the same name)."""
-    _fsync_tree(staging)
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(staging, final)
-    _fsync_dir(final.parent)
 
 
 def torch_rng_state() -> dict[str, Any]:

@@ -13,6 +13,8 @@ from typing import Any, Protocol
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from peaufine.rundir import read_metrics
+
 
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
@@ -94,14 +96,6 @@ class MetricsLog:
             f.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
         for sink in _SINKS.get(self.path.resolve(), []):
             sink.write(row)
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            rows.append(json.loads(line))
-    return rows
 
 
 class Tracker:

@@ -26,7 +26,7 @@ def answer_quality(
     from peaufine.data.tokenize import generation_prompt
     from peaufine.data.world_preferences import annotator_scores
     from peaufine.evaluate.answers import answer_questions
-    from peaufine.generate import generate_texts
+    from peaufine.models.generate import generate_texts
 
     conversations = [
         [{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in questions_answers

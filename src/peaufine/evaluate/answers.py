@@ -71,7 +71,7 @@ def answer_questions(
 ) -> AnswerMetrics:
     """Greedy answers to each conversation's last user turn, scored against its last assistant turn."""
     from peaufine.data.tokenize import generation_prompt
-    from peaufine.generate import generate_texts
+    from peaufine.models.generate import generate_texts
 
     prompts = [generation_prompt(tokenizer, c[:-1]) for c in conversations]
     golds = [c[-1]["content"] for c in conversations]

@@ -259,7 +259,7 @@ def save_adapter(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | No
     """
     from peft import PeftModel
 
-    from peaufine.engine.checkpoint import publish_dir
+    from peaufine.atomic import publish_dir
 
     if not isinstance(model, PeftModel):
         raise ModelError(

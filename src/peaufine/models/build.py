@@ -194,7 +194,7 @@ def load_pretrained(
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
     """Write model and tokenizer side by side, atomically: a crash leaves the old folder or none."""
-    from peaufine.engine.checkpoint import publish_dir
+    from peaufine.atomic import publish_dir
 
     directory = Path(directory)
     staging = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peaufine.engine.fit import FitResult, fit
-from peaufine.engine.track import Tracker, read_metrics
+from peaufine.engine.track import Tracker
 from peaufine.errors import RecipeError
-from peaufine.rundir import RunDir, finish_run, open_run
+from peaufine.rundir import RunDir, read_metrics
+from peaufine.stages.lifecycle import finish_run, open_run
 
 if TYPE_CHECKING:
     from peaufine.recipe import Recipe

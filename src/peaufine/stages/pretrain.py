@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 from peaufine.data.batching import PackedBlocks, read_token_stream
 from peaufine.data.corpus import iter_texts, tokenize_stream
 from peaufine.engine.fit import FitResult, StepHook, fit
-from peaufine.engine.track import Tracker, read_metrics
+from peaufine.engine.track import Tracker
 from peaufine.errors import DataError, RecipeError
 from peaufine.models.build import ModelSource, max_positions, resolve_source
-from peaufine.rundir import RunDir, finish_run, open_run
+from peaufine.rundir import RunDir, read_metrics
+from peaufine.stages.lifecycle import finish_run, open_run
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -195,7 +196,7 @@ def sample_texts(
     max_new_tokens: int,
     seed: int,
 ) -> list[str]:
-    from peaufine.generate import generate_texts
+    from peaufine.models.generate import generate_texts
 
     return generate_texts(
         model,

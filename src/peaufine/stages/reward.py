@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from peaufine.data.preference_data import pair_dataset, prepare_pairs
 from peaufine.engine.fit import FitResult, StepHook, fit
-from peaufine.engine.track import Tracker, read_metrics
+from peaufine.engine.track import Tracker
 from peaufine.errors import RecipeError
 from peaufine.models.build import resolve_source
-from peaufine.rundir import RunDir, finish_run, open_run
+from peaufine.rundir import RunDir, read_metrics
+from peaufine.stages.lifecycle import finish_run, open_run
 
 if TYPE_CHECKING:
     import torch

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peaufine.data.world import copy_world, source_world
-from peaufine.engine.track import Tracker, read_metrics
+from peaufine.engine.track import Tracker
 from peaufine.errors import RecipeError
 from peaufine.methods.rewards import RewardSuite, last_user_turn
 from peaufine.models.build import resolve_source
-from peaufine.rundir import RunDir, finish_run, open_run
+from peaufine.rundir import RunDir, read_metrics
+from peaufine.stages.lifecycle import finish_run, open_run
 
 if TYPE_CHECKING:
     import torch
@@ -252,9 +253,9 @@ def measure(
     prompts have answers, and the KL to the reference (nats per answer, on the sampled answers)."""
     import torch
 
-    from peaufine.generate import generate_texts
     from peaufine.methods.rewards import exact_answer
     from peaufine.methods.rl import token_logprobs
+    from peaufine.models.generate import generate_texts
 
     group = min(config.group_size, 4)
     scored = sample(policy, tokenizer, prompts, suite, config, group_size=group, seed=seed, stop_ids=stop_ids)

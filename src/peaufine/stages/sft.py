@@ -17,7 +17,7 @@ from peaufine.data.batching import load_examples, make_dataset
 from peaufine.data.corpus import tokenize_general
 from peaufine.data.records import HELDOUT
 from peaufine.engine.fit import FitResult, StepHook, fit
-from peaufine.engine.track import Tracker, read_metrics
+from peaufine.engine.track import Tracker
 from peaufine.errors import RecipeError
 from peaufine.evaluate.sft import evaluate_before
 from peaufine.models.build import (
@@ -27,7 +27,8 @@ from peaufine.models.build import (
     save_outputs,
     source_model_dir,
 )
-from peaufine.rundir import RunDir, finish_run, open_run
+from peaufine.rundir import RunDir, read_metrics
+from peaufine.stages.lifecycle import finish_run, open_run
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

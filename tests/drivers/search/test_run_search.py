@@ -32,7 +32,8 @@ def write(path: Path, text: str) -> Path:
 @pytest.fixture
 def fake_training(monkeypatch):
     """run_stage writes a finished run whose val_loss is a bowl in log10(lr), minimum at lr = 1e-3."""
-    from peaufine.stages import dispatch
+    import peaufine.results
+    import peaufine.stages
 
     recipes = {}
 
@@ -46,8 +47,8 @@ def fake_training(monkeypatch):
         recipe = recipes[Path(run_dir).name]
         return {"val_loss": 1.0 + (math.log10(recipe.train.lr) + 3) ** 2, "steps": 10.0}
 
-    monkeypatch.setattr(dispatch, "run_stage", run_stage)
-    monkeypatch.setattr(dispatch, "run_metrics", run_metrics)
+    monkeypatch.setattr(peaufine.stages, "run_stage", run_stage)
+    monkeypatch.setattr(peaufine.results, "run_metrics", run_metrics)
     return recipes
 
 
@@ -189,9 +190,9 @@ import sys, time
 from pathlib import Path
 from peaufine.drivers.search.run import run_search
 from peaufine.engine.track import Tracker
-from peaufine.stages import dispatch
+import peaufine.stages
 
-real_run_stage = dispatch.run_stage
+real_run_stage = peaufine.stages.run_stage
 
 def run_stage(recipe, out, **kwargs):
     if out.name == "trial-0002":
@@ -199,7 +200,7 @@ def run_stage(recipe, out, **kwargs):
         time.sleep(600)
     return real_run_stage(recipe, out, **kwargs)
 
-dispatch.run_stage = run_stage
+peaufine.stages.run_stage = run_stage
 run_search(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), trials=4, sampler="random",
                   heartbeat=1.0, grace=3.0, tracker=Tracker(enabled=False))
 """

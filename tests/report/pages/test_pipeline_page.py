@@ -17,7 +17,7 @@ from peaufine.report.toolkit import REPORT_NAME, fmt_metric
 
 
 def test_every_pipeline_headline_of_a_rate_reads_as_a_percentage():
-    from peaufine.stages.dispatch import HEADLINES
+    from peaufine.results import HEADLINES
 
     rates = {"fact_recall.accuracy", "heldout.accuracy", "validation.accuracy", "after.exact_match_greedy"}
     rates |= {

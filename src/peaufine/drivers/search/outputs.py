@@ -76,7 +76,7 @@ def write_outputs(
     summary: dict[str, Any],
     best_recipe: str | None,
 ) -> None:
-    from peaufine.engine.checkpoint import write_text_atomic
+    from peaufine.atomic import write_text_atomic
 
     write_text_atomic(out / "trials.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     write_text_atomic(out / "study.json", json.dumps(summary, indent=2) + "\n")

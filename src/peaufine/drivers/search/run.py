@@ -156,7 +156,8 @@ def run_search(
     )
 
     def objective(params: dict[str, Any], trial: optuna.Trial) -> float:
-        from peaufine.stages import dispatch
+        import peaufine.results
+        import peaufine.stages
 
         run_dir = out / "trials" / f"trial-{trial.number:04d}"
         try:
@@ -167,11 +168,11 @@ def run_search(
         if prune != "none":
             add_sink(metrics_path, PruningSink(trial))
         try:
-            dispatch.run_stage(trial_recipe, run_dir, overwrite=True, tracker=tracker)
+            peaufine.stages.run_stage(trial_recipe, run_dir, overwrite=True, tracker=tracker)
         finally:
             detach_sinks(metrics_path)
             gc.collect()  # the trial's model and data: free them before the next trial builds its own
-        metrics = dispatch.run_metrics(run_dir)
+        metrics = peaufine.results.run_metrics(run_dir)
         value = expression.value(metrics, where=f"trial {trial.number} ({run_dir})")
         trial.set_user_attr(METRICS_ATTR, {name: metrics[name] for name in expression.names})
         return value

@@ -24,6 +24,7 @@ from peaufine.report.toolkit import (
     run_folder,
     table,
 )
+from peaufine.results import read_evaluation
 
 
 def _headline(values: dict[str, Any] | None) -> str:
@@ -74,7 +75,7 @@ def pipeline_page(directory: Path) -> str:
                 Html(f"<p>{link(run_dir / REPORT_NAME, directory, f'the full report of {label}')}</p>")
             )
         section.parts.append(paragraph(f"headline: {_headline(stage.get('headline'))}"))
-        evaluation = read_json(run_dir / "eval.json") or {}
+        evaluation = read_evaluation(run_dir) or {}
         verdicts = [
             (key, evaluation[key]["verdict"])
             for key in ("overfitting", "forgetting", "transfer")

@@ -9,6 +9,7 @@ from typing import Any
 
 from peaufine.errors import RunDirError
 from peaufine.report.toolkit import is_number, read_json, read_jsonl
+from peaufine.results import read_evaluation
 
 
 @dataclass
@@ -59,6 +60,6 @@ def load_stage_run(directory: Path) -> StageRun:
         recipe_text=recipe_text,
         env=read_json(directory / "env.json") or {},
         prepared=read_json(directory / "prepared.json") or {},
-        evaluation=read_json(directory / "eval.json") or {},
+        evaluation=read_evaluation(directory) or {},
         rows=read_jsonl(directory / "metrics.jsonl"),
     )

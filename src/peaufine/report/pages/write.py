@@ -41,7 +41,7 @@ def report_kind(directory: Path) -> str:
 def write_report(directory: Path) -> Path:
     """Write <directory>/report.html (atomically: temp file + os.replace) and the PNG plots it shows,
     next to it; return the html path."""
-    from peaufine.engine.checkpoint import write_text_atomic
+    from peaufine.atomic import write_text_atomic
 
     directory = Path(directory)
     pages: dict[str, Callable[[Path], str]] = {

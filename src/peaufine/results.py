@@ -1,33 +1,29 @@
-"""Run any stage from its recipe, and read back the numbers a finished run reports.
-
-Search, cross-validation and pipelines drive stages without knowing which one they run: they go
-through `run_stage`, and compare runs through `run_metrics`.
-"""
+"""A finished stage's results: eval.json written by one function and read back by one, the numbers a run
+reports by name (what a search optimises and cross-validation averages), and each stage's headlines."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from peaufine.errors import RunDirError
-from peaufine.nested import dotted_items
+from peaufine.nested import flatten_numbers
+from peaufine.rundir import RunDir, read_metrics, write_json
 
-if TYPE_CHECKING:
-    from peaufine.engine.track import Tracker
-    from peaufine.recipe import Recipe
 
-# stage -> (module, function); imported only when that stage runs
-STAGE_RUNNERS: dict[str, tuple[str, str]] = {
-    "pretrain": ("peaufine.stages.pretrain", "run_pretrain"),
-    "sft": ("peaufine.stages.sft", "run_sft"),
-    "classify": ("peaufine.stages.classify", "run_classify"),
-    "reward": ("peaufine.stages.reward", "run_reward"),
-    "dpo": ("peaufine.stages.dpo", "run_dpo"),
-    "rl": ("peaufine.stages.rl", "run_rl"),
-}
+def write_evaluation(run: RunDir, evaluation: dict[str, Any]) -> None:
+    """The stage's results into eval.json, atomically; eval.json is what marks a run as finished."""
+    write_json(run.eval, evaluation)
+
+
+def read_evaluation(run_dir: Path) -> dict[str, Any] | None:
+    """What a finished run's eval.json holds; None while the run has not finished."""
+    path = RunDir(Path(run_dir)).eval
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 # the numbers each stage's results lead with, as (label, run_metrics name), in order: pipeline.json
@@ -65,30 +61,6 @@ HEADLINES: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
-def run_stage(
-    recipe: Recipe,
-    out: Path,
-    *,
-    overwrite: bool = False,
-    resume: bool = False,
-    tracker: Tracker | None = None,
-) -> dict[str, Any]:
-    """Run `recipe` (whatever its stage) into `out`; returns the run's evaluation (eval.json)."""
-    module, function = STAGE_RUNNERS[recipe.stage]
-    runner = getattr(importlib.import_module(module), function)
-    result = runner(recipe, Path(out), overwrite=overwrite, resume=resume, tracker=tracker)
-    return result.evaluation
-
-
-def flatten_numbers(data: dict[str, Any]) -> dict[str, float]:
-    """Every finite number in a nested mapping, under its dotted key path (lists by index)."""
-    return {
-        key: float(value)
-        for key, value in dotted_items(data, into_lists=True)
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    }
-
-
 def run_metrics(run_dir: Path) -> dict[str, float]:
     """The numbers a finished run reports, by name: what a search optimises and CV averages.
 
@@ -97,12 +69,10 @@ def run_metrics(run_dir: Path) -> dict[str, float]:
     logged metric under its own name (`val_accuracy`, `reward_mean`, ...). From eval.json: every
     number under its dotted path (`forgetting.relative_change`, ...).
     """
-    from peaufine.engine.track import read_metrics
-
     run_dir = Path(run_dir)
-    metrics_file = run_dir / "metrics.jsonl"
-    eval_file = run_dir / "eval.json"
-    if not eval_file.is_file():
+    metrics_file = RunDir(run_dir).metrics
+    evaluation = read_evaluation(run_dir)
+    if evaluation is None:
         raise RunDirError(f"{run_dir}: no eval.json; the run did not finish")
     found: dict[str, float] = {}
     if metrics_file.is_file():
@@ -116,5 +86,5 @@ def run_metrics(run_dir: Path) -> dict[str, float]:
             found["final_val_loss"] = float(val[-1])
             found["val_loss"] = float(min(val))
         found["steps"] = float(max((r.get("step", 0) for r in rows), default=0))
-    found.update(flatten_numbers(json.loads(eval_file.read_text(encoding="utf-8"))))
+    found.update(flatten_numbers(evaluation))
     return found

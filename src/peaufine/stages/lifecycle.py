@@ -1,0 +1,148 @@
+"""A stage run's opening and ending: the runtime, the tracker, the run folder prepared in staging and
+committed; at the end eval.json, the tracking sinks closed and report.html, on rank 0."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from peaufine.rundir import RunDir, check_target, commit_staging, staging_dir, write_json
+
+if TYPE_CHECKING:
+    from peaufine.engine.runtime import Runtime
+    from peaufine.engine.track import Tracker
+    from peaufine.recipe import Recipe
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment(device: str, precision: str, world_size: int, seed: int) -> dict[str, Any]:
+    import torch
+
+    packages = [
+        "peaufine",
+        "torch",
+        "transformers",
+        "tokenizers",
+        "peft",
+        "accelerate",
+        "datasets",
+        "safetensors",
+        "numpy",
+    ]
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": {name: _version(name) for name in packages},
+        "device": device,
+        "precision": precision,
+        "world_size": world_size,
+        "threads": torch.get_num_threads(),
+        "seed": seed,
+        "cuda": torch.version.cuda,
+    }
+
+
+def start_run(
+    out: Path,
+    recipe_yaml: str,
+    runtime: Runtime,
+    prepare: Callable[[Path], dict[str, Any]],
+    *,
+    seed: int,
+    overwrite: bool = False,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Open the run folder: refuse a wrong target, or prepare a fresh run in staging and commit it.
+
+    `prepare(staging)` does everything that can fail on bad input and returns facts for eval.json;
+    it runs on rank 0 only, and the other processes read what it wrote once it is in place.
+    """
+    if runtime.is_main:
+        check_target(out, recipe_yaml, overwrite=overwrite, resume=resume)
+        if not resume:
+            staging = staging_dir(out)
+            try:
+                prepared = prepare(staging)
+                RunDir(staging).recipe.write_text(recipe_yaml, encoding="utf-8")
+                env = environment(str(runtime.device), runtime.precision, runtime.world_size, seed)
+                write_json(RunDir(staging).env, env)
+                write_json(RunDir(staging).prepared, prepared)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            commit_staging(staging, out)
+    runtime.barrier()
+    return json.loads(RunDir(out).prepared.read_text(encoding="utf-8"))
+
+
+@dataclass
+class OpenedRun:
+    """A stage's run folder, ready to train in: where it runs, who speaks, what preparation found."""
+
+    run: RunDir
+    runtime: Runtime
+    tracker: Tracker
+    prepared: dict[str, Any]
+
+
+def open_run(
+    recipe: Recipe,
+    out: Path,
+    prepare: Callable[[Recipe, Path, Tracker], dict[str, Any]],
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    tracker: Tracker | None = None,
+) -> OpenedRun:
+    """Every stage's opening: the runtime, a tracker that only rank 0 lets speak, and `start_run`."""
+    from peaufine.engine.integrations import TRACKING_SINKS, check_tracking, open_tracking
+    from peaufine.engine.runtime import make_runtime
+    from peaufine.engine.track import Tracker, add_sink, detach_sinks
+
+    out = Path(out)
+    check_tracking(recipe.track)
+    runtime = make_runtime(recipe.train)
+    tracker = tracker or Tracker(enabled=runtime.is_main)
+    prepared = start_run(
+        out,
+        recipe.to_yaml(),
+        runtime,
+        lambda staging: prepare(recipe, staging, tracker),
+        seed=recipe.train.seed,
+        overwrite=overwrite,
+        resume=resume,
+    )
+    run = RunDir(out)
+    if runtime.is_main:
+        # a run that died in this process earlier left its tracking sinks behind (a driver's own
+        # sinks, such as a search's pruner, were attached for this run and stay)
+        detach_sinks(run.metrics, TRACKING_SINKS)
+        for sink in open_tracking(recipe, out):
+            add_sink(run.metrics, sink)
+    return OpenedRun(run, runtime, tracker, prepared)
+
+
+def finish_run(run: RunDir, evaluation: dict[str, Any]) -> None:
+    """Every stage's ending, on rank 0: eval.json, the tracking sinks closed with the final numbers,
+    and report.html. eval.json is written first: it is what marks the run as finished."""
+    from peaufine.engine.track import close_sinks
+    from peaufine.nested import flatten_numbers
+    from peaufine.report.pages.write import write_report
+    from peaufine.results import write_evaluation
+
+    write_evaluation(run, evaluation)
+    close_sinks(run.metrics, flatten_numbers(evaluation))
+    write_report(run.path)
