@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from peaufine.errors import RecipeError
+from peaufine.nested import dotted_items
 
 AnomalyPolicy = Literal["error", "skip"]
 
@@ -557,7 +558,6 @@ def load_recipe(path: Path | None, overrides: list[str] | None = None, stage: st
 
 def _pipeline_reference(data: Any) -> tuple[str, str] | None:
     """The first string holding `${...}` (only a pipeline can fill it in), with its key path."""
-    from peaufine.nested import dotted_items
 
     found = (
         (key, value)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from peaufine.atomic import write_text_atomic
 from peaufine.errors import RunDirError
 
 if TYPE_CHECKING:
@@ -156,7 +157,6 @@ def commit_staging(staging: Path, target: Path) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    from peaufine.atomic import write_text_atomic
 
     write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 

@@ -121,11 +121,10 @@ def files_of(folder: Path) -> dict[str, bytes]:
 
 
 def test_pretraining_data_is_tokenized_once_and_reused(tmp_path, monkeypatch):
-    import peaufine.models.tokenizer
     import peaufine.stages.pretrain as pretrain
 
     text = corpus(tmp_path / "corpus.txt")
-    trained = counting(monkeypatch, peaufine.models.tokenizer, "train_bpe")
+    trained = counting(monkeypatch, pretrain, "train_bpe")
     tokenized = counting(monkeypatch, pretrain, "tokenize_stream")
     notes = [Notes(), Notes(), Notes()]
     runs = [tmp_path / f"run{i}" for i in range(3)]
@@ -181,7 +180,6 @@ def sft_recipe(model_dir: Path, data: Path, cache: Path, max_length: int = 64):
 
 
 def test_fine_tuning_examples_are_tokenized_once_and_reused(tmp_path, monkeypatch):
-    import peaufine.data.tokenize
     import peaufine.stages.sft as sft
 
     model_dir = chat_model_dir(tmp_path)
@@ -192,7 +190,7 @@ def test_fine_tuning_examples_are_tokenized_once_and_reused(tmp_path, monkeypatc
             for i in range(30)
         )
     )
-    calls = counting(monkeypatch, peaufine.data.tokenize, "tokenize_records")
+    calls = counting(monkeypatch, sft, "tokenize_records")
     runs = []
     for k, max_length in enumerate([64, 64, 48]):
         run = tmp_path / f"run{k}"

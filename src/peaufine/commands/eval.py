@@ -8,11 +8,21 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from peaufine.data.batching import read_token_stream
+from peaufine.data.corpus import tokenize_general
+from peaufine.data.records import load_chat_records
+from peaufine.data.tokenize import ensure_chat_template, tokenize_records
+from peaufine.engine.runtime import make_runtime
 from peaufine.errors import ModelError
+from peaufine.evaluate.answers import answer_questions
+from peaufine.evaluate.forgetting import forgetting_report, general_loss
+from peaufine.evaluate.sft import task_loss
+from peaufine.models.build import load_pretrained, resolve_source
+from peaufine.models.tokenizer import load_tokenizer
+from peaufine.recipe import FieldsBlock, TrainBlock
 
 
 def _model_dir(path: str) -> Path:
-    from peaufine.models.build import resolve_source
 
     source = resolve_source(path)
     if source.model_dir is None:
@@ -30,16 +40,6 @@ def measure_model(
     answers: int = 200,
 ) -> dict[str, Any]:
     """Every figure for one model: task loss and answers (with `data`), general loss (with `general`)."""
-    from peaufine.data.corpus import tokenize_general
-    from peaufine.data.records import load_chat_records
-    from peaufine.data.tokenize import ensure_chat_template, tokenize_records
-    from peaufine.engine.runtime import make_runtime
-    from peaufine.evaluate.answers import answer_questions
-    from peaufine.evaluate.forgetting import general_loss
-    from peaufine.evaluate.sft import task_loss
-    from peaufine.models.build import load_pretrained
-    from peaufine.models.tokenizer import load_tokenizer
-    from peaufine.recipe import FieldsBlock, TrainBlock
 
     directory = _model_dir(model_path)
     runtime = make_runtime(TrainBlock())
@@ -60,8 +60,6 @@ def measure_model(
             figures["answers"] = answer_questions(model, tokenizer, conversations).as_dict()
     if general is not None:
         with tempfile.TemporaryDirectory() as tmp:
-            from peaufine.data.batching import read_token_stream
-
             stream = read_token_stream(tokenize_general(tokenizer, general, Path(tmp) / "general.bin"))
             loss = general_loss(model, stream, runtime, max_length, None)
         figures["general_loss"] = loss
@@ -80,7 +78,6 @@ def run_eval(
     answers: int = 200,
     threshold: float = 0.10,
 ) -> dict[str, Any]:
-    from peaufine.evaluate.forgetting import forgetting_report
 
     if data is None and general is None:
         raise ModelError("eval: give task data (--data) and/or general text (--general)")

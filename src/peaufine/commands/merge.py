@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 from peaufine.errors import ModelError
 from peaufine.models.adapters import quiet_peft
+from peaufine.models.build import load_pretrained, save_model
+from peaufine.models.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
     import torch
@@ -48,9 +50,6 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path, overwrite: b
     from the adapter folder when it has one (the one trained with), else from the base.
     """
     from peft import PeftModel
-
-    from peaufine.models.build import load_pretrained, save_model
-    from peaufine.models.tokenizer import load_tokenizer
 
     base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
     if not base_dir.is_dir():

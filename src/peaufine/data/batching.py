@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from peaufine.errors import DataError, ModelError
+from peaufine.errors import DataError, ModelError, RecipeError
 
 if TYPE_CHECKING:
     import torch
@@ -244,7 +244,6 @@ class BatchPlan:
 
     @classmethod
     def make(cls, batch_size: int, world_size: int, micro_batch_size: int | None) -> BatchPlan:
-        from peaufine.errors import RecipeError
 
         if batch_size % world_size:
             raise RecipeError(
@@ -462,14 +461,12 @@ class LabelledTexts:
 
 
 def load_examples(path: Path) -> list[Any]:
-    from peaufine.data.batching import Example
 
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     return [Example(r["input_ids"], r["target_mask"]) for r in rows]
 
 
 def make_dataset(examples: list[Any], recipe: Recipe, pad_id: int) -> Any:
-    from peaufine.data.batching import PackedExamples, PaddedExamples
 
     if recipe.data.packing:
         return PackedExamples(examples, recipe.data.max_length, pad_id)

@@ -21,6 +21,7 @@ from peaufine.data.read import (
     read_file_records,
     read_text_documents,
 )
+from peaufine.data.token_cache import digest, texts_digest, tokenizer_digest
 from peaufine.errors import DataError, RecipeError
 
 if TYPE_CHECKING:
@@ -284,7 +285,6 @@ def tokenize_general(
     """The documents of `path` as one token stream (each followed by EOS) in `out`. With a cache on,
     the stream is kept under the tokenizer's files and the texts themselves (not the file's name or
     time), and a later call with both unchanged copies it instead of tokenizing."""
-    from peaufine.data.token_cache import digest, texts_digest, tokenizer_digest
 
     dataset, _ = load_documents(path)
 

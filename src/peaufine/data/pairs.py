@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 from peaufine.data.batching import Batch, Example, PaddedExamples
 from peaufine.data.preferences import prompt_key
+from peaufine.data.records import ChatRecord
+from peaufine.data.tokenize import tokenize_chat
 from peaufine.errors import DataError
 
 if TYPE_CHECKING:
@@ -100,8 +102,6 @@ def encode_response(
             response_ids = [*response_ids, tokenizer.eos_token_id]
         head = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         return _fit(head, prompt_ids, response_ids, max_length, too_long, source)
-    from peaufine.data.records import ChatRecord
-    from peaufine.data.tokenize import tokenize_chat
 
     record = ChatRecord([*prompt, {"role": "assistant", "content": response}], source)
     tokenized = tokenize_chat(tokenizer, record, max_length=max_length, too_long=too_long)

@@ -18,13 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from peaufine.data.batching import Example
+from peaufine.data.folds import recipe_fold
+from peaufine.data.pairs import PairBatches, PairExample, encode_pairs
+from peaufine.data.preferences import load_preference_pairs, ranking_pairs, split_pairs_by_prompt
+from peaufine.data.token_cache import TokenCache, digest, texts_digest, tokenizer_digest
 from peaufine.data.world import copy_world, source_world
+from peaufine.data.world_preferences import preference_rankings
 from peaufine.errors import RecipeError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from peaufine.data.pairs import PairBatches, PairExample
     from peaufine.data.preferences import PreferencePair
     from peaufine.data.world import World
     from peaufine.engine.track import Tracker
@@ -44,8 +49,6 @@ class PreferenceData:
 
 def world_pairs(world: World, split: str, expand: str, candidate_sets: int = 1) -> list[PreferencePair]:
     """The annotator's rankings of candidate answers to the questions of `split`, as weighted pairs."""
-    from peaufine.data.preferences import ranking_pairs
-    from peaufine.data.world_preferences import preference_rankings
 
     pairs: list[PreferencePair] = []
     for ranking in preference_rankings(world, split, candidate_sets=candidate_sets):
@@ -62,8 +65,6 @@ def world_pairs(world: World, split: str, expand: str, candidate_sets: int = 1) 
 
 def gather_pairs(recipe: Recipe, source: ModelSource) -> PreferenceData:
     """Train / validation (split by prompt) / held-out pairs: the world's, or from data.source files."""
-    from peaufine.data.folds import recipe_fold
-    from peaufine.data.preferences import load_preference_pairs, split_pairs_by_prompt
 
     data = recipe.data
     if data.source == "world":
@@ -124,8 +125,6 @@ def write_pairs(path: Path, pairs: list[PairExample], originals: list[Preference
 
 
 def read_pairs(path: Path) -> list[PairExample]:
-    from peaufine.data.batching import Example
-    from peaufine.data.pairs import PairExample
 
     out = []
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -146,7 +145,6 @@ def read_pairs(path: Path) -> list[PairExample]:
 
 def pair_dataset(data_dir: Path, split: str, pad_id: int) -> PairBatches | None:
     """The tokenized pairs of `split` in a run's data folder, or None when it has none."""
-    from peaufine.data.pairs import PairBatches
 
     path = data_dir / f"{split}.pairs.jsonl"
     pairs = read_pairs(path) if path.is_file() else []
@@ -175,7 +173,6 @@ def prepare_pairs(
     data.cache_dir, the tokenized files and their counts come from the cache when the tokenizer's files,
     the pairs of every split and the settings that shape their tokens all match an entry.
     """
-    from peaufine.data.token_cache import TokenCache, digest, tokenizer_digest
 
     data = gather_pairs(recipe, source)
     if not data.train:
@@ -212,7 +209,6 @@ def prepare_pairs(
 def pairs_digest(data: PreferenceData) -> str:
     """SHA-256 of everything of the pairs that their tokens and counts depend on, split by split in
     order; not `source`, which only names a pair in an error (and an error leaves no entry)."""
-    from peaufine.data.token_cache import texts_digest
 
     def rows(pairs: list[PreferencePair]) -> list[str]:
         return [json.dumps([p.prompt, p.chosen, p.rejected, p.weight, p.tie, p.group, p.kind]) for p in pairs]
@@ -231,7 +227,6 @@ def encode_splits(
     scored: bool,
 ) -> dict[str, Any]:
     """Tokenize each split into folder/{split}.pairs.jsonl (and .texts.jsonl); returns their counts."""
-    from peaufine.data.pairs import encode_pairs
 
     counts: dict[str, Any] = {}
     for name in SPLITS:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peaufine.data.anomalies import Anomaly, AnomalyPolicy, AnomalyReport, Where, anomaly_policy
+from peaufine.data.folds import fold_split
 from peaufine.data.read import json_type, read_records, record_paths
 from peaufine.data.records import ROLES, default_fields, missing_field, raise_no_records, string_field
 from peaufine.errors import DataError
@@ -215,8 +216,6 @@ def split_pairs_by_prompt(
 
     keys = [pair.group or prompt_key(pair.prompt) for pair in pairs]
     if fold is not None:
-        from peaufine.data.folds import fold_split
-
         return fold_split(pairs, keys, fold, seed)
 
     if not 0.0 <= validation_fraction < 1.0:

@@ -9,15 +9,14 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from peaufine.data.anomalies import Anomaly, AnomalyPolicy, AnomalyReport, Where, anomaly_policy
+from peaufine.data.folds import fold_split
 from peaufine.data.read import json_type, read_records, record_paths
 from peaufine.data.world import World, qa_pairs
 from peaufine.errors import DataError
-
-if TYPE_CHECKING:
-    from peaufine.recipe import FieldsBlock
+from peaufine.recipe import FieldsBlock
 
 FORMATS = ("auto", "prompt_completion", "messages", "alpaca", "classification")
 ROLES = ("system", "user", "assistant")
@@ -203,8 +202,6 @@ def split_records(
     import numpy as np
 
     if fold is not None:
-        from peaufine.data.folds import fold_split
-
         return fold_split(records, range(len(records)), fold, seed)
     if not 0.0 <= validation_fraction < 1.0:
         raise DataError(
@@ -230,7 +227,6 @@ def split_records(
 def default_fields(fields: FieldsBlock | None) -> FieldsBlock:
     if fields is not None:
         return fields
-    from peaufine.recipe import FieldsBlock
 
     return FieldsBlock()
 

@@ -20,12 +20,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from peaufine.data.batching import Example
+from peaufine.data.tokenize import TokenizeReport
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from peaufine.data.batching import Example
     from peaufine.data.records import ChatRecord
-    from peaufine.data.tokenize import TokenizeReport
 
 CACHE_FORMAT = 1  # bump when what a cache entry holds, or the code that makes it, changes meaning
 
@@ -112,8 +113,6 @@ def cached_records(
 ) -> tuple[list[Example], TokenizeReport, bool]:
     """Fine-tuning examples and their report, from the cache when `key` (settings and tokenizer)
     and the records' messages match an entry; returns (examples, report, reused)."""
-    from peaufine.data.batching import Example
-    from peaufine.data.tokenize import TokenizeReport
 
     if not cache.enabled:
         examples, report = tokenize()

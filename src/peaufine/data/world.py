@@ -516,7 +516,6 @@ def source_world(source: ModelSource) -> World | None:
     """The synthetic world a run was trained on (its world/ folder), if model.source is such a run."""
     if source.kind != "run_dir" or not (source.path / "world").is_dir():
         return None
-    from peaufine.data.world import load_world
 
     return load_world(source.path / "world")
 

@@ -15,10 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from peaufine.engine.track import Tracker
 from peaufine.errors import RecipeError, RunDirError
+from peaufine.report.pages.write import write_report
+from peaufine.results import HEADLINES, run_metrics
+from peaufine.rundir import finished_with, refuse_strangers, write_json
+from peaufine.stages import run_stage
 
 if TYPE_CHECKING:
-    from peaufine.engine.track import Tracker
     from peaufine.recipe import Recipe
 
 CV_STAGES = ("sft", "classify", "reward")
@@ -54,7 +58,6 @@ def summarise(per_fold: list[dict[str, float]]) -> dict[str, dict[str, Any]]:
 
 
 def check_out(out: Path, overwrite: bool) -> None:
-    from peaufine.rundir import refuse_strangers
 
     if (out / "recipe.yaml").is_file():
         raise RunDirError(f"{out} holds a single run, not a cross-validation; choose another --out")
@@ -75,10 +78,6 @@ def run_crossval(
     tracker: Tracker | None = None,
 ) -> CvResult:
     """Run `recipe` once per fold into <out>/fold-<i>; write cv.json and report.html in <out>."""
-    from peaufine.engine.track import Tracker
-    from peaufine.results import HEADLINES, run_metrics
-    from peaufine.rundir import finished_with, write_json
-    from peaufine.stages import run_stage
 
     if recipe.stage not in CV_STAGES:
         raise RecipeError(
@@ -118,7 +117,6 @@ def run_crossval(
             "seconds": result.seconds,
         },
     )
-    from peaufine.report.pages.write import write_report
 
     write_report(out)
     return result
@@ -127,8 +125,6 @@ def run_crossval(
 def cv_table(result: CvResult) -> Any:
     """The headline metrics as a rich table: mean ± std, then each fold's value."""
     from rich.table import Table
-
-    from peaufine.results import HEADLINES
 
     table = Table(title=f"{result.stage}: {result.folds}-fold cross-validation ({result.out})")
     table.add_column("metric")

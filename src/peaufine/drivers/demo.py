@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from peaufine.drivers.pipeline import packaged_pipeline, run_pipeline
+
 
 @dataclass
 class DemoResult:
@@ -24,7 +26,6 @@ def run_demo(out: Path, *, smoke: bool = False, fresh: bool = False) -> DemoResu
 
     Stages that already finished there with the same recipes are kept unless `fresh`.
     """
-    from peaufine.drivers.pipeline import packaged_pipeline, run_pipeline
 
     pipeline, base = packaged_pipeline("world-pipeline-smoke" if smoke else "world-pipeline")
     rerun = {stage.name for stage in pipeline.stages} if fresh else set()

@@ -23,12 +23,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import Field, ValidationError, model_validator
 
+from peaufine.engine.track import Tracker
 from peaufine.errors import RecipeError
+from peaufine.nested import flatten_numbers
 from peaufine.recipe import Block, apply_overrides, read_yaml, validate_recipe
-from peaufine.results import read_evaluation
+from peaufine.report.pages.write import write_report
+from peaufine.results import HEADLINES, read_evaluation
+from peaufine.rundir import finished_with, refuse_strangers, write_json
+from peaufine.stages import run_stage
 
 if TYPE_CHECKING:
-    from peaufine.engine.track import Tracker
     from peaufine.recipe import Recipe
 
 T = TypeVar("T")
@@ -145,8 +149,6 @@ def fingerprint(recipe_yaml: str, inputs: list[str]) -> str:
 
 
 def headline(stage: str, evaluation: dict[str, Any]) -> dict[str, float]:
-    from peaufine.nested import flatten_numbers
-    from peaufine.results import HEADLINES
 
     flat = flatten_numbers(evaluation)
     return {label: flat[key] for label, key in HEADLINES.get(stage, ()) if key in flat}
@@ -187,7 +189,6 @@ def _previous_fingerprints(out: Path) -> dict[str, str]:
 
 
 def _write_state(out: Path, pipeline: Pipeline, outcomes: list[StageOutcome], seconds: float) -> None:
-    from peaufine.rundir import write_json
 
     write_json(
         out / "pipeline.json",
@@ -211,7 +212,6 @@ def _write_state(out: Path, pipeline: Pipeline, outcomes: list[StageOutcome], se
 
 
 def check_out(out: Path, pipeline: Pipeline) -> None:
-    from peaufine.rundir import refuse_strangers
 
     if (out / "pipeline.json").is_file():
         return  # an earlier run of a pipeline; stages it had and this one has not are left alone
@@ -229,11 +229,6 @@ def run_pipeline(
     tracker: Tracker | None = None,
 ) -> PipelineResult:
     """Run the stages in order into <out>/<name>, skipping those already finished as they are now."""
-
-    from peaufine.engine.track import Tracker
-    from peaufine.report.pages.write import write_report
-    from peaufine.rundir import finished_with
-    from peaufine.stages import run_stage
 
     overrides = overrides or {}
     rerun = rerun or set()

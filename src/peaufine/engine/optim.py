@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from peaufine.errors import RecipeError, TrainingError
+
 if TYPE_CHECKING:
     import torch
 
@@ -65,8 +67,6 @@ def build_optimizer(model: torch.nn.Module, train: TrainBlock) -> torch.optim.Ad
     ]
     param_groups = [g for g in param_groups if g["params"]]
     if not param_groups:
-        from peaufine.errors import TrainingError
-
         raise TrainingError("the model has no trainable parameters")
     return torch.optim.AdamW(
         param_groups,
@@ -97,8 +97,6 @@ def adamw_implementation(param_groups: list[dict], fused_adamw: str) -> dict[str
         return {"fused": True} if devices == {"cuda"} else {}
     unsupported = devices - supported
     if unsupported:
-        from peaufine.errors import RecipeError
-
         raise RecipeError(
             f"train.fused_adamw: on, but this PyTorch has no fused AdamW kernel for "
             f"{', '.join(sorted(unsupported))}; set train.fused_adamw: auto or off"

@@ -6,6 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from peaufine.data.tokenize import generation_prompt
+from peaufine.data.world import qa_pairs
+from peaufine.data.world_preferences import annotator_scores
+from peaufine.evaluate.answers import answer_questions
+from peaufine.models.generate import generate_texts
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -23,10 +29,6 @@ def answer_quality(
     rambling, 3 concise and right): greedy answers (with exact match and F1), and `samples` sampled
     answers per question at temperature 1, the policy's whole distribution, which is what preference
     training reshapes."""
-    from peaufine.data.tokenize import generation_prompt
-    from peaufine.data.world_preferences import annotator_scores
-    from peaufine.evaluate.answers import answer_questions
-    from peaufine.models.generate import generate_texts
 
     conversations = [
         [{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in questions_answers
@@ -60,7 +62,6 @@ def world_answer_quality(
     samples: int = 4,
 ) -> dict[str, Any]:
     """`answer_quality` on the world's questions of `split` (one phrasing per fact)."""
-    from peaufine.data.world import qa_pairs
 
     pairs = qa_pairs(world, split)[:max_questions]
     return answer_quality(model, tokenizer, world, [(p.question, p.answer) for p in pairs], samples)

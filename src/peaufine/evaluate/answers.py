@@ -10,6 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from peaufine.data.tokenize import generation_prompt
+from peaufine.models.generate import generate_texts
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -70,8 +73,6 @@ def answer_questions(
     max_new_tokens: int = 24,
 ) -> AnswerMetrics:
     """Greedy answers to each conversation's last user turn, scored against its last assistant turn."""
-    from peaufine.data.tokenize import generation_prompt
-    from peaufine.models.generate import generate_texts
 
     prompts = [generation_prompt(tokenizer, c[:-1]) for c in conversations]
     golds = [c[-1]["content"] for c in conversations]

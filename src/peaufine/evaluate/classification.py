@@ -10,6 +10,9 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from peaufine.data.batching import batch_to
+from peaufine.methods.classify import classifier_logits
+
 if TYPE_CHECKING:
     import torch
 
@@ -90,9 +93,6 @@ def predict(
     the metrics need no gather (held-out sets for classification are small).
     """
     import torch
-
-    from peaufine.data.batching import batch_to
-    from peaufine.methods.classify import classifier_logits
 
     order = _evaluation_order(dataset)
     outputs: list[torch.Tensor] = []

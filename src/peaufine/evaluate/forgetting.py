@@ -7,6 +7,10 @@ import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from peaufine.data.batching import PackedBlocks
+from peaufine.engine.fit import evaluate_loss
+from peaufine.methods.lm import NextTokenLoss
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
@@ -58,9 +62,6 @@ def forgetting_report(source: str, before: float, after: float, threshold: float
 def general_loss(
     model: PreTrainedModel, general: Any, runtime: Runtime, block: int, max_blocks: int | None
 ) -> float:
-    from peaufine.data.batching import PackedBlocks
-    from peaufine.engine.fit import evaluate_loss
-    from peaufine.methods.lm import NextTokenLoss
 
     blocks = PackedBlocks(general, block)
     return evaluate_loss(

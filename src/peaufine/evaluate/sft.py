@@ -7,9 +7,15 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from peaufine.data.records import HELDOUT, load_conversations
+from peaufine.data.batching import Example, PaddedExamples, load_examples, make_dataset
+from peaufine.data.records import HELDOUT, ChatRecord, load_conversations
+from peaufine.data.tokenize import tokenize_chat
+from peaufine.engine.fit import evaluate_loss, fit
+from peaufine.evaluate.answers import answer_questions
 from peaufine.evaluate.forgetting import forgetting_report, general_loss
 from peaufine.evaluate.overfitting import overfitting_report
+from peaufine.methods.lm import NextTokenLoss
+from peaufine.models.build import resolve_source, source_model_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -31,9 +37,6 @@ def few_shot_examples(
 
     This is in-context learning: the alternative to fine-tuning that changes no parameter.
     """
-    from peaufine.data.batching import Example
-    from peaufine.data.records import ChatRecord
-    from peaufine.data.tokenize import tokenize_chat
 
     prefix = [m for shot in shots for m in shot if m["role"] != "system"]
     examples = []
@@ -70,10 +73,6 @@ def train_from_scratch(
     """The same architecture, randomly initialised, trained on the task with the same budget."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from peaufine.data.batching import make_dataset
-    from peaufine.engine.fit import fit
-    from peaufine.methods.lm import NextTokenLoss
 
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=recipe.model.trust_remote_code)
     torch.manual_seed(recipe.train.seed)
@@ -124,9 +123,6 @@ def evaluate_sft(
     pad_id: int,
     tracker: Tracker,
 ) -> dict[str, Any]:
-    from peaufine.data.batching import load_examples
-    from peaufine.evaluate.answers import answer_questions
-    from peaufine.models.build import resolve_source, source_model_dir
 
     # rank 0 alone evaluates after training: its measurements must not wait for the other processes
     runtime = dataclasses.replace(runtime, rank=0, world_size=1)
@@ -187,9 +183,6 @@ def evaluate_sft(
 
 
 def task_loss(model: PreTrainedModel, examples: list[Any], runtime: Runtime, pad_id: int) -> float:
-    from peaufine.data.batching import PaddedExamples
-    from peaufine.engine.fit import evaluate_loss
-    from peaufine.methods.lm import NextTokenLoss
 
     return evaluate_loss(model, NextTokenLoss(), PaddedExamples(examples, pad_id), runtime, batch_size=16)
 
@@ -205,7 +198,6 @@ def evaluate_before(
     val_examples: list[Any],
 ) -> dict[str, Any]:
     """The base model's numbers, taken before the first update (the adapter starts as a no-op)."""
-    from peaufine.evaluate.answers import answer_questions
 
     before: dict[str, Any] = {}
     if general is not None:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from peaufine.data.batching import IGNORE_INDEX, Batch
+from peaufine.engine.parallel import unwrap
+from peaufine.methods.chunked_loss import target_logps
 
 if TYPE_CHECKING:
     import torch
@@ -25,7 +27,6 @@ def model_inputs(batch: Batch) -> dict[str, torch.Tensor]:
 
 
 def uses_flash_attention(model: torch.nn.Module) -> bool:
-    from peaufine.engine.parallel import unwrap
 
     config = getattr(unwrap(model), "config", None)
     return "flash" in str(getattr(config, "_attn_implementation", "") or "")
@@ -60,8 +61,6 @@ class NextTokenLoss:
         if uses_flash_attention(model):
             batch = packed_as_one_row(batch)
         if self.chunk_tokens is not None:
-            from peaufine.methods.chunked_loss import target_logps
-
             logps, _ = target_logps(model, model_inputs(batch), batch["labels"], self.chunk_tokens)
             return -logps.sum()
         logits = model(**model_inputs(batch), use_cache=False).logits

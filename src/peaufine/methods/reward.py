@@ -14,10 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from peaufine.data.batching import Batch
+from peaufine.data.batching import Batch, PaddedExamples
+from peaufine.data.pairs import encode_scored, encoder_style
+from peaufine.data.tokenize import ensure_chat_template
 from peaufine.engine.fit import MetricTally
 from peaufine.errors import ModelError
 from peaufine.methods.classify import classifier_logits
+from peaufine.models.build import build_classifier
+from peaufine.models.tokenizer import load_tokenizer
+from peaufine.recipe import read_yaml
 
 if TYPE_CHECKING:
     import torch
@@ -91,16 +96,10 @@ class RewardScorer:
 
         `max_length` defaults to the run's data.max_length (texts are cut as in training), else 512.
         """
-        from peaufine.data.pairs import encoder_style
-        from peaufine.data.tokenize import ensure_chat_template
-        from peaufine.models.build import build_classifier
-        from peaufine.models.tokenizer import load_tokenizer
 
         directory = Path(path).expanduser()
         if (directory / "model" / "config.json").is_file():
             if max_length is None and (directory / "recipe.yaml").is_file():
-                from peaufine.recipe import read_yaml
-
                 max_length = read_yaml(directory / "recipe.yaml").get("data", {}).get("max_length")
             directory = directory / "model"
         if not (directory / "config.json").is_file():
@@ -115,9 +114,6 @@ class RewardScorer:
 
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
         import torch
-
-        from peaufine.data.batching import PaddedExamples
-        from peaufine.data.pairs import encode_scored
 
         device = next(self.model.parameters()).device
         examples = []

@@ -11,6 +11,7 @@ from typing import Any
 
 from peaufine.data.world_preferences import MAX_ANNOTATOR_SCORE, annotator_score, normalize_response
 from peaufine.errors import RecipeError, TrainingError
+from peaufine.methods.reward import RewardScorer
 
 RewardFunction = Callable[..., Sequence[float]]
 MAX_ANSWER_WORDS = 6
@@ -198,8 +199,6 @@ class RewardSuite:
         """`sources`: items with `.source` (a folder or a function spec) and `.weight`."""
         from pathlib import Path
 
-        from peaufine.methods.reward import RewardScorer
-
         self.sources: list[tuple[str, float, Any]] = []
         for item in sources:
             folder = Path(item.source).expanduser()
@@ -214,7 +213,6 @@ class RewardSuite:
     ) -> tuple[list[float], dict[str, list[float]]]:
         """Per completion: the total reward, and each source's scores (name -> list). Reward models
         read the prompt as given (chat messages through their own template); functions get its text."""
-        from peaufine.methods.reward import RewardScorer
 
         per_source: dict[str, list[float]] = {}
         texts = [last_user_turn(p) for p in prompts]

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from peaufine.atomic import publish_dir
 from peaufine.errors import ModelError
 
 if TYPE_CHECKING:
@@ -258,8 +259,6 @@ def save_adapter(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | No
     folder loads with `PeftModel.from_pretrained(base, directory)` or `peaufine merge`.
     """
     from peft import PeftModel
-
-    from peaufine.atomic import publish_dir
 
     if not isinstance(model, PeftModel):
         raise ModelError(

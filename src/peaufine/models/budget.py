@@ -11,6 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peaufine.errors import ModelError
+from peaufine.models.adapters import apply_adapter, peft_base
+from peaufine.models.build import max_positions, resolve_source
+from peaufine.models.presets import build_config
+from peaufine.recipe import AdapterBlock, load_recipe
 
 if TYPE_CHECKING:
     import torch
@@ -341,9 +345,6 @@ def _params_subject(
     batch_size: int | None,
     seq_len: int | None,
 ) -> _Subject:
-    from peaufine.models.build import max_positions, resolve_source
-    from peaufine.models.presets import build_config
-    from peaufine.recipe import load_recipe
 
     if preset is not None and recipe_path is not None:
         raise ModelError("give a recipe or --preset, not both")
@@ -423,8 +424,6 @@ def lora_budget(
     PEFT itself builds the adapter, so its count is PEFT's own: r*(in+out) per targeted layer, plus
     `out` magnitudes with DoRA. Trainable = the adapter, frozen = the whole base, total = base + adapter.
     """
-    from peaufine.models.adapters import apply_adapter
-    from peaufine.recipe import AdapterBlock
 
     model = meta_model(config)
     base = count_parameters(model)
@@ -451,7 +450,6 @@ def _active_with_adapter(wrapped: torch.nn.Module, base_active: int | None, adde
     With "all-linear", PEFT also adapts the fused routed experts, one low-rank pair per expert, so a
     token goes through k/E of those; adapter weights elsewhere (attention, router) see every token.
     """
-    from peaufine.models.adapters import peft_base
 
     if base_active is None:
         return None

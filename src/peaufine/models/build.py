@@ -14,7 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from peaufine.atomic import publish_dir
 from peaufine.errors import ModelError, RecipeError
+from peaufine.models.adapters import apply_adapter, apply_freeze, merged_copy, save_adapter
+from peaufine.models.presets import PRESETS, build_config, get_preset
+from peaufine.models.tokenizer import end_of_turn_ids, load_tokenizer
 
 if TYPE_CHECKING:
     import torch
@@ -43,7 +47,6 @@ class ModelSource:
 
 def resolve_source(source: str) -> ModelSource:
     """Decide what `model.source` names: a folder (run or model) wins over a preset of that name."""
-    from peaufine.models.presets import PRESETS, get_preset
 
     path = Path(source).expanduser()
     if path.is_dir():
@@ -74,7 +77,6 @@ def max_positions(config: PretrainedConfig) -> int | None:
 def configure_special_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     """Point the model's config and generation_config at the tokenizer's ids, all end-of-turn ids
     included, so `generate` stops at EOS or at the end of an assistant turn."""
-    from peaufine.models.tokenizer import end_of_turn_ids
 
     stop = end_of_turn_ids(tokenizer)
     pad = tokenizer.pad_token_id
@@ -149,8 +151,6 @@ def build_from_preset(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from peaufine.models.presets import build_config, get_preset
-
     preset = get_preset(name)
     if preset.shape_only:
         raise ModelError(
@@ -194,7 +194,6 @@ def load_pretrained(
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
     """Write model and tokenizer side by side, atomically: a crash leaves the old folder or none."""
-    from peaufine.atomic import publish_dir
 
     directory = Path(directory)
     staging = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
@@ -220,8 +219,6 @@ def load_for_training(recipe: Recipe, model_dir: Path, runtime: Runtime) -> PreT
     adapter (seeded) and activation checkpointing, on the runtime's device."""
     import torch
 
-    from peaufine.models.adapters import apply_adapter, apply_freeze
-
     attention = attention_kernel(recipe.model.attention, runtime.device.type, runtime.precision)
     model = load_pretrained(model_dir, recipe.model.trust_remote_code, attention=attention)
     apply_freeze(model, recipe.model.freeze)
@@ -234,7 +231,6 @@ def load_for_training(recipe: Recipe, model_dir: Path, runtime: Runtime) -> PreT
 
 def special_token_ids(model_dir: Path) -> list[int]:
     """The ids of the tokenizer's special tokens (turn markers, EOS, ...), when it has any."""
-    from peaufine.models.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(str(model_dir))
     ids = set(tokenizer.all_special_ids)
@@ -247,8 +243,6 @@ def save_outputs(
 ) -> None:
     """adapter/ in PEFT's format for adapter runs, and model/ always: a standalone HF model."""
     if recipe.model.adapter.kind != "none":
-        from peaufine.models.adapters import merged_copy, save_adapter
-
         save_adapter(model, tokenizer, run.adapter)
         save_model(merged_copy(model), tokenizer, run.model)
     else:

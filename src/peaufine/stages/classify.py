@@ -7,9 +7,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from peaufine.data.batching import LabelledTexts
+from peaufine.data.folds import recipe_fold
+from peaufine.data.records import load_classification_records, split_records
 from peaufine.engine.fit import FitResult, fit
 from peaufine.engine.track import Tracker
 from peaufine.errors import RecipeError
+from peaufine.evaluate.classification import classification_metrics
+from peaufine.methods.classify import ClassificationLoss, refuse_chunked_loss
+from peaufine.models.build import (
+    build_classifier,
+    classifier_attention,
+    minilm_path,
+    prepare_for_training,
+    resolve_source,
+    save_model,
+)
+from peaufine.models.tokenizer import load_tokenizer
+from peaufine.report.plots import plot_losses
 from peaufine.rundir import RunDir, read_metrics
 from peaufine.stages.lifecycle import finish_run, open_run
 
@@ -26,11 +41,8 @@ class ClassifyResult:
 
 def model_path(recipe: Recipe) -> Path:
     """model.source as a folder; `minilm` names the pretrained MiniLM shipped by a PyPI package."""
-    from peaufine.models.build import resolve_source
 
     if recipe.model.source == "minilm":
-        from peaufine.models.build import minilm_path
-
         return minilm_path()
     source = resolve_source(recipe.model.source)
     if source.model_dir is None:
@@ -40,9 +52,6 @@ def model_path(recipe: Recipe) -> Path:
 
 def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
     import json
-
-    from peaufine.data.folds import recipe_fold
-    from peaufine.data.records import load_classification_records, split_records
 
     regression = recipe.method.num_labels == 1
     policy = recipe.data.anomalies.model_dump(exclude={"too_long"})
@@ -83,8 +92,6 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
 def load_split(path: Path, tokenizer: Any, recipe: Recipe, pad_id: int, regression: bool) -> Any:
     import json
 
-    from peaufine.data.batching import LabelledTexts
-
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     return LabelledTexts.from_texts(
         tokenizer,
@@ -104,10 +111,6 @@ def run_classify(
     resume: bool = False,
     tracker: Tracker | None = None,
 ) -> ClassifyResult:
-    from peaufine.evaluate.classification import classification_metrics
-    from peaufine.methods.classify import ClassificationLoss, refuse_chunked_loss
-    from peaufine.models.build import build_classifier, classifier_attention, prepare_for_training, save_model
-    from peaufine.models.tokenizer import load_tokenizer
 
     refuse_chunked_loss(recipe)
     out = Path(out)
@@ -154,8 +157,6 @@ def run_classify(
             evaluation["from_scratch"] = classification_metrics(scratch, scratch_val, runtime, batch)
         save_model(model, tokenizer, run.model)
         if run.metrics.exists():
-            from peaufine.report.plots import plot_losses
-
             plot_losses(read_metrics(run.metrics), run.loss_plot, result.best_step)
         finish_run(run, evaluation)
     runtime.barrier()

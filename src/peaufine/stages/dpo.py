@@ -15,12 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from peaufine.data.preference_data import pair_dataset, prepare_pairs
+from peaufine.data.batching import batch_to
+from peaufine.data.preference_data import pair_dataset, prepare_pairs, read_texts
+from peaufine.data.tokenize import ensure_chat_template
 from peaufine.data.world import source_world
-from peaufine.engine.fit import FitResult, StepHook, fit
+from peaufine.engine.fit import FitResult, StepHook, evaluate, fit
 from peaufine.engine.track import Tracker
 from peaufine.errors import RecipeError
-from peaufine.models.build import resolve_source
+from peaufine.evaluate.alignment import answer_quality, world_answer_quality
+from peaufine.methods.preference import DpoLoss, disable_dropout, precompute_reference, sequence_logps
+from peaufine.models.build import load_for_training, resolve_source, save_outputs, source_model_dir
+from peaufine.models.tokenizer import load_tokenizer
+from peaufine.report.plots import plot_losses
 from peaufine.rundir import RunDir, read_metrics
 from peaufine.stages.lifecycle import finish_run, open_run
 
@@ -42,9 +48,6 @@ class DpoResult:
 
 
 def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
-    from peaufine.data.tokenize import ensure_chat_template
-    from peaufine.models.build import source_model_dir
-    from peaufine.models.tokenizer import load_tokenizer
 
     source = resolve_source(recipe.model.source)
     tokenizer = load_tokenizer(str(source_model_dir(source)), recipe.model.trust_remote_code)
@@ -73,9 +76,6 @@ def likelihood_preference(
     """How often the policy gives the chosen response a higher mean log-prob per token than the
     rejected one: its own preference, comparable before and after training (no reference needed)."""
     import torch
-
-    from peaufine.data.batching import batch_to
-    from peaufine.methods.preference import sequence_logps
 
     was_training = model.training
     model.eval()
@@ -107,7 +107,6 @@ def measure(
 ) -> dict[str, Any]:
     """The policy's own preference accuracy per split, and (on the world) its answers' quality on the
     held-out facts and on the validation prompts."""
-    from peaufine.evaluate.alignment import answer_quality, world_answer_quality
 
     numbers: dict[str, Any] = {
         f"likelihood_accuracy_{name}": likelihood_preference(
@@ -129,7 +128,6 @@ def measure(
 def held_out_questions(run: RunDir) -> list[tuple[str, str]]:
     """The validation prompts of world preference data (never trained on) with their right answers:
     the chosen response of each concise-answer pair."""
-    from peaufine.data.preference_data import read_texts
 
     found: dict[str, str] = {}
     for row in read_texts(run.data / "validation.texts.jsonl"):
@@ -147,10 +145,6 @@ def run_dpo(
     tracker: Tracker | None = None,
     hooks: list[StepHook] | None = None,
 ) -> DpoResult:
-    from peaufine.engine.fit import evaluate
-    from peaufine.methods.preference import DpoLoss, disable_dropout, precompute_reference
-    from peaufine.models.build import load_for_training, save_outputs, source_model_dir
-    from peaufine.models.tokenizer import load_tokenizer
 
     if recipe.stage != "dpo":
         raise RecipeError(f"stage: this command runs stage 'dpo', the recipe says '{recipe.stage}'")
@@ -199,8 +193,6 @@ def run_dpo(
     if runtime.is_main:
         save_outputs(recipe, run, model, tokenizer)
         if run.metrics.exists():
-            from peaufine.report.plots import plot_losses
-
             plot_losses(read_metrics(run.metrics), run.loss_plot, result.best_step)
         after = measure(model, tokenizer, recipe, present, world, runtime, questions)
         # rank 0 alone evaluates after training: its losses must not wait for the other processes

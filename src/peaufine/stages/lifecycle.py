@@ -13,11 +13,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from peaufine.engine.integrations import TRACKING_SINKS, check_tracking, open_tracking
+from peaufine.engine.runtime import make_runtime
+from peaufine.engine.track import Tracker, add_sink, close_sinks, detach_sinks
+from peaufine.nested import flatten_numbers
+from peaufine.report.pages.write import write_report
+from peaufine.results import write_evaluation
 from peaufine.rundir import RunDir, check_target, commit_staging, staging_dir, write_json
 
 if TYPE_CHECKING:
     from peaufine.engine.runtime import Runtime
-    from peaufine.engine.track import Tracker
     from peaufine.recipe import Recipe
 
 
@@ -108,9 +113,6 @@ def open_run(
     tracker: Tracker | None = None,
 ) -> OpenedRun:
     """Every stage's opening: the runtime, a tracker that only rank 0 lets speak, and `start_run`."""
-    from peaufine.engine.integrations import TRACKING_SINKS, check_tracking, open_tracking
-    from peaufine.engine.runtime import make_runtime
-    from peaufine.engine.track import Tracker, add_sink, detach_sinks
 
     out = Path(out)
     check_tracking(recipe.track)
@@ -138,10 +140,6 @@ def open_run(
 def finish_run(run: RunDir, evaluation: dict[str, Any]) -> None:
     """Every stage's ending, on rank 0: eval.json, the tracking sinks closed with the final numbers,
     and report.html. eval.json is written first: it is what marks the run as finished."""
-    from peaufine.engine.track import close_sinks
-    from peaufine.nested import flatten_numbers
-    from peaufine.report.pages.write import write_report
-    from peaufine.results import write_evaluation
 
     write_evaluation(run, evaluation)
     close_sinks(run.metrics, flatten_numbers(evaluation))

@@ -12,11 +12,36 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peaufine.data.batching import PackedBlocks, read_token_stream
-from peaufine.data.corpus import iter_texts, tokenize_stream
+from peaufine.data.corpus import ANOMALY_KINDS, iter_texts, load_documents, split_documents, tokenize_stream
+from peaufine.data.token_cache import TokenCache, digest, texts_digest, tokenizer_digest
+from peaufine.data.world import (
+    cloze_probes,
+    faq_documents,
+    generate_world,
+    load_world,
+    pretraining_documents,
+    save_world,
+)
 from peaufine.engine.fit import FitResult, StepHook, fit
 from peaufine.engine.track import Tracker
 from peaufine.errors import DataError, RecipeError
-from peaufine.models.build import ModelSource, max_positions, resolve_source
+from peaufine.evaluate.recall import fact_recall
+from peaufine.methods.lm import next_token_loss
+from peaufine.models.build import (
+    ModelSource,
+    attention_kernel,
+    build_from_preset,
+    configure_special_ids,
+    load_pretrained,
+    max_positions,
+    prepare_for_training,
+    resolve_source,
+    save_model,
+)
+from peaufine.models.generate import generate_texts
+from peaufine.models.presets import build_config
+from peaufine.models.tokenizer import load_tokenizer, train_bpe, train_char
+from peaufine.report.plots import plot_losses
 from peaufine.rundir import RunDir, read_metrics
 from peaufine.stages.lifecycle import finish_run, open_run
 
@@ -47,12 +72,8 @@ def gather_corpus(recipe: Recipe) -> Corpus:
     """Documents for training and validation: the synthetic world's, or the user's files."""
     from datasets import Dataset
 
-    from peaufine.data.corpus import ANOMALY_KINDS, load_documents, split_documents
-
     data = recipe.data
     if data.source == "world":
-        from peaufine.data.world import faq_documents, generate_world, pretraining_documents
-
         world = generate_world(seed=data.world.seed, size=data.world.size)
         texts = pretraining_documents(world, data.world.documents)
         texts += faq_documents(world, data.world.faq_documents)
@@ -70,7 +91,6 @@ def gather_corpus(recipe: Recipe) -> Corpus:
 
 
 def obtain_tokenizer(recipe: Recipe, source: ModelSource, corpus: Corpus) -> PreTrainedTokenizerBase:
-    from peaufine.models.tokenizer import load_tokenizer, train_bpe, train_char
 
     spec = recipe.model.tokenizer
     if spec.kind == "source" or source.kind != "preset":
@@ -89,8 +109,6 @@ def obtain_tokenizer(recipe: Recipe, source: ModelSource, corpus: Corpus) -> Pre
 
 def model_config(recipe: Recipe, source: ModelSource, tokenizer: PreTrainedTokenizerBase) -> Any:
     if source.kind == "preset":
-        from peaufine.models.presets import build_config
-
         return build_config(source.name, recipe.model.config, vocab_size=len(tokenizer))
     from transformers import AutoConfig
 
@@ -112,8 +130,6 @@ def tokenize_corpus(
 ) -> tuple[PreTrainedTokenizerBase, int, int]:
     """The tokenizer, and run/data/{train,val}.bin with their token counts; with data.cache_dir, a
     tokenizer trained on this corpus and the token files come from the cache when it has them."""
-    from peaufine.data.token_cache import TokenCache, digest, texts_digest, tokenizer_digest
-    from peaufine.models.tokenizer import load_tokenizer
 
     cache = TokenCache(recipe.data.cache_dir)
     corpus_key = (
@@ -162,8 +178,6 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
         )
     tokenizer.save_pretrained(run.tokenizer)
     if corpus.world is not None:
-        from peaufine.data.world import save_world
-
         save_world(corpus.world, run.world)
     tracker.say(f"tokens: {n_train:,} train, {n_val:,} validation; vocabulary {len(tokenizer):,}")
     return {"anomalies": corpus.anomalies, "train_tokens": n_train, "val_tokens": n_val}
@@ -172,13 +186,6 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
 def load_or_build_model(
     recipe: Recipe, source: ModelSource, tokenizer: PreTrainedTokenizerBase, runtime: Runtime
 ) -> PreTrainedModel:
-    from peaufine.models.build import (
-        attention_kernel,
-        build_from_preset,
-        configure_special_ids,
-        load_pretrained,
-        prepare_for_training,
-    )
 
     attention = attention_kernel(recipe.model.attention, runtime.device.type, runtime.precision)
     if source.kind == "preset":
@@ -196,7 +203,6 @@ def sample_texts(
     max_new_tokens: int,
     seed: int,
 ) -> list[str]:
-    from peaufine.models.generate import generate_texts
 
     return generate_texts(
         model,
@@ -233,8 +239,6 @@ def finish(
     tracker: Tracker,
 ) -> dict[str, Any]:
     """Rank 0: the HF model dir, the loss plot, samples, fact recall, eval.json."""
-    from peaufine.models.build import save_model
-    from peaufine.report.plots import plot_losses
 
     save_model(model, tokenizer, run.model)
     if run.metrics.exists():
@@ -259,9 +263,6 @@ def finish(
         texts = sample_texts(model, tokenizer, prompts, recipe.eval.sample_tokens, recipe.train.seed)
         evaluation["samples"] = [{"prompt": p, "text": t} for p, t in zip(prompts, texts, strict=True)]
     if run.world.exists():
-        from peaufine.data.world import cloze_probes, load_world
-        from peaufine.evaluate.recall import fact_recall
-
         recall = fact_recall(model, tokenizer, cloze_probes(load_world(run.world)))
         evaluation["fact_recall"] = recall.as_dict()
     finish_run(run, evaluation)
@@ -277,7 +278,6 @@ def run_pretrain(
     tracker: Tracker | None = None,
     hooks: list[StepHook] | None = None,
 ) -> PretrainResult:
-    from peaufine.models.tokenizer import load_tokenizer
 
     out = Path(out)
     opened = open_run(recipe, out, prepare, overwrite=overwrite, resume=resume, tracker=tracker)
@@ -293,7 +293,6 @@ def run_pretrain(
     block = recipe.data.block_size
     train_set = PackedBlocks(read_token_stream(run.data / "train.bin"), block, recipe.data.block_stride)
     val_set = PackedBlocks(read_token_stream(run.data / "val.bin"), block)
-    from peaufine.methods.lm import next_token_loss
 
     result = fit(
         model,

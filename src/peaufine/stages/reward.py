@@ -9,11 +9,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from peaufine.data.batching import batch_to
+from peaufine.data.pairs import encoder_style
 from peaufine.data.preference_data import pair_dataset, prepare_pairs
+from peaufine.data.tokenize import ensure_chat_template
 from peaufine.engine.fit import FitResult, StepHook, fit
 from peaufine.engine.track import Tracker
 from peaufine.errors import RecipeError
-from peaufine.models.build import resolve_source
+from peaufine.methods.classify import classifier_logits, refuse_chunked_loss
+from peaufine.methods.reward import BradleyTerryLoss
+from peaufine.models.adapters import apply_adapter, apply_freeze
+from peaufine.models.build import (
+    build_classifier,
+    classifier_attention,
+    prepare_for_training,
+    resolve_source,
+    save_outputs,
+)
+from peaufine.models.tokenizer import load_tokenizer
+from peaufine.report.plots import plot_losses
 from peaufine.rundir import RunDir, read_metrics
 from peaufine.stages.lifecycle import finish_run, open_run
 
@@ -47,9 +61,6 @@ def backbone_path(recipe: Recipe) -> Path:
 
 
 def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
-    from peaufine.data.pairs import encoder_style
-    from peaufine.data.tokenize import ensure_chat_template
-    from peaufine.models.tokenizer import load_tokenizer
 
     backbone = backbone_path(recipe)
     tokenizer = load_tokenizer(str(backbone), recipe.model.trust_remote_code)
@@ -79,9 +90,6 @@ def pair_accuracy(
 ) -> dict[str, Any]:
     """Pairwise accuracy (chosen scored above rejected) overall and per pair kind, with counts."""
     import torch
-
-    from peaufine.data.batching import batch_to
-    from peaufine.methods.classify import classifier_logits
 
     model.eval()
     right: dict[str, int] = {}
@@ -123,16 +131,6 @@ def run_reward(
     tracker: Tracker | None = None,
     hooks: list[StepHook] | None = None,
 ) -> RewardResult:
-    from peaufine.methods.classify import refuse_chunked_loss
-    from peaufine.methods.reward import BradleyTerryLoss
-    from peaufine.models.adapters import apply_adapter, apply_freeze
-    from peaufine.models.build import (
-        build_classifier,
-        classifier_attention,
-        prepare_for_training,
-        save_outputs,
-    )
-    from peaufine.models.tokenizer import load_tokenizer
 
     if recipe.stage != "reward":
         raise RecipeError(f"stage: this command runs stage 'reward', the recipe says '{recipe.stage}'")
@@ -172,8 +170,6 @@ def run_reward(
     if runtime.is_main:
         save_outputs(recipe, run, model, tokenizer)
         if run.metrics.exists():
-            from peaufine.report.plots import plot_losses
-
             plot_losses(read_metrics(run.metrics), run.loss_plot, result.best_step)
         evaluation = {
             "stage": "reward",

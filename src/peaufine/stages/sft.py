@@ -13,13 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from peaufine.data.batching import load_examples, make_dataset
+from peaufine.data.batching import Example, load_examples, make_dataset, read_token_stream
 from peaufine.data.corpus import tokenize_general
-from peaufine.data.records import HELDOUT
+from peaufine.data.folds import recipe_fold
+from peaufine.data.records import HELDOUT, load_chat_records, split_records, world_qa_records
+from peaufine.data.token_cache import TokenCache, cached_records, digest, tokenizer_digest
+from peaufine.data.tokenize import ensure_chat_template, tokenize_records
+from peaufine.data.world import copy_world, load_world
 from peaufine.engine.fit import FitResult, StepHook, fit
 from peaufine.engine.track import Tracker
 from peaufine.errors import RecipeError
-from peaufine.evaluate.sft import evaluate_before
+from peaufine.evaluate.sft import evaluate_before, evaluate_sft
+from peaufine.methods.lm import next_token_loss
 from peaufine.models.build import (
     ModelSource,
     load_for_training,
@@ -27,6 +32,8 @@ from peaufine.models.build import (
     save_outputs,
     source_model_dir,
 )
+from peaufine.models.tokenizer import load_tokenizer
+from peaufine.report.plots import plot_losses
 from peaufine.rundir import RunDir, read_metrics
 from peaufine.stages.lifecycle import finish_run, open_run
 
@@ -54,8 +61,6 @@ class TaskData:
 
 def gather_records(recipe: Recipe, source: ModelSource) -> TaskData:
     """The task's conversations: the world's Q&A (when model.source is a world run) or the user's files."""
-    from peaufine.data.folds import recipe_fold
-    from peaufine.data.records import load_chat_records, split_records, world_qa_records
 
     data = recipe.data
     if data.source == "world":
@@ -64,7 +69,6 @@ def gather_records(recipe: Recipe, source: ModelSource) -> TaskData:
                 "data.source: 'world' fine-tunes on the synthetic world's questions, which needs "
                 "model.source to be a run pretrained on the world (it has a world/ folder)"
             )
-        from peaufine.data.world import load_world
 
         world = load_world(source.path / "world")
         train, validation = split_records(
@@ -102,8 +106,6 @@ def prepare_replay(
     Never the validation split: forgetting is measured there, and replaying it would hide forgetting.
     """
     if recipe.data.replay.source is not None:
-        from peaufine.data.token_cache import TokenCache
-
         cache = TokenCache(recipe.data.cache_dir)
         tokenize_general(tokenizer, recipe.data.replay.source, out, cache=cache, tracker=tracker)
     elif source.kind == "run_dir" and (source.path / "data" / "train.bin").is_file():
@@ -117,9 +119,6 @@ def prepare_replay(
 
 def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
     """Validate and tokenize the task into staging; returns facts for eval.json."""
-    from peaufine.data.token_cache import TokenCache, cached_records, digest, tokenizer_digest
-    from peaufine.data.tokenize import ensure_chat_template, tokenize_records
-    from peaufine.models.tokenizer import load_tokenizer
 
     source = resolve_source(recipe.model.source)
     model_dir = source_model_dir(source)
@@ -168,8 +167,6 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
         )
     (staging / "chat_template.jinja").write_text(template, encoding="utf-8")
     if recipe.data.source == "world":
-        from peaufine.data.world import copy_world
-
         copy_world(source, staging)  # later stages (reward, dpo, rl) find the world here
     (staging / "first_example.txt").write_text(reports["train"].first_text or "", encoding="utf-8")
     tokenizer.save_pretrained(staging / "tokenizer")
@@ -209,8 +206,6 @@ def replay_examples(stream: Any, count: int, length: int, seed: int) -> list[Any
     """`count` windows of replay text, every token a target, appended to the task's examples."""
     import numpy as np
 
-    from peaufine.data.batching import Example
-
     if count <= 0 or len(stream) <= length:
         return []
     starts = np.random.default_rng([seed, 7]).integers(0, len(stream) - length, size=count)
@@ -226,10 +221,6 @@ def run_sft(
     tracker: Tracker | None = None,
     hooks: list[StepHook] | None = None,
 ) -> SftResult:
-    from peaufine.data.batching import read_token_stream
-    from peaufine.evaluate.sft import evaluate_sft
-    from peaufine.methods.lm import next_token_loss
-    from peaufine.models.tokenizer import load_tokenizer
 
     if recipe.stage != "sft":
         raise RecipeError(f"stage: this command runs stage 'sft', the recipe says '{recipe.stage}'")
@@ -268,8 +259,6 @@ def run_sft(
     if runtime.is_main:
         save_outputs(recipe, run, model, tokenizer)
         if run.metrics.exists():
-            from peaufine.report.plots import plot_losses
-
             plot_losses(read_metrics(run.metrics), run.loss_plot, result.best_step)
         evaluation = evaluate_sft(
             recipe, run, model, tokenizer, result, prepared, before, general, runtime, pad_id, tracker
