@@ -79,8 +79,9 @@ def pretrain(
     result = run_pretrain(spec, out, overwrite=overwrite, resume=resume)
     if result.evaluation:
         from peaufine.report.terminal import pretrain_summary
+        from peaufine.results import stage_results
 
-        Console().print(pretrain_summary(result.evaluation, result.run.path))
+        Console().print(pretrain_summary(stage_results(result.evaluation), result.run.path))
 
 
 @app.command()
@@ -98,6 +99,7 @@ def sft(
 
     from peaufine.recipe import load_recipe
     from peaufine.report.terminal import sft_summary
+    from peaufine.results import stage_results
     from peaufine.stages.sft import run_sft
 
     spec = load_recipe(recipe, set_ or [], stage="sft")
@@ -105,7 +107,7 @@ def sft(
         return _cross_validate(spec, out, folds, overwrite, resume)
     result = run_sft(spec, out, overwrite=overwrite, resume=resume)
     if result.evaluation:
-        Console().print(sft_summary(result.evaluation, result.run.path))
+        Console().print(sft_summary(stage_results(result.evaluation), result.run.path))
 
 
 @app.command()
@@ -150,6 +152,7 @@ def reward(
 
     from peaufine.recipe import load_recipe
     from peaufine.report.terminal import reward_summary
+    from peaufine.results import stage_results
     from peaufine.stages.reward import run_reward
 
     spec = load_recipe(recipe, set_ or [], stage="reward")
@@ -157,7 +160,7 @@ def reward(
         return _cross_validate(spec, out, folds, overwrite, resume)
     result = run_reward(spec, out, overwrite=overwrite, resume=resume)
     if result.evaluation:
-        Console().print(reward_summary(result.evaluation, result.run.path))
+        Console().print(reward_summary(stage_results(result.evaluation), result.run.path))
 
 
 @app.command()
@@ -173,12 +176,13 @@ def dpo(
 
     from peaufine.recipe import load_recipe
     from peaufine.report.terminal import dpo_summary
+    from peaufine.results import stage_results
     from peaufine.stages.dpo import run_dpo
 
     spec = load_recipe(recipe, set_ or [], stage="dpo")
     result = run_dpo(spec, out, overwrite=overwrite, resume=resume)
     if result.evaluation:
-        Console().print(dpo_summary(result.evaluation, result.run.path))
+        Console().print(dpo_summary(stage_results(result.evaluation), result.run.path))
 
 
 @app.command()
@@ -195,12 +199,13 @@ def rl(
 
     from peaufine.recipe import load_recipe
     from peaufine.report.terminal import rl_summary
+    from peaufine.results import stage_results
     from peaufine.stages.rl import run_rl
 
     spec = load_recipe(recipe, set_ or [], stage="rl")
     result = run_rl(spec, out, overwrite=overwrite, resume=resume)
     if result.evaluation:
-        Console().print(rl_summary(result.evaluation, result.run.path))
+        Console().print(rl_summary(stage_results(result.evaluation), result.run.path))
 
 
 @app.command()

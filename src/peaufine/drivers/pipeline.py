@@ -25,10 +25,9 @@ from pydantic import Field, ValidationError, model_validator
 
 from peaufine.engine.track import Tracker
 from peaufine.errors import RecipeError
-from peaufine.nested import flatten_numbers
 from peaufine.recipe import Block, apply_overrides, read_yaml, validate_recipe
 from peaufine.report.pages.write import write_report
-from peaufine.results import HEADLINES, read_evaluation
+from peaufine.results import RESULTS, read_results
 from peaufine.rundir import finished_with, refuse_strangers, write_json
 from peaufine.stages import run_stage
 
@@ -149,9 +148,8 @@ def fingerprint(recipe_yaml: str, inputs: list[str]) -> str:
 
 
 def headline(stage: str, evaluation: dict[str, Any]) -> dict[str, float]:
-
-    flat = flatten_numbers(evaluation)
-    return {label: flat[key] for label, key in HEADLINES.get(stage, ()) if key in flat}
+    """The stage's headline numbers, by label, as pipeline.json and the pipeline page show them."""
+    return RESULTS[stage].from_json(evaluation).headlines() if stage in RESULTS else {}
 
 
 @dataclass
@@ -260,7 +258,7 @@ def run_pipeline(
             and finished_with(run_dir, recipe_yaml)
         ):
             outcome.status = "skipped"
-            outcome.evaluation = read_evaluation(run_dir) or {}
+            outcome.evaluation = read_results(run_dir).to_json()
             tracker.say(f"[bold]{stage.name}[/]: finished earlier with this recipe and inputs, skipped")
             continue
         tracker.say(f"[bold]{stage.name}[/] ({recipe.stage}) -> {run_dir}")

@@ -1,5 +1,5 @@
 """The terminal tables printed after a run: a finished stage's or the demo's numbers as rich tables,
-built from eval.json's contents, so what is printed is exactly what was written to the run."""
+rendered from the stage's results object, so what is printed is exactly what was written to the run."""
 
 from __future__ import annotations
 
@@ -10,24 +10,34 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from peaufine.results import (
+    ABSENT,
+    DpoResults,
+    PretrainResults,
+    RewardResults,
+    RlResults,
+    SftResults,
+    stage_results,
+)
+
 if TYPE_CHECKING:
     from peaufine.drivers.demo import DemoResult
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:
-    return "-" if value is None else format(value, spec)
+    return "-" if value is None or value is ABSENT else format(value, spec)
 
 
-def pretrain_summary(evaluation: dict[str, Any], run_dir: Path) -> Group:
+def pretrain_summary(results: PretrainResults, run_dir: Path) -> Group:
     table = Table(title=f"pretrain: {run_dir}", show_header=False)
-    table.add_row("steps", f"{evaluation['steps']:,}")
-    table.add_row("tokens seen", f"{evaluation['tokens_seen']:,}")
-    table.add_row("training time", f"{evaluation['train_seconds']:.0f} s")
-    table.add_row("final train loss", _fmt(evaluation.get("final_train_loss")))
-    table.add_row("validation loss", _fmt(evaluation.get("val_loss")))
-    table.add_row("validation perplexity", _fmt(evaluation.get("val_perplexity"), ".2f"))
-    table.add_row("best step", str(evaluation.get("best_step")))
-    recall = evaluation.get("fact_recall")
+    table.add_row("steps", f"{results.steps:,}")
+    table.add_row("tokens seen", f"{results.tokens_seen:,}")
+    table.add_row("training time", f"{results.train_seconds:.0f} s")
+    table.add_row("final train loss", _fmt(results.final_train_loss))
+    table.add_row("validation loss", _fmt(results.val_loss))
+    table.add_row("validation perplexity", _fmt(results.val_perplexity, ".2f"))
+    table.add_row("best step", str(None if results.best_step is ABSENT else results.best_step))
+    recall = results.fact_recall
     if recall:
         table.add_row(
             "fact recall (cloze, greedy)",
@@ -36,7 +46,7 @@ def pretrain_summary(evaluation: dict[str, Any], run_dir: Path) -> Group:
         for relation, counts in recall["by_relation"].items():
             table.add_row(f"  {relation}", f"{counts['correct']}/{counts['total']}")
     parts: list[Any] = [table]
-    for sample in evaluation.get("samples", []):
+    for sample in results.samples or []:
         line = Text()
         line.append(sample["prompt"], style="bold")
         line.append(" " + sample["text"])
@@ -46,18 +56,15 @@ def pretrain_summary(evaluation: dict[str, Any], run_dir: Path) -> Group:
 
 def demo_summary(result: DemoResult) -> Group:
     parts: list[Any] = []
-    pretrain = result.stages.get("pretrain")
-    if pretrain:
-        parts.append(pretrain_summary(pretrain, result.out / "pretrain"))
-    sft = result.stages.get("sft")
-    if sft:
-        parts.append(sft_summary(sft, result.out / "sft"))
-    if result.stages.get("reward"):
-        parts.append(reward_summary(result.stages["reward"], result.out / "reward"))
-    if result.stages.get("dpo"):
-        parts.append(dpo_summary(result.stages["dpo"], result.out / "dpo"))
-    if result.stages.get("grpo"):
-        parts.append(rl_summary(result.stages["grpo"], result.out / "grpo"))
+    for name, summary in (
+        ("pretrain", pretrain_summary),
+        ("sft", sft_summary),
+        ("reward", reward_summary),
+        ("dpo", dpo_summary),
+        ("grpo", rl_summary),
+    ):
+        if result.stages.get(name):
+            parts.append(summary(stage_results(result.stages[name]), result.out / name))
     size = "smoke" if result.smoke else "default"
     parts.append(Text(f"demo ({size} size) finished in {result.seconds:.0f} s; runs in {result.out}"))
     return Group(*parts)
@@ -67,12 +74,12 @@ def _pct(value: Any) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
-def sft_summary(evaluation: dict[str, Any], run_dir: Path) -> Group:
+def sft_summary(results: SftResults, run_dir: Path) -> Group:
     table = Table(title=f"sft: {run_dir}", show_header=False)
-    table.add_row("steps", f"{evaluation['steps']:,}")
-    losses = evaluation.get("task_val_loss", {})
+    table.add_row("steps", f"{results.steps:,}")
+    losses = results.task_val_loss or {}
     table.add_row("task validation loss", f"{_fmt(losses.get('before'))} -> {_fmt(losses.get('after'))}")
-    for split, figures in evaluation.get("answers", {}).items():
+    for split, figures in (results.answers or {}).items():
         before, after = figures.get("before") or {}, figures.get("after") or {}
         table.add_row(
             f"exact match ({split})",
@@ -80,8 +87,12 @@ def sft_summary(evaluation: dict[str, Any], run_dir: Path) -> Group:
             f"  (F1 {_pct(before.get('f1'))} -> {_pct(after.get('f1'))}, n={after.get('n', 0)})",
         )
     parts: list[Any] = [table]
-    for key in ("overfitting", "forgetting", "transfer"):
-        verdict = evaluation.get(key, {}).get("verdict")
+    for key, block in (
+        ("overfitting", results.overfitting),
+        ("forgetting", results.forgetting),
+        ("transfer", results.transfer),
+    ):
+        verdict = (block or {}).get("verdict")
         if verdict:
             parts.append(Text(f"{key}: {verdict}"))
     return Group(*parts)
@@ -93,13 +104,12 @@ def _accuracy_line(figures: dict[str, Any] | None) -> str:
     return f"{figures['accuracy']:.1%} (n={figures['pairs']}, mean margin {figures['mean_margin']:.2f})"
 
 
-def reward_summary(evaluation: dict[str, Any], run_dir: Path) -> Group:
+def reward_summary(results: RewardResults, run_dir: Path) -> Group:
     table = Table(title=f"reward: {run_dir}", show_header=False)
-    table.add_row("steps", f"{evaluation['steps']:,}")
-    before = (evaluation.get("before") or {}).get("validation")
+    table.add_row("steps", f"{results.steps:,}")
+    before = (results.before or {}).get("validation")
     table.add_row("pairwise accuracy, validation, before", _accuracy_line(before))
-    for split in ("validation", "heldout"):
-        figures = evaluation.get(split)
+    for split, figures in (("validation", results.validation), ("heldout", results.heldout)):
         if not figures:
             continue
         table.add_row(f"pairwise accuracy, {split}", _accuracy_line(figures))
@@ -108,18 +118,16 @@ def reward_summary(evaluation: dict[str, Any], run_dir: Path) -> Group:
     return Group(table)
 
 
-def dpo_summary(evaluation: dict[str, Any], run_dir: Path) -> Group:
-    table = Table(
-        title=f"dpo ({evaluation['loss']}, beta {evaluation['beta']}): {run_dir}", show_header=False
-    )
-    table.add_row("steps", f"{evaluation['steps']:,}")
-    before, after = evaluation.get("before", {}), evaluation.get("after", {})
+def dpo_summary(results: DpoResults, run_dir: Path) -> Group:
+    table = Table(title=f"dpo ({results.loss}, beta {results.beta}): {run_dir}", show_header=False)
+    table.add_row("steps", f"{results.steps:,}")
+    before, after = results.before or {}, results.after or {}
     for key in sorted(k for k in after if k.startswith("likelihood_accuracy_")):
         split = key.removeprefix("likelihood_accuracy_")
         table.add_row(
             f"policy prefers chosen ({split})", f"{_pct(before.get(key))} -> {_pct(after.get(key))}"
         )
-    for split, figures in evaluation.get("final", {}).items():
+    for split, figures in (results.final or {}).items():
         if figures.get("accuracy") is not None:
             table.add_row(f"implicit-reward accuracy ({split})", _pct(figures["accuracy"]))
         if figures.get("implicit_kl") is not None:
@@ -146,10 +154,10 @@ def dpo_summary(evaluation: dict[str, Any], run_dir: Path) -> Group:
     return Group(table)
 
 
-def rl_summary(evaluation: dict[str, Any], run_dir: Path) -> Group:
-    table = Table(title=f"rl ({evaluation['algorithm']}): {run_dir}", show_header=False)
-    table.add_row("steps", f"{evaluation['steps']:,}")
-    kept = evaluation.get("pass_rate_filter")
+def rl_summary(results: RlResults, run_dir: Path) -> Group:
+    table = Table(title=f"rl ({results.algorithm}): {run_dir}", show_header=False)
+    table.add_row("steps", f"{results.steps:,}")
+    kept = results.pass_rate_filter
     if kept:
         low, high = kept["range"]
         table.add_row(
@@ -157,7 +165,7 @@ def rl_summary(evaluation: dict[str, Any], run_dir: Path) -> Group:
             f"{kept['prompts_kept']} of {kept['prompts_before']} "
             f"(mean pass rate {kept['mean_pass_rate_before']:.2f})",
         )
-    before, after = evaluation.get("before", {}), evaluation.get("after", {})
+    before, after = results.before or {}, results.after or {}
     table.add_row(
         "mean reward, sampled",
         f"{_fmt(before.get('reward_sampled'), '.3f')} -> {_fmt(after.get('reward_sampled'), '.3f')}",
@@ -171,5 +179,5 @@ def rl_summary(evaluation: dict[str, Any], run_dir: Path) -> Group:
             "exact match, greedy",
             f"{_pct(before.get('exact_match_greedy'))} -> {_pct(after.get('exact_match_greedy'))}",
         )
-    table.add_row("KL to reference (nats per answer)", _fmt(evaluation.get("final_kl"), ".3f"))
+    table.add_row("KL to reference (nats per answer)", _fmt(results.final_kl, ".3f"))
     return Group(table)

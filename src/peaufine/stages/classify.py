@@ -25,6 +25,7 @@ from peaufine.models.build import (
 )
 from peaufine.models.tokenizer import load_tokenizer
 from peaufine.report.plots import plot_losses
+from peaufine.results import ClassifyResults
 from peaufine.rundir import RunDir, read_metrics
 from peaufine.stages.lifecycle import finish_run, open_run
 
@@ -158,6 +159,6 @@ def run_classify(
         save_model(model, tokenizer, run.model)
         if run.metrics.exists():
             plot_losses(read_metrics(run.metrics), run.loss_plot, result.best_step)
-        finish_run(run, evaluation)
+        finish_run(run, ClassifyResults.from_json(evaluation))
     runtime.barrier()
     return ClassifyResult(run=run, fit=result, evaluation=evaluation)

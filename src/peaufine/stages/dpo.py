@@ -27,6 +27,7 @@ from peaufine.methods.preference import DpoLoss, disable_dropout, precompute_ref
 from peaufine.models.build import load_for_training, resolve_source, save_outputs, source_model_dir
 from peaufine.models.tokenizer import load_tokenizer
 from peaufine.report.plots import plot_losses
+from peaufine.results import DpoResults
 from peaufine.rundir import RunDir, read_metrics
 from peaufine.stages.lifecycle import finish_run, open_run
 
@@ -213,6 +214,6 @@ def run_dpo(
             "after": after,
             "final": {name: {"loss": loss, **metrics} for name, (loss, metrics) in final.items()},
         }
-        finish_run(run, evaluation)
+        finish_run(run, DpoResults.from_json(evaluation))
     runtime.barrier()
     return DpoResult(run=run, fit=result, evaluation=evaluation)

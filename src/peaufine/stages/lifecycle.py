@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any
 from peaufine.engine.integrations import TRACKING_SINKS, check_tracking, open_tracking
 from peaufine.engine.runtime import make_runtime
 from peaufine.engine.track import Tracker, add_sink, close_sinks, detach_sinks
-from peaufine.nested import flatten_numbers
 from peaufine.report.pages.write import write_report
-from peaufine.results import write_evaluation
+from peaufine.results import StageResults, write_results
 from peaufine.rundir import RunDir, check_target, commit_staging, staging_dir, write_json
 
 if TYPE_CHECKING:
@@ -137,10 +136,9 @@ def open_run(
     return OpenedRun(run, runtime, tracker, prepared)
 
 
-def finish_run(run: RunDir, evaluation: dict[str, Any]) -> None:
+def finish_run(run: RunDir, results: StageResults) -> None:
     """Every stage's ending, on rank 0: eval.json, the tracking sinks closed with the final numbers,
     and report.html. eval.json is written first: it is what marks the run as finished."""
-
-    write_evaluation(run, evaluation)
-    close_sinks(run.metrics, flatten_numbers(evaluation))
+    write_results(run, results)
+    close_sinks(run.metrics, results.numbers())
     write_report(run.path)

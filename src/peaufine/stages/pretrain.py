@@ -42,6 +42,7 @@ from peaufine.models.generate import generate_texts
 from peaufine.models.presets import build_config
 from peaufine.models.tokenizer import load_tokenizer, train_bpe, train_char
 from peaufine.report.plots import plot_losses
+from peaufine.results import PretrainResults
 from peaufine.rundir import RunDir, read_metrics
 from peaufine.stages.lifecycle import finish_run, open_run
 
@@ -265,7 +266,7 @@ def finish(
     if run.world.exists():
         recall = fact_recall(model, tokenizer, cloze_probes(load_world(run.world)))
         evaluation["fact_recall"] = recall.as_dict()
-    finish_run(run, evaluation)
+    finish_run(run, PretrainResults.from_json(evaluation))
     return evaluation
 
 

@@ -28,6 +28,7 @@ from peaufine.models.build import (
 )
 from peaufine.models.tokenizer import load_tokenizer
 from peaufine.report.plots import plot_losses
+from peaufine.results import RewardResults
 from peaufine.rundir import RunDir, read_metrics
 from peaufine.stages.lifecycle import finish_run, open_run
 
@@ -183,6 +184,6 @@ def run_reward(
             "validation": pair_accuracy(model, val_set, runtime) if val_set is not None else None,
             "heldout": pair_accuracy(model, heldout_set, runtime) if heldout_set is not None else None,
         }
-        finish_run(run, evaluation)
+        finish_run(run, RewardResults.from_json(evaluation))
     runtime.barrier()
     return RewardResult(run=run, fit=result, evaluation=evaluation)

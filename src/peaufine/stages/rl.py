@@ -23,6 +23,7 @@ from peaufine.engine.track import Tracker
 from peaufine.errors import RecipeError
 from peaufine.methods.rewards import RewardSuite, last_user_turn
 from peaufine.models.build import resolve_source
+from peaufine.results import RlResults
 from peaufine.rundir import RunDir, read_metrics
 from peaufine.stages.lifecycle import finish_run, open_run
 
@@ -593,6 +594,6 @@ def run_rl(
 
             plot_rl(read_metrics(run.metrics), run.path / "rl.png")
         evaluation.update(steps=step, before=before, after=after, final_kl=after["kl_to_reference"])
-        finish_run(run, evaluation)
+        finish_run(run, RlResults.from_json(evaluation))
     runtime.barrier()
     return RlResult(run=run, steps=step, evaluation=evaluation)

@@ -34,6 +34,7 @@ from peaufine.models.build import (
 )
 from peaufine.models.tokenizer import load_tokenizer
 from peaufine.report.plots import plot_losses
+from peaufine.results import SftResults
 from peaufine.rundir import RunDir, read_metrics
 from peaufine.stages.lifecycle import finish_run, open_run
 
@@ -263,6 +264,6 @@ def run_sft(
         evaluation = evaluate_sft(
             recipe, run, model, tokenizer, result, prepared, before, general, runtime, pad_id, tracker
         )
-        finish_run(run, evaluation)
+        finish_run(run, SftResults.from_json(evaluation))
     runtime.barrier()
     return SftResult(run=run, fit=result, evaluation=evaluation)

@@ -24,7 +24,7 @@ from peaufine.report.toolkit import (
     run_folder,
     table,
 )
-from peaufine.results import read_evaluation
+from peaufine.results import read_results
 
 
 def _headline(values: dict[str, Any] | None) -> str:
@@ -75,7 +75,8 @@ def pipeline_page(directory: Path) -> str:
                 Html(f"<p>{link(run_dir / REPORT_NAME, directory, f'the full report of {label}')}</p>")
             )
         section.parts.append(paragraph(f"headline: {_headline(stage.get('headline'))}"))
-        evaluation = read_evaluation(run_dir) or {}
+        results = read_results(run_dir)
+        evaluation = results.to_json() if results is not None else {}
         verdicts = [
             (key, evaluation[key]["verdict"])
             for key in ("overfitting", "forgetting", "transfer")

@@ -1,9 +1,8 @@
-"""A stage run's results section: each stage's own numbers from eval.json (pretrain's fact recall, sft's
-answers, reward's pairwise accuracy, dpo's likelihoods and implicit reward, rl's rewards, classify's)."""
+"""A stage run's results section, rendered from its results object: pretrain's fact recall, sft's answers,
+reward's pairwise accuracy, dpo's likelihoods and implicit reward, rl's rewards, classify's metrics."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from peaufine.report.pages.stage_run import StageRun
@@ -21,25 +20,37 @@ from peaufine.report.toolkit import (
     samples_table,
     table,
 )
+from peaufine.results import (
+    ABSENT,
+    ClassifyResults,
+    DpoResults,
+    PretrainResults,
+    RewardResults,
+    RlResults,
+    SftResults,
+)
 
 
 def results_section(run: StageRun) -> Section:
     section = Section(f"Results ({run.stage})")
-    results: dict[str, Callable[[dict[str, Any]], list[str]]] = {
-        "pretrain": pretrain_results,
-        "sft": sft_results,
-        "reward": reward_results,
-        "dpo": dpo_results,
-        "rl": rl_results,
-        "classify": classify_results,
-    }
-    if run.evaluation and run.stage in results:
-        section.parts += results[run.stage](run.evaluation)
+    results = run.results
+    if isinstance(results, PretrainResults):
+        section.parts += pretrain_results(results)
+    elif isinstance(results, SftResults):
+        section.parts += sft_results(results)
+    elif isinstance(results, RewardResults):
+        section.parts += reward_results(results)
+    elif isinstance(results, DpoResults):
+        section.parts += dpo_results(results)
+    elif isinstance(results, RlResults):
+        section.parts += rl_results(results)
+    elif isinstance(results, ClassifyResults):
+        section.parts += classify_results(results)
     return section
 
 
-def pretrain_results(evaluation: dict[str, Any]) -> list[str]:
-    recall = evaluation.get("fact_recall")
+def pretrain_results(results: PretrainResults) -> list[str]:
+    recall = results.fact_recall
     if not isinstance(recall, dict):
         return []
     correct = both(recall.get("correct"), recall.get("total"), " of ")
@@ -73,13 +84,13 @@ def pretrain_results(evaluation: dict[str, Any]) -> list[str]:
     return parts
 
 
-def sft_results(evaluation: dict[str, Any]) -> list[str]:
+def sft_results(results: SftResults) -> list[str]:
     parts: list[str] = []
-    losses = evaluation.get("task_val_loss") or {}
+    losses = results.task_val_loss or {}
     if losses:
         rows = [before_after("task validation loss", losses.get("before"), losses.get("after"))]
         parts.append(table(["", "before", "after", "change"], rows))
-    answers = evaluation.get("answers") or {}
+    answers = results.answers or {}
     rows = []
     for split, figures in answers.items():
         before, after = figures.get("before") or {}, figures.get("after") or {}
@@ -106,13 +117,16 @@ def sft_results(evaluation: dict[str, Any]) -> list[str]:
     return parts
 
 
-def reward_results(evaluation: dict[str, Any]) -> list[str]:
+def reward_results(results: RewardResults) -> list[str]:
     def row(label: str, figures: dict[str, Any]) -> tuple[Any, ...]:
         return label, figures.get("pairs"), fmt_percent(figures.get("accuracy")), figures.get("mean_margin")
 
     parts: list[str] = []
-    splits = {"validation, before training": (evaluation.get("before") or {}).get("validation")}
-    splits |= {split: evaluation.get(split) for split in ("validation", "heldout")}
+    splits = {
+        "validation, before training": (results.before or {}).get("validation"),
+        "validation": results.validation,
+        "heldout": results.heldout,
+    }
     splits = {label: figures for label, figures in splits.items() if isinstance(figures, dict)}
     if splits:
         header = ["pairs", "n", "accuracy (chosen scored higher)", "mean margin"]
@@ -131,9 +145,10 @@ def reward_results(evaluation: dict[str, Any]) -> list[str]:
     return parts
 
 
-def dpo_results(evaluation: dict[str, Any]) -> list[str]:
-    parts = [paragraph(f"loss {evaluation.get('loss', '–')}, beta {fmt_number(evaluation.get('beta'))}")]
-    before, after = evaluation.get("before") or {}, evaluation.get("after") or {}
+def dpo_results(results: DpoResults) -> list[str]:
+    loss = "–" if results.loss is ABSENT else results.loss
+    parts = [paragraph(f"loss {loss}, beta {fmt_number(None if results.beta is ABSENT else results.beta)}")]
+    before, after = results.before or {}, results.after or {}
     rows = [
         before_after(key.removeprefix("likelihood_accuracy_"), before.get(key), after.get(key), True)
         for key in sorted(k for k in after if k.startswith("likelihood_accuracy_"))
@@ -141,7 +156,7 @@ def dpo_results(evaluation: dict[str, Any]) -> list[str]:
     if rows:
         caption = "The policy gives the chosen answer the higher likelihood (likelihood accuracy)"
         parts.append(table(["pairs", "before", "after", "change"], rows, caption=caption))
-    final = evaluation.get("final") or {}
+    final = results.final or {}
     if final:
         rows = [
             (
@@ -190,9 +205,9 @@ _RL_FIGURES = (
 )
 
 
-def rl_results(evaluation: dict[str, Any]) -> list[str]:
-    parts = [paragraph(f"algorithm {evaluation.get('algorithm', '–')}")]
-    kept = evaluation.get("pass_rate_filter")
+def rl_results(results: RlResults) -> list[str]:
+    parts = [paragraph(f"algorithm {'–' if results.algorithm is ABSENT else results.algorithm}")]
+    kept = results.pass_rate_filter
     if isinstance(kept, dict):
         low, high = kept.get("range") or (None, None)
         rows = [
@@ -206,7 +221,7 @@ def rl_results(evaluation: dict[str, Any]) -> list[str]:
             ),
         ]
         parts.append(table(None, rows, caption="Prompts kept for training"))
-    before, after = evaluation.get("before") or {}, evaluation.get("after") or {}
+    before, after = results.before or {}, results.after or {}
     rows = [
         before_after(label, before.get(key), after.get(key), percent)
         for label, key, percent in _RL_FIGURES
@@ -220,16 +235,14 @@ def rl_results(evaluation: dict[str, Any]) -> list[str]:
     if rows:
         caption = "On the evaluation prompts, before and after RL"
         parts.append(table(["", "before", "after", "change"], rows, caption=caption))
-    if is_number(evaluation.get("final_kl")):
-        parts.append(
-            paragraph(f"final KL to the reference: {fmt_number(evaluation['final_kl'])} nats per answer")
-        )
+    if is_number(results.final_kl):
+        parts.append(paragraph(f"final KL to the reference: {fmt_number(results.final_kl)} nats per answer"))
     return parts
 
 
-def classify_results(evaluation: dict[str, Any]) -> list[str]:
+def classify_results(results: ClassifyResults) -> list[str]:
     parts: list[str] = []
-    tuned, scratch = evaluation.get("validation") or {}, evaluation.get("from_scratch") or {}
+    tuned, scratch = results.validation or {}, results.from_scratch or {}
     names = [name for name, value in tuned.items() if is_number(value)]
     if names:
         header = ["metric", "fine-tuned", *(["from scratch"] if scratch else [])]

@@ -9,7 +9,7 @@ from typing import Any
 
 from peaufine.errors import RunDirError
 from peaufine.report.toolkit import is_number, read_json, read_jsonl
-from peaufine.results import read_evaluation
+from peaufine.results import StageResults, read_results
 
 
 @dataclass
@@ -21,8 +21,13 @@ class StageRun:
     recipe_text: str
     env: dict[str, Any]
     prepared: dict[str, Any]
-    evaluation: dict[str, Any]
+    results: StageResults | None
     rows: list[dict[str, Any]]
+
+    @property
+    def evaluation(self) -> dict[str, Any]:
+        """eval.json's contents as a table, for the sections every stage shares; {} while unfinished."""
+        return self.results.to_json() if self.results is not None else {}
 
     @property
     def stage(self) -> str:
@@ -60,6 +65,6 @@ def load_stage_run(directory: Path) -> StageRun:
         recipe_text=recipe_text,
         env=read_json(directory / "env.json") or {},
         prepared=read_json(directory / "prepared.json") or {},
-        evaluation=read_evaluation(directory) or {},
+        results=read_results(directory),
         rows=read_jsonl(directory / "metrics.jsonl"),
     )
