@@ -73,6 +73,10 @@ class RunDir:
         return self.path / "prepared.json"
 
     @property
+    def budget(self) -> Path:
+        return self.path / "budget.json"
+
+    @property
     def loss_plot(self) -> Path:
         return self.path / "loss.png"
 

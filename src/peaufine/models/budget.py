@@ -6,7 +6,7 @@ Answers "how big is this model, will it fit" before any weight exists (`peaufine
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,8 @@ from peaufine.recipe import AdapterBlock, load_recipe
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedConfig
+
+    from peaufine.recipe import Recipe
 
 # Config attributes that name the number of routed experts, across transformers MoE families.
 _NUM_EXPERTS_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
@@ -469,3 +471,31 @@ def lora_trainable_parameters(
 ) -> int:
     """How many parameters LoRA of rank `r` on `targets` trains (`peaufine params --lora r=8`)."""
     return lora_budget(config, r, targets, dora).trainable
+
+
+def training_budget(model: torch.nn.Module, recipe: Recipe, precision: str) -> dict[str, Any]:
+    """What a stage records of the model it trains (budget.json): its parameter counts, counted on the
+    model itself with its adapter and freezing, and the training memory estimated for the recipe's
+    micro-batch, with a note saying what the estimate assumes."""
+    budget = count_parameters(model)
+    stage, train = recipe.stage, recipe.train
+    sequences = train.micro_batch_size or train.batch_size
+    length = recipe.data.block_size if stage == "pretrain" else recipe.data.max_length
+    note = f"{sequences} sequences x {length} tokens per micro-batch"
+    if stage == "dpo":  # each pair is a chosen and a rejected sequence
+        note = f"{sequences} pairs = {2 * sequences} sequences x up to {length} tokens per micro-batch"
+        sequences *= 2
+    elif stage == "rl":
+        rl = recipe.method.rl
+        sequences = max(1, rl.prompts_per_step * rl.group_size // rl.mini_batches)
+        note = f"{sequences} sampled answers x up to {length} tokens per mini-batch; the policy alone"
+    elif stage != "pretrain":
+        note = f"{sequences} sequences x up to {length} tokens (data.max_length) per micro-batch"
+    memory = estimate_memory(
+        model.config,
+        budget,
+        batch_size=sequences,
+        seq_len=length,
+        activation_bytes=2 if precision in ("bf16", "fp16") else 4,
+    )
+    return {"parameters": asdict(budget), "memory": asdict(memory), "note": note}

@@ -27,7 +27,7 @@ from peaufine.models.tokenizer import load_tokenizer
 from peaufine.report.plots import plot_losses
 from peaufine.results import ClassifyResults
 from peaufine.rundir import RunDir, read_metrics
-from peaufine.stages.lifecycle import finish_run, open_run
+from peaufine.stages.lifecycle import finish_run, open_run, record_budget
 
 if TYPE_CHECKING:
     from peaufine.recipe import Recipe
@@ -127,6 +127,8 @@ def run_classify(
             directory, num_labels, from_scratch=from_scratch, seed=recipe.train.seed, attention=attention
         )
         model = prepare_for_training(model, recipe.train).to(runtime.device)
+        if run_dir is not None:
+            record_budget(run, runtime, recipe, model)
         pad_id = model.config.pad_token_id
         if pad_id is None:
             pad_id = tokenizer.pad_token_id

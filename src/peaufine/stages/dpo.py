@@ -29,7 +29,7 @@ from peaufine.models.tokenizer import load_tokenizer
 from peaufine.report.plots import plot_losses
 from peaufine.results import DpoResults
 from peaufine.rundir import RunDir, read_metrics
-from peaufine.stages.lifecycle import finish_run, open_run
+from peaufine.stages.lifecycle import finish_run, open_run, record_budget
 
 if TYPE_CHECKING:
     import torch
@@ -156,6 +156,7 @@ def run_dpo(
     tokenizer = load_tokenizer(str(run.tokenizer))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model = load_for_training(recipe, source_model_dir(source), runtime)
+    record_budget(run, runtime, recipe, model)
     disable_dropout(model)
     sets = {name: pair_dataset(run.data, name, pad_id) for name in ("train", *EVAL_SPLITS)}
     train_set = sets["train"]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from peaufine.engine.integrations import TRACKING_SINKS, check_tracking, open_tracking
 from peaufine.engine.runtime import make_runtime
 from peaufine.engine.track import Tracker, add_sink, close_sinks, detach_sinks
+from peaufine.models.budget import training_budget
 from peaufine.report.pages.write import write_report
 from peaufine.results import StageResults, write_results
 from peaufine.rundir import RunDir, check_target, commit_staging, staging_dir, write_json
@@ -142,3 +143,10 @@ def finish_run(run: RunDir, results: StageResults) -> None:
     write_results(run, results)
     close_sinks(run.metrics, results.numbers())
     write_report(run.path)
+
+
+def record_budget(run: RunDir, runtime: Runtime, recipe: Recipe, model: Any) -> None:
+    """budget.json, on rank 0: the parameters and training memory of the model as the stage trains it,
+    so the report shows the run's own counts instead of rebuilding the model."""
+    if runtime.is_main:
+        write_json(run.budget, training_budget(model, recipe, runtime.precision))

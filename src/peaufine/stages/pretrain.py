@@ -44,7 +44,7 @@ from peaufine.models.tokenizer import load_tokenizer, train_bpe, train_char
 from peaufine.report.plots import plot_losses
 from peaufine.results import PretrainResults
 from peaufine.rundir import RunDir, read_metrics
-from peaufine.stages.lifecycle import finish_run, open_run
+from peaufine.stages.lifecycle import finish_run, open_run, record_budget
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -286,6 +286,7 @@ def run_pretrain(
     source = resolve_source(recipe.model.source)
     tokenizer = load_tokenizer(str(run.tokenizer))
     model = load_or_build_model(recipe, source, tokenizer, runtime).to(runtime.device)
+    record_budget(run, runtime, recipe, model)
     params = sum(p.numel() for p in model.parameters())
     tracker.say(
         f"model: {recipe.model.source}, {params:,} parameters, on {runtime.device} "

@@ -30,7 +30,7 @@ from peaufine.models.tokenizer import load_tokenizer
 from peaufine.report.plots import plot_losses
 from peaufine.results import RewardResults
 from peaufine.rundir import RunDir, read_metrics
-from peaufine.stages.lifecycle import finish_run, open_run
+from peaufine.stages.lifecycle import finish_run, open_run, record_budget
 
 if TYPE_CHECKING:
     import torch
@@ -146,6 +146,7 @@ def run_reward(
     apply_freeze(model, recipe.model.freeze)
     model = apply_adapter(model, recipe.model.adapter)
     model = prepare_for_training(model, recipe.train).to(runtime.device)
+    record_budget(run, runtime, recipe, model)
     train_set = pair_dataset(run.data, "train", pad_id)
     val_set = pair_dataset(run.data, "validation", pad_id)
     heldout_set = pair_dataset(run.data, "heldout", pad_id)

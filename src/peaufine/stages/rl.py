@@ -25,7 +25,7 @@ from peaufine.methods.rewards import RewardSuite, last_user_turn
 from peaufine.models.build import resolve_source
 from peaufine.results import RlResults
 from peaufine.rundir import RunDir, read_metrics
-from peaufine.stages.lifecycle import finish_run, open_run
+from peaufine.stages.lifecycle import finish_run, open_run, record_budget
 
 if TYPE_CHECKING:
     import torch
@@ -437,6 +437,7 @@ def run_rl(
     tokenizer = load_tokenizer(str(run.tokenizer))
     stop_ids = end_of_turn_ids(tokenizer)
     policy = load_for_training(recipe, source_model_dir(resolve_source(recipe.model.source)), runtime)
+    record_budget(run, runtime, recipe, policy)
     disable_dropout(policy)
     reference = None
     if recipe.model.adapter.kind == "none":

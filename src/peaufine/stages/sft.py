@@ -36,7 +36,7 @@ from peaufine.models.tokenizer import load_tokenizer
 from peaufine.report.plots import plot_losses
 from peaufine.results import SftResults
 from peaufine.rundir import RunDir, read_metrics
-from peaufine.stages.lifecycle import finish_run, open_run
+from peaufine.stages.lifecycle import finish_run, open_run, record_budget
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -242,6 +242,7 @@ def run_sft(
             read_token_stream(run.data / "replay.bin"), extra, recipe.data.max_length, recipe.train.seed
         )
     model = load_for_training(recipe, model_dir, runtime)
+    record_budget(run, runtime, recipe, model)
     before = evaluate_before(recipe, model, tokenizer, run, general, runtime, pad_id, val_examples)
     result = fit(
         model,

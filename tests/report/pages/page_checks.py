@@ -63,7 +63,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
-BUDGET = "Parameters: model/config.json with the recipe's adapter and freezing, counted on the meta device"
+BUDGET = "Parameters of the model as the stage trained it (its adapter and freezing applied)"
 INJECTED = "<script>alert('injected')</script>"
 
 TINY_RECIPE = """stage: sft

@@ -126,7 +126,7 @@ def test_the_sft_report_shows_the_runs_own_numbers(stage_reports, smoke_demo):
     assert html.escape(heldout["after"]["samples"][0]["question"]) in page
     env = json.loads((run / "env.json").read_text())
     assert f"torch {env['packages']['torch']}" in page
-    # the budget, counted on the meta device from the config and recipe, is what the run saved: the
+    # the budget, counted by the stage on the model it trained (budget.json), is what the run saved: the
     # adapter's tensors are the trainable parameters, the merged model's the frozen base
     budget = key_values(page, BUDGET)
     source = smoke_demo.out / "sft"

@@ -10,6 +10,7 @@ from typing import Any
 from peaufine.errors import RunDirError
 from peaufine.report.toolkit import is_number, read_json, read_jsonl
 from peaufine.results import StageResults, read_results
+from peaufine.rundir import RunDir
 
 
 @dataclass
@@ -23,6 +24,7 @@ class StageRun:
     prepared: dict[str, Any]
     results: StageResults | None
     rows: list[dict[str, Any]]
+    budget: dict[str, Any]  # budget.json: what the stage counted of the model it trained
 
     @property
     def evaluation(self) -> dict[str, Any]:
@@ -67,4 +69,5 @@ def load_stage_run(directory: Path) -> StageRun:
         prepared=read_json(directory / "prepared.json") or {},
         results=read_results(directory),
         rows=read_jsonl(directory / "metrics.jsonl"),
+        budget=read_json(RunDir(directory).budget) or {},
     )
