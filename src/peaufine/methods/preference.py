@@ -12,7 +12,8 @@ Any of them can add `sft_weight` times the chosen answer's mean negative log-lik
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -158,17 +159,25 @@ class DpoLoss:
         return batch["weights"].sum()
 
 
-def adapter_disabled_logps(
-    model: torch.nn.Module, batch: Batch, chunk_tokens: int | None = None
-) -> torch.Tensor:
-    """Summed log-probs under the LoRA model with its adapter off: the base model, no copy kept."""
+@contextmanager
+def adapter_disabled(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The LoRA model under `model` with its adapter off, without gradients: the model it started
+    from, the reference of DPO and RL when no copy of it is kept."""
     import torch
 
     peft_model = unwrap(model)
     if not hasattr(peft_model, "disable_adapter"):
         raise RecipeError("method.dpo.reference: adapter needs model.adapter.kind: lora")
     with torch.no_grad(), peft_model.disable_adapter():
-        return sequence_logps(peft_model, batch, chunk_tokens)[0].detach()
+        yield peft_model
+
+
+def adapter_disabled_logps(
+    model: torch.nn.Module, batch: Batch, chunk_tokens: int | None = None
+) -> torch.Tensor:
+    """Summed log-probs under the LoRA model with its adapter off: the base model, no copy kept."""
+    with adapter_disabled(model) as base:
+        return sequence_logps(base, batch, chunk_tokens)[0].detach()
 
 
 def precompute_reference(
