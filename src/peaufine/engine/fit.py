@@ -35,7 +35,7 @@ class Objective(Protocol):
 
     Units are target tokens for language modelling, pairs for preference losses: the engine divides
     the summed loss by the units of the whole global batch. An objective that reports more than its
-    loss (DPO's preference accuracy, RL's clip fraction) also has a `tally` (a MetricTally) that
+    loss (a preference accuracy, a clip fraction) also has a `tally` (a MetricTally) that
     its loss_sum adds to; the engine logs the tally's means with each training row, and with a
     `val_` prefix after each validation.
     """
