@@ -131,6 +131,7 @@ def train_peaufine(job: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     import torch
 
+    import peaufine.engine.fit as engine_fit
     import peaufine.stages.rl as rl_stage
     from peaufine.engine.track import Tracker
     from peaufine.recipe import validate_recipe
@@ -176,8 +177,9 @@ def train_peaufine(job: dict[str, Any]) -> dict[str, Any]:
         }
     )
 
-    # Clocks around what run_rl calls, without changing it: the loop's start (the tracker is told) and
-    # the end of each step's optimisation, where the rollouts it trained on are read.
+    # Clocks around what run_rl calls, without changing it: the loop's start (the tracker is told), each
+    # step's rollouts as they are handed to the loop (RolloutSteps.passes) and the end of the step's
+    # updates (the loop then asks the steps for the step's row).
     marks: dict[str, Any] = {}
 
     class LoopClock(Tracker):
@@ -190,9 +192,15 @@ def train_peaufine(job: dict[str, Any]) -> dict[str, Any]:
     completion_tokens: list[int] = []
     prompts_seen: list[list[list[int]]] = []
     lrs: list[float] = []
-    optimise = rl_stage.optimise
+    run_loop = engine_fit.TrainingLoop.run
+    passes, row = rl_stage.RolloutSteps.passes, rl_stage.RolloutSteps.row
 
-    def timed_optimise(loop: Any, batch: dict[str, Any], config: Any) -> float:
+    def kept_run(loop: Any, hooks: Any) -> Any:
+        marks["loop"] = loop
+        return run_loop(loop, hooks)
+
+    def timed_passes(steps: Any, batch: dict[str, Any]) -> Any:
+        loop = marks["loop"]
         if "optimizer" not in marks:
             marks["optimizer"] = harness.optimizer_groups(loop.optimizer, loop.model)
         lrs.append(loop.optimizer.param_groups[0]["lr"])
@@ -203,11 +211,15 @@ def train_peaufine(job: dict[str, Any]) -> dict[str, Any]:
         )
         step_tokens.append(int(attention.sum()))  # prompt tokens + generated tokens (stop token included)
         completion_tokens.append(int(response.sum()))
-        loss = optimise(loop, batch, config)
-        ends.append(time.perf_counter())
-        return loss
+        return passes(steps, batch)
 
-    rl_stage.optimise = timed_optimise
+    def timed_row(steps: Any, *args: Any) -> Any:
+        ends.append(time.perf_counter())
+        return row(steps, *args)
+
+    engine_fit.TrainingLoop.run = kept_run
+    rl_stage.RolloutSteps.passes = timed_passes
+    rl_stage.RolloutSteps.row = timed_row
     out = Path(job["run_dir"])
     rl_stage.run_rl(recipe, out, tracker=LoopClock(enabled=False))
     rss_peak = harness.maxrss_mb()

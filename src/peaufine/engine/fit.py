@@ -1,8 +1,9 @@
 """The one training loop every method runs in: accumulate, clip, step, schedule, evaluate, checkpoint.
 
-The loss of an optimiser step is the sum of per-target losses over all micro-batches of all processes,
+The loss of an optimiser update is the sum of per-target losses over all micro-batches of all processes,
 divided by the number of targets in that whole global batch, so batch 1 x accumulation 8, batch 8 x 1
-and 2 processes x 4 give the same update on variable-length data.
+and 2 processes x 4 give the same update on variable-length data. What each step trains on comes from
+a step source (engine/steps.py): by default one global batch of a data set per step.
 """
 
 from __future__ import annotations
@@ -14,17 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from peaufine.data.batching import (
-    Batch,
-    BatchPlan,
-    Dataset,
-    MicroBatchFeed,
-    batch_to,
-    evaluation_batches,
-)
-from peaufine.engine.checkpoint import CheckpointStore, TrainerState, load_weights
+from peaufine.data.batching import Batch, BatchPlan, Dataset, batch_to, evaluation_batches
+from peaufine.engine.checkpoint import CheckpointStore, TrainerState, load_weights, torch_rng_state
 from peaufine.engine.optim import build_optimizer, build_scheduler
-from peaufine.engine.parallel import lockstep
+from peaufine.engine.parallel import lockstep, place
+from peaufine.engine.steps import BatchSteps, StepSource, Window
 from peaufine.engine.track import MetricsLog, Tracker
 from peaufine.errors import TrainingError
 
@@ -40,7 +35,7 @@ class Objective(Protocol):
 
     Units are target tokens for language modelling, pairs for preference losses: the engine divides
     the summed loss by the units of the whole global batch. An objective that reports more than its
-    loss (DPO's preference accuracy, RL's clip fraction) also has a `tally` (a MetricTally) that
+    loss (a preference accuracy, a clip fraction) also has a `tally` (a MetricTally) that
     its loss_sum adds to; the engine logs the tally's means with each training row, and with a
     `val_` prefix after each validation.
     """
@@ -205,7 +200,7 @@ class TrainingLoop:
         self,
         model: torch.nn.Module,
         objective: Objective,
-        train_set: Dataset,
+        train_set: Dataset | StepSource,
         val_set: Dataset | None,
         train: TrainBlock,
         evaluation: EvalBlock,
@@ -217,7 +212,6 @@ class TrainingLoop:
 
         self.model = model
         self.objective = objective
-        self.train_set = train_set
         self.val_set = val_set if val_set is not None and len(val_set) > 0 else None
         self.train = train
         self.evaluation = evaluation
@@ -235,21 +229,25 @@ class TrainingLoop:
         self.writes = writes
         self.metrics = MetricsLog(Path(run_dir or ".") / "metrics.jsonl", enabled=writes)
         self.forward_module = self._wrap(model)
+        self.source = (
+            train_set
+            if isinstance(train_set, StepSource)
+            else BatchSteps(train_set, self.plan, train, runtime)
+        )
         self.optimizer = build_optimizer(self.trained, train)
-        self.scheduler = build_scheduler(self.optimizer, train)
+        # train.max_steps counts steps, the schedule counts optimiser updates
+        updates = train.max_steps * self.source.updates_per_step
+        schedule = train if updates == train.max_steps else train.model_copy(update={"max_steps": updates})
+        self.scheduler = build_scheduler(self.optimizer, schedule)
         self.scaler = torch.amp.GradScaler("cuda") if runtime.precision == "fp16" else None
         self.state = TrainerState()
         self.history: list[dict[str, Any]] = []
         self.best_in_memory: dict[str, torch.Tensor] | None = None
         self.trainable = [p for p in self.trained.parameters() if p.requires_grad]
-        self.feed = MicroBatchFeed(
-            train_set, self.plan, train.seed, runtime.rank, runtime.device, train.prefetch_batches
-        )
 
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """Place the model on the processes (DDP or FSDP, see engine/parallel.py); returns the module
         the loss is computed through. `self.trained` is the one whose parameters the optimiser steps."""
-        from peaufine.engine.parallel import place
 
         self.placement = place(model, self.train, self.runtime)
         self.trained = self.placement.trained
@@ -278,15 +276,15 @@ class TrainingLoop:
 
     # -- one optimiser step ----------------------------------------------------------------------
     def accumulate_gradients(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Forward and backward over this process's micro-batches of the current global batch."""
-        return self.gradients_on(self.feed.take(self.state.examples_seen))
+        """Forward and backward over this process's micro-batches of the next step's first update."""
+        return self.gradients_on(next(iter(self.source.next_step(self.state).updates)))
 
     def gradients_on(self, batches: list[Batch]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Forward and backward over this process's share (`batches`) of one global batch.
 
         Leaves in `.grad` the gradient of (summed loss / units in the global batch), whatever the
         split into processes and micro-batches. Returns the summed loss, the global unit count and
-        the input tokens processed by all processes. RL calls this on its own rollout batches.
+        the input tokens processed by all processes.
         """
         import torch
 
@@ -367,7 +365,6 @@ class TrainingLoop:
 
     def checkpoint(self) -> None:
         """Rank 0 writes full weights and optimiser state; under FSDP every rank helps gather them."""
-        from peaufine.engine.checkpoint import torch_rng_state
 
         self.state.scheduler = self.scheduler.state_dict()
         if self.store is not None:
@@ -389,65 +386,51 @@ class TrainingLoop:
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, hooks: list[StepHook]) -> FitResult:
-        import torch
-
-        train, state = self.train, self.state
+        train, state, source = self.train, self.state, self.source
         self.model.train()
-        self.tracker.start(train.max_steps, state.step, "training")
-        window_loss = torch.zeros((), dtype=torch.float64, device=self.runtime.device)
-        window_units = torch.zeros((), dtype=torch.float64, device=self.runtime.device)
-        window_tokens, window_start = 0, time.perf_counter()
         last_train_loss: float | None = None
         last_val: float | None = None
         stopped_early = False
         try:
+            source.start(state)
+            self.tracker.start(train.max_steps, state.step, source.name)
+            window, window_start = self.new_window(), time.perf_counter()
             while state.step < train.max_steps:
-                loss_total, units, tokens = self.accumulate_gradients()
-                grad_norm = self.apply_update()
-                if not torch.isfinite(loss_total) or (self.scaler is None and not torch.isfinite(grad_norm)):
-                    self.fail_non_finite(
-                        "the loss" if not torch.isfinite(loss_total) else "the gradient norm"
-                    )
+                step = source.next_step(state)
+                tokens = 0
+                for batches in step.updates:
+                    loss_total, units, update_tokens = self.gradients_on(batches)
+                    grad_norm = self.apply_update()
+                    self.check_finite(loss_total, grad_norm)
+                    window.add(loss_total, units, update_tokens, grad_norm)
+                    tokens += update_tokens
                 state.step += 1
-                state.examples_seen += self.plan.batch_size
+                state.examples_seen += step.examples
                 state.tokens_seen += tokens
-                window_loss += loss_total
-                window_units += units
-                window_tokens += tokens
                 last = state.step == train.max_steps
                 row: dict[str, Any] | None = None
-                if state.step % train.log_every == 0 or last or state.step == 1:
-                    now = time.perf_counter()
-                    self.runtime.sum_across(window_loss)
-                    last_train_loss = float(window_loss / window_units.clamp(min=1.0))
-                    elapsed = now - window_start
-                    state.elapsed += elapsed
-                    row = {
-                        "step": state.step,
-                        "lr": self.scheduler.get_last_lr()[0],
-                        "train_loss": last_train_loss,
-                        "grad_norm": float(grad_norm),
-                        "tokens_per_s": window_tokens / elapsed if elapsed > 0 else None,
-                        "tokens_seen": state.tokens_seen,
-                        "elapsed": state.elapsed,
-                    }
+                if state.step % source.log_every == 0 or last or state.step == 1:
+                    window.seconds = time.perf_counter() - window_start
+                    state.elapsed += window.seconds
                     tally = objective_tally(self.objective)
-                    if tally is not None:
-                        row.update(tally.drain(self.runtime))
-                    self.tracker.update(
-                        state.step,
-                        f"loss {last_train_loss:.3f}  {row['tokens_per_s'] or 0:,.0f} tok/s",
-                    )
-                    window_loss.zero_()
-                    window_units.zero_()
-                    window_tokens, window_start = 0, time.perf_counter()
-                if self.val_set is not None and (state.step % self.evaluation.every == 0 or last):
+                    means = tally.drain(self.runtime) if tally is not None else {}
+                    row = {"step": state.step, "lr": self.scheduler.get_last_lr()[0]}
+                    row.update(source.row(window, state, means))
+                    last_train_loss = row["train_loss"]
+                    self.tracker.update(state.step, source.status(row))
+                    window, window_start = self.new_window(), time.perf_counter()
+                if state.step % self.evaluation.every == 0 or last:
                     eval_start = time.perf_counter()
-                    last_val, val_metrics = self.validate()
-                    row = row or {"step": state.step}
-                    row["val_loss"] = last_val
-                    row.update({f"val_{name}": value for name, value in val_metrics.items()})
-                    stopped_early = self.note_validation(last_val)
+                    measured: dict[str, Any] = {}
+                    if self.val_set is not None:
+                        last_val, val_metrics = self.validate()
+                        measured["val_loss"] = last_val
+                        measured.update({f"val_{name}": value for name, value in val_metrics.items()})
+                        stopped_early = self.note_validation(last_val)
+                    measured.update(source.evaluate(state.step))
+                    if measured:
+                        row = row or {"step": state.step}
+                        row.update(measured)
                     # evaluation time is not training time: keep it out of tokens/s
                     window_start += time.perf_counter() - eval_start
                 if row is not None:
@@ -465,7 +448,7 @@ class TrainingLoop:
                     )
                     break
         finally:
-            self.feed.close()
+            source.close()
             self.tracker.stop()
         self.placement.fill_host(everywhere=True)  # from here on the stage's model is whole on every rank
         restored = self.restore_best()
@@ -481,6 +464,22 @@ class TrainingLoop:
             restored_best=restored,
             history=self.history,
         )
+
+    def new_window(self) -> Window:
+        import torch
+
+        zero = torch.zeros((), dtype=torch.float64, device=self.runtime.device)
+        return Window(loss=zero, units=zero.clone())
+
+    def check_finite(self, loss_total: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Stop the run at an update whose loss or gradient norm is not finite (under fp16 the grad
+        scaler skips such updates itself)."""
+        import torch
+
+        if not torch.isfinite(loss_total):
+            self.fail_non_finite("the loss")
+        if self.scaler is None and not torch.isfinite(grad_norm):
+            self.fail_non_finite("the gradient norm")
 
     def restore_best(self) -> bool:
         state = self.state
@@ -502,7 +501,7 @@ class TrainingLoop:
 def make_loop(
     model: torch.nn.Module,
     objective: Objective,
-    train_set: Dataset,
+    train_set: Dataset | StepSource,
     val_set: Dataset | None,
     train: TrainBlock,
     evaluation: EvalBlock,
@@ -514,7 +513,7 @@ def make_loop(
     """The loop's state, ready to run; tests use it to look at one step's gradients."""
     import torch
 
-    if len(train_set) == 0:
+    if not isinstance(train_set, StepSource) and len(train_set) == 0:
         raise TrainingError("the training set is empty: no batch can be formed")
     torch.manual_seed(train.seed + runtime.rank)
     return TrainingLoop(
@@ -533,7 +532,7 @@ def make_loop(
 def fit(
     model: torch.nn.Module,
     objective: Objective,
-    train_set: Dataset,
+    train_set: Dataset | StepSource,
     val_set: Dataset | None,
     train: TrainBlock,
     evaluation: EvalBlock,
@@ -544,7 +543,8 @@ def fit(
     resume: bool = False,
     hooks: list[StepHook] | None = None,
 ) -> FitResult:
-    """Train `model` on `train_set` with `objective` until train.max_steps or early stopping."""
+    """Train `model` with `objective` until train.max_steps or early stopping: on `train_set`, one
+    global batch a step, or on the steps a StepSource makes (see engine/steps.py)."""
     loop = make_loop(
         model, objective, train_set, val_set, train, evaluation, runtime, run_dir=run_dir, tracker=tracker
     )

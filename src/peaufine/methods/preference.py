@@ -12,14 +12,16 @@ Any of them can add `sft_weight` times the chosen answer's mean negative log-lik
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from peaufine.data.batching import IGNORE_INDEX, Batch
+from peaufine.data.batching import IGNORE_INDEX, Batch, batch_to
 from peaufine.engine.fit import MetricTally
 from peaufine.engine.parallel import unwrap
 from peaufine.errors import RecipeError
+from peaufine.methods.chunked_loss import target_logps
 
 if TYPE_CHECKING:
     import torch
@@ -44,8 +46,6 @@ def sequence_logps(
     labels = batch["labels"]
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     if chunk_tokens is not None:
-        from peaufine.methods.chunked_loss import target_logps
-
         logps, _ = target_logps(model, inputs, labels, chunk_tokens)
         return logps.sum(-1), (labels != IGNORE_INDEX).sum(-1)
     logits = model(**inputs, use_cache=False).logits
@@ -158,17 +158,25 @@ class DpoLoss:
         return batch["weights"].sum()
 
 
-def adapter_disabled_logps(
-    model: torch.nn.Module, batch: Batch, chunk_tokens: int | None = None
-) -> torch.Tensor:
-    """Summed log-probs under the LoRA model with its adapter off: the base model, no copy kept."""
+@contextmanager
+def adapter_disabled(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The LoRA model under `model` with its adapter off, without gradients: the model it started
+    from, the reference of DPO and RL when no copy of it is kept."""
     import torch
 
     peft_model = unwrap(model)
     if not hasattr(peft_model, "disable_adapter"):
         raise RecipeError("method.dpo.reference: adapter needs model.adapter.kind: lora")
     with torch.no_grad(), peft_model.disable_adapter():
-        return sequence_logps(peft_model, batch, chunk_tokens)[0].detach()
+        yield peft_model
+
+
+def adapter_disabled_logps(
+    model: torch.nn.Module, batch: Batch, chunk_tokens: int | None = None
+) -> torch.Tensor:
+    """Summed log-probs under the LoRA model with its adapter off: the base model, no copy kept."""
+    with adapter_disabled(model) as base:
+        return sequence_logps(base, batch, chunk_tokens)[0].detach()
 
 
 def precompute_reference(
@@ -184,8 +192,6 @@ def precompute_reference(
     mode). Every process computes all pairs of its data: they are few next to training.
     """
     import torch
-
-    from peaufine.data.batching import batch_to
 
     was_training = model.training
     model.eval()

@@ -14,12 +14,18 @@ Imported only by the RL stage (itself imported inside its command), so torch is 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from peaufine.data.batching import Batch
+from peaufine.data.batching import IGNORE_INDEX, Batch
 from peaufine.engine.fit import MetricTally
+from peaufine.methods.chunked_loss import target_logps
+from peaufine.methods.preference import adapter_disabled
+
+if TYPE_CHECKING:
+    from peaufine.methods.rollout import Rollouts
+    from peaufine.recipe import RlBlock
 
 KL_ESTIMATORS = ("k1", "k3")
 
@@ -69,7 +75,6 @@ def logprobs_of_tokens(
 def response_labels(input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """Labels aligned with the positions that predict them: column t - 1 holds token t where token t
     is a response token, -100 elsewhere (the layout of `chunked_target_logps`)."""
-    from peaufine.data.batching import IGNORE_INDEX
 
     labels = torch.full_like(input_ids, IGNORE_INDEX)
     labels[:, :-1] = torch.where(response_mask[:, 1:].bool(), input_ids[:, 1:], IGNORE_INDEX)
@@ -89,7 +94,6 @@ def token_logprobs_and_hidden(
     if chunk_tokens is None:
         out = policy_forward(model, input_ids, attention_mask, hidden_states=True)
         return logprobs_of_tokens(out.logits, input_ids, response_mask, temperature), out.hidden_states[-1]
-    from peaufine.methods.chunked_loss import target_logps
 
     inputs = {
         "input_ids": input_ids,
@@ -252,6 +256,107 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tens
         return torch.zeros_like(x, dtype=torch.float32)
     mean, var = chosen.mean(), chosen.var(unbiased=False)
     return torch.where(mask, (x.float() - mean) * torch.rsqrt(var + eps), 0.0)
+
+
+def ppo_advantages(
+    scores: torch.Tensor,
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+    gamma: float,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's per-token (advantages, returns) from the sequences' scores [N], the sampling policy's and
+    the reference's log-probs and the old values [N, L]: the KL leash is in the rewards, the
+    advantages are whitened over the rollouts' response tokens before any pass over them."""
+    # r_t = -kl_coef * (logp_t - ref_t), plus the score at the last token (Ziegler et al. 2019;
+    # InstructGPT, Ouyang et al. 2022, eq. 2)
+    rewards = kl_penalised_rewards(scores, logps, ref_logps, mask, kl_coef)
+    # A_t = sum_k (gamma lam)^k delta_{t+k}, delta_t = r_t + gamma V_{t+1} - V_t (Schulman et al. 2016)
+    advantages, returns = gae(rewards, values, mask, gamma, lam)
+    # (A - mean) / std over the rollouts' response tokens, as Ziegler et al. 2019's code does
+    return whiten(advantages, mask), returns
+
+
+# -- one step's rollouts as the objectives' batch ----------------------------------------------------
+def reference_logps(
+    policy: torch.nn.Module,
+    reference: torch.nn.Module | None,
+    rollouts: Rollouts,
+    temperature: float,
+    chunk_tokens: int | None = None,
+) -> torch.Tensor:
+    """[N, L] log-probs of the rollouts under the reference: the frozen copy of the starting policy
+    when there is one (full fine-tuning), else the LoRA policy with its adapter off."""
+
+    args = (rollouts.input_ids, rollouts.attention_mask, rollouts.response_mask, temperature, chunk_tokens)
+    if reference is not None:
+        with torch.no_grad():
+            return token_logprobs(reference, *args)
+    with adapter_disabled(policy) as base:
+        return token_logprobs(base, *args)
+
+
+def rollout_batch(
+    rollouts: Rollouts,
+    scores: list[float],
+    policy: torch.nn.Module,
+    reference: torch.nn.Module | None,
+    config: RlBlock,
+    kl_coef: float,
+    head: ValueHead | None,
+    chunk_tokens: int | None = None,
+) -> tuple[Batch, dict[str, float]]:
+    """The batch GrpoLoss (`head` None) or PpoLoss trains on: the rollouts with the sampling policy's
+    ("old") and the reference's log-probs, the advantages (and PPO's old values and returns); plus
+    what to log about the rollouts themselves (reward statistics, response length, KL and entropy).
+
+    GRPO with one pass of one mini-batch optimises the very policy that sampled: its old log-probs are
+    those of the training forward (GrpoLoss without old_logps), which then also tallies the rollouts'
+    entropy and KL; no forward of the policy is spent on them here."""
+    r = rollouts
+    mask = r.response_mask
+    rewards = torch.tensor(scores, dtype=torch.float32, device=r.input_ids.device)
+    on_policy = head is None and config.passes == 1 and config.mini_batches == 1
+    with torch.no_grad():
+        if on_policy:
+            old = None
+        elif head is None:
+            old = token_logprobs(
+                policy, r.input_ids, r.attention_mask, mask, config.temperature, chunk_tokens
+            )
+        else:
+            old, hidden = token_logprobs_and_hidden(
+                policy, r.input_ids, r.attention_mask, mask, config.temperature, chunk_tokens
+            )
+            old_values = torch.where(mask, values_of_tokens(head, hidden), 0.0)
+    ref = reference_logps(policy, reference, r, config.temperature, chunk_tokens)
+    batch = {"input_ids": r.input_ids, "attention_mask": r.attention_mask, "response_mask": mask}
+    if head is None:
+        batch["ref_logps"] = ref
+        if old is not None:
+            batch["old_logps"] = old
+        # (r - mean of the group) / std of the group (DeepSeekMath, Shao et al. 2024, eq. 3)
+        batch["advantages"] = group_advantages(rewards, config.group_size, scale=config.scale_rewards)
+    else:  # PPO's leash is in the rewards: the loss needs no reference log-probs
+        assert old is not None
+        advantages, returns = ppo_advantages(
+            rewards, old, ref, old_values, mask, kl_coef, config.gamma, config.lam
+        )
+        batch.update(old_logps=old, advantages=advantages, returns=returns, old_values=old_values)
+    lengths = mask.sum(-1).float()
+    logged = {
+        "reward_mean": float(rewards.mean()),
+        "reward_min": float(rewards.min()),
+        "reward_max": float(rewards.max()),
+        "response_length": float(lengths.mean()),
+    }
+    if old is not None:
+        logged["kl"] = float(((old - ref) * mask).sum(-1).mean())
+        logged["entropy"] = float(-(old * mask).sum() / mask.sum().clamp(min=1))
+    return batch, logged
 
 
 # -- per-token losses -----------------------------------------------------------------------------

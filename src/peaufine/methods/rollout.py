@@ -1,18 +1,41 @@
 """Rollouts for RL: G sampled responses to each prompt, laid out as the objectives in `methods.rl` read
-them (prompt left-padded to one length, response right-padded after it, masks marking what was generated).
+them (prompt left-padded to one length, response right-padded after it, masks marking what was generated),
+and scored by the reward sources.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from peaufine.errors import DataError
+from peaufine.errors import DataError, RecipeError
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
+
+    from peaufine.methods.rewards import RewardSuite
+    from peaufine.recipe import RlBlock
+
+
+@dataclass
+class PromptSet:
+    """Prompts with the columns reward functions receive (the reference answer, say)."""
+
+    prompts: list[Any]  # chat messages or raw text
+    texts: list[str]  # rendered for generation (chat template + assistant header)
+    columns: dict[str, list[Any]]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def subset(self, indices: list[int]) -> PromptSet:
+        return PromptSet(
+            [self.prompts[i] for i in indices],
+            [self.texts[i] for i in indices],
+            {k: [v[i] for i in indices] for k, v in self.columns.items()},
+        )
 
 
 @dataclass
@@ -141,3 +164,97 @@ def generate_rollouts(
         completions=completions,
         prompt_length=prompt_length,
     )
+
+
+# -- rollouts and their scores ---------------------------------------------------------------------------
+@dataclass
+class ScoredRollouts:
+    rollouts: Rollouts
+    prompts: PromptSet  # one entry per row (each prompt repeated group_size times)
+    rewards: list[float]
+    per_source: dict[str, list[float]]
+
+
+def sample(
+    policy: Any,
+    tokenizer: Any,
+    prompts: PromptSet,
+    suite: RewardSuite,
+    config: RlBlock,
+    *,
+    group_size: int,
+    seed: int,
+    stop_ids: list[int],
+) -> ScoredRollouts:
+    """`group_size` rollouts of each prompt (method.rl's sampling settings), scored by `suite`."""
+    rollouts = generate_rollouts(
+        policy,
+        tokenizer,
+        prompts.texts,
+        group_size=group_size,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_k=config.top_k,
+        seed=seed,
+        stop_ids=stop_ids,
+    )
+    rows = prompts.subset([int(i) for i in rollouts.prompt_index])
+    rewards, per_source = suite.score(rows.prompts, rollouts.completions, rows.columns)
+    return ScoredRollouts(rollouts, rows, rewards, per_source)
+
+
+def pass_scores(scored: ScoredRollouts, config: RlBlock) -> list[float]:
+    if config.pass_source is None:
+        return scored.rewards
+    if config.pass_source not in scored.per_source:
+        raise RecipeError(
+            f"method.rl.pass_source: {config.pass_source!r} is none of the reward sources "
+            f"({', '.join(scored.per_source)})"
+        )
+    return scored.per_source[config.pass_source]
+
+
+def pass_rates(
+    policy: Any, tokenizer: Any, prompts: PromptSet, suite: RewardSuite, config: RlBlock, stop_ids: list[int]
+) -> list[float]:
+    """Each prompt's pass rate over a group of samples from the policy as it starts."""
+    rates = []
+    for start in range(0, len(prompts), 16):
+        chunk = prompts.subset(list(range(start, min(len(prompts), start + 16))))
+        scored = sample(
+            policy,
+            tokenizer,
+            chunk,
+            suite,
+            config,
+            group_size=config.group_size,
+            seed=start,
+            stop_ids=stop_ids,
+        )
+        passed = [s >= config.pass_threshold for s in pass_scores(scored, config)]
+        g = config.group_size
+        rates += [sum(passed[i * g : (i + 1) * g]) / g for i in range(len(chunk))]
+    return rates
+
+
+def filter_by_pass_rate(
+    policy: Any, tokenizer: Any, prompts: PromptSet, suite: RewardSuite, config: RlBlock, stop_ids: list[int]
+) -> tuple[PromptSet, dict[str, Any]]:
+    """The prompts whose pass rate before training is in [min_pass_rate, max_pass_rate], and what
+    the filter did (for eval.json)."""
+    rates = pass_rates(policy, tokenizer, prompts, suite, config, stop_ids)
+    low = config.min_pass_rate or 0.0
+    high = config.max_pass_rate if config.max_pass_rate is not None else 1.0
+    keep = [i for i, rate in enumerate(rates) if low <= rate <= high]
+    if not keep:
+        raise RecipeError(
+            f"method.rl: no prompt has a pass rate in [{low}, {high}] before training "
+            f"(mean pass rate {sum(rates) / len(rates):.2f}); widen min_pass_rate / max_pass_rate"
+        )
+    return prompts.subset(keep), {
+        "range": [low, high],
+        "prompts_before": len(rates),
+        "prompts_kept": len(keep),
+        "mean_pass_rate_before": sum(rates) / len(rates),
+        "mean_pass_rate_kept": sum(rates[i] for i in keep) / len(keep),
+    }

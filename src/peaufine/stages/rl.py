@@ -4,9 +4,9 @@ held near its reference by a KL penalty.
 One step: draw `prompts_per_step` prompts; sample `group_size` answers each (KV cache, batched, stop
 at end of turn); score them with the reward sources (reward models re-tokenise the text with their
 own tokenizer; Python functions get the prompt's columns); compute the sampling policy's and the
-reference's log-probs once; then `passes` optimisation passes of `mini_batches` optimiser steps each
-over those rollouts, through the engine's gradient and update steps. The reference is the LoRA model
-with its adapter off, or a frozen copy of the starting policy for full fine-tuning.
+reference's log-probs once; then `passes` optimisation passes of `mini_batches` optimiser updates each
+over those rollouts. The engine's loop runs the steps: `RolloutSteps` is its step source. The reference
+is the LoRA model with its adapter off, or a frozen copy of the starting policy for full fine-tuning.
 """
 
 from __future__ import annotations
@@ -14,24 +14,48 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from peaufine.data.world import copy_world, source_world
+from peaufine.data.batching import global_batch
+from peaufine.data.prompts import load_prompt_records
+from peaufine.data.records import split_records
+from peaufine.data.tokenize import ensure_chat_template, generation_prompt
+from peaufine.data.world import candidate_objects, copy_world, source_world
+from peaufine.data.world_preferences import arithmetic_questions
+from peaufine.engine.fit import StepHook, fit
+from peaufine.engine.runtime import make_runtime
+from peaufine.engine.steps import Step, Window
 from peaufine.engine.track import Tracker
-from peaufine.errors import RecipeError
-from peaufine.methods.rewards import RewardSuite, last_user_turn
-from peaufine.models.build import resolve_source
+from peaufine.errors import RecipeError, TrainingError
+from peaufine.methods.preference import disable_dropout
+from peaufine.methods.rewards import RewardSuite, exact_answer, last_user_turn, load_reward_function
+from peaufine.methods.rl import (
+    AdaptiveKLController,
+    FixedKLController,
+    GrpoLoss,
+    PolicyWithValue,
+    PpoLoss,
+    ValueHead,
+    reference_logps,
+    rollout_batch,
+    token_logprobs,
+)
+from peaufine.methods.rollout import PromptSet, ScoredRollouts, filter_by_pass_rate, sample
+from peaufine.models.build import load_for_training, resolve_source, save_outputs, source_model_dir
+from peaufine.models.generate import generate_texts
+from peaufine.models.tokenizer import end_of_turn_ids, load_tokenizer
+from peaufine.report.plots import plot_rl
 from peaufine.results import RlResults
 from peaufine.rundir import RunDir, read_metrics
 from peaufine.stages.lifecycle import finish_run, open_run, record_budget
 
 if TYPE_CHECKING:
-    import torch
-
-    from peaufine.engine.fit import TrainingLoop
-    from peaufine.methods.rollout import Rollouts
+    from peaufine.data.batching import Batch
+    from peaufine.engine.checkpoint import TrainerState
+    from peaufine.engine.runtime import Runtime
     from peaufine.recipe import Recipe, RlBlock
 
 
@@ -40,28 +64,6 @@ class RlResult:
     run: RunDir
     steps: int
     evaluation: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class PromptSet:
-    """Prompts with the columns reward functions receive (the reference answer, say)."""
-
-    prompts: list[Any]  # chat messages or raw text
-    texts: list[str]  # rendered for generation (chat template + assistant header)
-    columns: dict[str, list[Any]]
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    def subset(self, indices: list[int]) -> PromptSet:
-        return PromptSet(
-            [self.prompts[i] for i in indices],
-            [self.texts[i] for i in indices],
-            {k: [v[i] for i in indices] for k, v in self.columns.items()},
-        )
-
-    def collate(self, indices: Any) -> Any:  # the engine's Dataset protocol; RL batches its own rollouts
-        raise NotImplementedError("rl batches come from rollouts")
 
 
 # -- prompts ------------------------------------------------------------------------------------------
@@ -79,22 +81,18 @@ def gather_prompts(recipe: Recipe) -> list[dict[str, Any]]:
                 "data.source: 'world' asks the synthetic world's arithmetic questions, which needs "
                 "model.source to be a run trained on the world (it has a world/ folder)"
             )
-        from peaufine.data.world import candidate_objects
-        from peaufine.data.world_preferences import arithmetic_questions
 
         numbers = candidate_objects(world, "number")
         return [
             {"prompt": [{"role": "user", "content": q}], "answer": a, "candidates": numbers}
             for q, a in arithmetic_questions(world)
         ]
-    from peaufine.data.prompts import load_prompt_records
 
     return load_prompt_records(data.source, data.fields.prompt)
 
 
 def check_rewards(config: RlBlock) -> None:
     """Every reward source loads: a reward-model folder, or a function that imports."""
-    from peaufine.methods.rewards import load_reward_function
 
     if not config.rewards:
         raise RecipeError(
@@ -107,10 +105,6 @@ def check_rewards(config: RlBlock) -> None:
 
 
 def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
-    from peaufine.data.records import split_records
-    from peaufine.data.tokenize import ensure_chat_template
-    from peaufine.models.build import source_model_dir
-    from peaufine.models.tokenizer import load_tokenizer
 
     source = resolve_source(recipe.model.source)
     tokenizer = load_tokenizer(str(source_model_dir(source)), recipe.model.trust_remote_code)
@@ -139,7 +133,6 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
 
 
 def load_prompts(path: Path, tokenizer: Any) -> PromptSet:
-    from peaufine.data.tokenize import generation_prompt
 
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     names = sorted({k for r in rows for k in r if k != "prompt"})
@@ -148,94 +141,6 @@ def load_prompts(path: Path, tokenizer: Any) -> PromptSet:
         [generation_prompt(tokenizer, r["prompt"]) for r in rows],
         {k: [r.get(k) for r in rows] for k in names},
     )
-
-
-# -- rollouts and their scores ---------------------------------------------------------------------------
-@dataclass
-class ScoredRollouts:
-    rollouts: Rollouts
-    prompts: PromptSet  # one entry per row (each prompt repeated group_size times)
-    rewards: list[float]
-    per_source: dict[str, list[float]]
-
-
-def sample(
-    policy: Any,
-    tokenizer: Any,
-    prompts: PromptSet,
-    suite: RewardSuite,
-    config: RlBlock,
-    *,
-    group_size: int,
-    seed: int,
-    stop_ids: list[int],
-) -> ScoredRollouts:
-    from peaufine.methods.rollout import generate_rollouts
-
-    rollouts = generate_rollouts(
-        policy,
-        tokenizer,
-        prompts.texts,
-        group_size=group_size,
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        top_k=config.top_k,
-        seed=seed,
-        stop_ids=stop_ids,
-    )
-    rows = prompts.subset([int(i) for i in rollouts.prompt_index])
-    rewards, per_source = suite.score(rows.prompts, rollouts.completions, rows.columns)
-    return ScoredRollouts(rollouts, rows, rewards, per_source)
-
-
-def pass_scores(scored: ScoredRollouts, config: RlBlock) -> list[float]:
-    if config.pass_source is None:
-        return scored.rewards
-    if config.pass_source not in scored.per_source:
-        raise RecipeError(
-            f"method.rl.pass_source: {config.pass_source!r} is none of the reward sources "
-            f"({', '.join(scored.per_source)})"
-        )
-    return scored.per_source[config.pass_source]
-
-
-def pass_rates(
-    policy: Any, tokenizer: Any, prompts: PromptSet, suite: RewardSuite, config: RlBlock, stop_ids: list[int]
-) -> list[float]:
-    """Each prompt's pass rate over a group of samples from the policy as it starts."""
-    rates = []
-    for start in range(0, len(prompts), 16):
-        chunk = prompts.subset(list(range(start, min(len(prompts), start + 16))))
-        scored = sample(
-            policy,
-            tokenizer,
-            chunk,
-            suite,
-            config,
-            group_size=config.group_size,
-            seed=start,
-            stop_ids=stop_ids,
-        )
-        passed = [s >= config.pass_threshold for s in pass_scores(scored, config)]
-        g = config.group_size
-        rates += [sum(passed[i * g : (i + 1) * g]) / g for i in range(len(chunk))]
-    return rates
-
-
-def reference_logps(
-    policy: Any, reference: Any, rollouts: Rollouts, temperature: float, chunk_tokens: int | None = None
-) -> torch.Tensor:
-    import torch
-
-    from peaufine.engine.parallel import unwrap
-    from peaufine.methods.rl import token_logprobs
-
-    args = (rollouts.input_ids, rollouts.attention_mask, rollouts.response_mask)
-    with torch.no_grad():
-        if reference is not None:
-            return token_logprobs(reference, *args, temperature, chunk_tokens)
-        with unwrap(policy).disable_adapter():
-            return token_logprobs(policy, *args, temperature, chunk_tokens)
 
 
 # -- evaluation ------------------------------------------------------------------------------------------
@@ -253,10 +158,6 @@ def measure(
     """Mean reward of sampled answers (what RL optimises), of greedy answers, exact match where the
     prompts have answers, and the KL to the reference (nats per answer, on the sampled answers)."""
     import torch
-
-    from peaufine.methods.rewards import exact_answer
-    from peaufine.methods.rl import token_logprobs
-    from peaufine.models.generate import generate_texts
 
     group = min(config.group_size, 4)
     scored = sample(policy, tokenizer, prompts, suite, config, group_size=group, seed=seed, stop_ids=stop_ids)
@@ -289,92 +190,7 @@ def measure(
     return out
 
 
-# -- the loop --------------------------------------------------------------------------------------------
-def rollout_batch(
-    scored: ScoredRollouts,
-    policy: Any,
-    reference: Any,
-    config: RlBlock,
-    kl_coef: float,
-    head: Any,
-    chunk_tokens: int | None = None,
-) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """The tensors of one optimisation batch: old and reference log-probs, advantages (and PPO's values
-    and returns), plus what to log about the rollouts themselves.
-
-    GRPO with one pass of one mini-batch optimises the very policy that sampled: its old log-probs are
-    those of the training forward (GrpoLoss without old_logps), which then also tallies the rollouts'
-    entropy and KL; no forward of the policy is spent on them here."""
-    import torch
-
-    from peaufine.methods import rl
-
-    r = scored.rollouts
-    mask = r.response_mask
-    rewards = torch.tensor(scored.rewards, dtype=torch.float32, device=r.input_ids.device)
-    on_policy = head is None and config.passes == 1 and config.mini_batches == 1
-    with torch.no_grad():
-        if on_policy:
-            old = None
-        elif head is None:
-            old = rl.token_logprobs(
-                policy, r.input_ids, r.attention_mask, mask, config.temperature, chunk_tokens
-            )
-        else:
-            old, hidden = rl.token_logprobs_and_hidden(
-                policy, r.input_ids, r.attention_mask, mask, config.temperature, chunk_tokens
-            )
-            old_values = torch.where(mask, rl.values_of_tokens(head, hidden), 0.0)
-    ref = reference_logps(policy, reference, r, config.temperature, chunk_tokens)
-    batch = {
-        "input_ids": r.input_ids,
-        "attention_mask": r.attention_mask,
-        "response_mask": mask,
-        "ref_logps": ref,
-    }
-    if old is not None:
-        batch["old_logps"] = old
-    if head is None:
-        batch["advantages"] = rl.group_advantages(rewards, config.group_size, scale=config.scale_rewards)
-    else:
-        token_rewards = rl.kl_penalised_rewards(rewards, old, ref, mask, kl_coef)
-        advantages, returns = rl.gae(token_rewards, old_values, mask, config.gamma, config.lam)
-        batch.update(advantages=rl.whiten(advantages, mask), returns=returns, old_values=old_values)
-        del batch["ref_logps"]  # PPO's leash is in the rewards
-    lengths = mask.sum(-1).float()
-    logged = {
-        "reward_mean": float(rewards.mean()),
-        "reward_min": float(rewards.min()),
-        "reward_max": float(rewards.max()),
-        "response_length": float(lengths.mean()),
-    }
-    if old is not None:
-        logged["kl"] = float(((old - ref) * mask).sum(-1).mean())
-        logged["entropy"] = float(-(old * mask).sum() / mask.sum().clamp(min=1))
-    for name, values in scored.per_source.items():
-        logged[f"reward/{name}"] = sum(values) / len(values)
-    return batch, logged
-
-
-def optimise(loop: TrainingLoop, batch: dict[str, torch.Tensor], config: RlBlock) -> float:
-    """`passes` passes over the rollouts, `mini_batches` optimiser steps each; returns the mean loss.
-
-    On several processes `batch` is this rank's rollouts; each optimiser step takes a mini-batch of
-    every rank's, and the loss returned is that of all processes."""
-    import torch
-
-    n = batch["input_ids"].shape[0]
-    losses = []
-    for _ in range(config.passes):
-        order = torch.randperm(n)
-        for chunk in order.chunk(min(config.mini_batches, n)):
-            part = {k: v[chunk] for k, v in batch.items()}
-            loss, units, _ = loop.gradients_on([part])
-            loop.apply_update()
-            losses.append(loss / units.clamp(min=1))  # this rank's share of the global mean
-    return float(loop.runtime.sum_across(torch.stack(losses).mean()))
-
-
+# -- the steps -------------------------------------------------------------------------------------------
 def rollout_stats_across(logged: dict[str, float], rows: int, runtime: Any) -> dict[str, float]:
     """The rollout statistics of all processes' rollouts: means weighted by rows, min and max."""
     if not runtime.distributed:
@@ -393,6 +209,176 @@ def rollout_stats_across(logged: dict[str, float], rows: int, runtime: Any) -> d
     return merged
 
 
+@dataclass
+class RolloutSteps:
+    """The rl stage's steps, as the engine's loop takes them (a StepSource). Each step samples and
+    scores this process's share of `prompts_per_step` prompts, then hands over `passes` passes of
+    `mini_batches` optimiser updates on those rollouts. Its rows log the rollouts' rewards, KL and
+    entropy and the KL coefficient; at evaluation steps, rank 0 alone measures the policy on the
+    evaluation prompts (`measure`)."""
+
+    config: RlBlock
+    seed: int  # train.seed
+    policy: Any
+    reference: Any  # a frozen copy of the starting policy, or None: the LoRA policy with its adapter off
+    head: Any  # PPO's value head, or None (GRPO)
+    objective: Any  # GrpoLoss or PpoLoss
+    tokenizer: Any
+    stop_ids: list[int]
+    suite: RewardSuite
+    prompts: PromptSet
+    eval_prompts: PromptSet
+    chunk_tokens: int | None
+    runtime: Runtime
+    tracker: Tracker
+    run: RunDir
+    log_every: int = 1  # every RL step is logged
+    before: dict[str, Any] = field(default_factory=dict)  # `measure` before the first step (rank 0)
+    kl_control: Any = field(init=False)
+    scored: ScoredRollouts | None = field(init=False, default=None)  # this step's rollouts
+    logged: dict[str, float] = field(init=False, default_factory=dict)  # and what they say
+    started: float = field(init=False, default=0.0)
+
+    def __post_init__(self) -> None:
+
+        config = self.config
+        self.kl_control = (
+            AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
+            if config.kl_control == "adaptive"
+            else FixedKLController(config.kl_coef)
+        )
+
+    @property
+    def name(self) -> str:
+        return self.config.algorithm
+
+    @property
+    def updates_per_step(self) -> int:
+        return self.config.passes * self.config.mini_batches
+
+    def measure(self) -> dict[str, Any]:
+        return measure(
+            self.policy,
+            self.reference,
+            self.tokenizer,
+            self.eval_prompts,
+            self.suite,
+            self.config,
+            self.stop_ids,
+            10_000,
+            self.chunk_tokens,
+        )
+
+    def start(self, state: TrainerState) -> None:
+        if state.step > 0:  # resumed: the adaptive coefficient where the run left it
+            rows = read_metrics(self.run.metrics) if self.run.metrics.exists() else []
+            if rows and "kl_coef" in rows[-1]:
+                self.kl_control.value = rows[-1]["kl_coef"]
+        # measurements are rank 0's alone: it samples and scores every evaluation prompt itself
+        if self.runtime.is_main:
+            self.before = self.measure()
+            self.tracker.say(
+                f"before: reward {self.before['reward_sampled']:.3f} sampled, "
+                f"{self.before['reward_greedy']:.3f} greedy"
+            )
+
+    def next_step(self, state: TrainerState) -> Step:
+
+        self.started = time.perf_counter()
+        config, runtime, step = self.config, self.runtime, state.step
+        size = config.prompts_per_step
+        chosen = global_batch(len(self.prompts), size, self.seed, step * size)
+        mine = [int(i) for i in chosen[runtime.rank :: runtime.world_size]]
+        scored = sample(
+            self.policy,
+            self.tokenizer,
+            self.prompts.subset(mine),
+            self.suite,
+            config,
+            group_size=config.group_size,
+            seed=self.seed * 1_000_003 + step * runtime.world_size + runtime.rank,
+            stop_ids=self.stop_ids,
+        )
+        if config.algorithm == "grpo":
+            self.objective.kl_coef = self.kl_control.value
+        batch, logged = rollout_batch(
+            scored.rollouts,
+            scored.rewards,
+            self.policy,
+            self.reference,
+            config,
+            self.kl_control.value,
+            self.head,
+            self.chunk_tokens,
+        )
+        for name, values in scored.per_source.items():
+            logged[f"reward/{name}"] = sum(values) / len(values)
+        self.scored, self.logged = scored, rollout_stats_across(logged, len(scored.rewards), runtime)
+        return Step(self.passes(batch), config.prompts_per_step)
+
+    def passes(self, batch: Batch) -> Iterator[list[Batch]]:
+        """`passes` passes over the rollouts, each in a new random order cut into `mini_batches`
+        updates. On several processes `batch` is this rank's rollouts: each update takes a mini-batch
+        of every rank's."""
+        import torch
+
+        n = batch["input_ids"].shape[0]
+        for _ in range(self.config.passes):
+            order = torch.randperm(n)
+            for chunk in order.chunk(min(self.config.mini_batches, n)):
+                yield [{k: v[chunk] for k, v in batch.items()}]
+
+    def row(self, window: Window, state: TrainerState, means: dict[str, float]) -> dict[str, Any]:
+        import torch
+
+        assert self.scored is not None
+        # the step's loss: each update's loss per response token (all processes), averaged over updates
+        shares = [loss / units.clamp(min=1) for loss, units in window.updates]
+        train_loss = float(self.runtime.sum_across(torch.stack(shares).mean()))
+        logged = {**self.logged, **means}  # on-policy GRPO tallies kl and entropy in its loss
+        self.kl_control.update(logged["kl"], len(self.scored.rewards) * self.runtime.world_size)
+        self.write_samples(state.step)
+        return {
+            "train_loss": train_loss,
+            **logged,
+            "kl_coef": self.kl_control.value,
+            "seconds": time.perf_counter() - self.started,
+        }
+
+    def write_samples(self, step: int) -> None:
+        """samples.jsonl: one rollout of each prompt at every `sample_every` steps (rank 0's)."""
+        scored = self.scored
+        if scored is None or not self.runtime.is_main:
+            return
+        if step % self.config.sample_every and step != 1:
+            return
+        with open(self.run.path / "samples.jsonl", "a", encoding="utf-8") as f:
+            for i in range(0, len(scored.rewards), self.config.group_size):
+                sampled = {
+                    "step": step,
+                    "prompt": last_user_turn(scored.prompts.prompts[i]),
+                    "completion": scored.rollouts.completions[i],
+                    "reward": scored.rewards[i],
+                }
+                f.write(json.dumps(sampled) + "\n")
+
+    def status(self, row: dict[str, Any]) -> str:
+        return f"reward {row['reward_mean']:.3f}  kl {row['kl']:.3f}"
+
+    def evaluate(self, step: int) -> dict[str, Any]:
+        if not self.runtime.is_main:
+            return {}
+        during = self.measure()
+        return {
+            "val_reward_sampled": during["reward_sampled"],
+            "val_reward_greedy": during["reward_greedy"],
+            "val_kl": during["kl_to_reference"],
+        }
+
+    def close(self) -> None:
+        pass
+
+
 def run_rl(
     recipe: Recipe,
     out: Path,
@@ -400,22 +386,8 @@ def run_rl(
     overwrite: bool = False,
     resume: bool = False,
     tracker: Tracker | None = None,
+    hooks: list[StepHook] | None = None,
 ) -> RlResult:
-
-    from peaufine.data.batching import global_batch
-    from peaufine.engine.fit import make_loop
-    from peaufine.engine.runtime import make_runtime
-    from peaufine.methods.preference import disable_dropout
-    from peaufine.methods.rl import (
-        AdaptiveKLController,
-        FixedKLController,
-        GrpoLoss,
-        PolicyWithValue,
-        PpoLoss,
-        ValueHead,
-    )
-    from peaufine.models.build import load_for_training, save_outputs, source_model_dir
-    from peaufine.models.tokenizer import end_of_turn_ids, load_tokenizer
 
     if recipe.stage != "rl":
         raise RecipeError(f"stage: this command runs stage 'rl', the recipe says '{recipe.stage}'")
@@ -447,28 +419,13 @@ def run_rl(
     eval_prompts = load_prompts(run.data / "validation.prompts.jsonl", tokenizer)
     eval_prompts = eval_prompts.subset(list(range(min(len(eval_prompts), config.eval_prompts))))
     evaluation: dict[str, Any] = {"stage": "rl", "algorithm": config.algorithm, **prepared}
-
     if config.min_pass_rate is not None or config.max_pass_rate is not None:
-        rates = pass_rates(policy, tokenizer, train_prompts, suite, config, stop_ids)
-        low = config.min_pass_rate or 0.0
-        high = config.max_pass_rate if config.max_pass_rate is not None else 1.0
-        keep = [i for i, rate in enumerate(rates) if low <= rate <= high]
-        evaluation["pass_rate_filter"] = {
-            "range": [low, high],
-            "prompts_before": len(rates),
-            "prompts_kept": len(keep),
-            "mean_pass_rate_before": sum(rates) / len(rates),
-            "mean_pass_rate_kept": sum(rates[i] for i in keep) / len(keep) if keep else None,
-        }
-        if not keep:
-            raise RecipeError(
-                f"method.rl: no prompt has a pass rate in [{low}, {high}] before training "
-                f"(mean pass rate {sum(rates) / len(rates):.2f}); widen min_pass_rate / max_pass_rate"
-            )
+        train_prompts, kept = filter_by_pass_rate(policy, tokenizer, train_prompts, suite, config, stop_ids)
+        evaluation["pass_rate_filter"] = kept
         tracker.say(
-            f"pass-rate filter: {len(keep)} of {len(rates)} prompts have a pass rate in [{low}, {high}]"
+            f"pass-rate filter: {kept['prompts_kept']} of {kept['prompts_before']} prompts have a pass "
+            f"rate in {kept['range']}"
         )
-        train_prompts = train_prompts.subset(keep)
 
     head = None
     module = policy
@@ -483,105 +440,40 @@ def run_rl(
         objective = GrpoLoss(
             config.clip, config.kl_coef, temperature=config.temperature, chunk_tokens=chunk_tokens
         )
-    updates = recipe.train.max_steps * config.passes * config.mini_batches
-    schedule = recipe.train.model_copy(update={"max_steps": updates})
-    loop = make_loop(
-        module, objective, train_prompts, None, schedule, recipe.eval, runtime, run_dir=out, tracker=tracker
+    if len(train_prompts) == 0:
+        raise TrainingError("the training set is empty: no batch can be formed")
+    steps = RolloutSteps(
+        config=config,
+        seed=recipe.train.seed,
+        policy=policy,
+        reference=reference,
+        head=head,
+        objective=objective,
+        tokenizer=tokenizer,
+        stop_ids=stop_ids,
+        suite=suite,
+        prompts=train_prompts,
+        eval_prompts=eval_prompts,
+        chunk_tokens=chunk_tokens,
+        runtime=runtime,
+        tracker=tracker,
+        run=run,
     )
-    kl_control = (
-        AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
-        if config.kl_control == "adaptive"
-        else FixedKLController(config.kl_coef)
+    result = fit(
+        module,
+        objective,
+        steps,
+        None,
+        recipe.train,
+        recipe.eval,
+        runtime,
+        run_dir=out,
+        tracker=tracker,
+        resume=resume,
+        hooks=hooks,
     )
-    if resume:
-        loop.resume()
-        logged_rows = read_metrics(run.metrics) if run.metrics.exists() else []
-        if logged_rows and "kl_coef" in logged_rows[-1]:
-            kl_control.value = logged_rows[-1]["kl_coef"]  # the adaptive coefficient where it was
-    # measurements are rank 0's alone: it samples and scores every evaluation prompt itself
-    before: dict[str, Any] = {}
     if runtime.is_main:
-        before = measure(
-            policy, reference, tokenizer, eval_prompts, suite, config, stop_ids, 10_000, chunk_tokens
-        )
-        tracker.say(
-            f"before: reward {before['reward_sampled']:.3f} sampled, {before['reward_greedy']:.3f} greedy"
-        )
-    history = []
-    step = loop.state.step
-    tracker.start(recipe.train.max_steps, step, config.algorithm)
-    samples_path = run.path / "samples.jsonl"
-    try:
-        while step < recipe.train.max_steps:
-            started = time.perf_counter()
-            chosen = global_batch(
-                len(train_prompts), config.prompts_per_step, recipe.train.seed, step * config.prompts_per_step
-            )
-            mine = [int(i) for i in chosen[runtime.rank :: runtime.world_size]]
-            scored = sample(
-                policy,
-                tokenizer,
-                train_prompts.subset(mine),
-                suite,
-                config,
-                group_size=config.group_size,
-                seed=recipe.train.seed * 1_000_003 + step * runtime.world_size + runtime.rank,
-                stop_ids=stop_ids,
-            )
-            if config.algorithm == "grpo":
-                objective.kl_coef = kl_control.value
-            batch, logged = rollout_batch(
-                scored, policy, reference, config, kl_control.value, head, chunk_tokens
-            )
-            logged = rollout_stats_across(logged, len(scored.rewards), runtime)
-            loss = optimise(loop, batch, config)
-            logged.update(objective.tally.drain(runtime))  # on-policy GRPO tallies kl and entropy there
-            kl_control.update(logged["kl"], len(scored.rewards) * runtime.world_size)
-            step += 1
-            loop.state.step = step  # checkpoints count RL steps; the schedule counts optimiser updates
-            loop.state.examples_seen += config.prompts_per_step
-            row = {
-                "step": step,
-                "lr": loop.scheduler.get_last_lr()[0],
-                "train_loss": loss,
-                **logged,
-                "kl_coef": kl_control.value,
-                "seconds": time.perf_counter() - started,
-            }
-            if runtime.is_main and (step % recipe.eval.every == 0 or step == recipe.train.max_steps):
-                during = measure(
-                    policy, reference, tokenizer, eval_prompts, suite, config, stop_ids, 10_000, chunk_tokens
-                )
-                row.update(
-                    val_reward_sampled=during["reward_sampled"],
-                    val_reward_greedy=during["reward_greedy"],
-                    val_kl=during["kl_to_reference"],
-                )
-            loop.metrics.write(row)
-            history.append(row)
-            tracker.update(step, f"reward {row['reward_mean']:.3f}  kl {row['kl']:.3f}")
-            if runtime.is_main and (step % config.sample_every == 0 or step == 1):
-                with open(samples_path, "a", encoding="utf-8") as f:
-                    for i in range(0, len(scored.rewards), config.group_size):
-                        f.write(
-                            json.dumps(
-                                {
-                                    "step": step,
-                                    "prompt": last_user_turn(scored.prompts.prompts[i]),
-                                    "completion": scored.rollouts.completions[i],
-                                    "reward": scored.rewards[i],
-                                }
-                            )
-                            + "\n"
-                        )
-            if step % recipe.train.checkpoint_every == 0 or step == recipe.train.max_steps:
-                loop.checkpoint()
-    finally:
-        tracker.stop()
-    if runtime.is_main:
-        after = measure(
-            policy, reference, tokenizer, eval_prompts, suite, config, stop_ids, 10_000, chunk_tokens
-        )
+        after = steps.measure()
         save_outputs(recipe, run, policy, tokenizer)
         if head is not None:
             from safetensors.torch import save_file
@@ -591,10 +483,10 @@ def run_rl(
                 str(run.path / "value_head.safetensors"),
             )
         if run.metrics.exists():
-            from peaufine.report.plots import plot_rl
-
             plot_rl(read_metrics(run.metrics), run.path / "rl.png")
-        evaluation.update(steps=step, before=before, after=after, final_kl=after["kl_to_reference"])
+        evaluation.update(
+            steps=result.steps, before=steps.before, after=after, final_kl=after["kl_to_reference"]
+        )
         finish_run(run, RlResults.from_json(evaluation))
     runtime.barrier()
-    return RlResult(run=run, steps=step, evaluation=evaluation)
+    return RlResult(run=run, steps=result.steps, evaluation=evaluation)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from peaufine.atomic import write_text_atomic
 from peaufine.drivers.search.space import Space
 from peaufine.drivers.search.study import ERROR_ATTR, METRICS_ATTR, RETRY_ATTR
 from peaufine.report.plots import pyplot, save_figure
@@ -76,7 +77,6 @@ def write_outputs(
     summary: dict[str, Any],
     best_recipe: str | None,
 ) -> None:
-    from peaufine.atomic import write_text_atomic
 
     write_text_atomic(out / "trials.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     write_text_atomic(out / "study.json", json.dumps(summary, indent=2) + "\n")

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import peaufine.results
+import peaufine.stages
 from peaufine.drivers.search.loop import PruningSink, TrialFailed, optimize
 from peaufine.drivers.search.metric import metric_direction, parse_metric
 from peaufine.drivers.search.outputs import (
@@ -38,13 +40,13 @@ from peaufine.drivers.search.study import (
     open_study,
     quiet_optuna,
 )
+from peaufine.engine.track import Tracker, add_sink, detach_sinks
 from peaufine.errors import RecipeError, RunDirError
 from peaufine.recipe import apply_overrides, read_yaml, validate_recipe
+from peaufine.report.pages.write import write_report
 
 if TYPE_CHECKING:
     import optuna
-
-    from peaufine.engine.track import Tracker
 
 
 @dataclass
@@ -98,7 +100,6 @@ def run_search(
     values); for the grid sampler it defaults to the grid's size. Trial 0 (tpe, random) runs the
     recipe's own values: the baseline a search must beat.
     """
-    from peaufine.engine.track import Tracker, add_sink, detach_sinks
 
     start = time.perf_counter()
     tracker = tracker or Tracker()
@@ -156,9 +157,6 @@ def run_search(
     )
 
     def objective(params: dict[str, Any], trial: optuna.Trial) -> float:
-        import peaufine.results
-        import peaufine.stages
-
         run_dir = out / "trials" / f"trial-{trial.number:04d}"
         try:
             trial_recipe = recipe_with(base, params, f"{recipe_path} (trial {trial.number})")
@@ -237,7 +235,6 @@ def run_search(
         plot_params(rows, space, out / "params.png", expression.text)
     if tracker.enabled:
         tracker.console.print(trials_table(rows, list(space), expression.text, direction))
-    from peaufine.report.pages.write import write_report
 
     write_report(out)
     best = data["best"]

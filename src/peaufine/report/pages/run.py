@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from peaufine.evaluate.overfitting import overfitting_report
+from peaufine.report import plots
 from peaufine.report.pages.budget import budget_section
 from peaufine.report.pages.results import results_section
 from peaufine.report.pages.samples import samples_section
@@ -87,7 +89,6 @@ def overfitting_figures(run: StageRun) -> tuple[dict[str, Any] | None, str]:
         return recorded, "eval.json"
     if not run.series("val_loss"):
         return None, ""
-    from peaufine.evaluate.overfitting import overfitting_report
 
     report = overfitting_report(run.rows, bool(run.evaluation.get("restored_best")))
     return {**report.as_dict(), "verdict": report.verdict()}, "metrics.jsonl, by this report"
@@ -103,7 +104,6 @@ def early_stop_step(run: StageRun) -> int | None:
 
 
 def training_section(run: StageRun) -> Section:
-    from peaufine.report import plots
 
     section = Section("Training")
     evaluation = run.evaluation
@@ -190,7 +190,6 @@ def training_section(run: StageRun) -> Section:
 
 def rl_plots(run: StageRun) -> list[str]:
     """The stage's reward / KL plot (drawn here when the run has none) and the policy diagnostics."""
-    from peaufine.report import plots
 
     parts: list[str] = []
     curves = run.path / "rl.png"
@@ -206,7 +205,6 @@ def rl_plots(run: StageRun) -> list[str]:
 
 
 def lr_section(run: StageRun) -> Section:
-    from peaufine.report import plots
 
     section = Section("Learning-rate schedule")
     lrs = run.series("lr")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from peaufine.atomic import write_text_atomic
 from peaufine.errors import RunDirError
 from peaufine.report.pages.crossval import cv_page
 from peaufine.report.pages.pipeline import pipeline_page
@@ -41,7 +42,6 @@ def report_kind(directory: Path) -> str:
 def write_report(directory: Path) -> Path:
     """Write <directory>/report.html (atomically: temp file + os.replace) and the PNG plots it shows,
     next to it; return the html path."""
-    from peaufine.atomic import write_text_atomic
 
     directory = Path(directory)
     pages: dict[str, Callable[[Path], str]] = {

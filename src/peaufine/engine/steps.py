@@ -1,0 +1,120 @@
+"""Where the training loop's steps come from: a step source hands the loop each step's optimiser updates
+and says what a log row of its steps shows. The default source feeds one global batch per step.
+
+A step is what train.max_steps counts, and what evaluation, checkpoints and hooks are timed by. It is
+one or more optimiser updates: the learning-rate schedule is sized by max_steps x `updates_per_step`.
+A source draws its work lazily, update by update, so random numbers it draws between updates (a
+shuffle of the next pass) come in the order they would without the loop in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from peaufine.data.batching import Batch, BatchPlan, Dataset, MicroBatchFeed
+
+if TYPE_CHECKING:
+    import torch
+
+    from peaufine.engine.checkpoint import TrainerState
+    from peaufine.engine.runtime import Runtime
+    from peaufine.recipe import TrainBlock
+
+
+@dataclass
+class Step:
+    """One step's work: this process's micro-batches of each optimiser update, in order, and how far
+    the step moves the data position (TrainerState.examples_seen)."""
+
+    updates: Iterable[list[Batch]]
+    examples: int
+
+
+@dataclass
+class Window:
+    """What the loop measured over the optimiser updates since the last log row."""
+
+    loss: torch.Tensor  # this process's summed loss over the window
+    units: torch.Tensor  # the units of the window's global batches (all processes)
+    updates: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (loss, units) of each
+    tokens: int = 0  # input tokens, all processes
+    seconds: float = 0.0  # training time: evaluation is left out
+    grad_norm: Any = None  # after the window's last update
+
+    def add(self, loss: torch.Tensor, units: torch.Tensor, tokens: int, grad_norm: Any) -> None:
+        self.loss += loss
+        self.units += units
+        self.updates.append((loss, units))
+        self.tokens += tokens
+        self.grad_norm = grad_norm
+
+
+@runtime_checkable
+class StepSource(Protocol):
+    """What the loop trains on, step by step. The loop runs the updates, keeps the state, writes the
+    rows, evaluates and checkpoints; the source only says what to train on and what a row shows."""
+
+    name: str  # what the progress bar calls the run
+    updates_per_step: int  # optimiser updates in each step
+    log_every: int  # a row after every this many steps (and after the first and the last)
+
+    def start(self, state: TrainerState) -> None:
+        """Once, before the first step (after a resume, so `state` says where the run is)."""
+
+    def next_step(self, state: TrainerState) -> Step:
+        """The work of the step after `state.step`."""
+
+    def row(self, window: Window, state: TrainerState, means: dict[str, float]) -> dict[str, Any]:
+        """A log row's training metrics (it has "train_loss"), after its "step" and "lr", from what the
+        loop measured since the last row and the objective's tallied means over that window."""
+
+    def status(self, row: dict[str, Any]) -> str:
+        """The progress bar's line after a row."""
+
+    def evaluate(self, step: int) -> dict[str, Any]:
+        """The source's own measurements at an evaluation step, added to that step's row ({}: none)."""
+
+    def close(self) -> None:
+        """The run is over, or failed."""
+
+
+class BatchSteps:
+    """The default source: each step is one optimiser update on the micro-batches of one global batch,
+    drawn from a data set by a MicroBatchFeed; a row's loss is per unit over all the window's units."""
+
+    name = "training"
+    updates_per_step = 1
+
+    def __init__(self, dataset: Dataset, plan: BatchPlan, train: TrainBlock, runtime: Runtime) -> None:
+        self.plan, self.runtime, self.log_every = plan, runtime, train.log_every
+        self.feed = MicroBatchFeed(
+            dataset, plan, train.seed, runtime.rank, runtime.device, train.prefetch_batches
+        )
+
+    def start(self, state: TrainerState) -> None:
+        pass
+
+    def next_step(self, state: TrainerState) -> Step:
+        return Step([self.feed.take(state.examples_seen)], self.plan.batch_size)
+
+    def row(self, window: Window, state: TrainerState, means: dict[str, float]) -> dict[str, Any]:
+        self.runtime.sum_across(window.loss)
+        return {
+            "train_loss": float(window.loss / window.units.clamp(min=1.0)),
+            "grad_norm": float(window.grad_norm),
+            "tokens_per_s": window.tokens / window.seconds if window.seconds > 0 else None,
+            "tokens_seen": state.tokens_seen,
+            "elapsed": state.elapsed,
+            **means,
+        }
+
+    def status(self, row: dict[str, Any]) -> str:
+        return f"loss {row['train_loss']:.3f}  {row['tokens_per_s'] or 0:,.0f} tok/s"
+
+    def evaluate(self, step: int) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        self.feed.close()
