@@ -116,13 +116,12 @@ def train_peaufine(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     import peaufine.engine.fit as engine_fit
-    import peaufine.methods.preference as preference
+    import peaufine.stages.dpo as dpo_stage
     from peaufine.data.batching import global_batch
     from peaufine.data.preference_data import read_pairs
     from peaufine.engine.optim import lr_at
     from peaufine.engine.track import Tracker
     from peaufine.recipe import validate_recipe
-    from peaufine.stages.dpo import run_dpo
 
     torch.set_num_threads(job["threads"])
     steps, batch = job["steps"], job["batch"]
@@ -168,7 +167,7 @@ def train_peaufine(job: dict[str, Any]) -> dict[str, Any]:
 
     # Clocks around what run_dpo calls, without changing it: the reference pass and the training loop.
     marks: dict[str, Any] = {}
-    precompute = preference.precompute_reference
+    precompute = dpo_stage.precompute_reference  # looked up in the stage, which calls it
 
     def timed_reference(model: Any, datasets: Any, *args: Any, **kwargs: Any) -> None:
         marks["reference_start"] = time.perf_counter()
@@ -184,11 +183,11 @@ def train_peaufine(job: dict[str, Any]) -> dict[str, Any]:
         marks["optimizer"] = harness.optimizer_groups(loop.optimizer, loop.model)
         return run_loop(loop, hooks)
 
-    preference.precompute_reference = timed_reference
+    dpo_stage.precompute_reference = timed_reference
     engine_fit.TrainingLoop.run = timed_run
     ends: list[float] = []
     out = Path(job["run_dir"])
-    result = run_dpo(
+    result = dpo_stage.run_dpo(
         recipe, out, tracker=Tracker(enabled=False), hooks=[lambda step: ends.append(time.perf_counter())]
     )
     rss_peak = harness.maxrss_mb()

@@ -3,7 +3,6 @@ the same engine, with accuracy / F1 (or MSE), and optionally the from-scratch tr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,18 +25,11 @@ from peaufine.models.build import (
 from peaufine.models.tokenizer import load_tokenizer
 from peaufine.report.plots import plot_losses
 from peaufine.results import ClassifyResults
-from peaufine.rundir import RunDir, read_metrics
-from peaufine.stages.lifecycle import finish_run, open_run, record_budget
+from peaufine.rundir import read_metrics
+from peaufine.stages.lifecycle import StageOutcome, finish_run, open_run, record_budget
 
 if TYPE_CHECKING:
     from peaufine.recipe import Recipe
-
-
-@dataclass
-class ClassifyResult:
-    run: RunDir
-    fit: FitResult
-    evaluation: dict[str, Any] = field(default_factory=dict)
 
 
 def model_path(recipe: Recipe) -> Path:
@@ -111,7 +103,7 @@ def run_classify(
     overwrite: bool = False,
     resume: bool = False,
     tracker: Tracker | None = None,
-) -> ClassifyResult:
+) -> StageOutcome:
 
     refuse_chunked_loss(recipe)
     out = Path(out)
@@ -163,4 +155,4 @@ def run_classify(
             plot_losses(read_metrics(run.metrics), run.loss_plot, result.best_step)
         finish_run(run, ClassifyResults.from_json(evaluation))
     runtime.barrier()
-    return ClassifyResult(run=run, fit=result, evaluation=evaluation)
+    return StageOutcome(run=run, fit=result, evaluation=evaluation)

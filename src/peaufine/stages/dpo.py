@@ -11,7 +11,6 @@ exact match of greedy answers to held-out questions.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +18,7 @@ from peaufine.data.batching import batch_to
 from peaufine.data.preference_data import pair_dataset, prepare_pairs, read_texts
 from peaufine.data.tokenize import ensure_chat_template
 from peaufine.data.world import source_world
-from peaufine.engine.fit import FitResult, StepHook, evaluate, fit
+from peaufine.engine.fit import StepHook, evaluate, fit
 from peaufine.engine.track import Tracker
 from peaufine.errors import RecipeError
 from peaufine.evaluate.alignment import answer_quality, world_answer_quality
@@ -29,7 +28,7 @@ from peaufine.models.tokenizer import load_tokenizer
 from peaufine.report.plots import plot_losses
 from peaufine.results import DpoResults
 from peaufine.rundir import RunDir, read_metrics
-from peaufine.stages.lifecycle import finish_run, open_run, record_budget
+from peaufine.stages.lifecycle import StageOutcome, finish_run, open_run, record_budget
 
 if TYPE_CHECKING:
     import torch
@@ -39,13 +38,6 @@ if TYPE_CHECKING:
     from peaufine.recipe import Recipe
 
 EVAL_SPLITS = ("validation", "heldout")
-
-
-@dataclass
-class DpoResult:
-    run: RunDir
-    fit: FitResult
-    evaluation: dict[str, Any] = field(default_factory=dict)
 
 
 def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
@@ -145,7 +137,7 @@ def run_dpo(
     resume: bool = False,
     tracker: Tracker | None = None,
     hooks: list[StepHook] | None = None,
-) -> DpoResult:
+) -> StageOutcome:
 
     if recipe.stage != "dpo":
         raise RecipeError(f"stage: this command runs stage 'dpo', the recipe says '{recipe.stage}'")
@@ -217,4 +209,4 @@ def run_dpo(
         }
         finish_run(run, DpoResults.from_json(evaluation))
     runtime.barrier()
-    return DpoResult(run=run, fit=result, evaluation=evaluation)
+    return StageOutcome(run=run, fit=result, evaluation=evaluation)

@@ -8,7 +8,7 @@ import platform
 import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,7 @@ from peaufine.results import StageResults, write_results
 from peaufine.rundir import RunDir, check_target, commit_staging, staging_dir, write_json
 
 if TYPE_CHECKING:
+    from peaufine.engine.fit import FitResult
     from peaufine.engine.runtime import Runtime
     from peaufine.recipe import Recipe
 
@@ -91,6 +92,20 @@ def start_run(
             commit_staging(staging, out)
     runtime.barrier()
     return json.loads(RunDir(out).prepared.read_text(encoding="utf-8"))
+
+
+@dataclass
+class StageOutcome:
+    """What a stage run returns: its run folder, what fit() reported, and its evaluation (eval.json's
+    contents, on rank 0; {} on the other processes)."""
+
+    run: RunDir
+    fit: FitResult
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        return self.fit.steps
 
 
 @dataclass

@@ -44,7 +44,7 @@ from peaufine.models.tokenizer import load_tokenizer, train_bpe, train_char
 from peaufine.report.plots import plot_losses
 from peaufine.results import PretrainResults
 from peaufine.rundir import RunDir, read_metrics
-from peaufine.stages.lifecycle import finish_run, open_run, record_budget
+from peaufine.stages.lifecycle import StageOutcome, finish_run, open_run, record_budget
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -52,13 +52,6 @@ if TYPE_CHECKING:
     from peaufine.data.world import World
     from peaufine.engine.runtime import Runtime
     from peaufine.recipe import Recipe
-
-
-@dataclass
-class PretrainResult:
-    run: RunDir
-    fit: FitResult
-    evaluation: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -278,7 +271,7 @@ def run_pretrain(
     resume: bool = False,
     tracker: Tracker | None = None,
     hooks: list[StepHook] | None = None,
-) -> PretrainResult:
+) -> StageOutcome:
 
     out = Path(out)
     opened = open_run(recipe, out, prepare, overwrite=overwrite, resume=resume, tracker=tracker)
@@ -313,4 +306,4 @@ def run_pretrain(
     if runtime.is_main:
         evaluation = finish(recipe, run, model, tokenizer, result, prepared, tracker)
     runtime.barrier()
-    return PretrainResult(run=run, fit=result, evaluation=evaluation)
+    return StageOutcome(run=run, fit=result, evaluation=evaluation)

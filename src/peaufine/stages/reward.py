@@ -5,7 +5,6 @@ sequence-classification format (AutoModelForSequenceClassification, num_labels =
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +12,7 @@ from peaufine.data.batching import batch_to
 from peaufine.data.pairs import encoder_style
 from peaufine.data.preference_data import pair_dataset, prepare_pairs
 from peaufine.data.tokenize import ensure_chat_template
-from peaufine.engine.fit import FitResult, StepHook, fit
+from peaufine.engine.fit import StepHook, fit
 from peaufine.engine.track import Tracker
 from peaufine.errors import RecipeError
 from peaufine.methods.classify import classifier_logits, refuse_chunked_loss
@@ -29,8 +28,8 @@ from peaufine.models.build import (
 from peaufine.models.tokenizer import load_tokenizer
 from peaufine.report.plots import plot_losses
 from peaufine.results import RewardResults
-from peaufine.rundir import RunDir, read_metrics
-from peaufine.stages.lifecycle import finish_run, open_run, record_budget
+from peaufine.rundir import read_metrics
+from peaufine.stages.lifecycle import StageOutcome, finish_run, open_run, record_budget
 
 if TYPE_CHECKING:
     import torch
@@ -38,13 +37,6 @@ if TYPE_CHECKING:
     from peaufine.data.pairs import PairBatches
     from peaufine.engine.runtime import Runtime
     from peaufine.recipe import Recipe
-
-
-@dataclass
-class RewardResult:
-    run: RunDir
-    fit: FitResult
-    evaluation: dict[str, Any] = field(default_factory=dict)
 
 
 def backbone_path(recipe: Recipe) -> Path:
@@ -131,7 +123,7 @@ def run_reward(
     resume: bool = False,
     tracker: Tracker | None = None,
     hooks: list[StepHook] | None = None,
-) -> RewardResult:
+) -> StageOutcome:
 
     if recipe.stage != "reward":
         raise RecipeError(f"stage: this command runs stage 'reward', the recipe says '{recipe.stage}'")
@@ -187,4 +179,4 @@ def run_reward(
         }
         finish_run(run, RewardResults.from_json(evaluation))
     runtime.barrier()
-    return RewardResult(run=run, fit=result, evaluation=evaluation)
+    return StageOutcome(run=run, fit=result, evaluation=evaluation)

@@ -50,20 +50,13 @@ from peaufine.models.tokenizer import end_of_turn_ids, load_tokenizer
 from peaufine.report.plots import plot_rl
 from peaufine.results import RlResults
 from peaufine.rundir import RunDir, read_metrics
-from peaufine.stages.lifecycle import finish_run, open_run, record_budget
+from peaufine.stages.lifecycle import StageOutcome, finish_run, open_run, record_budget
 
 if TYPE_CHECKING:
     from peaufine.data.batching import Batch
     from peaufine.engine.checkpoint import TrainerState
     from peaufine.engine.runtime import Runtime
     from peaufine.recipe import Recipe, RlBlock
-
-
-@dataclass
-class RlResult:
-    run: RunDir
-    steps: int
-    evaluation: dict[str, Any] = field(default_factory=dict)
 
 
 # -- prompts ------------------------------------------------------------------------------------------
@@ -387,7 +380,7 @@ def run_rl(
     resume: bool = False,
     tracker: Tracker | None = None,
     hooks: list[StepHook] | None = None,
-) -> RlResult:
+) -> StageOutcome:
 
     if recipe.stage != "rl":
         raise RecipeError(f"stage: this command runs stage 'rl', the recipe says '{recipe.stage}'")
@@ -489,4 +482,4 @@ def run_rl(
         )
         finish_run(run, RlResults.from_json(evaluation))
     runtime.barrier()
-    return RlResult(run=run, steps=result.steps, evaluation=evaluation)
+    return StageOutcome(run=run, fit=result, evaluation=evaluation)

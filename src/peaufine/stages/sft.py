@@ -20,7 +20,7 @@ from peaufine.data.records import HELDOUT, load_chat_records, split_records, wor
 from peaufine.data.token_cache import TokenCache, cached_records, digest, tokenizer_digest
 from peaufine.data.tokenize import ensure_chat_template, tokenize_records
 from peaufine.data.world import copy_world, load_world
-from peaufine.engine.fit import FitResult, StepHook, fit
+from peaufine.engine.fit import StepHook, fit
 from peaufine.engine.track import Tracker
 from peaufine.errors import RecipeError
 from peaufine.evaluate.sft import evaluate_before, evaluate_sft
@@ -35,21 +35,14 @@ from peaufine.models.build import (
 from peaufine.models.tokenizer import load_tokenizer
 from peaufine.report.plots import plot_losses
 from peaufine.results import SftResults
-from peaufine.rundir import RunDir, read_metrics
-from peaufine.stages.lifecycle import finish_run, open_run, record_budget
+from peaufine.rundir import read_metrics
+from peaufine.stages.lifecycle import StageOutcome, finish_run, open_run, record_budget
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from peaufine.data.records import ChatRecord
     from peaufine.recipe import Recipe
-
-
-@dataclass
-class SftResult:
-    run: RunDir
-    fit: FitResult
-    evaluation: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -221,7 +214,7 @@ def run_sft(
     resume: bool = False,
     tracker: Tracker | None = None,
     hooks: list[StepHook] | None = None,
-) -> SftResult:
+) -> StageOutcome:
 
     if recipe.stage != "sft":
         raise RecipeError(f"stage: this command runs stage 'sft', the recipe says '{recipe.stage}'")
@@ -267,4 +260,4 @@ def run_sft(
         )
         finish_run(run, SftResults.from_json(evaluation))
     runtime.barrier()
-    return SftResult(run=run, fit=result, evaluation=evaluation)
+    return StageOutcome(run=run, fit=result, evaluation=evaluation)
