@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from peaufine.data.anomalies import Anomaly, AnomalyPolicy, AnomalyReport, Where, anomaly_policy
 from peaufine.data.batching import write_token_stream
+from peaufine.data.folds import check_validation_fraction, held_out
 from peaufine.data.read import (
     DOCUMENT_UNITS,
     TEXT_SUFFIXES,
@@ -232,13 +233,7 @@ def split_documents(
     recipe's validation set does not move when the environment is upgraded. Each side keeps the
     corpus order, which keeps reads of the memory-mapped Arrow file sequential.
     """
-    import numpy as np
-
-    if not 0.0 <= validation_fraction < 1.0:
-        raise DataError(
-            f"validation_fraction is {validation_fraction!r}",
-            hint="use a number from 0 (no validation) up to, not including, 1",
-        )
+    check_validation_fraction(validation_fraction)
     n = len(dataset)
     if validation_fraction == 0.0:
         return dataset, dataset.select([])
@@ -247,12 +242,9 @@ def split_documents(
             f"cannot hold out validation documents: the corpus has {n} document" + ("" if n == 1 else "s"),
             hint='use document_unit "paragraph" or "line", add files, or set validation_fraction 0',
         )
-    n_validation = min(max(1, round(n * validation_fraction)), n - 1)
-    keys = np.random.PCG64(seed).random_raw(n)
-    order = np.argsort(keys, kind="stable")
-    validation = np.sort(order[:n_validation])
-    train = np.sort(order[n_validation:])
-    return dataset.select(train.tolist()), dataset.select(validation.tolist())
+    validation = set(held_out(n, validation_fraction, seed))
+    train = [i for i in range(n) if i not in validation]
+    return dataset.select(train), dataset.select(sorted(validation))
 
 
 def iter_texts(dataset: Any, batch_size: int = 1000) -> Iterator[list[str]]:

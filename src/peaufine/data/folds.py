@@ -24,6 +24,26 @@ def recipe_fold(data: DataBlock) -> Fold | None:
     return None if folds is None else (folds, data.cross_validation.fold)
 
 
+def check_validation_fraction(fraction: float) -> None:
+    """data.validation_fraction must be in [0, 1): 0 holds nothing out, 1 would leave nothing to train on."""
+    if not 0.0 <= fraction < 1.0:
+        raise DataError(
+            f"data.validation_fraction is {fraction!r}",
+            hint="use a number from 0 (no validation) up to, not including, 1",
+        )
+
+
+def held_out(n: int, fraction: float, seed: int) -> list[int]:
+    """The positions (of n >= 2 items or groups) the validation split holds out: round(n * fraction),
+    at least 1 and at most n - 1, drawn from PCG64's raw stream, which numpy keeps stable across versions,
+    so a recipe's validation set does not move when the environment is upgraded."""
+    import numpy as np
+
+    n_validation = min(max(1, round(n * fraction)), n - 1)
+    order = np.argsort(np.random.PCG64(seed).random_raw(n), kind="stable")
+    return order[:n_validation].tolist()
+
+
 def fold_of_groups(n_groups: int, folds: int, seed: int) -> list[int]:
     """The fold of each of `n_groups` groups: a seeded shuffle dealt round-robin into k folds."""
     import numpy as np

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peaufine.data.anomalies import Anomaly, AnomalyPolicy, AnomalyReport, Where, anomaly_policy
-from peaufine.data.folds import fold_split
+from peaufine.data.folds import check_validation_fraction, fold_split, held_out
 from peaufine.data.read import json_type, read_records, record_paths
 from peaufine.data.records import ROLES, default_fields, missing_field, raise_no_records, string_field
 from peaufine.errors import DataError
@@ -212,17 +212,11 @@ def split_pairs_by_prompt(
     keeps the pair order. With `fold` = (k, i), the validation side is fold i of a k-fold split of
     the prompts instead (cross-validation).
     """
-    import numpy as np
-
     keys = [pair.group or prompt_key(pair.prompt) for pair in pairs]
     if fold is not None:
         return fold_split(pairs, keys, fold, seed)
 
-    if not 0.0 <= validation_fraction < 1.0:
-        raise DataError(
-            f"data.validation_fraction is {validation_fraction!r}",
-            hint="use a number from 0 (no validation) up to, not including, 1",
-        )
+    check_validation_fraction(validation_fraction)
     if validation_fraction == 0.0:
         return list(pairs), []
     groups = list(dict.fromkeys(keys))
@@ -232,11 +226,9 @@ def split_pairs_by_prompt(
             f"cannot hold out validation prompts: the pairs have {n} distinct prompt{'' if n == 1 else 's'}",
             hint="add pairs for other prompts, or set data.validation_fraction: 0",
         )
-    n_validation = min(max(1, round(n * validation_fraction)), n - 1)
-    order = np.argsort(np.random.PCG64(seed).random_raw(n), kind="stable")
-    held_out = {groups[i] for i in order[:n_validation].tolist()}
-    train = [pair for pair, key in zip(pairs, keys, strict=True) if key not in held_out]
-    validation = [pair for pair, key in zip(pairs, keys, strict=True) if key in held_out]
+    held_out_groups = {groups[i] for i in held_out(n, validation_fraction, seed)}
+    train = [pair for pair, key in zip(pairs, keys, strict=True) if key not in held_out_groups]
+    validation = [pair for pair, key in zip(pairs, keys, strict=True) if key in held_out_groups]
     return train, validation
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from peaufine.data.anomalies import Anomaly, AnomalyPolicy, AnomalyReport, Where, anomaly_policy
-from peaufine.data.folds import fold_split
+from peaufine.data.folds import check_validation_fraction, fold_split, held_out
 from peaufine.data.read import json_type, read_records, record_paths
 from peaufine.data.world import World, qa_pairs
 from peaufine.errors import DataError
@@ -199,15 +199,10 @@ def split_records(
     one `split_documents` uses (PCG64's raw stream, stable across numpy versions); each side keeps
     the file order.
     """
-    import numpy as np
 
     if fold is not None:
         return fold_split(records, range(len(records)), fold, seed)
-    if not 0.0 <= validation_fraction < 1.0:
-        raise DataError(
-            f"data.validation_fraction is {validation_fraction!r}",
-            hint="use a number from 0 (no validation) up to, not including, 1",
-        )
+    check_validation_fraction(validation_fraction)
     n = len(records)
     if validation_fraction == 0.0:
         return list(records), []
@@ -216,11 +211,9 @@ def split_records(
             f"cannot hold out validation records: there {'is' if n == 1 else 'are'} {n}",
             hint="add records, or set data.validation_fraction: 0",
         )
-    n_validation = min(max(1, round(n * validation_fraction)), n - 1)
-    order = np.argsort(np.random.PCG64(seed).random_raw(n), kind="stable")
-    held_out = set(order[:n_validation].tolist())
-    train = [r for i, r in enumerate(records) if i not in held_out]
-    validation = [r for i, r in enumerate(records) if i in held_out]
+    validation_positions = set(held_out(n, validation_fraction, seed))
+    train = [r for i, r in enumerate(records) if i not in validation_positions]
+    validation = [r for i, r in enumerate(records) if i in validation_positions]
     return train, validation
 
 

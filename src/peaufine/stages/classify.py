@@ -23,12 +23,18 @@ from peaufine.models.build import (
     save_model,
 )
 from peaufine.models.tokenizer import load_tokenizer
-from peaufine.report.plots import plot_losses
 from peaufine.results import ClassifyResults
-from peaufine.rundir import read_metrics
-from peaufine.stages.lifecycle import StageOutcome, finish_run, open_run, record_budget
+from peaufine.stages.lifecycle import (
+    OpenedRun,
+    StageOutcome,
+    StageSpec,
+    finish_run,
+    plot_training,
+    record_budget,
+)
 
 if TYPE_CHECKING:
+    from peaufine.engine.fit import StepHook
     from peaufine.recipe import Recipe
 
 
@@ -96,18 +102,15 @@ def load_split(path: Path, tokenizer: Any, recipe: Recipe, pad_id: int, regressi
     )
 
 
-def run_classify(
-    recipe: Recipe,
-    out: Path,
-    *,
-    overwrite: bool = False,
-    resume: bool = False,
-    tracker: Tracker | None = None,
-) -> StageOutcome:
-
+def check_recipe(recipe: Recipe) -> None:
+    """What the stage refuses before any run folder exists."""
     refuse_chunked_loss(recipe)
-    out = Path(out)
-    opened = open_run(recipe, out, prepare, overwrite=overwrite, resume=resume, tracker=tracker)
+
+
+def train_and_measure(opened: OpenedRun, resume: bool, hooks: list[StepHook] | None) -> StageOutcome:
+    """The stage in its opened run folder: load, train, measure, save and finish (rank 0 measures)."""
+    recipe = opened.recipe
+    out = opened.run.path
     run, runtime, tracker, prepared = opened.run, opened.runtime, opened.tracker, opened.prepared
     directory = model_path(recipe)
     tokenizer = load_tokenizer(str(directory), recipe.model.trust_remote_code)
@@ -137,6 +140,7 @@ def run_classify(
             run_dir=run_dir,
             tracker=tracker if run_dir else None,
             resume=resume and run_dir is not None,
+            hooks=hooks if run_dir is not None else None,
         )
         return (model, val_set), result
 
@@ -151,8 +155,11 @@ def run_classify(
             scratch, scratch_val = baseline
             evaluation["from_scratch"] = classification_metrics(scratch, scratch_val, runtime, batch)
         save_model(model, tokenizer, run.model)
-        if run.metrics.exists():
-            plot_losses(read_metrics(run.metrics), run.loss_plot, result.best_step)
+        plot_training(run, result)
         finish_run(run, ClassifyResults.from_json(evaluation))
     runtime.barrier()
     return StageOutcome(run=run, fit=result, evaluation=evaluation)
+
+
+STAGE = StageSpec("classify", prepare, train_and_measure, check=check_recipe)
+run_classify = STAGE.run

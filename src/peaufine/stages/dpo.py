@@ -11,6 +11,7 @@ exact match of greedy answers to held-out questions.
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,17 +19,25 @@ from peaufine.data.batching import batch_to
 from peaufine.data.preference_data import pair_dataset, prepare_pairs, read_texts
 from peaufine.data.tokenize import ensure_chat_template
 from peaufine.data.world import source_world
-from peaufine.engine.fit import StepHook, evaluate, fit
+from peaufine.engine.fit import StepHook, evaluate
 from peaufine.engine.track import Tracker
 from peaufine.errors import RecipeError
 from peaufine.evaluate.alignment import answer_quality, world_answer_quality
 from peaufine.methods.preference import DpoLoss, disable_dropout, precompute_reference, sequence_logps
 from peaufine.models.build import load_for_training, resolve_source, save_outputs, source_model_dir
 from peaufine.models.tokenizer import load_tokenizer
-from peaufine.report.plots import plot_losses
 from peaufine.results import DpoResults
-from peaufine.rundir import RunDir, read_metrics
-from peaufine.stages.lifecycle import StageOutcome, finish_run, open_run, record_budget
+from peaufine.rundir import RunDir
+from peaufine.stages.lifecycle import (
+    OpenedRun,
+    StageOutcome,
+    StageSpec,
+    finish_run,
+    fit_in_run,
+    plot_training,
+    record_budget,
+    require_stage,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -129,20 +138,9 @@ def held_out_questions(run: RunDir) -> list[tuple[str, str]]:
     return list(found.items())
 
 
-def run_dpo(
-    recipe: Recipe,
-    out: Path,
-    *,
-    overwrite: bool = False,
-    resume: bool = False,
-    tracker: Tracker | None = None,
-    hooks: list[StepHook] | None = None,
-) -> StageOutcome:
-
-    if recipe.stage != "dpo":
-        raise RecipeError(f"stage: this command runs stage 'dpo', the recipe says '{recipe.stage}'")
-    out = Path(out)
-    opened = open_run(recipe, out, prepare, overwrite=overwrite, resume=resume, tracker=tracker)
+def train_and_measure(opened: OpenedRun, resume: bool, hooks: list[StepHook] | None) -> StageOutcome:
+    """The stage in its opened run folder: load, train, measure, save and finish (rank 0 measures)."""
+    recipe = opened.recipe
     run, runtime, tracker, prepared = opened.run, opened.runtime, opened.tracker, opened.prepared
     source = resolve_source(recipe.model.source)
     tokenizer = load_tokenizer(str(run.tokenizer))
@@ -170,24 +168,19 @@ def run_dpo(
     questions = held_out_questions(run) if world is not None else []
     before = measure(model, tokenizer, recipe, present, world, runtime, questions) if runtime.is_main else {}
     objective = DpoLoss(config, adapter_reference, recipe.train.loss_chunk_tokens)
-    result = fit(
+    result = fit_in_run(
+        opened,
         model,
         objective,
         train_set,
         present.get("validation"),
-        recipe.train,
-        recipe.eval,
-        runtime,
-        run_dir=out,
-        tracker=tracker,
         resume=resume,
         hooks=hooks,
     )
     evaluation: dict[str, Any] = {}
     if runtime.is_main:
         save_outputs(recipe, run, model, tokenizer)
-        if run.metrics.exists():
-            plot_losses(read_metrics(run.metrics), run.loss_plot, result.best_step)
+        plot_training(run, result)
         after = measure(model, tokenizer, recipe, present, world, runtime, questions)
         # rank 0 alone evaluates after training: its losses must not wait for the other processes
         alone = dataclasses.replace(runtime, rank=0, world_size=1)
@@ -210,3 +203,7 @@ def run_dpo(
         finish_run(run, DpoResults.from_json(evaluation))
     runtime.barrier()
     return StageOutcome(run=run, fit=result, evaluation=evaluation)
+
+
+STAGE = StageSpec("dpo", prepare, train_and_measure, check=partial(require_stage, stage="dpo"))
+run_dpo = STAGE.run

@@ -13,16 +13,19 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from peaufine.engine.fit import fit
 from peaufine.engine.integrations import TRACKING_SINKS, check_tracking, open_tracking
 from peaufine.engine.runtime import make_runtime
 from peaufine.engine.track import Tracker, add_sink, close_sinks, detach_sinks
+from peaufine.errors import RecipeError
 from peaufine.models.budget import training_budget
 from peaufine.report.pages.write import write_report
+from peaufine.report.plots import plot_losses
 from peaufine.results import StageResults, write_results
-from peaufine.rundir import RunDir, check_target, commit_staging, staging_dir, write_json
+from peaufine.rundir import RunDir, check_target, commit_staging, read_metrics, staging_dir, write_json
 
 if TYPE_CHECKING:
-    from peaufine.engine.fit import FitResult
+    from peaufine.engine.fit import FitResult, StepHook
     from peaufine.engine.runtime import Runtime
     from peaufine.recipe import Recipe
 
@@ -116,6 +119,7 @@ class OpenedRun:
     runtime: Runtime
     tracker: Tracker
     prepared: dict[str, Any]
+    recipe: Recipe
 
 
 def open_run(
@@ -149,7 +153,7 @@ def open_run(
         detach_sinks(run.metrics, TRACKING_SINKS)
         for sink in open_tracking(recipe, out):
             add_sink(run.metrics, sink)
-    return OpenedRun(run, runtime, tracker, prepared)
+    return OpenedRun(run, runtime, tracker, prepared, recipe)
 
 
 def finish_run(run: RunDir, results: StageResults) -> None:
@@ -165,3 +169,73 @@ def record_budget(run: RunDir, runtime: Runtime, recipe: Recipe, model: Any) -> 
     so the report shows the run's own counts instead of rebuilding the model."""
     if runtime.is_main:
         write_json(run.budget, training_budget(model, recipe, runtime.precision))
+
+
+def require_stage(recipe: Recipe, stage: str) -> None:
+    """A stage's command runs that stage's recipes only."""
+    if recipe.stage != stage:
+        raise RecipeError(f"stage: this command runs stage '{stage}', the recipe says '{recipe.stage}'")
+
+
+def fit_in_run(
+    opened: OpenedRun,
+    model: Any,
+    objective: Any,
+    train_set: Any,
+    val_set: Any,
+    *,
+    resume: bool,
+    hooks: list[StepHook] | None,
+) -> FitResult:
+    """The engine's loop in the stage's run folder, with the recipe's train and eval blocks and the run's
+    tracker; `train_set` is a dataset or a step source."""
+    recipe = opened.recipe
+    return fit(
+        model,
+        objective,
+        train_set,
+        val_set,
+        recipe.train,
+        recipe.eval,
+        opened.runtime,
+        run_dir=opened.run.path,
+        tracker=opened.tracker,
+        resume=resume,
+        hooks=hooks,
+    )
+
+
+def plot_training(run: RunDir, result: FitResult) -> None:
+    """loss.png: the run's training and validation losses, the best step marked."""
+    if run.metrics.exists():
+        plot_losses(read_metrics(run.metrics), run.loss_plot, result.best_step)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage: what it checks of a recipe before any folder exists, how it prepares its run folder (in
+    staging), and how it trains and measures there; `run` is the stage's command."""
+
+    name: str
+    prepare: Callable[[Recipe, Path, Tracker], dict[str, Any]]
+    train_and_measure: Callable[[OpenedRun, bool, list[StepHook] | None], StageOutcome]
+    check: Callable[[Recipe], None] | None = None
+
+    def run(
+        self,
+        recipe: Recipe,
+        out: Path,
+        *,
+        overwrite: bool = False,
+        resume: bool = False,
+        tracker: Tracker | None = None,
+        hooks: list[StepHook] | None = None,
+    ) -> StageOutcome:
+        """Run `recipe` into the run folder `out`: checked, prepared in staging (bad input leaves no
+        folder), trained, measured and finished; `hooks` are called after every step."""
+        if self.check is not None:
+            self.check(recipe)
+        opened = open_run(
+            recipe, Path(out), self.prepare, overwrite=overwrite, resume=resume, tracker=tracker
+        )
+        return self.train_and_measure(opened, resume, hooks)

@@ -22,7 +22,7 @@ from peaufine.data.world import (
     pretraining_documents,
     save_world,
 )
-from peaufine.engine.fit import FitResult, StepHook, fit
+from peaufine.engine.fit import FitResult, StepHook
 from peaufine.engine.track import Tracker
 from peaufine.errors import DataError, RecipeError
 from peaufine.evaluate.recall import fact_recall
@@ -41,10 +41,17 @@ from peaufine.models.build import (
 from peaufine.models.generate import generate_texts
 from peaufine.models.presets import build_config
 from peaufine.models.tokenizer import load_tokenizer, train_bpe, train_char
-from peaufine.report.plots import plot_losses
 from peaufine.results import PretrainResults
-from peaufine.rundir import RunDir, read_metrics
-from peaufine.stages.lifecycle import StageOutcome, finish_run, open_run, record_budget
+from peaufine.rundir import RunDir
+from peaufine.stages.lifecycle import (
+    OpenedRun,
+    StageOutcome,
+    StageSpec,
+    finish_run,
+    fit_in_run,
+    plot_training,
+    record_budget,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -235,8 +242,7 @@ def finish(
     """Rank 0: the HF model dir, the loss plot, samples, fact recall, eval.json."""
 
     save_model(model, tokenizer, run.model)
-    if run.metrics.exists():
-        plot_losses(read_metrics(run.metrics), run.loss_plot, result.best_step)
+    plot_training(run, result)
     val_loss = result.best_val_loss if result.restored_best else result.final_val_loss
     evaluation: dict[str, Any] = {
         "stage": "pretrain",
@@ -263,18 +269,9 @@ def finish(
     return evaluation
 
 
-def run_pretrain(
-    recipe: Recipe,
-    out: Path,
-    *,
-    overwrite: bool = False,
-    resume: bool = False,
-    tracker: Tracker | None = None,
-    hooks: list[StepHook] | None = None,
-) -> StageOutcome:
-
-    out = Path(out)
-    opened = open_run(recipe, out, prepare, overwrite=overwrite, resume=resume, tracker=tracker)
+def train_and_measure(opened: OpenedRun, resume: bool, hooks: list[StepHook] | None) -> StageOutcome:
+    """The stage in its opened run folder: load, train, measure, save and finish (rank 0 measures)."""
+    recipe = opened.recipe
     run, runtime, tracker, prepared = opened.run, opened.runtime, opened.tracker, opened.prepared
     source = resolve_source(recipe.model.source)
     tokenizer = load_tokenizer(str(run.tokenizer))
@@ -289,16 +286,12 @@ def run_pretrain(
     train_set = PackedBlocks(read_token_stream(run.data / "train.bin"), block, recipe.data.block_stride)
     val_set = PackedBlocks(read_token_stream(run.data / "val.bin"), block)
 
-    result = fit(
+    result = fit_in_run(
+        opened,
         model,
         next_token_loss(recipe.train),
         train_set,
         val_set,
-        recipe.train,
-        recipe.eval,
-        runtime,
-        run_dir=out,
-        tracker=tracker,
         resume=resume,
         hooks=hooks,
     )
@@ -307,3 +300,7 @@ def run_pretrain(
         evaluation = finish(recipe, run, model, tokenizer, result, prepared, tracker)
     runtime.barrier()
     return StageOutcome(run=run, fit=result, evaluation=evaluation)
+
+
+STAGE = StageSpec("pretrain", prepare, train_and_measure, check=None)
+run_pretrain = STAGE.run

@@ -12,7 +12,7 @@ from peaufine.data.batching import batch_to
 from peaufine.data.pairs import encoder_style
 from peaufine.data.preference_data import pair_dataset, prepare_pairs
 from peaufine.data.tokenize import ensure_chat_template
-from peaufine.engine.fit import StepHook, fit
+from peaufine.engine.fit import StepHook
 from peaufine.engine.track import Tracker
 from peaufine.errors import RecipeError
 from peaufine.methods.classify import classifier_logits, refuse_chunked_loss
@@ -26,10 +26,17 @@ from peaufine.models.build import (
     save_outputs,
 )
 from peaufine.models.tokenizer import load_tokenizer
-from peaufine.report.plots import plot_losses
 from peaufine.results import RewardResults
-from peaufine.rundir import read_metrics
-from peaufine.stages.lifecycle import StageOutcome, finish_run, open_run, record_budget
+from peaufine.stages.lifecycle import (
+    OpenedRun,
+    StageOutcome,
+    StageSpec,
+    finish_run,
+    fit_in_run,
+    plot_training,
+    record_budget,
+    require_stage,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -115,22 +122,16 @@ def pair_accuracy(
     }
 
 
-def run_reward(
-    recipe: Recipe,
-    out: Path,
-    *,
-    overwrite: bool = False,
-    resume: bool = False,
-    tracker: Tracker | None = None,
-    hooks: list[StepHook] | None = None,
-) -> StageOutcome:
-
-    if recipe.stage != "reward":
-        raise RecipeError(f"stage: this command runs stage 'reward', the recipe says '{recipe.stage}'")
+def check_recipe(recipe: Recipe) -> None:
+    """What the stage refuses before any run folder exists."""
+    require_stage(recipe, "reward")
     refuse_chunked_loss(recipe)
-    out = Path(out)
-    opened = open_run(recipe, out, prepare, overwrite=overwrite, resume=resume, tracker=tracker)
-    run, runtime, tracker, prepared = opened.run, opened.runtime, opened.tracker, opened.prepared
+
+
+def train_and_measure(opened: OpenedRun, resume: bool, hooks: list[StepHook] | None) -> StageOutcome:
+    """The stage in its opened run folder: load, train, measure, save and finish (rank 0 measures)."""
+    recipe = opened.recipe
+    run, runtime, prepared = opened.run, opened.runtime, opened.prepared
     tokenizer = load_tokenizer(str(run.tokenizer))
     attention = classifier_attention(recipe, runtime.device.type, runtime.precision)
     model = build_classifier(prepared["backbone"], 1, seed=recipe.train.seed, attention=attention)
@@ -147,24 +148,19 @@ def run_reward(
     if val_set is not None and runtime.is_main:  # only rank 0 reports
         before["validation"] = pair_accuracy(model, val_set, runtime)
     settings = recipe.method.reward
-    result = fit(
+    result = fit_in_run(
+        opened,
         model,
         BradleyTerryLoss(margin=settings.margin, center=settings.center),
         train_set,
         val_set,
-        recipe.train,
-        recipe.eval,
-        runtime,
-        run_dir=out,
-        tracker=tracker,
         resume=resume,
         hooks=hooks,
     )
     evaluation: dict[str, Any] = {}
     if runtime.is_main:
         save_outputs(recipe, run, model, tokenizer)
-        if run.metrics.exists():
-            plot_losses(read_metrics(run.metrics), run.loss_plot, result.best_step)
+        plot_training(run, result)
         evaluation = {
             "stage": "reward",
             "steps": result.steps,
@@ -180,3 +176,7 @@ def run_reward(
         finish_run(run, RewardResults.from_json(evaluation))
     runtime.barrier()
     return StageOutcome(run=run, fit=result, evaluation=evaluation)
+
+
+STAGE = StageSpec("reward", prepare, train_and_measure, check=check_recipe)
+run_reward = STAGE.run

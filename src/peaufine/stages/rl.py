@@ -25,7 +25,7 @@ from peaufine.data.records import split_records
 from peaufine.data.tokenize import ensure_chat_template, generation_prompt
 from peaufine.data.world import candidate_objects, copy_world, source_world
 from peaufine.data.world_preferences import arithmetic_questions
-from peaufine.engine.fit import StepHook, fit
+from peaufine.engine.fit import StepHook
 from peaufine.engine.runtime import make_runtime
 from peaufine.engine.steps import Step, Window
 from peaufine.engine.track import Tracker
@@ -50,7 +50,15 @@ from peaufine.models.tokenizer import end_of_turn_ids, load_tokenizer
 from peaufine.report.plots import plot_rl
 from peaufine.results import RlResults
 from peaufine.rundir import RunDir, read_metrics
-from peaufine.stages.lifecycle import StageOutcome, finish_run, open_run, record_budget
+from peaufine.stages.lifecycle import (
+    OpenedRun,
+    StageOutcome,
+    StageSpec,
+    finish_run,
+    fit_in_run,
+    record_budget,
+    require_stage,
+)
 
 if TYPE_CHECKING:
     from peaufine.data.batching import Batch
@@ -372,18 +380,9 @@ class RolloutSteps:
         pass
 
 
-def run_rl(
-    recipe: Recipe,
-    out: Path,
-    *,
-    overwrite: bool = False,
-    resume: bool = False,
-    tracker: Tracker | None = None,
-    hooks: list[StepHook] | None = None,
-) -> StageOutcome:
-
-    if recipe.stage != "rl":
-        raise RecipeError(f"stage: this command runs stage 'rl', the recipe says '{recipe.stage}'")
+def check_recipe(recipe: Recipe) -> None:
+    """What the stage refuses before any run folder exists."""
+    require_stage(recipe, "rl")
     if recipe.train.distributed == "fsdp":
         raise RecipeError(
             "train.distributed: fsdp is not supported by the rl stage (each process generates with "
@@ -396,8 +395,12 @@ def run_rl(
             f"method.rl.prompts_per_step ({config.prompts_per_step}) must be a multiple of the number "
             f"of processes ({world_size}): each process samples its own share of the prompts"
         )
-    out = Path(out)
-    opened = open_run(recipe, out, prepare, overwrite=overwrite, resume=resume, tracker=tracker)
+
+
+def train_and_measure(opened: OpenedRun, resume: bool, hooks: list[StepHook] | None) -> StageOutcome:
+    """The stage in its opened run folder: load, train, measure, save and finish (rank 0 measures)."""
+    recipe = opened.recipe
+    config = recipe.method.rl
     run, runtime, tracker, prepared = opened.run, opened.runtime, opened.tracker, opened.prepared
     tokenizer = load_tokenizer(str(run.tokenizer))
     stop_ids = end_of_turn_ids(tokenizer)
@@ -452,16 +455,12 @@ def run_rl(
         tracker=tracker,
         run=run,
     )
-    result = fit(
+    result = fit_in_run(
+        opened,
         module,
         objective,
         steps,
         None,
-        recipe.train,
-        recipe.eval,
-        runtime,
-        run_dir=out,
-        tracker=tracker,
         resume=resume,
         hooks=hooks,
     )
@@ -483,3 +482,7 @@ def run_rl(
         finish_run(run, RlResults.from_json(evaluation))
     runtime.barrier()
     return StageOutcome(run=run, fit=result, evaluation=evaluation)
+
+
+STAGE = StageSpec("rl", prepare, train_and_measure, check=check_recipe)
+run_rl = STAGE.run

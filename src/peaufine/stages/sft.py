@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from peaufine.data.records import HELDOUT, load_chat_records, split_records, wor
 from peaufine.data.token_cache import TokenCache, cached_records, digest, tokenizer_digest
 from peaufine.data.tokenize import ensure_chat_template, tokenize_records
 from peaufine.data.world import copy_world, load_world
-from peaufine.engine.fit import StepHook, fit
+from peaufine.engine.fit import StepHook
 from peaufine.engine.track import Tracker
 from peaufine.errors import RecipeError
 from peaufine.evaluate.sft import evaluate_before, evaluate_sft
@@ -33,10 +34,17 @@ from peaufine.models.build import (
     source_model_dir,
 )
 from peaufine.models.tokenizer import load_tokenizer
-from peaufine.report.plots import plot_losses
 from peaufine.results import SftResults
-from peaufine.rundir import read_metrics
-from peaufine.stages.lifecycle import StageOutcome, finish_run, open_run, record_budget
+from peaufine.stages.lifecycle import (
+    OpenedRun,
+    StageOutcome,
+    StageSpec,
+    finish_run,
+    fit_in_run,
+    plot_training,
+    record_budget,
+    require_stage,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -206,20 +214,9 @@ def replay_examples(stream: Any, count: int, length: int, seed: int) -> list[Any
     return [Example([int(t) for t in stream[s : s + length]], None) for s in starts]
 
 
-def run_sft(
-    recipe: Recipe,
-    out: Path,
-    *,
-    overwrite: bool = False,
-    resume: bool = False,
-    tracker: Tracker | None = None,
-    hooks: list[StepHook] | None = None,
-) -> StageOutcome:
-
-    if recipe.stage != "sft":
-        raise RecipeError(f"stage: this command runs stage 'sft', the recipe says '{recipe.stage}'")
-    out = Path(out)
-    opened = open_run(recipe, out, prepare, overwrite=overwrite, resume=resume, tracker=tracker)
+def train_and_measure(opened: OpenedRun, resume: bool, hooks: list[StepHook] | None) -> StageOutcome:
+    """The stage in its opened run folder: load, train, measure, save and finish (rank 0 measures)."""
+    recipe = opened.recipe
     run, runtime, tracker, prepared = opened.run, opened.runtime, opened.tracker, opened.prepared
     source = resolve_source(recipe.model.source)
     model_dir = source_model_dir(source)
@@ -237,27 +234,26 @@ def run_sft(
     model = load_for_training(recipe, model_dir, runtime)
     record_budget(run, runtime, recipe, model)
     before = evaluate_before(recipe, model, tokenizer, run, general, runtime, pad_id, val_examples)
-    result = fit(
+    result = fit_in_run(
+        opened,
         model,
         next_token_loss(recipe.train),
         make_dataset(train_examples, recipe, pad_id),
         make_dataset(val_examples, recipe, pad_id) if val_examples else None,
-        recipe.train,
-        recipe.eval,
-        runtime,
-        run_dir=out,
-        tracker=tracker,
         resume=resume,
         hooks=hooks,
     )
     evaluation: dict[str, Any] = {}
     if runtime.is_main:
         save_outputs(recipe, run, model, tokenizer)
-        if run.metrics.exists():
-            plot_losses(read_metrics(run.metrics), run.loss_plot, result.best_step)
+        plot_training(run, result)
         evaluation = evaluate_sft(
             recipe, run, model, tokenizer, result, prepared, before, general, runtime, pad_id, tracker
         )
         finish_run(run, SftResults.from_json(evaluation))
     runtime.barrier()
     return StageOutcome(run=run, fit=result, evaluation=evaluation)
+
+
+STAGE = StageSpec("sft", prepare, train_and_measure, check=partial(require_stage, stage="sft"))
+run_sft = STAGE.run

@@ -6,29 +6,18 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-import textwrap
-from pathlib import Path
 
 import optuna
 import pytest
+from search_files import journal_study, write
 
 from peaufine.drivers.search.loop import PruningSink, TrialFailed, optimize
 from peaufine.drivers.search.outputs import trial_rows
 from peaufine.drivers.search.run import resolve_trials
 from peaufine.drivers.search.space import load_space
-from peaufine.drivers.search.study import make_pruner, make_sampler, open_storage
+from peaufine.drivers.search.study import make_pruner, make_sampler
 from peaufine.engine.track import MetricsLog, add_sink, detach_sinks
 from peaufine.errors import RecipeError
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(textwrap.dedent(text), encoding="utf-8")
-    return path
-
-
-def journal_study(path: Path, sampler: optuna.samplers.BaseSampler, **kwargs) -> optuna.Study:
-    storage = open_storage(path.parent, str(path), heartbeat=1.0, grace=2.0)
-    return optuna.create_study(storage=storage, study_name="t", sampler=sampler, **kwargs)
 
 
 def test_grid_search_visits_each_point_exactly_once(tmp_path):

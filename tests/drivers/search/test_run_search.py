@@ -9,22 +9,16 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
+from search_files import write
 
 from peaufine.drivers.search.run import run_search
 from peaufine.drivers.search.space import baseline_params, load_space
 from peaufine.errors import RecipeError, RunDirError
 from peaufine.recipe import load_recipe
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(textwrap.dedent(text), encoding="utf-8")
-    return path
-
 
 # -- run_search, with the training replaced by a formula ---------------------------------------------
 

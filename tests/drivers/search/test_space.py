@@ -3,21 +3,15 @@ before any trial, and the example space fits the packaged SFT recipe."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
+from search_files import write
 
 from peaufine.drivers.search.space import baseline_params, check_space_keys, load_space
 from peaufine.errors import RecipeError
 from peaufine.recipe import load_recipe
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(textwrap.dedent(text), encoding="utf-8")
-    return path
-
 
 BAD_SPACES = [
     ("train.lr: {type: floats, low: 1, high: 2}", "train.lr", "unknown type 'floats'"),

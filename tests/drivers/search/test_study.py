@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
 
 import optuna
 import pytest
+from search_files import journal_study, write
 
 from peaufine.drivers.search.loop import optimize
 from peaufine.drivers.search.space import Space, load_space
@@ -24,16 +24,6 @@ from peaufine.drivers.search.study import (
     finished_trials,
     open_storage,
 )
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(textwrap.dedent(text), encoding="utf-8")
-    return path
-
-
-def journal_study(path: Path, sampler: optuna.samplers.BaseSampler, **kwargs) -> optuna.Study:
-    storage = open_storage(path.parent, str(path), heartbeat=1.0, grace=2.0)
-    return optuna.create_study(storage=storage, study_name="t", sampler=sampler, **kwargs)
 
 
 def optimize_within(seconds: float, *args, **kwargs) -> None:
