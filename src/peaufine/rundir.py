@@ -22,6 +22,17 @@ if TYPE_CHECKING:
     pass
 
 
+# The files of a run folder, by name: only this module spells them.
+RECIPE = "recipe.yaml"  # the resolved recipe; its presence makes a folder a run
+ENV = "env.json"
+METRICS = "metrics.jsonl"
+EVAL = "eval.json"  # the stage's results; its presence marks the run finished
+PREPARED = "prepared.json"
+BUDGET = "budget.json"
+LOSS_PLOT = "loss.png"
+RUN_FILES = (RECIPE, ENV, METRICS, EVAL, PREPARED, BUDGET, LOSS_PLOT)
+
+
 @dataclass(frozen=True)
 class RunDir:
     """Names of everything a run leaves; later stages read these paths, so they do not change."""
@@ -30,15 +41,15 @@ class RunDir:
 
     @property
     def recipe(self) -> Path:
-        return self.path / "recipe.yaml"
+        return self.path / RECIPE
 
     @property
     def env(self) -> Path:
-        return self.path / "env.json"
+        return self.path / ENV
 
     @property
     def metrics(self) -> Path:
-        return self.path / "metrics.jsonl"
+        return self.path / METRICS
 
     @property
     def model(self) -> Path:
@@ -66,23 +77,23 @@ class RunDir:
 
     @property
     def eval(self) -> Path:
-        return self.path / "eval.json"
+        return self.path / EVAL
 
     @property
     def prepared(self) -> Path:
-        return self.path / "prepared.json"
+        return self.path / PREPARED
 
     @property
     def budget(self) -> Path:
-        return self.path / "budget.json"
+        return self.path / BUDGET
 
     @property
     def loss_plot(self) -> Path:
-        return self.path / "loss.png"
+        return self.path / LOSS_PLOT
 
 
 def _is_run(path: Path) -> bool:
-    return (path / "recipe.yaml").is_file()
+    return RunDir(path).recipe.is_file()
 
 
 def finished_with(path: Path, recipe_yaml: str) -> bool:
@@ -132,7 +143,7 @@ def check_target(path: Path, recipe_yaml: str, *, overwrite: bool, resume: bool)
             "choose another output folder (peaufine never deletes folders it did not write)"
         )
     if resume:
-        stored = (path / "recipe.yaml").read_text(encoding="utf-8")
+        stored = RunDir(path).recipe.read_text(encoding="utf-8")
         if stored != recipe_yaml:
             raise RunDirError(
                 f"--resume: {path} was started with a different recipe; resume with the same "

@@ -19,7 +19,7 @@ from peaufine.engine.track import Tracker
 from peaufine.errors import RecipeError, RunDirError
 from peaufine.report.pages.write import write_report
 from peaufine.results import HEADLINES, run_metrics
-from peaufine.rundir import finished_with, refuse_strangers, write_json
+from peaufine.rundir import RunDir, finished_with, refuse_strangers, write_json
 from peaufine.stages import run_stage
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def summarise(per_fold: list[dict[str, float]]) -> dict[str, dict[str, Any]]:
 
 def check_out(out: Path, overwrite: bool) -> None:
 
-    if (out / "recipe.yaml").is_file():
+    if RunDir(out).recipe.is_file():
         raise RunDirError(f"{out} holds a single run, not a cross-validation; choose another --out")
     # --overwrite re-runs the folds and leaves whatever else is there alone
     refuse_strangers(

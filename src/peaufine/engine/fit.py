@@ -22,6 +22,7 @@ from peaufine.engine.parallel import lockstep, place
 from peaufine.engine.steps import BatchSteps, StepSource, Window
 from peaufine.engine.track import MetricsLog, Tracker
 from peaufine.errors import TrainingError
+from peaufine.rundir import RunDir
 
 if TYPE_CHECKING:
     import torch
@@ -227,7 +228,7 @@ class TrainingLoop:
         if self.store is not None and runtime.is_main:
             self.store.directory.mkdir(parents=True, exist_ok=True)
         self.writes = writes
-        self.metrics = MetricsLog(Path(run_dir or ".") / "metrics.jsonl", enabled=writes)
+        self.metrics = MetricsLog(RunDir(Path(run_dir or ".")).metrics, enabled=writes)
         self.forward_module = self._wrap(model)
         self.source = (
             train_set

@@ -23,6 +23,7 @@ from peaufine.methods.classify import classifier_logits
 from peaufine.models.build import build_classifier
 from peaufine.models.tokenizer import load_tokenizer
 from peaufine.recipe import read_yaml
+from peaufine.rundir import RunDir
 
 if TYPE_CHECKING:
     import torch
@@ -99,8 +100,8 @@ class RewardScorer:
 
         directory = Path(path).expanduser()
         if (directory / "model" / "config.json").is_file():
-            if max_length is None and (directory / "recipe.yaml").is_file():
-                max_length = read_yaml(directory / "recipe.yaml").get("data", {}).get("max_length")
+            if max_length is None and RunDir(directory).recipe.is_file():
+                max_length = read_yaml(RunDir(directory).recipe).get("data", {}).get("max_length")
             directory = directory / "model"
         if not (directory / "config.json").is_file():
             raise ModelError(f"{path}: not a reward model folder or reward run (no config.json)")

@@ -44,6 +44,7 @@ from peaufine.engine.track import Tracker, add_sink, detach_sinks
 from peaufine.errors import RecipeError, RunDirError
 from peaufine.recipe import apply_overrides, read_yaml, validate_recipe
 from peaufine.report.pages.write import write_report
+from peaufine.rundir import RunDir
 
 if TYPE_CHECKING:
     import optuna
@@ -162,7 +163,7 @@ def run_search(
             trial_recipe = recipe_with(base, params, f"{recipe_path} (trial {trial.number})")
         except RecipeError as exc:
             raise TrialFailed(f"these values make an invalid recipe: {exc}") from None
-        metrics_path = run_dir / "metrics.jsonl"
+        metrics_path = RunDir(run_dir).metrics
         if prune != "none":
             add_sink(metrics_path, PruningSink(trial))
         try:

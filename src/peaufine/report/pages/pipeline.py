@@ -25,6 +25,7 @@ from peaufine.report.toolkit import (
     table,
 )
 from peaufine.results import read_results
+from peaufine.rundir import LOSS_PLOT as RUN_LOSS_PLOT
 
 
 def _headline(values: dict[str, Any] | None) -> str:
@@ -34,7 +35,10 @@ def _headline(values: dict[str, Any] | None) -> str:
 def stage_plots(run_dir: Path) -> list[tuple[Path, str]]:
     """A stage run's key plots: the report's own (with its markers) before the stage's."""
     found = []
-    for names, caption in (((LOSS_PLOT, "loss.png"), "loss curves"), (("rl.png", RL_PLOT), "reward and KL")):
+    for names, caption in (
+        ((LOSS_PLOT, RUN_LOSS_PLOT), "loss curves"),
+        (("rl.png", RL_PLOT), "reward and KL"),
+    ):
         path = next((run_dir / name for name in names if (run_dir / name).is_file()), None)
         if path is not None:
             found.append((path, caption))

@@ -30,6 +30,7 @@ from peaufine.report.toolkit import (
     render_page,
     table,
 )
+from peaufine.rundir import EVAL, PREPARED, RunDir
 
 # Plots the report draws itself, named apart from the stage's own loss.png and rl.png.
 LOSS_PLOT = "report-loss.png"
@@ -50,7 +51,7 @@ def run_page(directory: Path) -> str:
         results_section(run),
         samples_section(run),
     ]
-    finished = f"finished {modified_stamp(directory / 'eval.json')}" if run.finished else "not finished"
+    finished = f"finished {modified_stamp(RunDir(directory).eval)}" if run.finished else "not finished"
     meta = [f"stage {run.stage}", str(directory), finished, f"report written {now_stamp()}"]
     return render_page(f"{run.stage} run: {directory.name}", meta, sections)
 
@@ -86,7 +87,7 @@ def overfitting_figures(run: StageRun) -> tuple[dict[str, Any] | None, str]:
     metrics.jsonl for the stages that do not record one."""
     recorded = run.evaluation.get("overfitting")
     if isinstance(recorded, dict):
-        return recorded, "eval.json"
+        return recorded, EVAL
     if not run.series("val_loss"):
         return None, ""
 
@@ -166,12 +167,12 @@ def training_section(run: StageRun) -> Section:
         verdicts.append(("overfitting", str(overfitting.get("verdict", "–")), overfitting_source))
     if stopped_at is not None:
         verdicts.append(
-            ("early stopping", f"stopped at step {stopped_at:,} of {fmt_number(max_steps)}", "eval.json")
+            ("early stopping", f"stopped at step {stopped_at:,} of {fmt_number(max_steps)}", EVAL)
         )
     for key in ("forgetting", "transfer"):
         verdict = (evaluation.get(key) or {}).get("verdict")
         if verdict:
-            verdicts.append((key, str(verdict), "eval.json"))
+            verdicts.append((key, str(verdict), EVAL))
     if verdicts:
         section.parts.append(table(["check", "verdict", "from"], verdicts, caption="Verdicts"))
     if best is not None:
@@ -241,7 +242,7 @@ def data_section(run: StageRun) -> Section:
         elif not isinstance(value, list):
             facts.append((key, value))
     if facts:
-        section.parts.append(table(None, facts, caption="prepared.json"))
+        section.parts.append(table(None, facts, caption=PREPARED))
     return section
 
 

@@ -56,18 +56,19 @@ class StageRun:
 def load_stage_run(directory: Path) -> StageRun:
     import yaml
 
-    recipe_text = (directory / "recipe.yaml").read_text(encoding="utf-8")
+    files = RunDir(directory)
+    recipe_text = files.recipe.read_text(encoding="utf-8")
     try:
         recipe = yaml.safe_load(recipe_text)
     except yaml.YAMLError as exc:
-        raise RunDirError(f"{directory / 'recipe.yaml'}: not valid YAML ({exc})") from None
+        raise RunDirError(f"{files.recipe}: not valid YAML ({exc})") from None
     return StageRun(
         path=directory,
         recipe=recipe if isinstance(recipe, dict) else {},
         recipe_text=recipe_text,
-        env=read_json(directory / "env.json") or {},
-        prepared=read_json(directory / "prepared.json") or {},
+        env=read_json(files.env) or {},
+        prepared=read_json(files.prepared) or {},
         results=read_results(directory),
-        rows=read_jsonl(directory / "metrics.jsonl"),
-        budget=read_json(RunDir(directory).budget) or {},
+        rows=read_jsonl(files.metrics),
+        budget=read_json(files.budget) or {},
     )

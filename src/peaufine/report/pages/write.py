@@ -13,6 +13,7 @@ from peaufine.report.pages.pipeline import pipeline_page
 from peaufine.report.pages.run import run_page
 from peaufine.report.pages.search import search_page
 from peaufine.report.toolkit import REPORT_NAME
+from peaufine.rundir import RECIPE
 
 # The file that makes a folder each kind of report; the first found wins: a pipeline folder holds stage
 # runs and a search folder trial runs, and a folder could hold a stray recipe.yaml beside its own marker.
@@ -20,7 +21,7 @@ MARKERS = (
     ("pipeline.json", "pipeline"),
     ("study.json", "search"),
     ("cv.json", "cv"),
-    ("recipe.yaml", "run"),
+    (RECIPE, "run"),
 )
 
 
