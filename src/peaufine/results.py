@@ -169,7 +169,7 @@ class RlResults(StageResults):
     headline_names: ClassVar[tuple[tuple[str, str], ...]] = (
         ("sampled reward, before", "before.reward_sampled"),
         ("sampled reward, after", "after.reward_sampled"),
-        ("exact match (greedy)", "after.exact_match_greedy"),
+        ("exact answer (greedy)", "after.exact_match_greedy"),
         ("KL to reference", "final_kl"),
     )
     algorithm: str = ABSENT

@@ -1,4 +1,4 @@
-"""Fact recall by hand: is_exact_match accepts a completion that starts with the answer and ends a word
+"""Fact recall by hand: completes_with accepts a completion that starts with the answer and ends a word
 there, and rejects the rest; fact_recall counts per relation with the generator replaced by a fake."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 
 from peaufine.data.world import Probe
 from peaufine.evaluate import recall
-from peaufine.evaluate.recall import RecallResult, fact_recall, is_exact_match
+from peaufine.evaluate.recall import RecallResult, completes_with, fact_recall
 
 
 @pytest.mark.parametrize(
@@ -26,7 +26,7 @@ from peaufine.evaluate.recall import RecallResult, fact_recall, is_exact_match
     ],
 )
 def test_accepts_the_answer_followed_by_a_word_end(completion):
-    assert is_exact_match(completion, "Tarsk")
+    assert completes_with(completion, "Tarsk")
 
 
 @pytest.mark.parametrize(
@@ -45,25 +45,25 @@ def test_accepts_the_answer_followed_by_a_word_end(completion):
     ],
 )
 def test_rejects_anything_else(completion):
-    assert not is_exact_match(completion, "Tarsk")
+    assert not completes_with(completion, "Tarsk")
 
 
 def test_multi_word_answers_must_match_their_spacing():
-    assert is_exact_match(" New Tarsk harbour", "New Tarsk")
-    assert not is_exact_match("New  Tarsk", "New Tarsk")  # inner whitespace is not folded
-    assert is_exact_match("Zürich!", "Zürich")
+    assert completes_with(" New Tarsk harbour", "New Tarsk")
+    assert not completes_with("New  Tarsk", "New Tarsk")  # inner whitespace is not folded
+    assert completes_with("Zürich!", "Zürich")
 
 
 def test_the_answer_itself_is_not_stripped():
     # only the completion is left-stripped, so an answer with leading whitespace can never match
-    assert not is_exact_match(" Tarsk", " Tarsk")
-    assert not is_exact_match("Tarsk", "Tarsk ")
+    assert not completes_with(" Tarsk", " Tarsk")
+    assert not completes_with("Tarsk", "Tarsk ")
 
 
 def test_an_empty_answer_matches_only_before_a_non_word_character():
-    assert is_exact_match("", "")
-    assert is_exact_match(" .", "")
-    assert not is_exact_match("word", "")
+    assert completes_with("", "")
+    assert completes_with(" .", "")
+    assert not completes_with("word", "")
 
 
 def test_recall_result_accuracy_and_dict():

@@ -124,7 +124,7 @@ def test_a_resumed_rl_run_samples_on_from_the_checkpoint(world_run, tmp_path, al
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="known, kept as it was: the rl stage's `measure` (generate_texts) seeds torch's global RNG "
+    reason="known, kept as it was: the rl stage's `policy_figures` (generate_texts) seeds torch's global RNG "
     "with 0 before the first step, after a resume restored the checkpoint's RNG, so the resumed passes "
     "shuffle their mini-batches otherwise than the straight run",
 )

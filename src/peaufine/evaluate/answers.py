@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from peaufine.data.tokenize import generation_prompt
+from peaufine.data.world_preferences import normalize_response
 from peaufine.models.generate import generate_texts
 
 if TYPE_CHECKING:
@@ -26,8 +27,15 @@ def normalize_answer(text: str) -> str:
     return " ".join(text.split())
 
 
-def exact_match(prediction: str, gold: str) -> bool:
-    return normalize_answer(prediction) == normalize_answer(gold)
+# The ways two answers may be compared, by name: SQuAD's (case, punctuation, articles and spacing do not
+# count), and the world annotator's (case, spacing and trailing punctuation do not count).
+NORMALISERS = {"squad": normalize_answer, "answer": normalize_response}
+
+
+def exact_match(prediction: str, gold: str, normaliser: str = "squad") -> bool:
+    """The prediction is the gold answer once both are normalised by the named normaliser."""
+    normalise = NORMALISERS[normaliser]
+    return normalise(prediction) == normalise(gold)
 
 
 def token_f1(prediction: str, gold: str) -> float:

@@ -40,7 +40,9 @@ class RecallResult:
         }
 
 
-def is_exact_match(completion: str, answer: str) -> bool:
+def completes_with(completion: str, answer: str) -> bool:
+    """The cloze completion recalls `answer`: after its leading spaces it starts with the answer, and a
+    word ends there. A prefix match, not an exact match: the model may go on after the answer."""
     text = completion.lstrip()
     if not text.startswith(answer):
         return False
@@ -64,7 +66,7 @@ def fact_recall(
     for probe, completion in zip(probes, completions, strict=True):
         relation = probe.fact_id.split(":", 1)[0]
         counts[relation][1] += 1
-        if is_exact_match(completion, probe.answer):
+        if completes_with(completion, probe.answer):
             result.correct += 1
             counts[relation][0] += 1
         else:

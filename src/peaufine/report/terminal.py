@@ -176,7 +176,7 @@ def rl_summary(results: RlResults, run_dir: Path) -> Group:
     )
     if "exact_match_greedy" in after:
         table.add_row(
-            "exact match, greedy",
+            "exact answer, greedy",
             f"{_pct(before.get('exact_match_greedy'))} -> {_pct(after.get('exact_match_greedy'))}",
         )
     table.add_row("KL to reference (nats per answer)", _fmt(results.final_kl, ".3f"))

@@ -83,6 +83,7 @@ RATE_WORDS = (
     "accuracy",
     "exact_match",
     "exact match",
+    "exact answer",
     "f1",
     "precision",
     "recall",

@@ -98,7 +98,7 @@ def likelihood_preference(
     return wins / total if total else float("nan")
 
 
-def measure(
+def preference_figures(
     model: torch.nn.Module,
     tokenizer: Any,
     recipe: Recipe,
@@ -166,7 +166,9 @@ def train_and_measure(opened: OpenedRun, resume: bool, hooks: list[StepHook] | N
         )
     world = source_world(source)
     questions = held_out_questions(run) if world is not None else []
-    before = measure(model, tokenizer, recipe, present, world, runtime, questions) if runtime.is_main else {}
+    before: dict[str, Any] = {}
+    if runtime.is_main:
+        before = preference_figures(model, tokenizer, recipe, present, world, runtime, questions)
     objective = DpoLoss(config, adapter_reference, recipe.train.loss_chunk_tokens)
     result = fit_in_run(
         opened,
@@ -181,7 +183,7 @@ def train_and_measure(opened: OpenedRun, resume: bool, hooks: list[StepHook] | N
     if runtime.is_main:
         save_outputs(recipe, run, model, tokenizer)
         plot_training(run, result)
-        after = measure(model, tokenizer, recipe, present, world, runtime, questions)
+        after = preference_figures(model, tokenizer, recipe, present, world, runtime, questions)
         # rank 0 alone evaluates after training: its losses must not wait for the other processes
         alone = dataclasses.replace(runtime, rank=0, world_size=1)
         final = {

@@ -30,8 +30,9 @@ from peaufine.engine.runtime import make_runtime
 from peaufine.engine.steps import Step, Window
 from peaufine.engine.track import Tracker
 from peaufine.errors import RecipeError, TrainingError
+from peaufine.evaluate.answers import exact_match
 from peaufine.methods.preference import disable_dropout
-from peaufine.methods.rewards import RewardSuite, exact_answer, last_user_turn, load_reward_function
+from peaufine.methods.rewards import RewardSuite, last_user_turn, load_reward_function
 from peaufine.methods.rl import (
     AdaptiveKLController,
     FixedKLController,
@@ -145,7 +146,7 @@ def load_prompts(path: Path, tokenizer: Any) -> PromptSet:
 
 
 # -- evaluation ------------------------------------------------------------------------------------------
-def measure(
+def policy_figures(
     policy: Any,
     reference: Any,
     tokenizer: Any,
@@ -186,7 +187,8 @@ def measure(
         ],
     }
     if "answer" in prompts.columns:
-        hits = exact_answer(prompts.texts, greedy, prompts.columns["answer"])
+        answers = prompts.columns["answer"]
+        hits = [exact_match(g, a, "answer") for g, a in zip(greedy, answers, strict=True)]
         out["exact_match_greedy"] = sum(hits) / len(hits)
     return out
 
@@ -216,7 +218,7 @@ class RolloutSteps:
     scores this process's share of `prompts_per_step` prompts, then hands over `passes` passes of
     `mini_batches` optimiser updates on those rollouts. Its rows log the rollouts' rewards, KL and
     entropy and the KL coefficient; at evaluation steps, rank 0 alone measures the policy on the
-    evaluation prompts (`measure`)."""
+    evaluation prompts (`policy_figures`)."""
 
     config: RlBlock
     seed: int  # train.seed
@@ -234,7 +236,7 @@ class RolloutSteps:
     tracker: Tracker
     run: RunDir
     log_every: int = 1  # every RL step is logged
-    before: dict[str, Any] = field(default_factory=dict)  # `measure` before the first step (rank 0)
+    before: dict[str, Any] = field(default_factory=dict)  # `policy_figures` before the first step (rank 0)
     kl_control: Any = field(init=False)
     scored: ScoredRollouts | None = field(init=False, default=None)  # this step's rollouts
     logged: dict[str, float] = field(init=False, default_factory=dict)  # and what they say
@@ -257,8 +259,8 @@ class RolloutSteps:
     def updates_per_step(self) -> int:
         return self.config.passes * self.config.mini_batches
 
-    def measure(self) -> dict[str, Any]:
-        return measure(
+    def policy_figures(self) -> dict[str, Any]:
+        return policy_figures(
             self.policy,
             self.reference,
             self.tokenizer,

@@ -199,7 +199,7 @@ def dpo_results(results: DpoResults) -> list[str]:
 _RL_FIGURES = (
     ("mean reward, sampled", "reward_sampled", False),
     ("mean reward, greedy", "reward_greedy", False),
-    ("exact match, greedy", "exact_match_greedy", True),
+    ("exact answer, greedy", "exact_match_greedy", True),
     ("KL to the reference (nats per answer)", "kl_to_reference", False),
     ("response length (tokens)", "response_length", False),
 )
