@@ -1,8 +1,7 @@
-"""The `peaufine` command: one thin sub-command per stage, parsing arguments and nothing more.
+"""The `peaufine` command: one thin sub-command per stage, parsing arguments and nothing more."""
 
-Heavy libraries are imported inside each command, so `peaufine --help` answers at once. A user's
-mistake (`PeaufineError`) is printed as one message with a non-zero exit, never as a traceback.
-"""
+# Heavy libraries are imported inside each command, so `peaufine --help` answers at once. A user's
+# mistake (`PeaufineError`) is printed as one message with a non-zero exit, never as a traceback.
 
 from __future__ import annotations
 

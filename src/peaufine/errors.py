@@ -1,8 +1,7 @@
-"""The one family of user-facing errors, each naming what the user can fix.
+"""The one family of user-facing errors, each naming what the user can fix."""
 
-The CLI catches `PeaufineError`, prints its message and exits non-zero, so a user never sees a traceback
-from deep inside a library for a mistake in their recipe or data.
-"""
+# The CLI catches `PeaufineError`, prints its message and exits non-zero, so a user never sees a traceback
+# from deep inside a library for a mistake in their recipe or data.
 
 from __future__ import annotations
 

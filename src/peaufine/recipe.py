@@ -1,8 +1,7 @@
-"""The recipe: one YAML file, validated by a pydantic schema, that describes a run completely.
+"""The recipe: one YAML file, validated by a pydantic schema, that describes a run completely."""
 
-Blocks: model / data / train / eval / method. Unknown keys and bad values fail here, naming the key path
-and the closest valid key, before anything is loaded or written.
-"""
+# Blocks: model / data / train / eval / method. Unknown keys and bad values fail here, naming the key path
+# and the closest valid key, before anything is loaded or written.
 
 from __future__ import annotations
 

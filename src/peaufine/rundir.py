@@ -1,9 +1,8 @@
 """The run folder: its frozen layout (the only code that names its files), the rules for starting,
-refusing, replacing or resuming it, and the reading of what a run logged.
+refusing, replacing or resuming it, and the reading of what a run logged."""
 
-A fresh run is prepared in a staging folder beside the target and renamed into place only once its
-inputs are valid, so bad input never leaves a half-written run behind.
-"""
+# A fresh run is prepared in a staging folder beside the target and renamed into place only once its
+# inputs are valid, so bad input never leaves a half-written run behind.
 
 from __future__ import annotations
 

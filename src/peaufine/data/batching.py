@@ -1,9 +1,8 @@
 """Examples on disk or in memory, the deterministic, rank-aware order in which batches visit them, and
-the feed that prepares the next steps' batches in a background thread (train.prefetch_batches).
+the feed that prepares the next steps' batches in a background thread (train.prefetch_batches)."""
 
-Batches carry labels already shifted (labels[t] is the token after input_ids[t], -100 where there is
-nothing to predict), so every objective computes one cross-entropy without slicing the logits.
-"""
+# Batches carry labels already shifted (labels[t] is the token after input_ids[t], -100 where there is
+# nothing to predict), so every objective computes one cross-entropy without slicing the logits.
 
 from __future__ import annotations
 

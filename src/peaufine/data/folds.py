@@ -1,8 +1,7 @@
-"""k-fold cross-validation splits: every example (or every prompt's group) in exactly one fold.
+"""k-fold cross-validation splits: every example (or every prompt's group) in exactly one fold."""
 
-The draw is the one the validation split uses (PCG64's raw stream), so folds are the same for the
-same seed on every machine; fold sizes differ by at most one group.
-"""
+# The draw is the one the validation split uses (PCG64's raw stream), so folds are the same for the
+# same seed on every machine; fold sizes differ by at most one group.
 
 from __future__ import annotations
 

@@ -1,11 +1,10 @@
-"""Preference pairs as token ids, batched chosen-rows-then-rejected-rows so one forward pass scores both.
+"""Preference pairs as token ids, batched chosen-rows-then-rejected-rows so one forward pass scores both."""
 
-A causal LM reads a pair as prompt + response: chat prompts through the tokenizer's chat template
-(the response is the assistant turn, its tokens and the end-of-turn token are the targets), raw-text
-prompts (the HH dialogues) as the prompt's tokens followed by the response's and EOS. A too-long pair
-keeps its whole response and loses the start of its prompt: the end of a dialogue is what the
-response answers.
-"""
+# A causal LM reads a pair as prompt + response: chat prompts through the tokenizer's chat template
+# (the response is the assistant turn, its tokens and the end-of-turn token are the targets), raw-text
+# prompts (the HH dialogues) as the prompt's tokens followed by the response's and EOS. A too-long pair
+# keeps its whole response and loses the start of its prompt: the end of a dialogue is what the
+# response answers.
 
 from __future__ import annotations
 

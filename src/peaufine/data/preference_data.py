@@ -1,13 +1,12 @@
 """Preference pairs for the reward and dpo stages: gathered (the world's annotator or the user's files),
-split by prompt, tokenized into the run's data/ folder, and read back.
+split by prompt, tokenized into the run's data/ folder, and read back."""
 
-The world's rankings come from its generator playing the annotator: for every question about a
-fact, a concise correct answer > a rambling correct one > a type-consistent wrong one > an
-off-topic one. Pairs are grouped by prompt (the question), as for any preference data: validation
-questions are never seen in training, though their facts may be, asked another way. The world's
-held-out facts (never asked during fine-tuning, nor in any training pair) give a third set: there,
-telling a right answer from a wrong one takes knowledge the model brought from pretraining.
-"""
+# The world's rankings come from its generator playing the annotator: for every question about a
+# fact, a concise correct answer > a rambling correct one > a type-consistent wrong one > an
+# off-topic one. Pairs are grouped by prompt (the question), as for any preference data: validation
+# questions are never seen in training, though their facts may be, asked another way. The world's
+# held-out facts (never asked during fine-tuning, nor in any training pair) give a third set: there,
+# telling a right answer from a wrong one takes knowledge the model brought from pretraining.
 
 from __future__ import annotations
 

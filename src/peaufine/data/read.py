@@ -1,9 +1,8 @@
 """Every data file peaufine reads is opened here: one reader per file kind, yielding records or located
-anomalies (data/anomalies.py), and the discovery of the files a data source names.
+anomalies (data/anomalies.py), and the discovery of the files a data source names."""
 
-The loaders (corpus, chat and classification records, preference pairs, prompts) read through these and
-only say what a record must hold; a file therefore fails, or is skipped, the same way whoever reads it.
-"""
+# The loaders (corpus, chat and classification records, preference pairs, prompts) read through these and
+# only say what a record must hold; a file therefore fails, or is skipped, the same way whoever reads it.
 
 from __future__ import annotations
 

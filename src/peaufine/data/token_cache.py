@@ -1,11 +1,10 @@
 """Tokenized data kept on disk (data.cache_dir) under a hash of everything that decides it, so a later
-run with the same inputs copies the files instead of training a tokenizer or tokenizing again.
+run with the same inputs copies the files instead of training a tokenizer or tokenizing again."""
 
-A key hashes the texts themselves (not file names or times: a split, a seed, an anomaly policy or the
-synthetic world change the texts, and so the key), the tokenizer's saved files, the settings that
-shape the output, and CACHE_FORMAT. An entry is written in a private folder and renamed into place,
-so a crash or a concurrent run never leaves a partial entry that a later run would trust.
-"""
+# A key hashes the texts themselves (not file names or times: a split, a seed, an anomaly policy or the
+# synthetic world change the texts, and so the key), the tokenizer's saved files, the settings that
+# shape the output, and CACHE_FORMAT. An entry is written in a private folder and renamed into place,
+# so a crash or a concurrent run never leaves a partial entry that a later run would trust.
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
-"""k-fold cross-validation of a stage: one run per fold, each metric's mean ± std across folds.
+"""k-fold cross-validation of a stage: one run per fold, each metric's mean ± std across folds."""
 
-On small data one validation split is one draw; k folds say how much of a result is the split.
-Folds split by example (by prompt for preference data), see `peaufine.data.folds`. Each fold is a
-complete run in <out>/fold-<i>, kept; a fold that already finished with the same recipe is reused,
-so an interrupted cross-validation continues where it stopped.
-"""
+# On small data one validation split is one draw; k folds say how much of a result is the split.
+# Folds split by example (by prompt for preference data), see `peaufine.data.folds`. Each fold is a
+# complete run in <out>/fold-<i>, kept; a fold that already finished with the same recipe is reused,
+# so an interrupted cross-validation continues where it stopped.
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
-"""The default pipeline, offline on a laptop CPU: the synthetic world, pretrained, fine-tuned, aligned.
+"""The default pipeline, offline on a laptop CPU: the synthetic world, pretrained, fine-tuned, aligned."""
 
-The demo is the packaged pipeline file (recipes/world-pipeline.yaml) run by the same code as
-`peaufine run`; it only collects the numbers that show each stage's effect.
-"""
+# The demo is the packaged pipeline file (recipes/world-pipeline.yaml) run by the same code as
+# `peaufine run`; it only collects the numbers that show each stage's effect.
 
 from __future__ import annotations
 

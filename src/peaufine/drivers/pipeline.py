@@ -1,14 +1,13 @@
-"""Multi-stage pipelines: named stages, each a recipe, chained by the runs they read.
+"""Multi-stage pipelines: named stages, each a recipe, chained by the runs they read."""
 
-A pipeline file lists stages in the order they run. A stage's model can be an earlier stage's
-output (`model_from`), and any text in its recipe may name an earlier stage's run folder as
-`${name}` (an RL stage's reward model, say). Each stage runs into <out>/<name>.
-
-Re-running a pipeline skips every stage that already finished with the same resolved recipe and
-the same inputs — a stage's fingerprint covers its recipe and the fingerprints of the stages it
-reads — so a pipeline resumes after a crash, and a changed recipe re-runs that stage and every
-stage downstream of it.
-"""
+# A pipeline file lists stages in the order they run. A stage's model can be an earlier stage's
+# output (`model_from`), and any text in its recipe may name an earlier stage's run folder as
+# `${name}` (an RL stage's reward model, say). Each stage runs into <out>/<name>.
+#
+# Re-running a pipeline skips every stage that already finished with the same resolved recipe and
+# the same inputs — a stage's fingerprint covers its recipe and the fingerprints of the stages it
+# reads — so a pipeline resumes after a crash, and a changed recipe re-runs that stage and every
+# stage downstream of it.
 
 from __future__ import annotations
 

@@ -1,11 +1,10 @@
-"""Atomic checkpoints and exact resume: weights, optimiser, scheduler, RNG states and data position.
+"""Atomic checkpoints and exact resume: weights, optimiser, scheduler, RNG states and data position."""
 
-A checkpoint is written into a temporary folder, flushed to disk, renamed into place, and only then
-named by the `latest` (or `best`) pointer file, itself replaced atomically. A kill at any instant leaves
-the pointer naming a complete checkpoint. What it holds does not depend on the number of processes:
-full weights, the full optimiser state keyed by parameter name, and the data position in examples, so
-a run checkpointed by N processes resumes with M.
-"""
+# A checkpoint is written into a temporary folder, flushed to disk, renamed into place, and only then
+# named by the `latest` (or `best`) pointer file, itself replaced atomically. A kill at any instant leaves
+# the pointer naming a complete checkpoint. What it holds does not depend on the number of processes:
+# full weights, the full optimiser state keyed by parameter name, and the data position in examples, so
+# a run checkpointed by N processes resumes with M.
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
-"""The one training loop every method runs in: accumulate, clip, step, schedule, evaluate, checkpoint.
+"""The one training loop every method runs in: accumulate, clip, step, schedule, evaluate, checkpoint."""
 
-The loss of an optimiser update is the sum of per-target losses over all micro-batches of all processes,
-divided by the number of targets in that whole global batch, so batch 1 x accumulation 8, batch 8 x 1
-and 2 processes x 4 give the same update on variable-length data. What each step trains on comes from
-a step source (engine/steps.py): by default one global batch of a data set per step.
-"""
+# The loss of an optimiser update is the sum of per-target losses over all micro-batches of all processes,
+# divided by the number of targets in that whole global batch, so batch 1 x accumulation 8, batch 8 x 1
+# and 2 processes x 4 give the same update on variable-length data. What each step trains on comes from
+# a step source (engine/steps.py): by default one global batch of a data set per step.
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
-"""Tracking integrations: TensorBoard event files and MLflow runs, fed the rows metrics.jsonl gets.
+"""Tracking integrations: TensorBoard event files and MLflow runs, fed the rows metrics.jsonl gets."""
 
-Both are options of every run (the recipe's `track` block) and both are written by the real
-libraries, so `tensorboard --logdir` and `mlflow ui` read them as they read anyone's.
-"""
+# Both are options of every run (the recipe's `track` block) and both are written by the real
+# libraries, so `tensorboard --logdir` and `mlflow ui` read them as they read anyone's.
 
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
-"""AdamW with weight decay on matrices only, and the learning-rate schedules.
+"""AdamW with weight decay on matrices only, and the learning-rate schedules."""
 
-Decay shrinks weights toward zero; on biases, norm gains and embeddings that is a bias, not a
-regulariser, so by default they are excluded (nanoGPT excludes biases and norms but decays its
-embeddings). Each exclusion is configurable.
-"""
+# Decay shrinks weights toward zero; on biases, norm gains and embeddings that is a bias, not a
+# regulariser, so by default they are excluded (nanoGPT excludes biases and norms but decays its
+# embeddings). Each exclusion is configurable.
 
 from __future__ import annotations
 

@@ -1,11 +1,10 @@
 """How the trained model is spread over processes (one copy, DDP replicas or FSDP2 shards), and the
-full, unsharded weights and optimiser state that keep checkpoints independent of the world size.
+full, unsharded weights and optimiser state that keep checkpoints independent of the world size."""
 
-Under FSDP the stage's own model (the *host*) is not sharded: a replica that shares its tensors is,
-and the host's parameters are emptied while training runs. The host is filled with the full weights
-for a checkpoint (on rank 0) and for good when fit() ends (on every rank), so a stage's evaluation,
-generation and saving after training see a plain model whatever the strategy.
-"""
+# Under FSDP the stage's own model (the *host*) is not sharded: a replica that shares its tensors is,
+# and the host's parameters are emptied while training runs. The host is filled with the full weights
+# for a checkpoint (on rank 0) and for good when fit() ends (on every rank), so a stage's evaluation,
+# generation and saving after training see a plain model whatever the strategy.
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
-"""Where the run executes: device, process rank and world size, and numeric precision.
+"""Where the run executes: device, process rank and world size, and numeric precision."""
 
-Device and process discovery go through accelerate (CPU, CUDA, MPS; torchrun / accelerate launch
-environments), so the engine itself never branches on how it was started.
-"""
+# Device and process discovery go through accelerate (CPU, CUDA, MPS; torchrun / accelerate launch
+# environments), so the engine itself never branches on how it was started.
 
 from __future__ import annotations
 

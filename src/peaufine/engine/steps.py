@@ -1,11 +1,10 @@
 """Where the training loop's steps come from: a step source hands the loop each step's optimiser updates
-and says what a log row of its steps shows. The default source feeds one global batch per step.
+and says what a log row of its steps shows. The default source feeds one global batch per step."""
 
-A step is what train.max_steps counts, and what evaluation, checkpoints and hooks are timed by. It is
-one or more optimiser updates: the learning-rate schedule is sized by max_steps x `updates_per_step`.
-A source draws its work lazily, update by update, so random numbers it draws between updates (a
-shuffle of the next pass) come in the order they would without the loop in between.
-"""
+# A step is what train.max_steps counts, and what evaluation, checkpoints and hooks are timed by. It is
+# one or more optimiser updates: the learning-rate schedule is sized by max_steps x `updates_per_step`.
+# A source draws its work lazily, update by update, so random numbers it draws between updates (a
+# shuffle of the next pass) come in the order they would without the loop in between.
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
-"""The run's voice: metrics.jsonl (one JSON object per logged step) and the terminal (rich).
+"""The run's voice: metrics.jsonl (one JSON object per logged step) and the terminal (rich)."""
 
-Library code never prints; it hands messages to a `Tracker`, which only rank 0 lets through.
-"""
+# Library code never prints; it hands messages to a `Tracker`, which only rank 0 lets through.
 
 from __future__ import annotations
 

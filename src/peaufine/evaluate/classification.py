@@ -1,8 +1,7 @@
-"""Task metrics of a sequence classifier or regressor on a labelled set: what its predictions score.
+"""Task metrics of a sequence classifier or regressor on a labelled set: what its predictions score."""
 
-Classes: accuracy, macro-F1 and per-class precision / recall / F1; regression: mean squared error and
-Pearson's r. The scores are plain functions of predictions and labels, so they are tested by hand.
-"""
+# Classes: accuracy, macro-F1 and per-class precision / recall / F1; regression: mean squared error and
+# Pearson's r. The scores are plain functions of predictions and labels, so they are tested by hand.
 
 from __future__ import annotations
 

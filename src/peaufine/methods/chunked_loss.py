@@ -1,16 +1,16 @@
 """Log-probabilities of the target tokens only, a chunk of them at a time (`train.loss_chunk_tokens`):
-the [tokens x vocabulary] logits never exist whole, neither in the forward nor in the backward pass.
-Next-token prediction (pretrain, SFT), DPO's sequence log-probs and RL's per-token log-probs all read
-their targets' log-probs through `target_logps` when the recipe sets a chunk size.
+the [tokens x vocabulary] logits never exist whole, neither in the forward nor in the backward pass."""
 
-The model is called as the engine wraps it (DDP, FSDP, torch.compile, PEFT), with `logits_to_keep=1`
-so its own head computes one position per row; the final hidden states come back through
-`output_hidden_states` (transformers ties the last one to the normed `last_hidden_state`). The target
-rows of those states are gathered, and each chunk goes through the output head, to float, and into a
-cross-entropy under `torch.utils.checkpoint`, so the backward pass recomputes one chunk's logits at a
-time instead of keeping them all. Going through the wrapper's forward matters: calling the inner
-decoder would skip DDP's gradient synchronisation, FSDP's all-gather and the compiled graph.
-"""
+# Next-token prediction (pretrain, SFT), DPO's sequence log-probs and RL's per-token log-probs all read
+# their targets' log-probs through `target_logps` when the recipe sets a chunk size.
+#
+# The model is called as the engine wraps it (DDP, FSDP, torch.compile, PEFT), with `logits_to_keep=1`
+# so its own head computes one position per row; the final hidden states come back through
+# `output_hidden_states` (transformers ties the last one to the normed `last_hidden_state`). The target
+# rows of those states are gathered, and each chunk goes through the output head, to float, and into a
+# cross-entropy under `torch.utils.checkpoint`, so the backward pass recomputes one chunk's logits at a
+# time instead of keeping them all. Going through the wrapper's forward matters: calling the inner
+# decoder would skip DDP's gradient synchronisation, FSDP's all-gather and the compiled graph.
 
 from __future__ import annotations
 

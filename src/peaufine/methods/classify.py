@@ -1,8 +1,7 @@
-"""Sequence classification and regression: a head on any encoder or decoder, its loss and its data.
+"""Sequence classification and regression: a head on any encoder or decoder, its loss and its data."""
 
-One label per text; cross-entropy for num_labels >= 2, squared error for num_labels = 1 (regression),
-both summed over examples so the engine divides by the examples of the whole global batch.
-"""
+# One label per text; cross-entropy for num_labels >= 2, squared error for num_labels = 1 (regression),
+# both summed over examples so the engine divides by the examples of the whole global batch.
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
-"""Next-token prediction: the objective of pretraining and of supervised fine-tuning.
+"""Next-token prediction: the objective of pretraining and of supervised fine-tuning."""
 
-Batches carry pre-shifted labels (-100 where nothing is predicted), so the loss is one cross-entropy
-over the logits as the model returns them, summed; the engine divides by the target count. With
-`chunk_tokens` (train.loss_chunk_tokens) the same sum is taken a chunk of targets at a time
-(methods/chunked_loss.py), never holding the whole batch's logits.
-"""
+# Batches carry pre-shifted labels (-100 where nothing is predicted), so the loss is one cross-entropy
+# over the logits as the model returns them, summed; the engine divides by the target count. With
+# `chunk_tokens` (train.loss_chunk_tokens) the same sum is taken a chunk of targets at a time
+# (methods/chunked_loss.py), never holding the whole batch's logits.
 
 from __future__ import annotations
 

@@ -1,14 +1,13 @@
-"""Direct preference optimisation and its variants: the policy learns from pairs without a reward model.
+"""Direct preference optimisation and its variants: the policy learns from pairs without a reward model."""
 
-All four losses are functions of the summed log-probabilities of the chosen and rejected responses
-under the policy (and, but for SimPO, under the frozen reference):
-- sigmoid (DPO, Rafailov et al. 2023): -log sigmoid(beta * h), h = (pi_c - ref_c) - (pi_r - ref_r);
-- cdpo (conservative DPO): labels flipped with probability eps: -(1-eps) log s(beta h) - eps log s(-beta h);
-- ipo (Azar et al. 2023): (h - 1/(2 beta))^2, a squared loss that stops pushing once the margin is met;
-- simpo (Meng et al. 2024): reference-free, length-normalised:
-  -log s(beta_s (pi_c/|y_c| - pi_r/|y_r|) - gamma).
-Any of them can add `sft_weight` times the chosen answer's mean negative log-likelihood (RPO).
-"""
+# All four losses are functions of the summed log-probabilities of the chosen and rejected responses
+# under the policy (and, but for SimPO, under the frozen reference):
+# - sigmoid (DPO, Rafailov et al. 2023): -log sigmoid(beta * h), h = (pi_c - ref_c) - (pi_r - ref_r);
+# - cdpo (conservative DPO): labels flipped with probability eps: -(1-eps) log s(beta h) - eps log s(-beta h);
+# - ipo (Azar et al. 2023): (h - 1/(2 beta))^2, a squared loss that stops pushing once the margin is met;
+# - simpo (Meng et al. 2024): reference-free, length-normalised:
+#   -log s(beta_s (pi_c/|y_c| - pi_r/|y_r|) - gamma).
+# Any of them can add `sft_weight` times the chosen answer's mean negative log-likelihood (RPO).
 
 from __future__ import annotations
 

@@ -1,11 +1,4 @@
-"""The reward model's objective: Bradley-Terry on preference pairs.
-
-P(chosen > rejected) = sigmoid(r_chosen - r_rejected), so the loss of a pair is
--log sigmoid(r_chosen - r_rejected - margin). A tie (two responses ranked equal) is a label of 1/2:
--(log s(d) + log s(-d)) / 2, which is least when the rewards are equal. Only differences of rewards are
-identified, so a small centring term, center * (r_chosen + r_rejected)^2, keeps them near zero and
-comparable across runs.
-"""
+"""The reward model's objective: Bradley-Terry on preference pairs."""
 
 from __future__ import annotations
 
@@ -39,7 +32,14 @@ def bradley_terry_losses(
     margin: float = 0.0,
     center: float = 0.0,
 ) -> torch.Tensor:
-    """Per-pair losses from the two rewards; `ties` marks pairs ranked equal (no margin for them)."""
+    """Per-pair losses from the two rewards; `ties` marks pairs ranked equal (no margin for them).
+
+    P(chosen > rejected) = sigmoid(r_chosen - r_rejected), so the loss of a pair is
+    -log sigmoid(r_chosen - r_rejected - margin). A tie (two responses ranked equal) is a label of 1/2:
+    -(log s(d) + log s(-d)) / 2, which is least when the rewards are equal. Only differences of rewards are
+    identified, so a small centring term, center * (r_chosen + r_rejected)^2, keeps them near zero and
+    comparable across runs.
+    """
     import torch
     import torch.nn.functional as F
 

@@ -1,15 +1,14 @@
 """Reinforcement learning from rewards: the GRPO and PPO objectives, their advantages and the KL leash
-to a reference policy, as functions on per-token tensors (plus the value head PPO needs).
+to a reference policy, as functions on per-token tensors (plus the value head PPO needs)."""
 
-Alignment, everywhere here: a per-token tensor [N, L] lines up with `input_ids` [N, L], column t holding
-what concerns token t. `logps[:, t]` is log pi(input_ids[:, t] | input_ids[:, :t]), read from the logits
-at position t - 1. `values[:, t]` is the value of the state just before token t is generated (the return
-expected from generating token t onwards), read from the hidden state at position t - 1. Rewards and
-advantages at column t are those of emitting token t. Column 0 predicts nothing; it, and every column
-outside the response mask, holds 0.
-
-Imported only by the RL stage (itself imported inside its command), so torch is imported at the top.
-"""
+# Alignment, everywhere here: a per-token tensor [N, L] lines up with `input_ids` [N, L], column t holding
+# what concerns token t. `logps[:, t]` is log pi(input_ids[:, t] | input_ids[:, :t]), read from the logits
+# at position t - 1. `values[:, t]` is the value of the state just before token t is generated (the return
+# expected from generating token t onwards), read from the hidden state at position t - 1. Rewards and
+# advantages at column t are those of emitting token t. Column 0 predicts nothing; it, and every column
+# outside the response mask, holds 0.
+#
+# Imported only by the RL stage (itself imported inside its command), so torch is imported at the top.
 
 from __future__ import annotations
 

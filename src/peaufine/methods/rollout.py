@@ -1,7 +1,8 @@
 """Rollouts for RL: G sampled responses to each prompt, laid out as the objectives in `methods.rl` read
-them (prompt left-padded to one length, response right-padded after it, masks marking what was generated),
-and scored by the reward sources.
-"""
+them, and scored by the reward sources."""
+
+# The layout: prompt left-padded to one length, response right-padded after it, masks marking what
+# was generated.
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
-"""Parameter and training-memory accounting, done on the meta device so nothing is allocated.
+"""Parameter and training-memory accounting, done on the meta device so nothing is allocated."""
 
-Answers "how big is this model, will it fit" before any weight exists (`peaufine params`).
-"""
+# Answers "how big is this model, will it fit" before any weight exists (`peaufine params`).
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
 """Where a stage's model comes from (`model.source`) and how models are built, loaded for training
-(causal LMs and sequence classifiers) and saved, in Hugging Face's format.
+(causal LMs and sequence classifiers) and saved, in Hugging Face's format."""
 
-A source is a preset name (built from scratch), a Hugging Face model folder, a previous run folder
-(its `model/`) or the packaged MiniLM. Everything we save loads with plain `from_pretrained`. The
-attention kernel (`model.attention`) is chosen at load; activation checkpointing is switched on here.
-"""
+# A source is a preset name (built from scratch), a Hugging Face model folder, a previous run folder
+# (its `model/`) or the packaged MiniLM. Everything we save loads with plain `from_pretrained`. The
+# attention kernel (`model.attention`) is chosen at load; activation checkpointing is switched on here.
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""Text generation from any causal LM we made or load: sampling settings, KV cache, a seed.
-
-Stops at every end-of-turn id the model's generation_config lists (EOS and the chat end-of-turn).
-"""
+"""Text generation from any causal LM we made or load: sampling settings, KV cache, a seed."""
 
 from __future__ import annotations
 
@@ -26,7 +23,10 @@ def generate_texts(
     chat: bool = False,
     batch_size: int = 64,
 ) -> list[str]:
-    """Continuations of `prompts` (or assistant replies when `chat`); temperature 0 is greedy."""
+    """Continuations of `prompts` (or assistant replies when `chat`); temperature 0 is greedy.
+
+    Stops at every end-of-turn id the model's generation_config lists (EOS and the chat end-of-turn).
+    """
     import torch
 
     if not prompts:

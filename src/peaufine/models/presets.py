@@ -1,7 +1,6 @@
-"""Named shapes for models built from scratch, and their transformers configs.
+"""Named shapes for models built from scratch, and their transformers configs."""
 
-A preset is a model type plus config fields; every field can be overridden from a recipe.
-"""
+# A preset is a model type plus config fields; every field can be overridden from a recipe.
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
-"""Tokenizers we train (byte-level BPE, character-level) or reuse, always loadable by AutoTokenizer.
+"""Tokenizers we train (byte-level BPE, character-level) or reuse, always loadable by AutoTokenizer."""
 
-A tokenizer we train reserves every special token later stages need (pad distinct from EOS, BOS,
-chat-turn markers) and ships a chat template, so no stage after pretraining resizes the embeddings.
-"""
+# A tokenizer we train reserves every special token later stages need (pad distinct from EOS, BOS,
+# chat-turn markers) and ships a chat template, so no stage after pretraining resizes the embeddings.
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """Plots made from a run's metrics: loss curves with the best, early-stop and overfitting steps marked,
-the learning-rate schedule, and RL's reward, KL and policy diagnostics.
+the learning-rate schedule, and RL's reward, KL and policy diagnostics."""
 
-matplotlib runs headless (Agg), and a plot is written to a temporary name then renamed.
-"""
+# matplotlib runs headless (Agg), and a plot is written to a temporary name then renamed.
 
 from __future__ import annotations
 

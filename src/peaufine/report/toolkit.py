@@ -1,9 +1,8 @@
 """The HTML toolkit every report page is built from: escaping and number formats, tables, links, figures,
-sections and the page itself, and reading the JSON files a page shows.
+sections and the page itself, and reading the JSON files a page shows."""
 
-A page has inline CSS and one small inline script (it counts images that failed to load), and it
-refers to its images by relative path, so the folder can be copied or served anywhere as it is.
-"""
+# A page has inline CSS and one small inline script (it counts images that failed to load), and it
+# refers to its images by relative path, so the folder can be copied or served anywhere as it is.
 
 from __future__ import annotations
 

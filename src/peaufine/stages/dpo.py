@@ -1,12 +1,11 @@
 """The dpo stage: a policy (an SFT model, full or LoRA) aligned directly on preference pairs with DPO,
-IPO, conservative DPO or SimPO; no reward model, no sampling.
+IPO, conservative DPO or SimPO; no reward model, no sampling."""
 
-The reference is the policy as it starts: its log-probs are computed once before training (no second
-model resident), or, with LoRA and `method.dpo.reference: adapter`, by switching the adapter off.
-Before and after training the stage measures how often the policy itself prefers the chosen response
-(mean log-prob per token, so length does not decide), and on the world the annotator's score and
-exact match of greedy answers to held-out questions.
-"""
+# The reference is the policy as it starts: its log-probs are computed once before training (no second
+# model resident), or, with LoRA and `method.dpo.reference: adapter`, by switching the adapter off.
+# Before and after training the stage measures how often the policy itself prefers the chosen response
+# (mean log-prob per token, so length does not decide), and on the world the annotator's score and
+# exact match of greedy answers to held-out questions.
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
-"""The pretrain stage: corpus -> tokenizer -> packed blocks -> the engine -> a Hugging Face model dir.
+"""The pretrain stage: corpus -> tokenizer -> packed blocks -> the engine -> a Hugging Face model dir."""
 
-All input is validated and prepared (in a staging folder) before the run folder is touched; on
-several processes rank 0 prepares and the others read what it wrote.
-"""
+# All input is validated and prepared (in a staging folder) before the run folder is touched; on
+# several processes rank 0 prepares and the others read what it wrote.
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The reward stage: a scalar head on a causal LM or an encoder, trained with Bradley-Terry on preference
-pairs, validated on held-out prompts, and reported per pair type; saved in Hugging Face
-sequence-classification format (AutoModelForSequenceClassification, num_labels = 1).
-"""
+pairs, validated on held-out prompts, and reported per pair type; saved in Hugging Face's format."""
+
+# Saved in Hugging Face sequence-classification format (AutoModelForSequenceClassification, num_labels = 1).
 
 from __future__ import annotations
 

@@ -1,13 +1,12 @@
 """The rl stage: a policy improved by sampling answers and reinforcing the rewarded ones (GRPO or PPO),
-held near its reference by a KL penalty.
+held near its reference by a KL penalty."""
 
-One step: draw `prompts_per_step` prompts; sample `group_size` answers each (KV cache, batched, stop
-at end of turn); score them with the reward sources (reward models re-tokenise the text with their
-own tokenizer; Python functions get the prompt's columns); compute the sampling policy's and the
-reference's log-probs once; then `passes` optimisation passes of `mini_batches` optimiser updates each
-over those rollouts. The engine's loop runs the steps: `RolloutSteps` is its step source. The reference
-is the LoRA model with its adapter off, or a frozen copy of the starting policy for full fine-tuning.
-"""
+# One step: draw `prompts_per_step` prompts; sample `group_size` answers each (KV cache, batched, stop
+# at end of turn); score them with the reward sources (reward models re-tokenise the text with their
+# own tokenizer; Python functions get the prompt's columns); compute the sampling policy's and the
+# reference's log-probs once; then `passes` optimisation passes of `mini_batches` optimiser updates each
+# over those rollouts. The engine's loop runs the steps: `RolloutSteps` is its step source. The reference
+# is the LoRA model with its adapter off, or a frozen copy of the starting policy for full fine-tuning.
 
 from __future__ import annotations
 

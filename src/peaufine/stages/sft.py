@@ -1,9 +1,8 @@
 """The sft stage: a pretrained causal LM fine-tuned on a small task set (full, frozen layers or LoRA),
-with the verdict on the three risks of fine-tuning: overfitting, forgetting, and transfer.
+with the verdict on the three risks of fine-tuning: overfitting, forgetting, and transfer."""
 
-Everything that can fail on bad input (records, template, lengths, adapter targets) fails while the run
-is prepared in staging, before the run folder exists.
-"""
+# Everything that can fail on bad input (records, template, lengths, adapter targets) fails while the run
+# is prepared in staging, before the run folder exists.
 
 from __future__ import annotations
 
