@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from peaufine.errors import RecipeError
-from peaufine.recipe import Recipe, apply_overrides, load_recipe, parse_override, validate_recipe
+from peaufine.recipe import (
+    METHOD_OF_STAGE,
+    Recipe,
+    apply_overrides,
+    load_recipe,
+    parse_override,
+    validate_recipe,
+)
 
 
 def test_defaults_validate_and_round_trip_through_yaml(tmp_path):
@@ -82,3 +89,13 @@ def test_schema_forbids_unknown_keys_in_every_block():
         annotation = field.annotation
         if isinstance(annotation, type) and hasattr(annotation, "model_config"):
             assert annotation.model_config.get("extra") == "forbid", name
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "sft", "classify", "reward", "dpo", "rl"])
+def test_method_name_is_the_stages_and_a_mismatch_is_refused(stage):
+    recipe = validate_recipe({"stage": stage})
+    assert recipe.method.name == METHOD_OF_STAGE[stage]  # set by the stage when left out
+    assert validate_recipe({"stage": stage, "method": {"name": METHOD_OF_STAGE[stage]}}) == recipe
+    other = "dpo" if METHOD_OF_STAGE[stage] != "dpo" else "rl"
+    with pytest.raises(RecipeError, match=rf"method.name is '{other}', but stage '{stage}'"):
+        validate_recipe({"stage": stage, "method": {"name": other}})

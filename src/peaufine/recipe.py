@@ -418,6 +418,16 @@ def _describe(error: dict[str, Any], source: str) -> str:
     return f"{source}: bad value for '{key}' ({value!r}): {error['msg']}"
 
 
+# The objective each stage trains with: method.name must agree (the stage's defaults set it).
+METHOD_OF_STAGE = {
+    "pretrain": "lm",
+    "sft": "lm",
+    "classify": "classify",
+    "reward": "reward",
+    "dpo": "dpo",
+    "rl": "rl",
+}
+
 # Fine-tuning starts from weights that already work: smaller steps and shorter runs than pretraining.
 STAGE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "sft": {
@@ -471,10 +481,17 @@ def validate_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: a recipe must be a mapping of blocks, got {type(data).__name__}")
     try:
-        return Recipe.model_validate(_with_stage_defaults(data))
+        recipe = Recipe.model_validate(_with_stage_defaults(data))
     except ValidationError as exc:
         messages = [_describe(err, source) for err in exc.errors()]
         raise RecipeError("\n".join(messages)) from None
+    expected = METHOD_OF_STAGE[recipe.stage]
+    if recipe.method.name != expected:
+        raise RecipeError(
+            f"{source}: method.name is {recipe.method.name!r}, but stage {recipe.stage!r} trains with "
+            f"{expected!r}; leave method.name out (the stage sets it)"
+        )
+    return recipe
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
