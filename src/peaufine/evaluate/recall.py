@@ -1,7 +1,7 @@
 """Fact recall: does a model complete cloze prompts about its world with the right object, greedily?"""
 
-# Exact match on the answer's words: the continuation must start with the answer and end a word there,
-# so "Tarsk" does not count "Tarskia".
+# A prefix match on the answer's words (completes_with): the continuation must start with the answer and
+# end a word there, so "Tarsk" does not count "Tarskia".
 
 from __future__ import annotations
 
