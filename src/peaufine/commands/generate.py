@@ -1,0 +1,22 @@
+"""`peaufine generate`: text from a model peaufine trained or any local Hugging Face causal LM, greedy or
+sampled, optionally through its chat template."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from peaufine.errors import ModelError
+from peaufine.models.build import load_pretrained, resolve_source
+from peaufine.models.generate import generate_texts
+from peaufine.models.tokenizer import load_tokenizer
+
+
+def generate_from(source: Path, prompts: list[str], **sampling: object) -> list[str]:
+    """The continuation of each prompt by the model at `source` (a run or model folder); `sampling`
+    goes to models.generate.generate_texts (max_new_tokens, temperature, top_k, top_p, seed, ...)."""
+    resolved = resolve_source(str(source))
+    if resolved.model_dir is None:
+        raise ModelError(f"{source}: generate needs a trained model (a run or model folder), not a preset")
+    model = load_pretrained(resolved.model_dir)
+    tokenizer = load_tokenizer(str(resolved.model_dir))
+    return generate_texts(model, tokenizer, prompts, **sampling)
