@@ -258,7 +258,8 @@ class RolloutSteps:
     def updates_per_step(self) -> int:
         return self.config.passes * self.config.mini_batches
 
-    def policy_figures(self) -> dict[str, Any]:
+    def measure(self) -> dict[str, Any]:
+        """The policy's figures on the evaluation prompts (rank 0 samples and scores them all)."""
         return policy_figures(
             self.policy,
             self.reference,
