@@ -266,16 +266,8 @@ def expected_mask(
     return mask
 
 
-OLD_RULE_MISSES = "xfail: fails before the fix (the end-of-turn rule)"
-
-
 def _case(family: Family, markers: bool):
-    marks = []
-    if family in (LLAMA2,) or (family is CHATML_CLOSED and markers):
-        marks = [pytest.mark.xfail(strict=True, reason=OLD_RULE_MISSES)]
-    return pytest.param(
-        family, markers, marks=marks, id=f"{family.name}-{'markers' if markers else 'no-markers'}"
-    )
+    return pytest.param(family, markers, id=f"{family.name}-{'markers' if markers else 'no-markers'}")
 
 
 @pytest.mark.parametrize(("family", "markers"), [_case(f, m) for f in FAMILIES for m in (True, False)])
@@ -351,12 +343,7 @@ def _fine_tune(tokenizer, steps: int = 60):
 @pytest.mark.parametrize(
     ("family", "markers"),
     [
-        pytest.param(
-            LLAMA2,
-            False,
-            id="llama2-no-markers",
-            marks=pytest.mark.xfail(strict=True, reason=OLD_RULE_MISSES),
-        ),
+        pytest.param(LLAMA2, False, id="llama2-no-markers"),
         pytest.param(CHATML, True, id="chatml-markers"),
         pytest.param(LLAMA3, False, id="llama3-no-markers"),
     ],
