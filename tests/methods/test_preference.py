@@ -47,6 +47,48 @@ def test_ipo_is_squared_distance_to_one_over_two_beta():
     assert losses("ipo", beta=0.25)[0].item() == pytest.approx((1.5 - 2.0) ** 2)
 
 
+@pytest.mark.xfail(strict=True, reason="xfail: fails before the fix (IPO summed its log-ratios)")
+def test_ipo_by_default_averages_each_answers_log_ratio_per_token():
+    # Azar et al. 2023 eq. 17 on per-token mean log-ratios, as TRL computes it
+    h = (PI_C - REF_C) / LEN_C - (PI_R - REF_R) / LEN_R  # 1.0 / 2 - (-0.5) / 4 = 0.625
+    loss, chosen, rejected = losses("ipo", beta=0.25)
+    assert loss.item() == pytest.approx((h - 2.0) ** 2)
+    # its implicit rewards are those of its margin: beta times the per-token log-ratios
+    assert chosen.item() == pytest.approx(0.25 * 0.5) and rejected.item() == pytest.approx(0.25 * -0.125)
+
+
+@pytest.mark.xfail(strict=True, reason="xfail: fails before the fix (no summed-IPO option)")
+def test_ipo_summed_on_request_is_squared_distance_of_the_summed_gap():
+    assert losses("ipo", beta=0.25, ipo_log_ratio="sum")[0].item() == pytest.approx((1.5 - 2.0) ** 2)
+
+
+@pytest.mark.xfail(strict=True, reason="xfail: fails before the fix (IPO summed its log-ratios)")
+@pytest.mark.parametrize("side", ["chosen", "rejected", "both"])
+def test_ipo_per_token_does_not_depend_on_answer_length_and_the_summed_form_does(side: str):
+    # an answer whose every token's log-ratio comes twice: same per-token ratios, twice the length
+    def doubled(form: str, double: bool) -> float:
+        c, r = (
+            (2.0 if side in ("chosen", "both") and double else 1.0),
+            (2.0 if side in ("rejected", "both") and double else 1.0),
+        )
+        t = lambda x: torch.tensor([x], dtype=torch.float64)  # noqa: E731
+        return preference_losses(
+            "ipo",
+            t(c * PI_C),
+            t(r * PI_R),
+            t(c * REF_C),
+            t(r * REF_R),
+            t(c * LEN_C),
+            t(r * LEN_R),
+            beta=0.25,
+            **({} if form == "default" else {"ipo_log_ratio": form}),
+        )[0].item()
+
+    assert doubled("default", True) == pytest.approx(doubled("default", False), rel=1e-12)
+    assert doubled("per_token", True) == pytest.approx(doubled("default", False), rel=1e-12)
+    assert abs(doubled("sum", True) - doubled("sum", False)) > 0.1
+
+
 def test_simpo_is_reference_free_and_length_normalised():
     expected = -log_sigmoid(2.0 * (PI_C / LEN_C - PI_R / LEN_R) - 0.5)  # 2 * (-2 + 1.5) - 0.5
     loss, chosen, rejected = preference_losses(
@@ -154,3 +196,27 @@ def test_sft_weight_adds_the_chosen_answers_mean_nll(cpu_runtime):
     logps, lengths = sequence_logps(model, batch)
     expected = 0.5 * (-logps[:3] / lengths[:3]).sum()
     assert (with_sft - plain).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.xfail(strict=True, reason="xfail: fails before the fix (IPO summed its log-ratios)")
+@pytest.mark.parametrize("form", ["per_token", "sum"])
+def test_the_ipo_objective_uses_the_recipes_log_ratio_form(cpu_runtime, form: str):
+    model = tiny_llama().eval()
+    data = tiny_pairs(4)
+    precompute_reference(model, [data], cpu_runtime, batch_size=4)
+    with torch.no_grad():  # move the policy off the reference so the log-ratios are not all 0
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = data.collate(range(4))
+    block = (
+        DpoBlock(loss="ipo", beta=0.5)
+        if form == "per_token"
+        else DpoBlock(loss="ipo", beta=0.5, ipo_log_ratio=form)
+    )
+    got = DpoLoss(block).loss_sum(model, batch).item()
+    logps, lengths = sequence_logps(model, batch)
+    ratio = (logps.double() - batch["ref_logps"]).detach()
+    if form == "per_token":
+        ratio = ratio / lengths
+    h = ratio[:4] - ratio[4:]
+    assert got == pytest.approx(((h - 1.0) ** 2).sum().item(), rel=1e-5)
