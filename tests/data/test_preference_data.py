@@ -22,7 +22,6 @@ RANKINGS = [
     {"prompt": "Say hi.", "responses": ["hi", "hello", "hey", "yo"], "ranks": [1, 1, 2, 2]},
     {"prompt": "Say no.", "responses": ["no", "nope", "nah"], "ranks": [1, 1, 1]},  # all tied
 ]
-BEFORE = "xfail: fails before the fix (dropped tied pairs kept their share of the ranking's weight)"
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +48,7 @@ def weight_per_prompt(folder: Path, split: str = "train") -> dict[str, float]:
 
 
 @pytest.mark.parametrize("rankings", ["all", "adjacent"])
-@pytest.mark.parametrize(
-    "skip_ties",
-    [
-        pytest.param(True, id="drops-ties(dpo)", marks=pytest.mark.xfail(strict=True, reason=BEFORE)),
-        pytest.param(False, id="keeps-ties(reward)"),
-    ],
-)
+@pytest.mark.parametrize("skip_ties", [True, False], ids=["drops-ties(dpo)", "keeps-ties(reward)"])
 def test_each_ranking_weighs_one_over_the_pairs_the_stage_keeps(
     bpe, tmp_path: Path, rankings: str, skip_ties: bool
 ) -> None:
@@ -82,7 +75,6 @@ def test_a_ranking_without_ties_weighs_the_same_whether_ties_are_dropped_or_not(
     assert [e.weight for e in examples] == pytest.approx([1 / 6] * 6)
 
 
-@pytest.mark.xfail(strict=True, reason=BEFORE)
 @pytest.mark.parametrize(("ranks", "kept"), [([1, 2, 2, 3], 5), ([1, 1, 2, 2], 4), ([1, 2, 3, 3], 5)])
 def test_the_kept_pairs_of_a_ranking_with_ties_share_one_unit(bpe, ranks: list[int], kept: int) -> None:
     prompt = [{"role": "user", "content": "Q"}]
