@@ -163,9 +163,11 @@ class DpoLoss:
             tally.add("logp_chosen", (weights * logps[:n]).sum(), total)
             tally.add("logp_rejected", (weights * logps[n:]).sum(), total)
             if reference is not None:
-                # sequence-level log-ratio to the reference on the pair's responses: a KL estimate
+                # policy-minus-reference summed log-prob, the mean of a pair's two answers: how far
+                # training moved them; not a KL (which is over the policy's own samples, and >= 0):
+                # it is negative when both answers lose probability, as DPO often makes them do
                 drift = (logps - reference).view(2, n).mean(0)
-                tally.add("implicit_kl", (weights * drift).sum(), total)
+                tally.add("mean_log_ratio", (weights * drift).sum(), total)
         return (weights * losses).sum()
 
     def count(self, batch: Batch) -> torch.Tensor:
