@@ -116,7 +116,6 @@ def test_a_reward_model_learns_a_constructed_preference(cpu_runtime):
     assert result["by_kind"]["has-7>has-8"]["pairs"] == 64
 
 
-@pytest.mark.xfail(strict=True, reason="xfail: fails before the fix (the stage's accuracy counted pairs)")
 def test_the_stages_pair_accuracy_weighs_pairs_as_the_loss_does(cpu_runtime):
     from peaufine.stages.reward import pair_accuracy
 
