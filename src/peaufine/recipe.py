@@ -303,6 +303,11 @@ class DpoBlock(Block):
     label_smoothing: float = Field(
         0.1, ge=0.0, lt=0.5, description="cdpo: probability that a preference label is flipped"
     )
+    ipo_log_ratio: Literal["per_token", "sum"] = Field(
+        "per_token",
+        description="ipo: each answer's log-ratio to the reference as a per-token mean (the IPO authors', "
+        "as TRL; beta then does not depend on answer length) or summed over its tokens",
+    )
     simpo_beta: float = Field(2.0, gt=0.0)
     simpo_gamma: float = Field(0.5, ge=0.0, description="simpo: target reward margin")
     sft_weight: float = Field(

@@ -44,7 +44,46 @@ def test_cdpo_mixes_both_labels_and_equals_dpo_without_smoothing():
 
 
 def test_ipo_is_squared_distance_to_one_over_two_beta():
-    assert losses("ipo", beta=0.25)[0].item() == pytest.approx((1.5 - 2.0) ** 2)
+    assert losses("ipo", beta=0.25, ipo_log_ratio="sum")[0].item() == pytest.approx((1.5 - 2.0) ** 2)
+
+
+def test_ipo_by_default_averages_each_answers_log_ratio_per_token():
+    # Azar et al. 2023 eq. 17 on per-token mean log-ratios, as TRL computes it
+    h = (PI_C - REF_C) / LEN_C - (PI_R - REF_R) / LEN_R  # 1.0 / 2 - (-0.5) / 4 = 0.625
+    loss, chosen, rejected = losses("ipo", beta=0.25)
+    assert loss.item() == pytest.approx((h - 2.0) ** 2)
+    # its implicit rewards are those of its margin: beta times the per-token log-ratios
+    assert chosen.item() == pytest.approx(0.25 * 0.5) and rejected.item() == pytest.approx(0.25 * -0.125)
+
+
+def test_ipo_summed_on_request_is_squared_distance_of_the_summed_gap():
+    assert losses("ipo", beta=0.25, ipo_log_ratio="sum")[0].item() == pytest.approx((1.5 - 2.0) ** 2)
+
+
+@pytest.mark.parametrize("side", ["chosen", "rejected", "both"])
+def test_ipo_per_token_does_not_depend_on_answer_length_and_the_summed_form_does(side: str):
+    # an answer whose every token's log-ratio comes twice: same per-token ratios, twice the length
+    def doubled(form: str, double: bool) -> float:
+        c, r = (
+            (2.0 if side in ("chosen", "both") and double else 1.0),
+            (2.0 if side in ("rejected", "both") and double else 1.0),
+        )
+        t = lambda x: torch.tensor([x], dtype=torch.float64)  # noqa: E731
+        return preference_losses(
+            "ipo",
+            t(c * PI_C),
+            t(r * PI_R),
+            t(c * REF_C),
+            t(r * REF_R),
+            t(c * LEN_C),
+            t(r * LEN_R),
+            beta=0.1,
+            **({} if form == "default" else {"ipo_log_ratio": form}),
+        )[0].item()
+
+    assert doubled("default", True) == pytest.approx(doubled("default", False), rel=1e-12)
+    assert doubled("per_token", True) == pytest.approx(doubled("default", False), rel=1e-12)
+    assert abs(doubled("sum", True) - doubled("sum", False)) > 0.1
 
 
 def test_simpo_is_reference_free_and_length_normalised():
@@ -102,9 +141,31 @@ def test_dpo_at_the_reference_has_loss_log_2_and_reports_its_metrics(cpu_runtime
     loss = objective.loss_sum(model, batch) / objective.count(batch)
     assert loss.item() == pytest.approx(math.log(2), abs=1e-5)
     metrics = objective.tally.drain()
-    assert metrics["implicit_kl"] == pytest.approx(0.0, abs=1e-5)
+    assert metrics["mean_log_ratio"] == pytest.approx(0.0, abs=1e-5)
     assert metrics["reward_margin"] == pytest.approx(0.0, abs=1e-6)
     assert {"accuracy", "logp_chosen", "logp_rejected", "reward_chosen"} <= metrics.keys()
+
+
+def test_the_logged_log_ratio_is_the_pairs_mean_policy_minus_reference_log_prob(cpu_runtime):
+    # not a KL (it is negative when the policy lowers both answers): named for what it is
+    model = tiny_llama().eval()
+    data = tiny_pairs(3)
+    precompute_reference(model, [data], cpu_runtime, batch_size=4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    for pair, weight in zip(data.pairs, (0.2, 0.3, 0.5), strict=True):
+        pair.weight = weight
+    batch = data.collate([0, 1, 2])
+    objective = DpoLoss(DpoBlock(beta=0.1))
+    objective.loss_sum(model, batch)
+    metrics = objective.tally.drain()
+    logps, _ = sequence_logps(model, batch)
+    ratio = (logps.double() - batch["ref_logps"]).detach()
+    per_pair = (ratio[:3] + ratio[3:]) / 2
+    expected = (torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64) * per_pair).sum().item()
+    assert metrics["mean_log_ratio"] == pytest.approx(expected, rel=1e-4)
+    assert "implicit_kl" not in metrics
 
 
 def test_weights_scale_each_pairs_share(cpu_runtime):
@@ -154,3 +215,26 @@ def test_sft_weight_adds_the_chosen_answers_mean_nll(cpu_runtime):
     logps, lengths = sequence_logps(model, batch)
     expected = 0.5 * (-logps[:3] / lengths[:3]).sum()
     assert (with_sft - plain).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("form", ["per_token", "sum"])
+def test_the_ipo_objective_uses_the_recipes_log_ratio_form(cpu_runtime, form: str):
+    model = tiny_llama().eval()
+    data = tiny_pairs(4)
+    precompute_reference(model, [data], cpu_runtime, batch_size=4)
+    with torch.no_grad():  # move the policy off the reference so the log-ratios are not all 0
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = data.collate(range(4))
+    block = (
+        DpoBlock(loss="ipo", beta=0.5)
+        if form == "per_token"
+        else DpoBlock(loss="ipo", beta=0.5, ipo_log_ratio=form)
+    )
+    got = DpoLoss(block).loss_sum(model, batch).item()
+    logps, lengths = sequence_logps(model, batch)
+    ratio = (logps.double() - batch["ref_logps"]).detach()
+    if form == "per_token":
+        ratio = ratio / lengths
+    h = ratio[:4] - ratio[4:]
+    assert got == pytest.approx(((h - 1.0) ** 2).sum().item(), rel=1e-5)

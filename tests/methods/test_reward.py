@@ -114,3 +114,31 @@ def test_a_reward_model_learns_a_constructed_preference(cpu_runtime):
     result = pair_accuracy(model, val, cpu_runtime)
     assert result["accuracy"] > 0.9
     assert result["by_kind"]["has-7>has-8"]["pairs"] == 64
+
+
+def test_the_stages_pair_accuracy_weighs_pairs_as_the_loss_does(cpu_runtime):
+    from peaufine.stages.reward import pair_accuracy
+
+    # kind a: right at weight 0.2, wrong at 0.6; kind b: right at 0.2; a tie (never a decided pair)
+    data = pairs_with_rewards(
+        [(3, 1), (1, 2), (2, 1), (2, 2)], weights=[0.2, 0.6, 0.2, 1.0], ties=[False, False, False, True]
+    )
+    for pair, kind in zip(data.pairs, ["a", "a", "b", "a"], strict=True):
+        pair.kind = kind
+    result = pair_accuracy(FixedRewards(), data, cpu_runtime, batch_size=2)
+    assert result["pairs"] == 3
+    assert result["accuracy"] == pytest.approx((0.2 + 0.2) / 1.0)  # counting pairs gives 2/3
+    assert result["mean_margin"] == pytest.approx((0.2 * 2 - 0.6 * 1 + 0.2 * 1) / 1.0)
+    assert result["by_kind"]["a"] == {"accuracy": pytest.approx(0.2 / 0.8), "pairs": 2}
+    assert result["by_kind"]["b"] == {"accuracy": pytest.approx(1.0), "pairs": 1}
+    # the training tally on the same batch agrees
+    objective = BradleyTerryLoss()
+    objective.loss_sum(FixedRewards(), data.collate(range(4)))
+    assert objective.tally.drain()["accuracy"] == pytest.approx(result["accuracy"])
+
+
+def test_with_equal_weights_the_stages_pair_accuracy_is_the_fraction_of_pairs_right(cpu_runtime):
+    from peaufine.stages.reward import pair_accuracy
+
+    data = pairs_with_rewards([(3, 1), (1, 2), (2, 1)], weights=[0.5, 0.5, 0.5])
+    assert pair_accuracy(FixedRewards(), data, cpu_runtime)["accuracy"] == pytest.approx(2 / 3)

@@ -52,7 +52,7 @@ def test_dpo_run_raises_the_policys_own_preference(smoke_demo):
     assert (run / "adapter" / "adapter_config.json").is_file()
     assert (run / "model" / "model.safetensors").is_file()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert {"reward_margin", "implicit_kl", "logp_chosen", "logp_rejected"} <= rows[-1].keys()
+    assert {"reward_margin", "mean_log_ratio", "logp_chosen", "logp_rejected"} <= rows[-1].keys()
 
 
 def test_grpo_run_logs_what_rl_needs_and_keeps_filtered_prompts(smoke_demo):
@@ -265,7 +265,7 @@ def test_chunked_log_probs_leave_dpo_and_ppo_runs_unchanged(smoke_demo, tmp_path
             runs[name, chunk]["rows"] = metric_rows(tmp_path / f"{name}-{chunk}")
     whole, chunked = runs["dpo", None], runs["dpo", 5]
     for a, b in zip(whole["rows"], chunked["rows"], strict=True):
-        assert_rows_agree(a, b, ["train_loss", "reward_margin", "logp_chosen", "implicit_kl"])
+        assert_rows_agree(a, b, ["train_loss", "reward_margin", "logp_chosen", "mean_log_ratio"])
     for moment in ("before", "after"):
         assert (
             whole[moment]["likelihood_accuracy_validation"]

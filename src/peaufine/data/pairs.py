@@ -144,7 +144,8 @@ def encode_pairs(
     scored: bool = False,
 ) -> tuple[list[PairExample], PairEncodeReport]:
     """Tokenize every pair for a causal LM (or, `scored`, for a reward model: `encode_scored`);
-    ties are dropped (and counted) when `skip_ties`."""
+    ties are dropped (and counted) when `skip_ties`, and a ranking's kept pairs then share its unit
+    of weight (`PreferencePair.kept_weight`)."""
     report = PairEncodeReport()
     out: list[PairExample] = []
     encode = encode_scored if scored else encode_response
@@ -163,7 +164,7 @@ def encode_pairs(
         if not out:
             report.first_text = tokenizer.decode(chosen[0].input_ids)
         report.truncated += chosen[1] or rejected[1]
-        out.append(PairExample(chosen[0], rejected[0], pair.weight, pair.tie, pair.kind))
+        out.append(PairExample(chosen[0], rejected[0], pair.kept_weight(skip_ties), pair.tie, pair.kind))
         report.kept.append(index)
         report.pairs += 1
     return out, report

@@ -210,7 +210,12 @@ def pairs_digest(data: PreferenceData) -> str:
     order; not `source`, which only names a pair in an error (and an error leaves no entry)."""
 
     def rows(pairs: list[PreferencePair]) -> list[str]:
-        return [json.dumps([p.prompt, p.chosen, p.rejected, p.weight, p.tie, p.group, p.kind]) for p in pairs]
+        return [
+            json.dumps(
+                [p.prompt, p.chosen, p.rejected, p.weight, p.weight_without_ties, p.tie, p.group, p.kind]
+            )
+            for p in pairs
+        ]
 
     return texts_digest(*([rows(getattr(data, name))] for name in SPLITS))  # one batch per split
 

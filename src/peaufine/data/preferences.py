@@ -53,7 +53,9 @@ class PreferencePair:
 
     The prompt is raw text (HH dialogues, which end with "Assistant:") or chat messages ending with a
     user turn; the responses are the answer texts alone. `weight` is 1 for a plain pair and shares 1
-    among the pairs of one ranking; `group` is the prompt's key, the unit of the validation split.
+    among the pairs of one ranking; `weight_without_ties` is its share when a stage drops the tied
+    pairs (dpo), so that the pairs it keeps of a ranking still weigh 1 (None: the same as `weight`).
+    `group` is the prompt's key, the unit of the validation split.
     """
 
     prompt: Prompt
@@ -64,6 +66,13 @@ class PreferencePair:
     group: str = ""
     kind: str = ""
     source: str = ""
+    weight_without_ties: float | None = None
+
+    def kept_weight(self, skip_ties: bool) -> float:
+        """Its weight in a stage that drops tied pairs (`skip_ties`) or keeps them."""
+        if skip_ties and self.weight_without_ties is not None:
+            return self.weight_without_ties
+        return self.weight
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,7 +150,8 @@ def ranking_pairs(
     source: str = "",
     kinds: list[str] | None = None,
 ) -> list[PreferencePair]:
-    """The pairs a ranking of responses implies, each weighted 1 / (pairs of this ranking).
+    """The pairs a ranking of responses implies, each weighted 1 / (pairs of this ranking), or, in a
+    stage that drops tied pairs, 1 / (untied pairs of this ranking): its kept pairs weigh 1 either way.
 
     `ranks` (lower is better, equal is a tie) default to the list order, best first. `expand: all`
     gives every pair, K(K-1)/2 of them, tied pairs included with `tie` set; `adjacent` gives the K-1
@@ -160,6 +170,7 @@ def ranking_pairs(
         index_pairs = [(order[a], order[b]) for a in range(k) for b in range(a + 1, k)]
     else:
         index_pairs = [(order[a], order[a + 1]) for a in range(k - 1)]
+    untied = sum(ranks[i] != ranks[j] for i, j in index_pairs)
     return [
         PreferencePair(
             prompt,
@@ -170,6 +181,7 @@ def ranking_pairs(
             group=group,
             kind=f"{kinds[i]}>{kinds[j]}" if kinds is not None else "",
             source=source,
+            weight_without_ties=0.0 if ranks[i] == ranks[j] else 1.0 / untied,
         )
         for i, j in index_pairs
     ]

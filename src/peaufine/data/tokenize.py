@@ -4,7 +4,7 @@ fine-tune learns from: each assistant turn's content and the end-of-turn token t
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -188,7 +188,7 @@ def _ids_and_completion_mask(
         mask = [bool(m) for m in out["assistant_masks"]]
     else:
         ids, mask = _mask_by_prefixes(tokenizer, messages)
-    return ids, _close_turns(ids, mask, _special_ids(tokenizer))
+    return ids, _close_turns(ids, mask, _special_ids(tokenizer), _whitespace_test(tokenizer))
 
 
 def _mask_by_prefixes(
@@ -240,17 +240,49 @@ def _special_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
     return special
 
 
-def _close_turns(ids: list[int], mask: list[bool], special: set[int]) -> list[bool]:
-    """Also target a special token right after an assistant span: the turn's end, which teaches stopping.
+def _close_turns(
+    ids: list[int], mask: list[bool], special: set[int], is_space: Callable[[int], bool]
+) -> list[bool]:
+    """Also target the special token that closes each assistant span, and the whitespace before it.
 
-    Templates differ on whether the end-of-turn token sits inside their {% generation %} block; with
-    this, both kinds (and the prefix-rendering path, which finds only the content) agree.
+    The turn's end is what teaches stopping, and templates differ on where it sits: inside their
+    {% generation %} block or after it, right after the content (ChatML) or after a space (Llama-2:
+    `' ' + content + ' ' + eos_token`). A span already ending in a special token (whitespace after it
+    aside) is closed; otherwise the first special token after it is its end when only whitespace
+    tokens sit between, and those are learnt too, since the model must say them before it can stop.
     """
     closed = list(mask)
-    for t in range(len(ids) - 1):
-        if mask[t] and not mask[t + 1] and ids[t + 1] in special:
-            closed[t + 1] = True
+    t = 0
+    while t < len(ids):
+        if not mask[t]:
+            t += 1
+            continue
+        end = t
+        while end < len(ids) and mask[end]:
+            end += 1
+        last = end - 1
+        while last >= t and ids[last] not in special and is_space(ids[last]):
+            last -= 1
+        if last < t or ids[last] not in special:
+            gap = end
+            while gap < len(ids) and not mask[gap] and ids[gap] not in special and is_space(ids[gap]):
+                gap += 1
+            if gap < len(ids) and not mask[gap] and ids[gap] in special:
+                closed[end : gap + 1] = [True] * (gap + 1 - end)
+        t = end
     return closed
+
+
+def _whitespace_test(tokenizer: PreTrainedTokenizerBase) -> Callable[[int], bool]:
+    """Whether a token is only whitespace (or decodes to nothing, as a lone SentencePiece '▁' may)."""
+    seen: dict[int, bool] = {}
+
+    def is_space(token: int) -> bool:
+        if token not in seen:
+            seen[token] = not tokenizer.decode([token]).strip()
+        return seen[token]
+
+    return is_space
 
 
 def _truncate(

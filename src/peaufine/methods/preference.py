@@ -4,7 +4,11 @@
 # under the policy (and, but for SimPO, under the frozen reference):
 # - sigmoid (DPO, Rafailov et al. 2023): -log sigmoid(beta * h), h = (pi_c - ref_c) - (pi_r - ref_r);
 # - cdpo (conservative DPO): labels flipped with probability eps: -(1-eps) log s(beta h) - eps log s(-beta h);
-# - ipo (Azar et al. 2023): (h - 1/(2 beta))^2, a squared loss that stops pushing once the margin is met;
+# - ipo (Azar et al. 2023, eq. 17): (h - 1/(2 beta))^2, a squared loss that stops pushing once the margin
+#   is met; by default on per-token mean log-ratios (h = (pi_c - ref_c)/|y_c| - (pi_r - ref_r)/|y_r|), as
+#   TRL does (trl/trainer/dpo_trainer.py, DPOTrainer.concatenated_forward: `if self.loss_type == "ipo":
+#   all_logps = all_logps / loss_mask.sum(-1)`), so that beta's meaning and the loss do not depend on
+#   answer length; method.dpo.ipo_log_ratio: sum keeps the summed form;
 # - simpo (Meng et al. 2024): reference-free, length-normalised:
 #   -log s(beta_s (pi_c/|y_c| - pi_r/|y_r|) - gamma).
 # Any of them can add `sft_weight` times the chosen answer's mean negative log-likelihood (RPO).
@@ -70,8 +74,13 @@ def preference_losses(
     label_smoothing: float = 0.0,
     simpo_beta: float = 2.0,
     simpo_gamma: float = 0.5,
+    ipo_log_ratio: str = "per_token",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-pair losses, and the implicit rewards of the chosen and rejected responses."""
+    """Per-pair losses, and the implicit rewards of the chosen and rejected responses.
+
+    The rewards are beta times the log-ratios the loss compares (per-token means for IPO's default),
+    so that their margin and the accuracy read from them are those of the loss.
+    """
     import torch.nn.functional as F
 
     if loss == "simpo":
@@ -82,6 +91,11 @@ def preference_losses(
         raise RecipeError(f"method.dpo.loss {loss}: needs the reference model's log-probabilities")
     chosen_ratio = policy_chosen - reference_chosen
     rejected_ratio = policy_rejected - reference_rejected
+    if loss == "ipo" and ipo_log_ratio == "per_token":
+        chosen_ratio = chosen_ratio / length_chosen.clamp(min=1)
+        rejected_ratio = rejected_ratio / length_rejected.clamp(min=1)
+    elif loss == "ipo" and ipo_log_ratio != "sum":
+        raise RecipeError(f"method.dpo.ipo_log_ratio: unknown form {ipo_log_ratio!r}; use per_token or sum")
     h = chosen_ratio - rejected_ratio
     if loss == "sigmoid":
         losses = -F.logsigmoid(beta * h)
@@ -133,6 +147,7 @@ class DpoLoss:
             label_smoothing=self.config.label_smoothing if self.config.loss == "cdpo" else 0.0,
             simpo_beta=self.config.simpo_beta,
             simpo_gamma=self.config.simpo_gamma,
+            ipo_log_ratio=self.config.ipo_log_ratio,
         )
         if self.config.sft_weight > 0:
             # RPO (Pang et al. 2024): the chosen answer's mean NLL per token, so DPO cannot win by
@@ -148,9 +163,11 @@ class DpoLoss:
             tally.add("logp_chosen", (weights * logps[:n]).sum(), total)
             tally.add("logp_rejected", (weights * logps[n:]).sum(), total)
             if reference is not None:
-                # sequence-level log-ratio to the reference on the pair's responses: a KL estimate
+                # policy-minus-reference summed log-prob, the mean of a pair's two answers: how far
+                # training moved them; not a KL (which is over the policy's own samples, and >= 0):
+                # it is negative when both answers lose probability, as DPO often makes them do
                 drift = (logps - reference).view(2, n).mean(0)
-                tally.add("implicit_kl", (weights * drift).sum(), total)
+                tally.add("mean_log_ratio", (weights * drift).sum(), total)
         return (weights * losses).sum()
 
     def count(self, batch: Batch) -> torch.Tensor:

@@ -130,8 +130,8 @@ def dpo_summary(results: DpoResults, run_dir: Path) -> Group:
     for split, figures in (results.final or {}).items():
         if figures.get("accuracy") is not None:
             table.add_row(f"implicit-reward accuracy ({split})", _pct(figures["accuracy"]))
-        if figures.get("implicit_kl") is not None:
-            table.add_row(f"log-ratio to reference ({split})", _fmt(figures["implicit_kl"], ".3f"))
+        if figures.get("mean_log_ratio") is not None:
+            table.add_row(f"mean log-ratio to reference ({split})", _fmt(figures["mean_log_ratio"], ".3f"))
     for split in ("validation", "heldout"):
         answers_before, answers_after = before.get(f"answers_{split}"), after.get(f"answers_{split}")
         if not (answers_before and answers_after):

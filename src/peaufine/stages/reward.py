@@ -88,13 +88,18 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
 def pair_accuracy(
     model: torch.nn.Module, dataset: PairBatches, runtime: Runtime, batch_size: int = 32
 ) -> dict[str, Any]:
-    """Pairwise accuracy (chosen scored above rejected) overall and per pair kind, with counts."""
+    """Pairwise accuracy (chosen scored above rejected) overall and per pair kind, with pair counts.
+
+    Pairs weigh what they weigh in the loss (a ranking's pairs share one unit), so the accuracy and
+    mean margin are those of the objective trained, and agree with the logged training accuracy.
+    """
     import torch
 
     model.eval()
-    right: dict[str, int] = {}
-    total: dict[str, int] = {}
-    margins: list[float] = []
+    right: dict[str, float] = {}
+    weight: dict[str, float] = {}
+    pairs: dict[str, int] = {}
+    margin = correct = total = 0.0
     with torch.no_grad():
         for start in range(0, len(dataset), batch_size):
             indices = list(range(start, min(len(dataset), start + batch_size)))
@@ -106,17 +111,19 @@ def pair_accuracy(
                 pair = dataset.pairs[i]
                 if pair.tie:
                     continue
-                margins.append(rewards[k] - rewards[n + k])
-                total[pair.kind] = total.get(pair.kind, 0) + 1
-                right[pair.kind] = right.get(pair.kind, 0) + (margins[-1] > 0)
-    correct = sum(m > 0 for m in margins)
+                gap, w = rewards[k] - rewards[n + k], pair.weight
+                margin, correct, total = margin + w * gap, correct + w * (gap > 0), total + w
+                weight[pair.kind] = weight.get(pair.kind, 0.0) + w
+                right[pair.kind] = right.get(pair.kind, 0.0) + w * (gap > 0)
+                pairs[pair.kind] = pairs.get(pair.kind, 0) + 1
+    decided = sum(pairs.values())
     return {
-        "pairs": len(margins),
-        "accuracy": correct / len(margins) if margins else None,
-        "mean_margin": sum(margins) / len(margins) if margins else None,
+        "pairs": decided,
+        "accuracy": correct / total if total > 0 else None,
+        "mean_margin": margin / total if total > 0 else None,
         "by_kind": {
-            kind: {"accuracy": right[kind] / total[kind], "pairs": total[kind]}
-            for kind in sorted(total)
+            kind: {"accuracy": right[kind] / weight[kind] if weight[kind] > 0 else None, "pairs": pairs[kind]}
+            for kind in sorted(pairs)
             if kind
         },
     }

@@ -163,12 +163,12 @@ def dpo_results(results: DpoResults) -> list[str]:
                 split,
                 fmt_percent(f.get("accuracy")),
                 f.get("reward_margin"),
-                f.get("implicit_kl"),
+                f.get("mean_log_ratio"),
                 f.get("loss"),
             )
             for split, f in final.items()
         ]
-        header = ["pairs", "implicit-reward accuracy", "reward margin", "log-ratio to reference", "loss"]
+        header = ["pairs", "implicit-reward accuracy", "reward margin", "mean log-ratio to reference", "loss"]
         parts.append(table(header, rows, caption="Implicit reward after training"))
     rows = []
     for split in ("validation", "heldout"):
