@@ -9,13 +9,20 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 
 from peaufine.recipe import validate_recipe
 from peaufine.rundir import read_metrics
 
-REL, ABS = 1e-5, 1e-7
+# The same code on two CPUs differs in the last bits of float32 sums (other SIMD kernels): about 1e-7 of
+# a value, and up to ~1e-6 absolute where a pinned number is a small difference of large ones (a GRPO
+# loss of 1e-3 from advantages that sum to zero). DPO's margins and log-ratios are differences of summed
+# log-probs of ~200 nats (float32: ~1e-5 absolute), times beta: they get MARGIN_ABS. A change to the
+# code moves these numbers far more (a 1e-4 change of the lr fails the lr column itself).
+REL, ABS, MARGIN_ABS = 1e-5, 1e-6, 1e-5
+MARGIN_KEYS = {"reward_margin", "mean_log_ratio", "val_reward_margin", "final.validation.reward_margin"}
 # every run: the CPU in fp32, a log row at every step, one seed
 TRAIN = {"device": "cpu", "precision": "fp32", "log_every": 1, "seed": 0}
 LORA = {"kind": "lora", "r": 4, "alpha": 8, "target_modules": "all-linear"}
@@ -27,7 +34,11 @@ def assert_trajectory(run: Path, expected: dict[str, list[float]]) -> None:
     rows = read_metrics(run / "metrics.jsonl")
     assert [row.get("step") for row in rows] == expected["step"], "the logged steps"
     for key, values in expected.items():
-        assert [row.get(key) for row in rows] == pytest.approx(values, rel=REL, abs=ABS), key
+        # ANY marks a value that rounding noise decides (see its comment): the other steps are pinned
+        pinned = [i for i, value in enumerate(values) if value is not ANY]
+        got = [rows[i].get(key) for i in pinned]
+        tolerance = MARGIN_ABS if key in MARGIN_KEYS else ABS
+        assert got == pytest.approx([values[i] for i in pinned], rel=REL, abs=tolerance), key
 
 
 def lookup(data: dict[str, Any], dotted: str) -> Any:
@@ -38,8 +49,9 @@ def lookup(data: dict[str, Any], dotted: str) -> Any:
 
 def assert_numbers(data: dict[str, Any], expected: dict[str, float]) -> None:
     """The values at the dotted key paths of `data` (eval.json, a metrics row) are the pinned ones."""
-    got = {key: lookup(data, key) for key in expected}
-    assert got == pytest.approx(expected, rel=REL, abs=ABS)
+    for key, value in expected.items():
+        tolerance = MARGIN_ABS if key in MARGIN_KEYS else ABS
+        assert lookup(data, key) == pytest.approx(value, rel=REL, abs=tolerance), key
 
 
 def assert_pinned(
@@ -470,7 +482,10 @@ DPO_STEPS = {
         0.07173869013786316,
     ],
     "tokens_seen": [947, 1732, 2645, 3576, 4505],
-    "accuracy": [0.0, 1.0, 0.5000000447034862, 0.5000000447034862, 0.6250000670552294],
+    # at step 1 the policy is the reference: every margin is rounding noise (|margin| ~ 1e-8), so the
+    # share of pairs with chosen > rejected there depends on the CPU's kernels (0.0 on one machine,
+    # 0.125 on another), and only the steps after it are pinned
+    "accuracy": [ANY, 1.0, 0.5000000447034862, 0.5000000447034862, 0.6250000670552294],
     "reward_margin": [
         0.0,
         0.006736136443086651,
