@@ -62,12 +62,7 @@ SETTINGS = {
 }
 
 
-BF16_BEFORE_THE_FIX = pytest.mark.xfail(
-    strict=True, reason="the old and reference log-probs are computed outside autocast (fp32)"
-)
-
-
-@pytest.mark.parametrize("precision", [pytest.param("bf16", marks=BF16_BEFORE_THE_FIX), "fp32"])
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
 @pytest.mark.parametrize("setting", list(SETTINGS))
 def test_the_first_update_compares_the_policy_with_itself(
     world_run, tmp_path, monkeypatch, setting, precision

@@ -154,20 +154,22 @@ def policy_figures(
     config: RlBlock,
     stop_ids: list[int],
     seed: int,
+    runtime: Runtime,
     chunk_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Mean reward of sampled answers (what RL optimises), of greedy answers, exact match where the
-    prompts have answers, and the KL to the reference (nats per answer, on the sampled answers)."""
+    prompts have answers, and the KL to the reference (nats per answer, on the sampled answers; both
+    log-probs in the training forward's precision)."""
     import torch
 
     group = min(config.group_size, 4)
     scored = sample(policy, tokenizer, prompts, suite, config, group_size=group, seed=seed, stop_ids=stop_ids)
     r = scored.rollouts
-    with torch.no_grad():
+    with torch.no_grad(), runtime.autocast():
         logps = token_logprobs(
             policy, r.input_ids, r.attention_mask, r.response_mask, config.temperature, chunk_tokens
         )
-    ref = reference_logps(policy, reference, r, config.temperature, chunk_tokens)
+    ref = reference_logps(policy, reference, r, config.temperature, chunk_tokens, runtime.autocast)
     kl = float(((logps - ref) * r.response_mask).sum(-1).mean())
     greedy = generate_texts(
         policy, tokenizer, prompts.texts, max_new_tokens=config.max_new_tokens, temperature=0.0
@@ -269,6 +271,7 @@ class RolloutSteps:
             self.config,
             self.stop_ids,
             10_000,
+            self.runtime,
             self.chunk_tokens,
         )
 
@@ -313,6 +316,7 @@ class RolloutSteps:
             self.kl_control.value,
             self.head,
             self.chunk_tokens,
+            runtime.autocast,
         )
         for name, values in scored.per_source.items():
             logged[f"reward/{name}"] = sum(values) / len(values)
