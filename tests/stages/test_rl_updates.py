@@ -107,13 +107,7 @@ def equal_split(rows: int, parts: int) -> list[int]:
 
 # (prompts per step, group size, mini-batches): rows that do not divide (16 into 5, 6 into 4, 9 into 4),
 # and a control that does (8 into 4)
-CHUNK_BEFORE_THE_FIX = pytest.mark.xfail(strict=True, reason="order.chunk gives fewer chunks than asked")
-SPLITS = [
-    pytest.param(4, 4, 5, marks=CHUNK_BEFORE_THE_FIX),
-    pytest.param(2, 3, 4, marks=CHUNK_BEFORE_THE_FIX),
-    pytest.param(3, 3, 4, marks=CHUNK_BEFORE_THE_FIX),
-    (2, 4, 4),
-]
+SPLITS = [(4, 4, 5), (2, 3, 4), (3, 3, 4), (2, 4, 4)]
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "linear"])
@@ -137,7 +131,6 @@ def test_every_rl_step_makes_passes_times_mini_batches_updates_and_the_schedule_
     assert last["lr"] == pytest.approx(1e-4, rel=1e-9), "the schedule reaches its floor at the last update"
 
 
-@pytest.mark.xfail(strict=True, reason="accepted: order.chunk then gives fewer updates than the schedule's")
 def test_rollouts_too_few_for_the_mini_batches_are_refused_before_the_run_exists(world_run, tmp_path):
     from peaufine.errors import RecipeError
     from peaufine.stages.rl import run_rl

@@ -325,14 +325,15 @@ class RolloutSteps:
 
     def passes(self, batch: Batch) -> Iterator[list[Batch]]:
         """`passes` passes over the rollouts, each in a new random order cut into `mini_batches`
-        updates. On several processes `batch` is this rank's rollouts: each update takes a mini-batch
-        of every rank's."""
+        updates of equal size (within one row): always that many, as the schedule counts them
+        (`check_recipe` refused fewer rollouts than mini-batches). On several processes `batch` is
+        this rank's rollouts: each update takes a mini-batch of every rank's."""
         import torch
 
         n = batch["input_ids"].shape[0]
         for _ in range(self.config.passes):
             order = torch.randperm(n)
-            for chunk in order.chunk(min(self.config.mini_batches, n)):
+            for chunk in torch.tensor_split(order, self.config.mini_batches):
                 yield [{k: v[chunk] for k, v in batch.items()}]
 
     def row(self, window: Window, state: TrainerState, means: dict[str, float]) -> dict[str, Any]:
@@ -400,6 +401,13 @@ def check_recipe(recipe: Recipe) -> None:
         raise RecipeError(
             f"method.rl.prompts_per_step ({config.prompts_per_step}) must be a multiple of the number "
             f"of processes ({world_size}): each process samples its own share of the prompts"
+        )
+    rollouts = config.prompts_per_step // world_size * config.group_size
+    if rollouts < config.mini_batches:
+        raise RecipeError(
+            f"method.rl.mini_batches ({config.mini_batches}) is more than the rollouts each process has "
+            f"a step ({rollouts}: prompts_per_step x group_size / processes): every mini-batch needs one; "
+            "lower method.rl.mini_batches or raise method.rl.prompts_per_step or group_size"
         )
 
 
