@@ -3,6 +3,7 @@ itself (ratio 1, no KL to the reference at the first step) in every precision.""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -84,17 +85,19 @@ def test_the_first_update_compares_the_policy_with_itself(
 
 
 class Updates:
-    """The rows of each optimiser update, by the rl step it belongs to (0-based)."""
+    """The rows and the learning rate of each optimiser update, by the rl step it belongs to (0-based)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         from peaufine.engine.fit import TrainingLoop
 
         self.rows: dict[int, list[int]] = {}
+        self.lr: dict[int, list[float]] = {}
         gradients_on = TrainingLoop.gradients_on
 
         def spy(loop, batches):
-            step = self.rows.setdefault(loop.state.step, [])
-            step.append(sum(int(b["input_ids"].shape[0]) for b in batches))
+            step = loop.state.step
+            self.rows.setdefault(step, []).append(sum(int(b["input_ids"].shape[0]) for b in batches))
+            self.lr.setdefault(step, []).append(loop.optimizer.param_groups[0]["lr"])
             return gradients_on(loop, batches)
 
         monkeypatch.setattr(TrainingLoop, "gradients_on", spy)
@@ -145,3 +148,37 @@ def test_rollouts_too_few_for_the_mini_batches_are_refused_before_the_run_exists
         tmp_path / "ok",
     )
     assert (tmp_path / "ok" / "eval.json").exists()
+
+
+WARMUP_BEFORE_THE_FIX = pytest.mark.xfail(strict=True, reason="warmup counts optimiser updates")
+
+
+@pytest.mark.parametrize(
+    ("passes", "mini_batches"),
+    [
+        pytest.param(2, 2, marks=WARMUP_BEFORE_THE_FIX),
+        pytest.param(1, 3, marks=WARMUP_BEFORE_THE_FIX),
+        (1, 1),
+    ],
+)
+def test_rl_warmup_counts_rl_steps(world_run, tmp_path, monkeypatch, passes, mini_batches):
+    from peaufine.stages.rl import run_rl
+
+    updates = Updates(monkeypatch)
+    train = {"max_steps": 4, "warmup_steps": 2, "schedule": "cosine", "lr": 1e-3, "min_lr": 1e-4}
+    rl = {"passes": passes, "mini_batches": mini_batches}
+    run_rl(rl_recipe(world_run, "grpo", LORA, train, **rl), tmp_path / "run")
+    k = passes * mini_batches
+    # warmup over 2 rl steps of k updates each: linear to the peak at the last update of rl step 2,
+    # then a cosine over the other 2 rl steps, reaching the floor after the last update
+    warmup, total = 2 * k, 4 * k
+
+    def expected(u: int) -> float:
+        if u < warmup:
+            return 1e-3 * (u + 1) / warmup
+        return 1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + math.cos(math.pi * (u - warmup) / (total - warmup)))
+
+    used = [lr for step in range(4) for lr in updates.lr[step]]
+    assert used == pytest.approx([expected(u) for u in range(total)], rel=1e-9)
+    last = read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
+    assert last["lr"] == pytest.approx(1e-4, rel=1e-9)
