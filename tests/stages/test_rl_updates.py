@@ -150,17 +150,7 @@ def test_rollouts_too_few_for_the_mini_batches_are_refused_before_the_run_exists
     assert (tmp_path / "ok" / "eval.json").exists()
 
 
-WARMUP_BEFORE_THE_FIX = pytest.mark.xfail(strict=True, reason="warmup counts optimiser updates")
-
-
-@pytest.mark.parametrize(
-    ("passes", "mini_batches"),
-    [
-        pytest.param(2, 2, marks=WARMUP_BEFORE_THE_FIX),
-        pytest.param(1, 3, marks=WARMUP_BEFORE_THE_FIX),
-        (1, 1),
-    ],
-)
+@pytest.mark.parametrize(("passes", "mini_batches"), [(2, 2), (1, 3), (1, 1)])
 def test_rl_warmup_counts_rl_steps(world_run, tmp_path, monkeypatch, passes, mini_batches):
     from peaufine.stages.rl import run_rl
 
