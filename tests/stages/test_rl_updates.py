@@ -243,7 +243,6 @@ def with_dropout(source: Path, tmp_path: Path) -> Path:
     return copy
 
 
-@pytest.mark.xfail(strict=True, reason="disable_dropout misses the attention's dropout probability")
 @pytest.mark.parametrize("checkpointing", [True, False])
 @pytest.mark.parametrize("setting", ["grpo-lora-passes", "ppo-full-mini-batches"])
 def test_dropout_in_the_model_config_stays_off_in_rl(
