@@ -140,15 +140,12 @@ def test_format_budget_reports_counts_and_memory() -> None:
     assert "active per token" not in format_budget(_meta_budget("gpt2"))
 
 
-FLOOR_BEFORE_THE_FIX = pytest.mark.xfail(strict=True, reason="rollouts // mini_batches: the smallest split")
-
-
 @pytest.mark.parametrize(
     ("prompts", "group", "mini_batches", "largest"),
     [
-        pytest.param(4, 4, 5, 4, marks=FLOOR_BEFORE_THE_FIX),
-        pytest.param(2, 3, 4, 2, marks=FLOOR_BEFORE_THE_FIX),
-        pytest.param(3, 3, 4, 3, marks=FLOOR_BEFORE_THE_FIX),
+        (4, 4, 5, 4),
+        (2, 3, 4, 2),
+        (3, 3, 4, 3),
         (2, 4, 4, 2),
         (2, 4, 1, 8),
     ],
