@@ -67,6 +67,82 @@ def smoke_demo(tmp_path_factory):
     return run_demo(tmp_path_factory.mktemp("demo"), smoke=True)
 
 
+@pytest.fixture(scope="session")
+def world_run(tmp_path_factory):
+    """A 1-layer llama-tiny pretrained for 2 steps on the synthetic world: rl runs start from it (its
+    arithmetic questions are their prompts)."""
+    from peaufine.recipe import validate_recipe
+    from peaufine.stages.pretrain import run_pretrain
+
+    out = tmp_path_factory.mktemp("world") / "pretrain"
+    recipe = {
+        "stage": "pretrain",
+        "model": {
+            "source": "llama-tiny",
+            "config": {
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "num_key_value_heads": 2,
+            },
+            "tokenizer": {"kind": "bpe", "vocab_size": 320},
+        },
+        "data": {
+            "source": "world",
+            "world": {"seed": 0, "size": "smoke", "documents": 40, "faq_documents": 10},
+            "block_size": 32,
+        },
+        "train": {
+            "device": "cpu",
+            "precision": "fp32",
+            "log_every": 1,
+            "seed": 0,
+            "max_steps": 8,
+            "warmup_steps": 1,
+            "batch_size": 8,
+            "lr": 1e-2,
+        },
+        "eval": {"every": 8, "samples": 0},
+    }
+    run_pretrain(validate_recipe(recipe), out)
+    return out
+
+
+def tiny_rl_recipe(
+    source, algorithm: str, adapter: dict, train: dict | None = None, evaluation: dict | None = None, **rl
+) -> dict:
+    """An rl recipe on the world's arithmetic questions (2 prompts x 4 samples of 6 tokens a step, exact
+    answer and format rewards), fp32 on the CPU with one log row a step; `train`, `evaluation` and `rl`
+    are laid over its train, eval and method.rl blocks."""
+    return {
+        "stage": "rl",
+        "model": {"source": str(source), "adapter": adapter},
+        "data": {"source": "world"},
+        "method": {
+            "rl": {
+                "algorithm": algorithm,
+                "rewards": [{"source": "exact_answer"}, {"source": "answer_format", "weight": 0.5}],
+                "prompts_per_step": 2,
+                "group_size": 4,
+                "max_new_tokens": 6,
+                "eval_prompts": 4,
+                **rl,
+            }
+        },
+        "train": {
+            "device": "cpu",
+            "precision": "fp32",
+            "log_every": 1,
+            "seed": 0,
+            "max_steps": 3,
+            "lr": 1e-3,
+            **(train or {}),
+        },
+        "eval": {"every": 3, **(evaluation or {})},
+    }
+
+
 # -- launching torchrun ----------------------------------------------------------------------------------
 # --standalone: the rendezvous takes a free port itself, so parallel test runs cannot collide
 TORCHRUN_2 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

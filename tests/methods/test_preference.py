@@ -11,7 +11,13 @@ from tests.conftest import tiny_llama
 
 from peaufine.data.batching import Example
 from peaufine.data.pairs import PairBatches, PairExample
-from peaufine.methods.preference import DpoLoss, precompute_reference, preference_losses, sequence_logps
+from peaufine.methods.preference import (
+    DpoLoss,
+    disable_dropout,
+    precompute_reference,
+    preference_losses,
+    sequence_logps,
+)
 from peaufine.recipe import DpoBlock
 
 # policy chosen / rejected, reference chosen / rejected (summed log-probs), response lengths
@@ -238,3 +244,31 @@ def test_the_ipo_objective_uses_the_recipes_log_ratio_form(cpu_runtime, form: st
         ratio = ratio / lengths
     h = ratio[:4] - ratio[4:]
     assert got == pytest.approx(((h - 1.0) ** 2).sum().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("where", ["attention", "modules"])
+def test_disable_dropout_makes_train_mode_forwards_deterministic(where):
+    """Dropout as a module (GPT-2's) or as a probability an attention layer applies itself in train
+    mode (Llama's attention_dropout): after disable_dropout two forwards in train mode agree."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if where == "attention":
+        model = tiny_llama()
+        model.config.attention_dropout = 0.3
+        for layer in model.model.layers:
+            layer.self_attn.attention_dropout = 0.3
+    else:
+        config = GPT2Config(vocab_size=50, n_embd=32, n_layer=1, n_head=2, n_positions=32, attn_pdrop=0.3)
+        model = GPT2LMHeadModel(config)
+    model.train()
+    ids = torch.randint(4, 50, (2, 12), generator=torch.Generator().manual_seed(0))
+
+    def twice() -> float:
+        torch.manual_seed(1)
+        first = model(input_ids=ids).logits
+        return float((first - model(input_ids=ids).logits).abs().max())
+
+    assert twice() > 1e-3  # the control: dropout is on
+    assert disable_dropout(model) > 0
+    assert twice() == 0.0
+    assert model.training

@@ -3,12 +3,14 @@ the policy gradient at ratio 1, the clip biting on later passes, and PPO/GRPO so
 
 from __future__ import annotations
 
+import copy
 import math
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+import peaufine.methods.rl as rl
 from conftest import tiny_llama
 from peaufine.methods.rl import (
     AdaptiveKLController,
@@ -395,3 +397,44 @@ def test_on_policy_grpo_uses_its_own_forward_as_the_old_policy_and_tallies_the_r
     assert stats.pop("kl") == pytest.approx(float(((old - ref) * mask).sum(-1).mean()), rel=1e-5)
     assert stats.pop("entropy") == pytest.approx(float(-(old * mask).sum() / mask.sum()), rel=1e-5)
     assert stats == pytest.approx(reference_stats)  # clip fraction 0, ratio 1, the same kl_per_token
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
+def test_the_rollouts_old_and_reference_figures_are_those_of_the_training_forward_under_autocast(algorithm):
+    """Under the training forward's autocast (bf16 on the CPU), the old log-probs, the reference's (the
+    policy itself here) and PPO's old values that rollout_batch computes are exactly what the loss's
+    own forward computes at the first update; without it (the control) they are not."""
+    from peaufine.methods.rollout import Rollouts
+
+    model = tiny_llama(VOCAB)
+    batch = rollout_batch(seed=3)
+    rollouts = Rollouts(**batch, prompt_index=torch.arange(4), completions=[""] * 4, prompt_length=4)
+    head = None
+    if algorithm == "ppo":
+        head = ValueHead(32)
+        torch.nn.init.normal_(head.linear.weight, std=1.0, generator=torch.Generator().manual_seed(0))
+    config = SimpleNamespace(passes=2, mini_batches=1, temperature=0.7, group_size=2, scale_rewards=True)
+    config.gamma, config.lam = 1.0, 0.95
+
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    def off(batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """How far the figures of `batch` are from those of a training forward under autocast."""
+        mask = batch["response_mask"]
+        with torch.no_grad(), autocast():
+            logps, hidden = rl.token_logprobs_and_hidden(model, **rows(batch), temperature=0.7)
+            values = rl.values_of_tokens(head, hidden) if head is not None else None
+        far = {"old": float((logps - batch["old_logps"]).abs().max())}
+        if "ref_logps" in batch:
+            far["reference"] = float((logps - batch["ref_logps"]).abs().max())
+        if values is not None:
+            far["values"] = float(torch.where(mask, values - batch["old_values"], 0.0).abs().max())
+        return far
+
+    reference = copy.deepcopy(model).eval().requires_grad_(False)  # the policy as it starts
+    args = (rollouts, [1.0, 0.0, 0.5, 0.25], model, reference, config, 0.1, head)
+    same, _ = rl.rollout_batch(*args, autocast=autocast)
+    apart, _ = rl.rollout_batch(*args)
+    assert all(v == 0.0 for v in off(same).values()), off(same)
+    assert all(v > 1e-3 for v in off(apart).values()), off(apart)

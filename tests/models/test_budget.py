@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import tiny_llama
 from peaufine.models.budget import (
     ParamBudget,
     count_parameters,
     estimate_memory,
     format_budget,
     meta_model,
+    training_budget,
 )
 from peaufine.models.presets import build_config
+from peaufine.recipe import validate_recipe
 
 
 def _meta_budget(name: str, **overrides: object) -> ParamBudget:
@@ -135,3 +138,23 @@ def test_format_budget_reports_counts_and_memory() -> None:
     assert "MixtralExperts" in text
     assert "GiB" in text
     assert "active per token" not in format_budget(_meta_budget("gpt2"))
+
+
+@pytest.mark.parametrize(
+    ("prompts", "group", "mini_batches", "largest"),
+    [
+        (4, 4, 5, 4),
+        (2, 3, 4, 2),
+        (3, 3, 4, 3),
+        (2, 4, 4, 2),
+        (2, 4, 1, 8),
+    ],
+)
+def test_rl_memory_is_estimated_for_the_largest_mini_batch(prompts, group, mini_batches, largest) -> None:
+    """The rl stage cuts a step's rollouts into mini_batches equal splits (within one): the largest
+    holds ceil(rollouts / mini_batches), and the memory estimate must be for that one."""
+    rl = {"prompts_per_step": prompts, "group_size": group, "mini_batches": mini_batches}
+    recipe = validate_recipe({"stage": "rl", "model": {"source": "x"}, "method": {"rl": rl}})
+    budget = training_budget(tiny_llama(), recipe, "fp32")
+    assert budget["memory"]["batch_size"] == largest
+    assert budget["note"].startswith(f"{largest} sampled answers")

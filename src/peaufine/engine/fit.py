@@ -235,9 +235,11 @@ class TrainingLoop:
             else BatchSteps(train_set, self.plan, train, runtime)
         )
         self.optimizer = build_optimizer(self.trained, train)
-        # train.max_steps counts steps, the schedule counts optimiser updates
-        updates = train.max_steps * self.source.updates_per_step
-        schedule = train if updates == train.max_steps else train.model_copy(update={"max_steps": updates})
+        # train.max_steps and train.warmup_steps count steps, the schedule counts optimiser updates
+        per_step = self.source.updates_per_step
+        schedule = train.model_copy(
+            update={"max_steps": train.max_steps * per_step, "warmup_steps": train.warmup_steps * per_step}
+        )
         self.scheduler = build_scheduler(self.optimizer, schedule)
         self.scaler = torch.amp.GradScaler("cuda") if runtime.precision == "fp16" else None
         self.state = TrainerState()

@@ -232,8 +232,14 @@ def precompute_reference(
 
 
 def disable_dropout(model: torch.nn.Module) -> int:
-    """Set every dropout probability to 0 (DPO compares log-probs with the reference: dropout would
-    add noise to both sides); returns how many dropout modules there were."""
+    """Set every dropout probability to 0 (DPO and RL compare log-probs of two forwards, in train mode
+    for activation checkpointing: dropout would add noise to both sides); returns how many dropout
+    probabilities there were.
+
+    Those of dropout modules, and the plain float attributes attention layers keep and apply themselves
+    in train mode (`attention_dropout` of Llama, Mistral, Qwen, Gemma, Phi-3: no module to find).
+    The model's config keeps its values: the saved model is as it was given.
+    """
     import torch
 
     count = 0
@@ -241,4 +247,9 @@ def disable_dropout(model: torch.nn.Module) -> int:
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
             count += 1
+            continue
+        for name, value in list(vars(module).items()):
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+                count += 1
     return count

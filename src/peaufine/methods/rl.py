@@ -12,6 +12,8 @@ to a reference policy, as functions on per-token tensors (plus the value head PP
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +29,10 @@ if TYPE_CHECKING:
     from peaufine.recipe import RlBlock
 
 KL_ESTIMATORS = ("k1", "k3")
+# The training forward's precision (`runtime.autocast`): the old policy's and the reference's log-probs
+# (and PPO's old values) are computed under it too, or the first importance ratio is the difference of
+# two precisions rather than 1, and step 0 shows a KL to the reference that is not there.
+Autocast = Callable[[], contextlib.AbstractContextManager[Any]]
 
 
 # -- log-probs and values from one forward ---------------------------------------------------------
@@ -286,15 +292,17 @@ def reference_logps(
     rollouts: Rollouts,
     temperature: float,
     chunk_tokens: int | None = None,
+    autocast: Autocast = contextlib.nullcontext,
 ) -> torch.Tensor:
     """[N, L] log-probs of the rollouts under the reference: the frozen copy of the starting policy
-    when there is one (full fine-tuning), else the LoRA policy with its adapter off."""
+    when there is one (full fine-tuning), else the LoRA policy with its adapter off; computed under
+    `autocast`, the training forward's precision."""
 
     args = (rollouts.input_ids, rollouts.attention_mask, rollouts.response_mask, temperature, chunk_tokens)
     if reference is not None:
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             return token_logprobs(reference, *args)
-    with adapter_disabled(policy) as base:
+    with adapter_disabled(policy) as base, autocast():
         return token_logprobs(base, *args)
 
 
@@ -307,6 +315,7 @@ def rollout_batch(
     kl_coef: float,
     head: ValueHead | None,
     chunk_tokens: int | None = None,
+    autocast: Autocast = contextlib.nullcontext,
 ) -> tuple[Batch, dict[str, float]]:
     """The batch GrpoLoss (`head` None) or PpoLoss trains on: the rollouts with the sampling policy's
     ("old") and the reference's log-probs, the advantages (and PPO's old values and returns); plus
@@ -314,12 +323,14 @@ def rollout_batch(
 
     GRPO with one pass of one mini-batch optimises the very policy that sampled: its old log-probs are
     those of the training forward (GrpoLoss without old_logps), which then also tallies the rollouts'
-    entropy and KL; no forward of the policy is spent on them here."""
+    entropy and KL; no forward of the policy is spent on them here. Every forward here runs under
+    `autocast`, the training forward's precision (`runtime.autocast`), so that the first update's
+    ratio is exactly 1."""
     r = rollouts
     mask = r.response_mask
     rewards = torch.tensor(scores, dtype=torch.float32, device=r.input_ids.device)
     on_policy = head is None and config.passes == 1 and config.mini_batches == 1
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         if on_policy:
             old = None
         elif head is None:
@@ -331,7 +342,7 @@ def rollout_batch(
                 policy, r.input_ids, r.attention_mask, mask, config.temperature, chunk_tokens
             )
             old_values = torch.where(mask, values_of_tokens(head, hidden), 0.0)
-    ref = reference_logps(policy, reference, r, config.temperature, chunk_tokens)
+    ref = reference_logps(policy, reference, r, config.temperature, chunk_tokens, autocast)
     batch = {"input_ids": r.input_ids, "attention_mask": r.attention_mask, "response_mask": mask}
     if head is None:
         batch["ref_logps"] = ref

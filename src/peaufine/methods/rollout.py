@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from peaufine.errors import DataError, RecipeError
+from peaufine.models.generate import seeded_rng
 
 if TYPE_CHECKING:
     import torch
@@ -135,15 +136,10 @@ def generate_rollouts(
         eos_token_id=stops,
         pad_token_id=pad_id,
     )
-    # the CPU generator, and the GPU's when sampling there (other accelerators are seeded, not forked)
-    fork = [device.index or 0] if device.type == "cuda" else []
     was_training = model.training
     model.eval()
     try:
-        rng = torch.random.fork_rng(devices=fork, enabled=seed is not None, device_type="cuda")
-        with torch.no_grad(), rng:
-            if seed is not None:
-                torch.manual_seed(seed)
+        with torch.no_grad(), seeded_rng(device, seed):
             out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
     finally:
         model.train(was_training)

@@ -486,7 +486,8 @@ def training_budget(model: torch.nn.Module, recipe: Recipe, precision: str) -> d
         sequences *= 2
     elif stage == "rl":
         rl = recipe.method.rl
-        sequences = max(1, rl.prompts_per_step * rl.group_size // rl.mini_batches)
+        # the rl stage's splits are equal within one rollout: the largest has the ceiling
+        sequences = max(1, -(-rl.prompts_per_step * rl.group_size // rl.mini_batches))
         note = f"{sequences} sampled answers x up to {length} tokens per mini-batch; the policy alone"
     elif stage != "pretrain":
         note = f"{sequences} sequences x up to {length} tokens (data.max_length) per micro-batch"

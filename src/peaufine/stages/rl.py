@@ -154,20 +154,22 @@ def policy_figures(
     config: RlBlock,
     stop_ids: list[int],
     seed: int,
+    runtime: Runtime,
     chunk_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Mean reward of sampled answers (what RL optimises), of greedy answers, exact match where the
-    prompts have answers, and the KL to the reference (nats per answer, on the sampled answers)."""
+    prompts have answers, and the KL to the reference (nats per answer, on the sampled answers; both
+    log-probs in the training forward's precision)."""
     import torch
 
     group = min(config.group_size, 4)
     scored = sample(policy, tokenizer, prompts, suite, config, group_size=group, seed=seed, stop_ids=stop_ids)
     r = scored.rollouts
-    with torch.no_grad():
+    with torch.no_grad(), runtime.autocast():
         logps = token_logprobs(
             policy, r.input_ids, r.attention_mask, r.response_mask, config.temperature, chunk_tokens
         )
-    ref = reference_logps(policy, reference, r, config.temperature, chunk_tokens)
+    ref = reference_logps(policy, reference, r, config.temperature, chunk_tokens, runtime.autocast)
     kl = float(((logps - ref) * r.response_mask).sum(-1).mean())
     greedy = generate_texts(
         policy, tokenizer, prompts.texts, max_new_tokens=config.max_new_tokens, temperature=0.0
@@ -269,6 +271,7 @@ class RolloutSteps:
             self.config,
             self.stop_ids,
             10_000,
+            self.runtime,
             self.chunk_tokens,
         )
 
@@ -313,6 +316,7 @@ class RolloutSteps:
             self.kl_control.value,
             self.head,
             self.chunk_tokens,
+            runtime.autocast,
         )
         for name, values in scored.per_source.items():
             logged[f"reward/{name}"] = sum(values) / len(values)
@@ -321,14 +325,15 @@ class RolloutSteps:
 
     def passes(self, batch: Batch) -> Iterator[list[Batch]]:
         """`passes` passes over the rollouts, each in a new random order cut into `mini_batches`
-        updates. On several processes `batch` is this rank's rollouts: each update takes a mini-batch
-        of every rank's."""
+        updates of equal size (within one row): always that many, as the schedule counts them
+        (`check_recipe` refused fewer rollouts than mini-batches). On several processes `batch` is
+        this rank's rollouts: each update takes a mini-batch of every rank's."""
         import torch
 
         n = batch["input_ids"].shape[0]
         for _ in range(self.config.passes):
             order = torch.randperm(n)
-            for chunk in order.chunk(min(self.config.mini_batches, n)):
+            for chunk in torch.tensor_split(order, self.config.mini_batches):
                 yield [{k: v[chunk] for k, v in batch.items()}]
 
     def row(self, window: Window, state: TrainerState, means: dict[str, float]) -> dict[str, Any]:
@@ -396,6 +401,13 @@ def check_recipe(recipe: Recipe) -> None:
         raise RecipeError(
             f"method.rl.prompts_per_step ({config.prompts_per_step}) must be a multiple of the number "
             f"of processes ({world_size}): each process samples its own share of the prompts"
+        )
+    rollouts = config.prompts_per_step // world_size * config.group_size
+    if rollouts < config.mini_batches:
+        raise RecipeError(
+            f"method.rl.mini_batches ({config.mini_batches}) is more than the rollouts each process has "
+            f"a step ({rollouts}: prompts_per_step x group_size / processes): every mini-batch needs one; "
+            "lower method.rl.mini_batches or raise method.rl.prompts_per_step or group_size"
         )
 
 
