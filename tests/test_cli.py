@@ -259,7 +259,6 @@ def test_params_with_lora_on_a_named_shape(capsys, monkeypatch):
     assert "frozen 6,738,415,616" in flat
 
 
-@pytest.mark.xfail(strict=True, reason="warmup_steps >= max_steps is accepted (fails before the fix)")
 @pytest.mark.parametrize("command", ["pretrain", "sft", "dpo"])
 def test_a_warmup_as_long_as_the_run_exits_2_and_creates_nothing(tmp_path, capsys, monkeypatch, command):
     recipe = tmp_path / "r.yaml"
