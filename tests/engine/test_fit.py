@@ -186,7 +186,6 @@ def constant_lr(**update) -> TrainBlock:
     return TrainBlock(**{**settings, **update})
 
 
-@pytest.mark.xfail(strict=True, reason="the check runs after optimizer.step (fails before the fix)")
 @pytest.mark.parametrize("poison", [PoisonedAfter, NanGradientAfter], ids=["nan-loss", "nan-gradient"])
 @pytest.mark.parametrize("bad_step", [1, 3])
 def test_a_non_finite_update_leaves_the_weights_of_the_step_before(cpu_runtime, poison, bad_step):

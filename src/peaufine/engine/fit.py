@@ -314,8 +314,12 @@ class TrainingLoop:
             loss_total += loss_sum.detach().double()
         return loss_total, units, int(tokens)
 
-    def apply_update(self) -> torch.Tensor:
-        """Clip, step the optimiser and the schedule, clear gradients; returns the gradient norm."""
+    def apply_update(self, loss_total: torch.Tensor) -> torch.Tensor:
+        """Clip, check, step the optimiser and the schedule, clear gradients; returns the gradient norm.
+
+        The loss and gradient norm are checked before the optimiser steps: a non-finite update stops
+        the run with the weights (in memory and on disk) of the step before.
+        """
         import torch
 
         if self.scaler is not None:
@@ -324,6 +328,7 @@ class TrainingLoop:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor, already reduced over the shards
             grad_norm = grad_norm.full_tensor()
+        self.check_finite(loss_total, grad_norm)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -400,8 +405,7 @@ class TrainingLoop:
                 tokens = 0
                 for batches in step.updates:
                     loss_total, units, update_tokens = self.gradients_on(batches)
-                    grad_norm = self.apply_update()
-                    self.check_finite(loss_total, grad_norm)
+                    grad_norm = self.apply_update(loss_total)
                     window.add(loss_total, units, update_tokens, grad_norm)
                     tokens += update_tokens
                 state.step += 1
