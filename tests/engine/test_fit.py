@@ -247,14 +247,9 @@ class FakeScaler:
         return self.scale_value
 
 
-SKIPPED_BEFORE = pytest.mark.xfail(
-    strict=True, reason="the schedule steps on a skipped update (fails before the fix)"
-)
-
-
 @pytest.mark.parametrize(
     "skip",
-    [set(), pytest.param({2}, marks=SKIPPED_BEFORE), pytest.param({1, 3}, marks=SKIPPED_BEFORE)],
+    [set(), {2}, {1, 3}],
     ids=["none-skipped", "2-skipped", "1-and-3-skipped"],
 )
 def test_an_update_the_grad_scaler_skips_does_not_move_the_schedule(cpu_runtime, skip):

@@ -318,7 +318,9 @@ class TrainingLoop:
         """Clip, check, step the optimiser and the schedule, clear gradients; returns the gradient norm.
 
         The loss and gradient norm are checked before the optimiser steps: a non-finite update stops
-        the run with the weights (in memory and on disk) of the step before.
+        the run with the weights (in memory and on disk) of the step before. Under fp16 the grad
+        scaler skips an update whose gradients overflowed; the schedule moves only with the updates
+        the optimiser really made, so it ends where train.max_steps says.
         """
         import torch
 
@@ -329,12 +331,16 @@ class TrainingLoop:
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor, already reduced over the shards
             grad_norm = grad_norm.full_tensor()
         self.check_finite(loss_total, grad_norm)
+        stepped = True
         if self.scaler is not None:
+            scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            stepped = self.scaler.get_scale() >= scale  # the scale backs off only after a skipped step
         else:
             self.optimizer.step()
-        self.scheduler.step()
+        if stepped:
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
 
