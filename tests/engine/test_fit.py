@@ -267,3 +267,31 @@ def test_an_update_the_grad_scaler_skips_does_not_move_the_schedule(cpu_runtime,
     made = [sum(1 for u in range(1, step + 1) if u not in skip) for step in range(1, 5)]
     assert [row["lr"] for row in result.history] == pytest.approx([lr_at(m, train) for m in made])
     assert loop.scheduler.last_epoch == 4 - len(skip)
+
+
+# -- the advice of a non-finite stop names only what is not already set ------------------------------------
+ADVICE_BEFORE = pytest.mark.xfail(strict=True, reason="advises what is already set (fails before the fix)")
+
+
+@pytest.mark.parametrize(
+    ("grad_clip", "precision"),
+    [
+        (None, "bf16"),
+        pytest.param(None, "fp32", marks=ADVICE_BEFORE),
+        pytest.param(1.0, "bf16", marks=ADVICE_BEFORE),
+        pytest.param(1.0, "fp32", marks=ADVICE_BEFORE),
+    ],
+)
+def test_the_non_finite_advice_suggests_only_what_is_not_set(grad_clip, precision):
+    from peaufine.engine.runtime import make_runtime
+
+    train = constant_lr(max_steps=3, grad_clip=grad_clip, precision=precision)
+    data = PaddedExamples(variable_examples(8), pad_id=0)
+    with pytest.raises(TrainingError) as caught:
+        fit(tiny_llama(), PoisonedAfter(1), data, None, train, EvalBlock(), make_runtime(train))
+    message = str(caught.value)
+    assert "train.lr" in message  # always worth lowering
+    assert ("set train.grad_clip" in message) == (grad_clip is None)
+    assert ("train.precision" in message) == (precision != "fp32")
+    if grad_clip is not None:  # already clipping: the advice says at what norm
+        assert f"train.grad_clip (now {grad_clip:g})" in message
