@@ -270,17 +270,9 @@ def test_an_update_the_grad_scaler_skips_does_not_move_the_schedule(cpu_runtime,
 
 
 # -- the advice of a non-finite stop names only what is not already set ------------------------------------
-ADVICE_BEFORE = pytest.mark.xfail(strict=True, reason="advises what is already set (fails before the fix)")
-
-
 @pytest.mark.parametrize(
     ("grad_clip", "precision"),
-    [
-        (None, "bf16"),
-        pytest.param(None, "fp32", marks=ADVICE_BEFORE),
-        pytest.param(1.0, "bf16", marks=ADVICE_BEFORE),
-        pytest.param(1.0, "fp32", marks=ADVICE_BEFORE),
-    ],
+    [(None, "bf16"), (None, "fp32"), (1.0, "bf16"), (1.0, "fp32")],
 )
 def test_the_non_finite_advice_suggests_only_what_is_not_set(grad_clip, precision):
     from peaufine.engine.runtime import make_runtime

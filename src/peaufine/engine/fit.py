@@ -392,8 +392,22 @@ class TrainingLoop:
         kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
         raise TrainingError(
             f"{what} is not finite at step {self.state.step + 1}; training stopped and {kept}. "
-            "Lower train.lr, set train.grad_clip, or use train.precision=fp32."
+            f"{self.non_finite_advice()}"
         )
+
+    def non_finite_advice(self) -> str:
+        """What to change after a non-finite update: only settings the run does not already have
+        (advising train.grad_clip to a run that clips sends the user after the wrong knob)."""
+        clip = self.train.grad_clip
+        lower = f"train.lr (now {self.train.lr:g})"
+        if clip is not None:
+            lower += f" or train.grad_clip (now {clip:g})"
+        advice = [f"lower {lower}"]
+        if clip is None:
+            advice.append("set train.grad_clip (e.g. 1.0)")
+        if self.runtime.precision != "fp32":
+            advice.append(f"use train.precision: fp32 (now {self.runtime.precision})")
+        return "Try: " + "; ".join(advice) + "."
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, hooks: list[StepHook]) -> FitResult:
