@@ -42,7 +42,6 @@ def dataset(examples: list[Example], packed: bool):
     return PackedExamples(examples, 32, pad_id=0) if packed else PaddedExamples(examples, pad_id=0)
 
 
-@pytest.mark.xfail(strict=True, reason="the logged train loss is over the mix (fails before the fix)")
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("chunk_tokens", [None, 5], ids=["whole", "chunked"])
 def test_with_replay_the_logged_train_loss_is_the_task_examples_loss_alone(cpu_runtime, packed, chunk_tokens):

@@ -15,7 +15,6 @@ def drawn_lines(rows, monkeypatch, tmp_path) -> dict[str, list[float]]:
     return {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
 
 
-@pytest.mark.xfail(strict=True, reason="the replay loss is not drawn (fails before the fix)")
 def test_a_run_with_replay_draws_the_task_and_the_replay_losses(monkeypatch, tmp_path):
     rows = [
         {"step": s, "train_loss": 3.0 - s / 10, "replay_loss": 2.0 - s / 20, "train_loss_all": 2.5}

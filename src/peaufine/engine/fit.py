@@ -440,7 +440,8 @@ class TrainingLoop:
                     means = tally.drain(self.runtime) if tally is not None else {}
                     row = {"step": state.step, "lr": self.scheduler.get_last_lr()[0]}
                     row.update(source.row(window, state, means))
-                    last_train_loss = row["train_loss"]
+                    if row["train_loss"] is not None:  # None: the window drew no task target
+                        last_train_loss = row["train_loss"]
                     self.tracker.update(state.step, source.status(row))
                     window, window_start = self.new_window(), time.perf_counter()
                 if state.step % self.evaluation.every == 0 or last:
