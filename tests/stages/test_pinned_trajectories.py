@@ -341,6 +341,36 @@ def test_sft_with_replay_judges_overfitting_on_the_task_loss(sft_run: Path) -> N
     assert abs((overfitting["final_val_loss"] - mix) - overfitting["generalisation_gap"]) > 1e-3
 
 
+@pytest.mark.xfail(strict=True, reason="verdicts on 7 examples read as findings (fails before the fix)")
+def test_sft_verdicts_on_a_few_examples_say_not_meaningful_everywhere(sft_run: Path) -> None:
+    # 7 validation examples and a few blocks of general text: eval.json, the terminal and the report all
+    # say "not meaningful" with the n of each verdict
+    from rich.console import Console
+
+    from peaufine.report.pages.write import write_report
+    from peaufine.report.terminal import sft_summary
+    from peaufine.results import stage_results
+
+    evaluation = json.loads((sft_run / "eval.json").read_text(encoding="utf-8"))
+    assert evaluation["examples"]["validation"]["examples"] == 7
+    checks = ("overfitting", "forgetting", "transfer")
+    for key in checks:
+        block = evaluation[key]
+        assert block["meaningful"] is False, key
+        assert block["verdict"].startswith("not meaningful"), key
+    assert evaluation["overfitting"]["examples"] == evaluation["transfer"]["examples"] == 7
+    assert "7 validation examples" in evaluation["overfitting"]["verdict"]
+    blocks = evaluation["forgetting"]["blocks"]
+    assert 0 < blocks < 20 and f"{blocks} block" in evaluation["forgetting"]["verdict"]
+    console = Console(width=400, record=True)
+    console.print(sft_summary(stage_results(evaluation), sft_run))
+    printed = console.export_text()
+    for key in checks:
+        assert f"{key}: not meaningful" in printed, key
+    page = write_report(sft_run).read_text(encoding="utf-8")
+    assert page.count("not meaningful") >= len(checks)
+
+
 # sft, LoRA (r 4, all linear layers) on the same data as the full run: the same first loss, other
 # gradients
 SFT_LORA_STEPS = {
