@@ -155,6 +155,8 @@ def test_no_validation_rows_is_not_measured(restored):
         "onset_step": None,
         "overfit": False,
         "restored_best": restored,
+        "examples": None,
+        "meaningful": None,
     }
     assert report.verdict() == "not measured: no validation set"
     empty = overfitting_report([], restored_best=restored)

@@ -31,7 +31,6 @@ def verdicts(n: int) -> list[tuple[str, dict, str]]:
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="verdicts rest on any n without saying so (fails before the fix)")
 @pytest.mark.parametrize("n", [1, 2, 19])
 def test_below_20_examples_every_verdict_says_not_meaningful_with_its_n(n):
     for verdict, block, unit in verdicts(n):
@@ -41,7 +40,6 @@ def test_below_20_examples_every_verdict_says_not_meaningful_with_its_n(n):
         assert n in block.values()
 
 
-@pytest.mark.xfail(strict=True, reason="verdicts do not state their n (fails before the fix)")
 @pytest.mark.parametrize("n", [20, 21, 500])
 def test_from_20_examples_every_verdict_stands_and_states_its_n(n):
     for verdict, block, unit in verdicts(n):

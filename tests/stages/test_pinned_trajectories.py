@@ -4,6 +4,7 @@ thread, fixed seeds) as literals, so that a change meant to leave behaviour alon
 
 from __future__ import annotations
 
+import html
 import json
 import random
 from collections.abc import Iterator
@@ -341,7 +342,6 @@ def test_sft_with_replay_judges_overfitting_on_the_task_loss(sft_run: Path) -> N
     assert abs((overfitting["final_val_loss"] - mix) - overfitting["generalisation_gap"]) > 1e-3
 
 
-@pytest.mark.xfail(strict=True, reason="verdicts on 7 examples read as findings (fails before the fix)")
 def test_sft_verdicts_on_a_few_examples_say_not_meaningful_everywhere(sft_run: Path) -> None:
     # 7 validation examples and a few blocks of general text: eval.json, the terminal and the report all
     # say "not meaningful" with the n of each verdict
@@ -353,22 +353,25 @@ def test_sft_verdicts_on_a_few_examples_say_not_meaningful_everywhere(sft_run: P
 
     evaluation = json.loads((sft_run / "eval.json").read_text(encoding="utf-8"))
     assert evaluation["examples"]["validation"]["examples"] == 7
-    checks = ("overfitting", "forgetting", "transfer")
+    checks = ("overfitting", "transfer")
     for key in checks:
         block = evaluation[key]
-        assert block["meaningful"] is False, key
-        assert block["verdict"].startswith("not meaningful"), key
-    assert evaluation["overfitting"]["examples"] == evaluation["transfer"]["examples"] == 7
-    assert "7 validation examples" in evaluation["overfitting"]["verdict"]
-    blocks = evaluation["forgetting"]["blocks"]
-    assert 0 < blocks < 20 and f"{blocks} block" in evaluation["forgetting"]["verdict"]
+        assert (block["examples"], block["meaningful"]) == (7, False), key
+        assert block["verdict"].startswith("not meaningful: it rests on 7 validation examples"), key
+    # forgetting rests on the blocks of general text it measured: its verdict says how many
+    forgetting = evaluation["forgetting"]
+    blocks = forgetting["blocks"]
+    assert blocks > 0 and f"{blocks} blocks of general text" in forgetting["verdict"]
+    assert forgetting["meaningful"] == (blocks >= 20)
     console = Console(width=400, record=True)
     console.print(sft_summary(stage_results(evaluation), sft_run))
     printed = console.export_text()
     for key in checks:
-        assert f"{key}: not meaningful" in printed, key
-    page = write_report(sft_run).read_text(encoding="utf-8")
-    assert page.count("not meaningful") >= len(checks)
+        assert f"{key}: not meaningful: it rests on 7 validation examples" in printed, key
+    page = html.unescape(write_report(sft_run).read_text(encoding="utf-8"))
+    for key in checks:
+        assert evaluation[key]["verdict"] in page, key
+    assert f"{blocks} blocks of general text" in page
 
 
 # sft, LoRA (r 4, all linear layers) on the same data as the full run: the same first loss, other

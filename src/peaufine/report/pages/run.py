@@ -91,8 +91,21 @@ def overfitting_figures(run: StageRun) -> tuple[dict[str, Any] | None, str]:
     if not run.series("val_loss"):
         return None, ""
 
-    report = overfitting_report(run.rows, bool(run.evaluation.get("restored_best")))
+    restored = bool(run.evaluation.get("restored_best"))
+    report = overfitting_report(run.rows, restored, examples=validation_examples(run))
     return {**report.as_dict(), "verdict": report.verdict()}, "metrics.jsonl, by this report"
+
+
+def validation_examples(run: StageRun) -> int | None:
+    """What a stage's validation loss rests on, from its files: the validation pairs of a preference
+    stage, the validation blocks of pretraining (val_tokens in block_size rows); None when unknown."""
+    pairs = (run.evaluation.get("pairs") or {}).get("validation")
+    if isinstance(pairs, dict) and isinstance(pairs.get("pairs"), int):
+        return pairs["pairs"]
+    tokens, block = run.evaluation.get("val_tokens"), run.setting("data", "block_size")
+    if isinstance(tokens, int) and isinstance(block, int) and block > 0:
+        return max(0, (tokens - 1 - block) // block + 1)  # PackedBlocks' rows
+    return None
 
 
 def early_stop_step(run: StageRun) -> int | None:
