@@ -22,6 +22,9 @@ class OverfittingReport:
     overfit: bool
     restored_best: bool
     examples: int | None = None  # validation examples the curves rest on; None: not known here
+    # the validation loss of the weights the run ended with (and saved): the best when restored
+    saved_step: int | None = None
+    saved_val_loss: float | None = None
 
     meaningful: bool | None = None  # whether `examples` is enough for a verdict: set from it
 
@@ -96,4 +99,6 @@ def overfitting_report(
         overfit=onset is not None,
         restored_best=restored_best,
         examples=examples,
+        saved_step=best_step if restored_best else last_step,
+        saved_val_loss=best_val if restored_best else last_val,
     )

@@ -153,7 +153,6 @@ def labelled_values(page: str) -> dict[str, str]:
     return {row[0]: row[1] for row in cells if len(row) == 2}
 
 
-@pytest.mark.xfail(strict=True, reason="the last evaluation is reported as final (fails before the fix)")
 def test_a_run_that_restored_its_best_weights_reports_their_validation_loss(tiny_run):
     # the tiny run restored step 30 (1.61) after evaluating 1.9 at step 60: 1.9 is not what it saved
     values = labelled_values(write_report(tiny_run).read_text(encoding="utf-8"))
