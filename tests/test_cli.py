@@ -257,3 +257,19 @@ def test_params_with_lora_on_a_named_shape(capsys, monkeypatch):
     flat = " ".join(out.split())
     assert "trainable 4,194,304" in flat
     assert "frozen 6,738,415,616" in flat
+
+
+@pytest.mark.parametrize("command", ["pretrain", "sft", "dpo"])
+def test_a_warmup_as_long_as_the_run_exits_2_and_creates_nothing(tmp_path, capsys, monkeypatch, command):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  max_steps: 50\n  warmup_steps: 50\n", encoding="utf-8")
+    out = tmp_path / "run"
+    expect_error(
+        [command, str(recipe), "--out", str(out)],
+        capsys,
+        monkeypatch,
+        "train.warmup_steps (50)",
+        "train.max_steps (50)",
+    )
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]

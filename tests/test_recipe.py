@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from peaufine.errors import RecipeError
@@ -11,6 +13,7 @@ from peaufine.recipe import (
     apply_overrides,
     load_recipe,
     parse_override,
+    read_yaml,
     validate_recipe,
 )
 
@@ -99,3 +102,53 @@ def test_method_name_is_the_stages_and_a_mismatch_is_refused(stage):
     other = "dpo" if METHOD_OF_STAGE[stage] != "dpo" else "rl"
     with pytest.raises(RecipeError, match=rf"method.name is '{other}', but stage '{stage}'"):
         validate_recipe({"stage": stage, "method": {"name": other}})
+
+
+# -- warmup against max_steps (issue 13, item 6) ------------------------------------------------------------
+PACKAGED = sorted((Path(__file__).parents[1] / "src" / "peaufine" / "recipes").glob("*.yaml")) + sorted(
+    (Path(__file__).parents[1] / "recipes").glob("*.yaml")
+)
+
+
+@pytest.mark.parametrize(("warmup", "steps"), [(50, 50), (100, 50), (1, 1)])
+def test_a_warmup_as_long_as_the_run_is_refused_naming_both_keys(tmp_path, warmup, steps):
+    # written in the file, and given by --set: both are the user's choice, refused alike, in every stage
+    path = tmp_path / "r.yaml"
+    path.write_text(f"train:\n  max_steps: {steps}\n  warmup_steps: {warmup}\n", encoding="utf-8")
+    by_set = [f"train.max_steps={steps}", f"train.warmup_steps={warmup}"]
+    for stage in sorted(METHOD_OF_STAGE):
+        for source, overrides in ((path, []), (None, by_set)):
+            with pytest.raises(RecipeError) as caught:
+                load_recipe(source, overrides, stage=stage)
+            message = str(caught.value)
+            assert "train.warmup_steps" in message and "train.max_steps" in message
+            assert f"({warmup})" in message and f"({steps})" in message
+
+
+@pytest.mark.parametrize("steps", [1, 5, 50, 99, 100, 150])
+def test_the_default_warmup_always_ends_before_the_run_does(steps):
+    # left out, the warmup is a tenth of the run at most: every run reaches its peak lr, in every stage
+    for stage in sorted(METHOD_OF_STAGE):
+        recipe = load_recipe(None, [f"train.max_steps={steps}"], stage=stage)
+        assert recipe.train.warmup_steps < steps, stage
+        assert recipe.train.warmup_steps <= steps // 10, stage
+
+
+def test_the_default_warmup_of_a_default_length_run_is_unchanged():
+    # the stages' own defaults (and their lengths) are as before: 10% of the run, capped by the stage
+    warmups = {stage: load_recipe(None, stage=stage).train.warmup_steps for stage in METHOD_OF_STAGE}
+    assert warmups == {"pretrain": 100, "sft": 20, "classify": 30, "reward": 20, "dpo": 10, "rl": 0}
+
+
+def test_an_explicit_warmup_shorter_than_the_run_is_kept():
+    recipe = load_recipe(None, ["train.max_steps=50", "train.warmup_steps=49"])
+    assert recipe.train.warmup_steps == 49
+
+
+@pytest.mark.parametrize("path", PACKAGED, ids=lambda p: p.name)
+def test_every_packaged_recipe_warms_up_before_it_ends(path):
+    data = read_yaml(path)
+    if "stages" in data or "train" not in data:  # a pipeline or a search space, not a stage's recipe
+        pytest.skip("not a stage recipe")
+    recipe = validate_recipe(data, str(path))  # pipeline references (${reward}) are only strings here
+    assert recipe.train.warmup_steps < recipe.train.max_steps

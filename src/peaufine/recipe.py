@@ -202,7 +202,12 @@ class TrainBlock(Block):
     lr: float = Field(1e-3, gt=0.0)
     min_lr: float | None = Field(None, ge=0.0, description="schedule floor; default lr / 10")
     schedule: Literal["constant", "linear", "cosine"] = "cosine"
-    warmup_steps: int = Field(100, ge=0)
+    warmup_steps: int = Field(
+        100,
+        ge=0,
+        description="linear warmup, in steps; must be below max_steps. Left out: the stage's default, "
+        "at most a tenth of max_steps",
+    )
     weight_decay: float = Field(0.1, ge=0.0)
     decay_biases: bool = False
     decay_norms: bool = False
@@ -496,7 +501,24 @@ def validate_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
             f"{source}: method.name is {recipe.method.name!r}, but stage {recipe.stage!r} trains with "
             f"{expected!r}; leave method.name out (the stage sets it)"
         )
+    train = data.get("train")
+    _fit_warmup(recipe, isinstance(train, dict) and "warmup_steps" in train, source)
     return recipe
+
+
+def _fit_warmup(recipe: Recipe, given: bool, source: str) -> None:
+    """A warmup as long as the run never reaches train.lr: refused when the user wrote it; when it is
+    a default (100 steps, or the stage's), it shrinks to a tenth of the run, so a short run (50 steps)
+    still reaches its lr, and a run of the default length keeps the default."""
+    train = recipe.train
+    if given and train.warmup_steps >= train.max_steps:
+        raise RecipeError(
+            f"{source}: train.warmup_steps ({train.warmup_steps}) must be less than train.max_steps "
+            f"({train.max_steps}): the learning rate would never reach train.lr; lower "
+            "train.warmup_steps (or leave it out: a tenth of the run) or raise train.max_steps"
+        )
+    if not given:
+        train.warmup_steps = min(train.warmup_steps, train.max_steps // 10)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

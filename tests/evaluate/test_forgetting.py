@@ -76,5 +76,7 @@ def test_as_dict_has_every_field():
         "perplexity_after",
         "threshold",
         "forgot",
+        "blocks",
+        "meaningful",
     ]
     assert ForgettingReport(**d) == report

@@ -155,6 +155,10 @@ def test_no_validation_rows_is_not_measured(restored):
         "onset_step": None,
         "overfit": False,
         "restored_best": restored,
+        "examples": None,
+        "saved_step": None,
+        "saved_val_loss": None,
+        "meaningful": None,
     }
     assert report.verdict() == "not measured: no validation set"
     empty = overfitting_report([], restored_best=restored)
@@ -179,3 +183,11 @@ def test_verdict_strings():
         report = overfitting_report(fine, restored_best=restored_best)
         assert report.restored_best is restored_best
         assert report.verdict() == "no overfitting seen: validation loss was still at its best at the end"
+
+
+@pytest.mark.parametrize("restored", [False, True])
+def test_the_saved_weights_validation_loss_is_the_best_when_restored(restored):
+    history = rows({10: 3.0, 20: 2.0, 30: 1.0}, {10: 3.1, 20: 2.5, 30: 2.7})
+    report = overfitting_report(history, restored_best=restored)
+    assert (report.saved_step, report.saved_val_loss) == ((20, 2.5) if restored else (30, 2.7))
+    assert report.final_val_loss == 2.7  # the last evaluation stays what it is

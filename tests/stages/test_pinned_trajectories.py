@@ -4,6 +4,7 @@ thread, fixed seeds) as literals, so that a change meant to leave behaviour alon
 
 from __future__ import annotations
 
+import html
 import json
 import random
 from collections.abc import Iterator
@@ -289,12 +290,28 @@ def test_pretrain_trajectory(pretrain_run: Path) -> None:
 SFT_STEPS = {
     "step": [1, 2, 3, 4, 5],
     "lr": [0.002, 0.0017363961030678928, 0.0011, 0.0004636038969321073, 0.0002],
+    # the task's own loss; the mix with the replayed quarter (what was train_loss before issue 13) is
+    # train_loss_all, and the replay's part replay_loss
     "train_loss": [
+        5.667540084484012,
+        5.564109802246094,
+        5.400379725864956,
+        5.359553410456731,
+        5.3439493486958165,
+    ],
+    "train_loss_all": [
         5.562049141765511,
         5.445203799293155,
         5.359433669452519,
         5.326646592881945,
         5.2605341796875,
+    ],
+    "replay_loss": [
+        5.5137926466921545,
+        5.431289348196476,
+        5.344187635056516,
+        5.290239374688331,
+        5.233024434840425,
     ],
     "grad_norm": [
         1.2158907651901245,
@@ -324,17 +341,76 @@ def test_sft_full_fine_tuning_trajectory(sft_run: Path) -> None:
     assert_pinned(sft_run, SFT_STEPS, SFT_FINAL, SFT_LAST_ROW)
 
 
+def test_sft_with_replay_judges_overfitting_on_the_task_loss(sft_run: Path) -> None:
+    # the run replays a quarter of each batch: every row logs the task's loss as train_loss, the replay's
+    # and the mix's beside it, and the overfitting verdict and gap rest on the task's alone
+    rows = [row for row in read_metrics(sft_run / "metrics.jsonl") if "train_loss" in row]
+    assert all(isinstance(row.get(key), float) for row in rows for key in ("replay_loss", "train_loss_all"))
+    overfitting = json.loads((sft_run / "eval.json").read_text(encoding="utf-8"))["overfitting"]
+    task, mix = rows[-1]["train_loss"], rows[-1]["train_loss_all"]
+    assert overfitting["final_train_loss"] == task
+    assert overfitting["generalisation_gap"] == pytest.approx(overfitting["final_val_loss"] - task)
+    # the negative control: a gap taken on the mix is another number
+    assert abs((overfitting["final_val_loss"] - mix) - overfitting["generalisation_gap"]) > 1e-3
+
+
+def test_sft_verdicts_on_a_few_examples_say_not_meaningful_everywhere(sft_run: Path) -> None:
+    # 7 validation examples and a few blocks of general text: eval.json, the terminal and the report all
+    # say "not meaningful" with the n of each verdict
+    from rich.console import Console
+
+    from peaufine.report.pages.write import write_report
+    from peaufine.report.terminal import sft_summary
+    from peaufine.results import stage_results
+
+    evaluation = json.loads((sft_run / "eval.json").read_text(encoding="utf-8"))
+    assert evaluation["examples"]["validation"]["examples"] == 7
+    checks = ("overfitting", "transfer")
+    for key in checks:
+        block = evaluation[key]
+        assert (block["examples"], block["meaningful"]) == (7, False), key
+        assert block["verdict"].startswith("not meaningful: it rests on 7 validation examples"), key
+    # forgetting rests on the blocks of general text it measured: its verdict says how many
+    forgetting = evaluation["forgetting"]
+    blocks = forgetting["blocks"]
+    assert blocks > 0 and f"{blocks} blocks of general text" in forgetting["verdict"]
+    assert forgetting["meaningful"] == (blocks >= 20)
+    console = Console(width=400, record=True)
+    console.print(sft_summary(stage_results(evaluation), sft_run))
+    printed = console.export_text()
+    for key in checks:
+        assert f"{key}: not meaningful: it rests on 7 validation examples" in printed, key
+    page = html.unescape(write_report(sft_run).read_text(encoding="utf-8"))
+    for key in checks:
+        assert evaluation[key]["verdict"] in page, key
+    assert f"{blocks} blocks of general text" in page
+
+
 # sft, LoRA (r 4, all linear layers) on the same data as the full run: the same first loss, other
 # gradients
 SFT_LORA_STEPS = {
     "step": [1, 2, 3, 4, 5],
     "lr": [0.002, 0.0017363961030678928, 0.0011, 0.0004636038969321073, 0.0002],
     "train_loss": [
+        5.667540084484012,
+        5.635333321311257,
+        5.571543230329241,
+        5.587279099684495,
+        5.569143972089214,
+    ],
+    "train_loss_all": [
         5.562049141765511,
         5.519762602306548,
         5.49880863160126,
         5.5626319345801765,
         5.5079990234375,
+    ],
+    "replay_loss": [
+        5.5137926466921545,
+        5.5062385721409575,
+        5.471725788522274,
+        5.535360782704455,
+        5.487833875290891,
     ],
     "grad_norm": [
         0.3494791090488434,

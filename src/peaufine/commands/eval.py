@@ -15,7 +15,7 @@ from peaufine.data.tokenize import ensure_chat_template, tokenize_records
 from peaufine.engine.runtime import make_runtime
 from peaufine.errors import ModelError
 from peaufine.evaluate.answers import answer_questions
-from peaufine.evaluate.forgetting import forgetting_report, general_loss
+from peaufine.evaluate.forgetting import forgetting_report, general_blocks, general_loss
 from peaufine.evaluate.sft import task_loss
 from peaufine.models.build import load_pretrained, resolve_source
 from peaufine.models.tokenizer import load_tokenizer
@@ -62,6 +62,7 @@ def measure_model(
         with tempfile.TemporaryDirectory() as tmp:
             stream = read_token_stream(tokenize_general(tokenizer, general, Path(tmp) / "general.bin"))
             loss = general_loss(model, stream, runtime, max_length, None)
+            figures["general_blocks"] = general_blocks(stream, max_length, None)
         figures["general_loss"] = loss
         figures["general_perplexity"] = math.exp(loss)
     return figures
@@ -92,7 +93,11 @@ def run_eval(
         )
         if general is not None:
             report = forgetting_report(
-                general, result["base"]["general_loss"], result["model"]["general_loss"], threshold
+                general,
+                result["base"]["general_loss"],
+                result["model"]["general_loss"],
+                threshold,
+                blocks=result["model"]["general_blocks"],
             )
             result["forgetting"] = {**report.as_dict(), "verdict": report.verdict()}
     return result

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 IGNORE_INDEX = -100
 Batch = dict[str, "torch.Tensor"]
+# a batch of a set that mixes replayed general text into the task (data.replay) has this key: True at the
+# label positions of replay examples, so the loss of the task and of the replay are tallied apart
+REPLAY = "replay"
 
 
 def write_token_stream(documents: Iterable[Sequence[int]], eos_id: int, path: Path) -> int:
@@ -88,6 +91,12 @@ class Example:
 
     input_ids: list[int]
     target_mask: list[bool] | None = None
+    replay: bool = False  # replayed general text mixed into a task's examples, not the task
+
+
+def mixes_replay(examples: Sequence[Example]) -> bool:
+    """Whether a set mixes replay examples into the task: its batches then carry REPLAY."""
+    return any(getattr(e, "replay", False) for e in examples)
 
 
 @dataclass
@@ -96,6 +105,10 @@ class PaddedExamples:
 
     examples: list[Example]
     pad_id: int
+    mixed: bool = field(init=False)  # some examples are replay: batches carry REPLAY
+
+    def __post_init__(self) -> None:
+        self.mixed = mixes_replay(self.examples)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -118,7 +131,10 @@ class PaddedExamples:
                 keep = torch.tensor(ex.target_mask[1:], dtype=torch.bool)
                 nxt[~keep] = IGNORE_INDEX
             labels[row, : n - 1] = nxt
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+        batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+        if self.mixed:
+            batch[REPLAY] = torch.tensor([[e.replay] for e in chosen]).expand(-1, width).contiguous()
+        return batch
 
 
 def pack_examples(lengths: Sequence[int], max_length: int) -> list[list[int]]:
@@ -182,10 +198,12 @@ class PackedExamples:
     max_length: int
     pad_id: int
     rows: list[list[int]] = field(init=False)
+    mixed: bool = field(init=False)  # some examples are replay: batches carry REPLAY
 
     def __post_init__(self) -> None:
         self.rows = pack_examples([len(e.input_ids) for e in self.examples], self.max_length)
         self._row_tokens = [sum(len(self.examples[i].input_ids) for i in row) for row in self.rows]
+        self.mixed = mixes_replay(self.examples)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -203,6 +221,7 @@ class PackedExamples:
         input_ids = np.full((len(indices), width), self.pad_id, dtype=np.int64)
         labels = np.full((len(indices), width), IGNORE_INDEX, dtype=np.int64)
         positions = np.zeros((len(indices), width), dtype=np.int64)
+        replay = np.zeros((len(indices), width), dtype=bool)
         for b, r in enumerate(indices):
             start = 0
             for i in self.rows[r]:
@@ -211,6 +230,7 @@ class PackedExamples:
                 n = len(ids)
                 end = start + n
                 input_ids[b, start:end] = ids
+                replay[b, start:end] = ex.replay
                 positions[b, start:end] = np.arange(n)
                 # label t is token t+1 of the same example; its last token predicts nothing
                 nxt = ids[1:].copy()
@@ -219,11 +239,14 @@ class PackedExamples:
                 labels[b, start : end - 1] = nxt
                 start = end
             positions[b, start:] = np.arange(width - start)
-        return {
+        batch = {
             "input_ids": torch.from_numpy(input_ids),
             "labels": torch.from_numpy(labels),
             "position_ids": torch.from_numpy(positions),
         }
+        if self.mixed:
+            batch[REPLAY] = torch.from_numpy(replay)
+        return batch
 
 
 class Dataset:

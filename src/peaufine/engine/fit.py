@@ -316,8 +316,14 @@ class TrainingLoop:
             loss_total += loss_sum.detach().double()
         return loss_total, units, int(tokens)
 
-    def apply_update(self) -> torch.Tensor:
-        """Clip, step the optimiser and the schedule, clear gradients; returns the gradient norm."""
+    def apply_update(self, loss_total: torch.Tensor) -> torch.Tensor:
+        """Clip, check, step the optimiser and the schedule, clear gradients; returns the gradient norm.
+
+        The loss and gradient norm are checked before the optimiser steps: a non-finite update stops
+        the run with the weights (in memory and on disk) of the step before. Under fp16 the grad
+        scaler skips an update whose gradients overflowed; the schedule moves only with the updates
+        the optimiser really made, so it ends where train.max_steps says.
+        """
         import torch
 
         if self.scaler is not None:
@@ -326,12 +332,17 @@ class TrainingLoop:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor, already reduced over the shards
             grad_norm = grad_norm.full_tensor()
+        self.check_finite(loss_total, grad_norm)
+        stepped = True
         if self.scaler is not None:
+            scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            stepped = self.scaler.get_scale() >= scale  # the scale backs off only after a skipped step
         else:
             self.optimizer.step()
-        self.scheduler.step()
+        if stepped:
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
 
@@ -383,8 +394,22 @@ class TrainingLoop:
         kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
         raise TrainingError(
             f"{what} is not finite at step {self.state.step + 1}; training stopped and {kept}. "
-            "Lower train.lr, set train.grad_clip, or use train.precision=fp32."
+            f"{self.non_finite_advice()}"
         )
+
+    def non_finite_advice(self) -> str:
+        """What to change after a non-finite update: only settings the run does not already have
+        (advising train.grad_clip to a run that clips sends the user after the wrong knob)."""
+        clip = self.train.grad_clip
+        lower = f"train.lr (now {self.train.lr:g})"
+        if clip is not None:
+            lower += f" or train.grad_clip (now {clip:g})"
+        advice = [f"lower {lower}"]
+        if clip is None:
+            advice.append("set train.grad_clip (e.g. 1.0)")
+        if self.runtime.precision != "fp32":
+            advice.append(f"use train.precision: fp32 (now {self.runtime.precision})")
+        return "Try: " + "; ".join(advice) + "."
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, hooks: list[StepHook]) -> FitResult:
@@ -402,8 +427,7 @@ class TrainingLoop:
                 tokens = 0
                 for batches in step.updates:
                     loss_total, units, update_tokens = self.gradients_on(batches)
-                    grad_norm = self.apply_update()
-                    self.check_finite(loss_total, grad_norm)
+                    grad_norm = self.apply_update(loss_total)
                     window.add(loss_total, units, update_tokens, grad_norm)
                     tokens += update_tokens
                 state.step += 1
@@ -418,7 +442,8 @@ class TrainingLoop:
                     means = tally.drain(self.runtime) if tally is not None else {}
                     row = {"step": state.step, "lr": self.scheduler.get_last_lr()[0]}
                     row.update(source.row(window, state, means))
-                    last_train_loss = row["train_loss"]
+                    if row["train_loss"] is not None:  # None: the window drew no task target
+                        last_train_loss = row["train_loss"]
                     self.tracker.update(state.step, source.status(row))
                     window, window_start = self.new_window(), time.perf_counter()
                 if state.step % self.evaluation.every == 0 or last:

@@ -8,6 +8,7 @@ and says what a log row of its steps shows. The default source feeds one global 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -20,6 +21,12 @@ if TYPE_CHECKING:
     from peaufine.engine.checkpoint import TrainerState
     from peaufine.engine.runtime import Runtime
     from peaufine.recipe import TrainBlock
+
+
+# An objective that trains on the task mixed with other text (data.replay) tallies the task's own loss
+# under TASK_LOSS: a row's train_loss is then the task's, and train_loss_all the mix's that the optimiser
+# minimised, and REPLAY_LOSS the replay's; each None in a window that drew no target of its part.
+TASK_LOSS, REPLAY_LOSS = "task_loss", "replay_loss"
 
 
 @dataclass
@@ -100,8 +107,17 @@ class BatchSteps:
 
     def row(self, window: Window, state: TrainerState, means: dict[str, float]) -> dict[str, Any]:
         self.runtime.sum_across(window.loss)
+        loss = float(window.loss / window.units.clamp(min=1.0))
+        losses: dict[str, Any] = {"train_loss": loss}
+        if TASK_LOSS in means:  # mixed with replay: train_loss is the task's, the mix's beside it
+            task, replay = means.pop(TASK_LOSS), means.pop(REPLAY_LOSS, math.nan)
+            losses = {
+                "train_loss": task if math.isfinite(task) else None,
+                "train_loss_all": loss,
+                REPLAY_LOSS: replay if math.isfinite(replay) else None,
+            }
         return {
-            "train_loss": float(window.loss / window.units.clamp(min=1.0)),
+            **losses,
             "grad_norm": float(window.grad_norm),
             "tokens_per_s": window.tokens / window.seconds if window.seconds > 0 else None,
             "tokens_seen": state.tokens_seen,
@@ -110,7 +126,9 @@ class BatchSteps:
         }
 
     def status(self, row: dict[str, Any]) -> str:
-        return f"loss {row['train_loss']:.3f}  {row['tokens_per_s'] or 0:,.0f} tok/s"
+        loss = row["train_loss"]
+        shown = "-" if loss is None else f"{loss:.3f}"
+        return f"loss {shown}  {row['tokens_per_s'] or 0:,.0f} tok/s"
 
     def evaluate(self, step: int) -> dict[str, Any]:
         return {}

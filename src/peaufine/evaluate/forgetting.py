@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from peaufine.data.batching import PackedBlocks
 from peaufine.engine.fit import evaluate_loss
+from peaufine.evaluate.evidence import is_meaningful, qualified
 from peaufine.methods.lm import NextTokenLoss
 
 if TYPE_CHECKING:
@@ -27,6 +28,12 @@ class ForgettingReport:
     perplexity_after: float
     threshold: float
     forgot: bool
+    blocks: int | None = None  # blocks of general text the losses rest on; None: not known here
+
+    meaningful: bool | None = None  # whether `blocks` is enough for a verdict: set from it
+
+    def __post_init__(self) -> None:
+        self.meaningful = is_meaningful(self.blocks)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -34,18 +41,23 @@ class ForgettingReport:
     def verdict(self) -> str:
         change = f"{self.relative_change:+.1%}"
         if self.forgot:
-            return (
+            found = (
                 f"forgetting: general loss {self.loss_before:.4f} -> {self.loss_after:.4f} "
                 f"({change}, above the {self.threshold:.0%} threshold); consider LoRA, a lower "
                 "learning rate, or replay (data.replay.ratio)"
             )
-        return (
-            f"no forgetting beyond {self.threshold:.0%}: general loss {self.loss_before:.4f} -> "
-            f"{self.loss_after:.4f} ({change})"
-        )
+        else:
+            found = (
+                f"no forgetting beyond {self.threshold:.0%}: general loss {self.loss_before:.4f} -> "
+                f"{self.loss_after:.4f} ({change})"
+            )
+        return qualified(found, self.blocks, "block of general text", "blocks of general text")
 
 
-def forgetting_report(source: str, before: float, after: float, threshold: float) -> ForgettingReport:
+def forgetting_report(
+    source: str, before: float, after: float, threshold: float, blocks: int | None = None
+) -> ForgettingReport:
+    """Before vs after on the general text; `blocks`: how many blocks of it the losses rest on."""
     change = (after - before) / before if before > 0 else math.inf
     return ForgettingReport(
         source=source,
@@ -56,7 +68,21 @@ def forgetting_report(source: str, before: float, after: float, threshold: float
         perplexity_after=math.exp(after),
         threshold=threshold,
         forgot=change > threshold,
+        blocks=blocks,
     )
+
+
+GENERAL_BATCH = 16  # blocks per batch of general_loss
+
+
+def general_blocks(general: Any, block: int, max_blocks: int | None) -> int:
+    """How many blocks of `general` general_loss measures: all of them, or its batches' worth."""
+    available = len(PackedBlocks(general, block))
+    return available if max_blocks is None else min(available, _max_batches(max_blocks) * GENERAL_BATCH)
+
+
+def _max_batches(max_blocks: int) -> int:
+    return max(1, max_blocks // GENERAL_BATCH)
 
 
 def general_loss(
@@ -69,6 +95,6 @@ def general_loss(
         NextTokenLoss(),
         blocks,
         runtime,
-        batch_size=16,
-        max_batches=(None if max_blocks is None else max(1, max_blocks // 16)),
+        batch_size=GENERAL_BATCH,
+        max_batches=(None if max_blocks is None else _max_batches(max_blocks)),
     )

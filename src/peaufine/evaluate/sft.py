@@ -12,7 +12,8 @@ from peaufine.data.records import HELDOUT, ChatRecord, load_conversations
 from peaufine.data.tokenize import tokenize_chat
 from peaufine.engine.fit import evaluate_loss, fit
 from peaufine.evaluate.answers import answer_questions
-from peaufine.evaluate.forgetting import forgetting_report, general_loss
+from peaufine.evaluate.evidence import is_meaningful, qualified
+from peaufine.evaluate.forgetting import forgetting_report, general_blocks, general_loss
 from peaufine.evaluate.overfitting import overfitting_report
 from peaufine.methods.lm import NextTokenLoss
 from peaufine.models.build import resolve_source, source_model_dir
@@ -110,6 +111,20 @@ def transfer_verdict(figures: dict[str, float | None]) -> str:
     return "; ".join(parts) if parts else "not measured"
 
 
+def transfer_report(figures: dict[str, float | None], examples: int | None = None) -> dict[str, Any]:
+    """eval.json's transfer block: the task validation loss of each model, and the verdict with the
+    validation examples it rests on (`examples`)."""
+    verdict = transfer_verdict(figures)
+    if verdict != "not measured":
+        verdict = qualified(verdict, examples, "validation example", "validation examples")
+    return {
+        "task_val_loss": figures,
+        "verdict": verdict,
+        "examples": examples,
+        "meaningful": is_meaningful(examples),
+    }
+
+
 def evaluate_sft(
     recipe: Recipe,
     run: RunDir,
@@ -133,9 +148,9 @@ def evaluate_sft(
         "train_seconds": result.elapsed,
         **prepared,
     }
-    overfit = overfitting_report(result.history, result.restored_best)
-    evaluation["overfitting"] = {**overfit.as_dict(), "verdict": overfit.verdict()}
     val_examples = load_examples(run.data / "validation.tokens.jsonl")
+    overfit = overfitting_report(result.history, result.restored_best, examples=len(val_examples))
+    evaluation["overfitting"] = {**overfit.as_dict(), "verdict": overfit.verdict()}
     after_val = task_loss(model, val_examples, runtime, pad_id) if val_examples else None
     evaluation["task_val_loss"] = {"before": before.get("task_val_loss"), "after": after_val}
     if general is not None and "general_loss" in before:
@@ -147,6 +162,7 @@ def evaluate_sft(
             before["general_loss"],
             after_general,
             recipe.eval.forgetting.threshold,
+            blocks=general_blocks(general, recipe.data.max_length, recipe.eval.forgetting.max_blocks),
         )
         evaluation["forgetting"] = {**report.as_dict(), "verdict": report.verdict()}
         if report.forgot:
@@ -178,7 +194,7 @@ def evaluate_sft(
             answers.setdefault("validation", {})["from_scratch"] = answer_questions(
                 scratch, tokenizer, conversations
             ).as_dict()
-    evaluation["transfer"] = {"task_val_loss": figures, "verdict": transfer_verdict(figures)}
+    evaluation["transfer"] = transfer_report(figures, len(val_examples))
     return evaluation
 
 

@@ -7,11 +7,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from peaufine.data.batching import IGNORE_INDEX, Batch
+from peaufine.data.batching import IGNORE_INDEX, REPLAY, Batch
+from peaufine.engine.fit import MetricTally
 from peaufine.engine.parallel import unwrap
+from peaufine.engine.steps import REPLAY_LOSS, TASK_LOSS
 from peaufine.methods.chunked_loss import target_logps
 
 if TYPE_CHECKING:
@@ -44,31 +46,51 @@ def packed_as_one_row(batch: Batch) -> Batch:
     return {k: v.reshape(1, -1) for k, v in batch.items()}
 
 
-@dataclass(frozen=True)
+@dataclass
 class NextTokenLoss:
     """Summed cross-entropy over target tokens; units are target tokens.
 
     `chunk_tokens`: compute it `chunk_tokens` targets at a time, from the final hidden states, with
     each chunk's logits recomputed in the backward pass (train.loss_chunk_tokens); None: in one piece.
+    A batch that mixes replayed general text into the task (it has REPLAY) also adds the task's loss
+    (TASK_LOSS) and the replay's (REPLAY_LOSS) to `tally`, from the same forward: the optimiser
+    trains on the mix, and the task's own loss is what the run reports and judges overfitting by.
     """
 
     chunk_tokens: int | None = None
+    tally: MetricTally = field(default_factory=MetricTally, compare=False, repr=False)
 
     def loss_sum(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         import torch.nn.functional as F
 
         if uses_flash_attention(model):
             batch = packed_as_one_row(batch)
+        replay = batch.get(REPLAY)
         if self.chunk_tokens is not None:
             logps, _ = target_logps(model, model_inputs(batch), batch["labels"], self.chunk_tokens)
-            return -logps.sum()
-        logits = model(**model_inputs(batch), use_cache=False).logits
-        return F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(),
-            batch["labels"].reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        )
+            if replay is None:
+                return -logps.sum()
+            losses = -logps
+        else:
+            logits = model(**model_inputs(batch), use_cache=False).logits
+            flat = logits.reshape(-1, logits.shape[-1]).float()
+            if replay is None:
+                return F.cross_entropy(
+                    flat, batch["labels"].reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+                )
+            losses = F.cross_entropy(
+                flat, batch["labels"].reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+            ).view(batch["labels"].shape)
+        self.tally_sources(losses, batch["labels"] != IGNORE_INDEX, replay)
+        return losses.sum()
+
+    def tally_sources(self, losses: torch.Tensor, targets: torch.Tensor, replay: torch.Tensor) -> None:
+        """The task's and the replay's summed losses and target counts (0 at non-targets)."""
+        import torch
+
+        losses = losses.detach()
+        for name, part in ((TASK_LOSS, targets & ~replay), (REPLAY_LOSS, targets & replay)):
+            self.tally.add(name, torch.where(part, losses, 0.0).sum(), part.sum())
 
     def count(self, batch: Batch) -> torch.Tensor:
         return (batch["labels"] != IGNORE_INDEX).sum()

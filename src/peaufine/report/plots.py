@@ -55,13 +55,20 @@ def plot_losses(
     onset_step: int | None = None,
 ) -> None:
     """Training and validation loss per step; vertical lines at the best validation step, the step
-    training stopped early at, and the step overfitting began (each only when given)."""
+    training stopped early at, and the step overfitting began (each only when given).
+
+    A run that replays general text (data.replay) logs the task's train loss and the replay's apart:
+    both are drawn, so the task's curve is the one set against validation.
+    """
     plt = pyplot()
     train = _series(rows, "train_loss")
+    replay = _series(rows, "replay_loss")
     val = _series(rows, "val_loss")
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:
-        ax.plot(*zip(*train, strict=True), label="train", linewidth=1.2)
+        ax.plot(*zip(*train, strict=True), label="train (task)" if replay else "train", linewidth=1.2)
+    if replay:
+        ax.plot(*zip(*replay, strict=True), label="replay", linewidth=1.0, alpha=0.7)
     if val:
         ax.plot(*zip(*val, strict=True), label="validation", marker="o", markersize=3)
     if best_step is not None:

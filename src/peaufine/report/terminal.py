@@ -34,7 +34,14 @@ def pretrain_summary(results: PretrainResults, run_dir: Path) -> Group:
     table.add_row("tokens seen", f"{results.tokens_seen:,}")
     table.add_row("training time", f"{results.train_seconds:.0f} s")
     table.add_row("final train loss", _fmt(results.final_train_loss))
-    table.add_row("validation loss", _fmt(results.val_loss))
+    restored = results.restored_best is True and isinstance(results.best_step, int)
+    # the weights the run saved: the best ones when it restored them, not the last evaluated
+    label = (
+        f"validation loss (best weights, step {results.best_step:,}, restored)"
+        if restored
+        else "validation loss"
+    )
+    table.add_row(label, _fmt(results.val_loss))
     table.add_row("validation perplexity", _fmt(results.val_perplexity, ".2f"))
     table.add_row("best step", str(None if results.best_step is ABSENT else results.best_step))
     recall = results.fact_recall

@@ -204,13 +204,14 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
 
 
 def replay_examples(stream: Any, count: int, length: int, seed: int) -> list[Any]:
-    """`count` windows of replay text, every token a target, appended to the task's examples."""
+    """`count` windows of replay text, every token a target, appended to the task's examples; marked as
+    replay, so the run logs the task's loss apart from theirs and judges overfitting on the task's."""
     import numpy as np
 
     if count <= 0 or len(stream) <= length:
         return []
     starts = np.random.default_rng([seed, 7]).integers(0, len(stream) - length, size=count)
-    return [Example([int(t) for t in stream[s : s + length]], None) for s in starts]
+    return [Example([int(t) for t in stream[s : s + length]], None, replay=True) for s in starts]
 
 
 def train_and_measure(opened: OpenedRun, resume: bool, hooks: list[StepHook] | None) -> StageOutcome:

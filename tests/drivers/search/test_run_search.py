@@ -111,7 +111,8 @@ def test_a_search_refuses_an_out_folder_holding_another_search(tmp_path, fake_tr
     run_search(recipe_file, space_file, out, trials=2, tracker=quiet())
     with pytest.raises(RunDirError, match=r"holds a search over another metric.*use another --out"):
         run_search(recipe_file, space_file, out, trials=2, metric="final_val_loss", tracker=quiet())
-    with pytest.raises(RunDirError, match=r"another recipe \(train.max_steps\)"):
+    # the default warmup is a tenth of the run, so it moves with max_steps: both are named
+    with pytest.raises(RunDirError, match=r"another recipe \(train.max_steps, train.warmup_steps\)"):
         run_search(recipe_file, space_file, out, trials=2, overrides=["train.max_steps=20"], tracker=quiet())
 
 

@@ -139,3 +139,34 @@ def test_the_sft_report_shows_the_runs_own_numbers(stage_reports, smoke_demo):
     assert "<h3>heldout questions</h3>" in page
     assert_images_relative_and_present(page, run)
     assert set(image_sources(page)) == {"report-loss.png", "report-lr.png"}
+
+
+# -- the validation loss reported is that of the weights the run saved ------------------------------------
+def labelled_values(page: str) -> dict[str, str]:
+    """Every two-cell row of the page's tables: label -> value."""
+    import re
+
+    cells = [
+        [html.unescape(re.sub(r"<[^>]+>", "", c)) for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row)]
+        for row in re.findall(r"<tr>(.*?)</tr>", page)
+    ]
+    return {row[0]: row[1] for row in cells if len(row) == 2}
+
+
+def test_a_run_that_restored_its_best_weights_reports_their_validation_loss(tiny_run):
+    # the tiny run restored step 30 (1.61) after evaluating 1.9 at step 60: 1.9 is not what it saved
+    values = labelled_values(write_report(tiny_run).read_text(encoding="utf-8"))
+    assert values["validation loss of the saved weights (best, step 30, restored)"] == "1.61"
+    assert values["validation loss at the last evaluation (step 60)"] == "1.9"
+    assert not [label for label in values if label.startswith("final validation loss")]
+
+
+def test_a_run_that_kept_its_last_weights_reports_the_last_validation_loss(tiny_run):
+    # the negative control: without restoring, the last evaluation is the saved weights'
+    evaluation = json.loads((tiny_run / "eval.json").read_text(encoding="utf-8"))
+    evaluation["overfitting"]["restored_best"] = False
+    (tiny_run / "eval.json").write_text(json.dumps(evaluation), encoding="utf-8")
+    values = labelled_values(write_report(tiny_run).read_text(encoding="utf-8"))
+    assert not [label for label in values if "restored" in label and "1.61" in values[label]]
+    saved = [v for label, v in values.items() if "saved weights" in label or label == "final validation loss"]
+    assert saved and set(saved) == {"1.9"}

@@ -91,8 +91,40 @@ def overfitting_figures(run: StageRun) -> tuple[dict[str, Any] | None, str]:
     if not run.series("val_loss"):
         return None, ""
 
-    report = overfitting_report(run.rows, bool(run.evaluation.get("restored_best")))
+    restored = bool(run.evaluation.get("restored_best"))
+    report = overfitting_report(run.rows, restored, examples=validation_examples(run))
     return {**report.as_dict(), "verdict": report.verdict()}, "metrics.jsonl, by this report"
+
+
+def saved_validation(run: StageRun, overfitting: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The validation loss of the weights the run saved, saying which: the best, when the run restored
+    them (the last evaluation's is then shown apart, as such), else the last evaluation's."""
+    evals = [(r["step"], r["val_loss"]) for r in run.rows if is_number(r.get("val_loss"))]
+    if not evals and is_number(overfitting.get("final_val_loss")):  # no metrics.jsonl: eval.json's
+        evals = [(overfitting.get("final_step"), overfitting["final_val_loss"])]
+    if not evals:
+        return []
+    last_step, last_val = evals[-1]
+    restored = bool(run.evaluation.get("restored_best", overfitting.get("restored_best")))
+    best_step, best_val = overfitting.get("best_step"), overfitting.get("best_val_loss")
+    if not restored or best_step is None or best_step == last_step:
+        return [("final validation loss", last_val)]
+    return [
+        (f"validation loss of the saved weights (best, step {fmt_number(best_step)}, restored)", best_val),
+        (f"validation loss at the last evaluation (step {fmt_number(last_step)})", last_val),
+    ]
+
+
+def validation_examples(run: StageRun) -> int | None:
+    """What a stage's validation loss rests on, from its files: the validation pairs of a preference
+    stage, the validation blocks of pretraining (val_tokens in block_size rows); None when unknown."""
+    pairs = (run.evaluation.get("pairs") or {}).get("validation")
+    if isinstance(pairs, dict) and isinstance(pairs.get("pairs"), int):
+        return pairs["pairs"]
+    tokens, block = run.evaluation.get("val_tokens"), run.setting("data", "block_size")
+    if isinstance(tokens, int) and isinstance(block, int) and block > 0:
+        return max(0, (tokens - 1 - block) // block + 1)  # PackedBlocks' rows
+    return None
 
 
 def early_stop_step(run: StageRun) -> int | None:
@@ -133,8 +165,7 @@ def training_section(run: StageRun) -> Section:
     train_losses, val_losses = run.series("train_loss"), run.series("val_loss")
     if train_losses and run.stage != "rl":  # RL's train_loss is the policy objective, not a loss curve
         summary.append(("final train loss", train_losses[-1]))
-    if val_losses:
-        summary.append(("final validation loss", val_losses[-1]))
+    summary += saved_validation(run, overfitting)
     if is_number(evaluation.get("val_perplexity")):
         summary.append(("validation perplexity", evaluation["val_perplexity"]))
     best = overfitting.get("best_step")
@@ -182,7 +213,7 @@ def training_section(run: StageRun) -> Section:
             ("overfitting onset step", overfitting.get("onset_step")),
             ("final step", overfitting.get("final_step")),
             ("final train loss", overfitting.get("final_train_loss")),
-            ("final validation loss", overfitting.get("final_val_loss")),
+            *saved_validation(run, overfitting),
             ("generalisation gap (validation - train)", overfitting.get("generalisation_gap")),
         ]
         section.parts.append(table(None, rows, caption="Overfitting"))
