@@ -40,6 +40,7 @@ class TrainerState:
     best_val_loss: float | None = None
     best_step: int | None = None
     evals_without_improvement: int = 0
+    stopped_early: bool = False  # a resume of an early-stopped run runs no step more
     scheduler: dict[str, Any] = field(default_factory=dict)
     python_rng: Any = None
     numpy_rng: Any = None

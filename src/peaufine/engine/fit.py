@@ -21,7 +21,7 @@ from peaufine.engine.parallel import lockstep, place
 from peaufine.engine.steps import BatchSteps, StepSource, Window
 from peaufine.engine.track import MetricsLog, Tracker
 from peaufine.errors import TrainingError
-from peaufine.rundir import RunDir
+from peaufine.rundir import RunDir, read_metrics
 
 if TYPE_CHECKING:
     import torch
@@ -272,6 +272,11 @@ class TrainingLoop:
         self.store.restore_rng(checkpoint, self.state, self.runtime.rank)
         self.scheduler.load_state_dict(self.state.scheduler)
         self.metrics.truncate_after(self.state.step)
+        # the rows logged before the checkpoint: the run's history, and its last losses when no step
+        # is left to run (a run stopped after its final checkpoint, or one resumed once finished)
+        logged = self.metrics.path
+        rows = read_metrics(logged) if logged.exists() else []
+        self.history = [row for row in rows if row.get("step", 0) <= self.state.step]
         self.tracker.say(f"resumed from {checkpoint} at step {self.state.step}")
 
     # -- one optimiser step ----------------------------------------------------------------------
@@ -361,7 +366,12 @@ class TrainingLoop:
             self.runtime.barrier()
             return False
         state.evals_without_improvement += 1
-        return rule.patience is not None and state.evals_without_improvement >= rule.patience
+        state.stopped_early = rule.patience is not None and state.evals_without_improvement >= rule.patience
+        return state.stopped_early
+
+    def last_logged(self, key: str) -> float | None:
+        """The last value of `key` in the rows logged so far (before a resume too), None if none."""
+        return next((row[key] for row in reversed(self.history) if key in row), None)
 
     def checkpoint(self) -> None:
         """Rank 0 writes full weights and optimiser state; under FSDP every rank helps gather them."""
@@ -388,14 +398,14 @@ class TrainingLoop:
     def run(self, hooks: list[StepHook]) -> FitResult:
         train, state, source = self.train, self.state, self.source
         self.model.train()
-        last_train_loss: float | None = None
-        last_val: float | None = None
-        stopped_early = False
+        last_train_loss = self.last_logged("train_loss")
+        last_val = self.last_logged("val_loss")
+        stopped_early = state.stopped_early
         try:
             source.start(state)
             self.tracker.start(train.max_steps, state.step, source.name)
             window, window_start = self.new_window(), time.perf_counter()
-            while state.step < train.max_steps:
+            while state.step < train.max_steps and not stopped_early:
                 step = source.next_step(state)
                 tokens = 0
                 for batches in step.updates:
