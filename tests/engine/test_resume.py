@@ -100,12 +100,7 @@ def straight(tmp_path_factory) -> tuple[Path, FitResult]:
     return out, run(out, TRAIN, EVAL)
 
 
-WINDOW_LOST = pytest.mark.xfail(strict=True, reason="the log window's partial sums are not checkpointed")
-
-
-@pytest.mark.parametrize(
-    "stop_after", [pytest.param(2, marks=WINDOW_LOST), pytest.param(4, marks=WINDOW_LOST), 6]
-)
+@pytest.mark.parametrize("stop_after", [2, 4, 6])
 def test_a_resume_inside_a_log_window_logs_the_rows_of_the_uninterrupted_run(straight, tmp_path, stop_after):
     """log_every 3, checkpoint_every 2: the checkpoints at 2 and 4 fall inside a log window (rows at 1,
     3, 6, 8), so the window's partial sums and the objective's tally must come back with the resume."""

@@ -42,6 +42,10 @@ class TrainerState:
     evals_without_improvement: int = 0
     stopped_early: bool = False  # a resume of an early-stopped run runs no step more
     scheduler: dict[str, Any] = field(default_factory=dict)
+    # the log window open at the checkpoint (see Window.partial) and the objective's tally over it
+    # (MetricTally.partial), summed over processes: a resume logs the row that spans it in full
+    window: dict[str, Any] | None = None
+    tally: dict[str, list[float]] = field(default_factory=dict)
     python_rng: Any = None
     numpy_rng: Any = None
 

@@ -68,17 +68,40 @@ class MetricTally:
             entry[0] = entry[0] + total
             entry[1] = entry[1] + count
 
-    def drain(self, runtime: Runtime | None = None) -> dict[str, float]:
-        """The mean of each metric since the last drain (across processes), and start afresh."""
+    def _stacked(self, runtime: Runtime | None) -> tuple[list[str], Any]:
+        """The names, and their (sum, count) pairs stacked and added across processes."""
         import torch
 
-        if not self.sums:
-            return {}
         names = sorted(self.sums)
         device = runtime.device if runtime is not None else self.sums[names[0]][0].device
         stacked = torch.stack([torch.stack(self.sums[n]).to(device) for n in names])
         if runtime is not None:
             runtime.sum_across(stacked)
+        return names, stacked
+
+    def partial(self, runtime: Runtime) -> dict[str, list[float]]:
+        """The sums so far, added across processes, kept as they are: what a checkpoint saves."""
+        if not self.sums:
+            return {}
+        names, stacked = self._stacked(runtime)
+        return dict(zip(names, stacked.tolist(), strict=True))
+
+    def resume(self, saved: dict[str, list[float]], runtime: Runtime) -> None:
+        """Start from a checkpoint's `partial` sums: rank 0 holds them, the others zeros of the same
+        names (the next drain adds the same names on every process)."""
+        import torch
+
+        own = 1.0 if runtime.rank == 0 else 0.0
+        self.sums = {
+            name: [torch.tensor(value * own, dtype=torch.float64, device=runtime.device) for value in pair]
+            for name, pair in saved.items()
+        }
+
+    def drain(self, runtime: Runtime | None = None) -> dict[str, float]:
+        """The mean of each metric since the last drain (across processes), and start afresh."""
+        if not self.sums:
+            return {}
+        names, stacked = self._stacked(runtime)
         self.sums = {}
         return {
             name: float(total / count) if count > 0 else math.nan
@@ -243,6 +266,8 @@ class TrainingLoop:
         self.state = TrainerState()
         self.history: list[dict[str, Any]] = []
         self.best_in_memory: dict[str, torch.Tensor] | None = None
+        self.window: Window | None = None  # the log window open now: checkpoints keep it
+        self.resumed_window: Window | None = None
         self.trainable = [p for p in self.trained.parameters() if p.requires_grad]
 
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -271,6 +296,11 @@ class TrainingLoop:
         placement.load_optimizer_state(self.optimizer, optimizer_state)
         self.store.restore_rng(checkpoint, self.state, self.runtime.rank)
         self.scheduler.load_state_dict(self.state.scheduler)
+        if self.state.window is not None:
+            self.resumed_window = Window.resumed(self.state.window, self.runtime)
+        tally = objective_tally(self.objective)
+        if tally is not None:
+            tally.resume(self.state.tally, self.runtime)
         self.metrics.truncate_after(self.state.step)
         # the rows logged before the checkpoint: the run's history, and its last losses when no step
         # is left to run (a run stopped after its final checkpoint, or one resumed once finished)
@@ -378,6 +408,9 @@ class TrainingLoop:
 
         self.state.scheduler = self.scheduler.state_dict()
         if self.store is not None:
+            tally = objective_tally(self.objective)
+            self.state.window = self.window.partial(self.runtime) if self.window is not None else None
+            self.state.tally = tally.partial(self.runtime) if tally is not None else {}
             rank_rng = self.runtime.gather_objects(torch_rng_state())
             self.placement.fill_host(everywhere=False)
             optimizer_state = self.placement.optimizer_state(self.optimizer)
@@ -476,10 +509,15 @@ class TrainingLoop:
         )
 
     def new_window(self) -> Window:
+        """A fresh log window; after a resume, first the one the checkpoint kept."""
         import torch
 
-        zero = torch.zeros((), dtype=torch.float64, device=self.runtime.device)
-        return Window(loss=zero, units=zero.clone())
+        if self.resumed_window is not None:
+            self.window, self.resumed_window = self.resumed_window, None
+        else:
+            zero = torch.zeros((), dtype=torch.float64, device=self.runtime.device)
+            self.window = Window(loss=zero, units=zero.clone())
+        return self.window
 
     def check_finite(self, loss_total: torch.Tensor, grad_norm: torch.Tensor) -> None:
         """Stop the run at an update whose loss or gradient norm is not finite (under fp16 the grad
