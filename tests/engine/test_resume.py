@@ -163,3 +163,57 @@ def test_resuming_after_the_last_checkpoint_gives_the_uninterrupted_result(tmp_p
     assert rows_without_timing(tmp_path) == rows  # nothing logged twice, nothing lost
     for name, value in straight_model.state_dict().items():
         assert torch.equal(resumed_model.state_dict()[name], value), name
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.xfail(strict=True, reason="a damaged latest checkpoint makes --resume fail with a traceback")
+@pytest.mark.parametrize("damaged", ["model.safetensors", "optimizer.pt", "rng.pt", "trainer_state.json"])
+def test_a_damaged_latest_checkpoint_is_named_and_the_newest_intact_one_resumed(
+    straight, tmp_path, capsys, damaged
+):
+    """Whichever file of the latest checkpoint is truncated, the resume says which checkpoint is
+    damaged and goes on from the one before, to the rows and result of the uninterrupted run."""
+    from peaufine.engine.track import Tracker
+
+    straight_out, straight_result = straight
+    with pytest.raises(Stopped):
+        run(tmp_path, TRAIN, EVAL, stop_after=6)
+    checkpoints = tmp_path / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-00000004", "step-00000006"]
+    truncate(checkpoints / "step-00000006" / damaged)
+    train_set, val_set = data()
+    resumed = fit(
+        tiny_llama(),
+        TalliedLoss(),
+        train_set,
+        val_set,
+        TRAIN,
+        EVAL,
+        make_cpu_runtime(),
+        run_dir=tmp_path,
+        resume=True,
+        tracker=Tracker(enabled=True),
+    )
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"{checkpoints / 'step-00000006'} is damaged" in said
+    assert "resumed from" in said and "step-00000004 at step 4" in said
+    assert rows_without_timing(tmp_path) == rows_without_timing(straight_out)
+    assert comparable(resumed) == comparable(straight_result)
+
+
+@pytest.mark.xfail(strict=True, reason="a damaged latest checkpoint makes --resume fail with a traceback")
+def test_a_resume_with_every_checkpoint_damaged_is_refused_naming_them(tmp_path):
+    from peaufine.errors import TrainingError
+
+    with pytest.raises(Stopped):
+        run(tmp_path, TRAIN, EVAL, stop_after=6)
+    for step in ("step-00000004", "step-00000006"):
+        truncate(tmp_path / "checkpoints" / step / "model.safetensors")
+    with pytest.raises(TrainingError) as refused:
+        run(tmp_path, TRAIN, EVAL, resume=True)
+    message = str(refused.value)
+    assert "step-00000004" in message and "step-00000006" in message and "--overwrite" in message
