@@ -29,6 +29,10 @@ RNG = "rng.pt"
 STATE = "trainer_state.json"
 
 
+class DamagedCheckpoint(Exception):
+    """A checkpoint folder with a file that cannot be read whole; the message says which and why."""
+
+
 @dataclass
 class TrainerState:
     """Everything about the loop's progress that is not a tensor."""
@@ -163,15 +167,34 @@ class CheckpointStore:
             if old != protect:
                 shutil.rmtree(old, ignore_errors=True)
 
+    def checkpoints(self) -> list[Path]:
+        """The numbered checkpoints, newest first (a folder named step-N is complete once it exists:
+        it is renamed into place whole, see `save`)."""
+        return sorted((p for p in self.directory.glob("step-*") if p.is_dir()), reverse=True)
+
+    def read(self, checkpoint: Path) -> tuple[TrainerState, dict[str, Any]]:
+        """The trainer state and the optimiser state of `checkpoint`, every file of it read or checked
+        whole before any model is touched; a file that is not (truncated, say) raises
+        DamagedCheckpoint."""
+        import torch
+        from safetensors import safe_open
+
+        try:
+            state = TrainerState(**json.loads((checkpoint / STATE).read_text(encoding="utf-8")))
+            torch.load(checkpoint / RNG, weights_only=True)
+            optimizer_state = torch.load(checkpoint / OPTIMIZER, weights_only=True)
+            # the header's offsets must cover the file exactly: a truncated file fails here
+            with safe_open(str(checkpoint / WEIGHTS), framework="pt") as weights:
+                weights.keys()
+        except Exception as exc:  # whatever the reader of a damaged file raises
+            raise DamagedCheckpoint(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        return state, optimizer_state
+
     def load(self, checkpoint: Path, model: torch.nn.Module) -> tuple[TrainerState, dict[str, Any]]:
         """Load the weights into the full `model`; returns the trainer state and the optimiser state
         (for Placement.load_optimizer_state). Generators are restored apart: see `restore_rng`."""
-        import torch
-        from safetensors.torch import load_model
-
-        load_model(model, str(checkpoint / WEIGHTS))
-        optimizer_state = torch.load(checkpoint / OPTIMIZER, weights_only=True)
-        state = TrainerState(**json.loads((checkpoint / STATE).read_text(encoding="utf-8")))
+        state, optimizer_state = self.read(checkpoint)
+        load_weights(model, checkpoint)
         return state, optimizer_state
 
     def restore_rng(self, checkpoint: Path, state: TrainerState, rank: int = 0) -> None:

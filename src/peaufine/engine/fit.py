@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from peaufine.data.batching import Batch, BatchPlan, Dataset, batch_to, evaluation_batches
-from peaufine.engine.checkpoint import CheckpointStore, TrainerState, load_weights, torch_rng_state
+from peaufine.engine.checkpoint import (
+    CheckpointStore,
+    DamagedCheckpoint,
+    TrainerState,
+    load_weights,
+    torch_rng_state,
+)
 from peaufine.engine.optim import build_optimizer, build_scheduler
 from peaufine.engine.parallel import lockstep, place
 from peaufine.engine.steps import BatchSteps, StepSource, Window
@@ -280,17 +286,31 @@ class TrainingLoop:
 
     # -- resume --------------------------------------------------------------------------------
     def resume(self) -> None:
-        checkpoint = self.store.latest() if self.store is not None else None
-        if checkpoint is None:
+        """Continue from the newest intact checkpoint, saying which newer ones are damaged."""
+        found = self.store.checkpoints() if self.store is not None else []
+        if not found:
             raise TrainingError(
                 "--resume: no complete checkpoint in "
                 f"{self.store.directory if self.store else 'this run'} (the run stopped before its "
                 "first checkpoint); start it again with --overwrite"
             )
+        damaged: list[str] = []
+        for checkpoint in found:
+            try:
+                self.state, optimizer_state = self.store.read(checkpoint)
+                break
+            except DamagedCheckpoint as exc:
+                self.tracker.warn(f"{checkpoint} is damaged ({exc}); trying the checkpoint before it")
+                damaged.append(f"{checkpoint.name} ({exc})")
+        else:
+            raise TrainingError(
+                f"--resume: every checkpoint in {self.store.directory} is damaged: {'; '.join(damaged)}. "
+                "Start the run again with --overwrite"
+            )
         # every rank reads the checkpoint: full weights and optimiser state, whatever world size wrote it
         placement = self.placement
         placement.ready_host_for_loading()
-        self.state, optimizer_state = self.store.load(checkpoint, self.model)
+        load_weights(self.model, checkpoint)
         placement.push_host()
         placement.empty_host()
         placement.load_optimizer_state(self.optimizer, optimizer_state)
