@@ -1,0 +1,190 @@
+"""The run marker: a folder is a peaufine run by its .peaufine-run.json alone, which says how the run
+stands; --overwrite and --resume act on marked runs only, and --overwrite never deletes a stranger's file."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+
+from peaufine.errors import RunDirError
+from peaufine.recipe import validate_recipe
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.xfail(strict=True, reason="no run marker: a folder is a run by its recipe.yaml"),
+]
+
+MARKER = ".peaufine-run.json"
+FIELDS = {"schema", "run_id", "stage", "status", "pid", "host", "started", "heartbeat", "detail", "entries"}
+
+
+def recipe(max_steps: int = 3):
+    return validate_recipe(
+        {
+            "stage": "pretrain",
+            "model": {
+                "source": "llama-tiny",
+                "config": {
+                    "hidden_size": 16,
+                    "intermediate_size": 32,
+                    "num_hidden_layers": 1,
+                    "num_attention_heads": 2,
+                    "num_key_value_heads": 2,
+                },
+                "tokenizer": {"kind": "char"},
+            },
+            "data": {
+                "source": "world",
+                "world": {"seed": 0, "size": "smoke", "documents": 20, "faq_documents": 4},
+                "block_size": 16,
+                "validation_fraction": 0.2,
+            },
+            "train": {"device": "cpu", "max_steps": max_steps, "batch_size": 4, "checkpoint_every": 2},
+            "eval": {"every": max_steps, "samples": 0},
+        }
+    )
+
+
+def marker(out: Path) -> dict:
+    return json.loads((out / MARKER).read_text(encoding="utf-8"))
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes: what 'nothing changed' compares."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def marked(tmp_path_factory) -> tuple[Path, list[dict | None]]:
+    """A finished run, and its marker as it was after each step."""
+    from peaufine.stages.pretrain import run_pretrain
+
+    out = tmp_path_factory.mktemp("marked") / "run"
+    seen: list[dict | None] = []
+    run_pretrain(
+        recipe(), out, hooks=[lambda step: seen.append(marker(out) if (out / MARKER).exists() else None)]
+    )
+    return out, seen
+
+
+@pytest.fixture
+def finished(marked) -> Path:
+    return marked[0]
+
+
+def test_a_finished_run_is_marked_finished_with_the_documented_fields(marked):
+    from peaufine.rundir import RunMarker
+
+    finished, seen = marked
+    # while it trained: running, by this process
+    assert [m and m["status"] for m in seen] == ["running"] * 3
+    assert {(m["pid"], m["host"]) for m in seen} == {(os.getpid(), socket.gethostname())}
+    found = marker(finished)
+    assert set(found) == FIELDS
+    assert found["schema"] == 1 and found["stage"] == "pretrain" and found["status"] == "finished"
+    assert found["detail"] is None
+    assert found["heartbeat"] >= found["started"]  # ISO 8601, UTC: they sort as times do
+    # every top-level entry of the run is one peaufine wrote
+    assert set(found["entries"]) == {p.name for p in finished.iterdir()}
+    assert RunMarker.read(finished).status == "finished"
+
+
+@pytest.mark.parametrize(
+    ("stop", "status"),
+    [("error", "failed"), ("ctrl-c", "interrupted"), ("sigterm", "interrupted")],
+)
+def test_a_run_that_stops_is_marked_with_why(tmp_path, stop, status):
+    from peaufine.stages.pretrain import run_pretrain
+
+    def stop_at_step_one(step: int) -> None:
+        if stop == "error":
+            raise RuntimeError("boom")
+        if stop == "ctrl-c":
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def not_caught(signum, frame):
+        raise AssertionError("the run let SIGTERM through to the handler it found")
+
+    expected = {"error": RuntimeError, "ctrl-c": KeyboardInterrupt, "sigterm": SystemExit}[stop]
+    # the test's own handler keeps a SIGTERM that the run does not catch from stopping pytest
+    original = signal.signal(signal.SIGTERM, not_caught)
+    try:
+        with pytest.raises(expected):
+            run_pretrain(recipe(), tmp_path / "run", hooks=[stop_at_step_one])
+        assert signal.getsignal(signal.SIGTERM) is not_caught  # the run's own handler is gone with it
+    finally:
+        signal.signal(signal.SIGTERM, original)
+    found = marker(tmp_path / "run")
+    assert found["status"] == status
+    if stop == "error":
+        assert "boom" in found["detail"]
+
+
+def older_run(folder: Path, finished: Path) -> None:
+    """A run as peaufine made them before the marker: the same files, no marker."""
+    shutil.copytree(finished, folder)
+    (folder / MARKER).unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("flag", ["overwrite", "resume"])
+@pytest.mark.parametrize("kind", ["only-a-recipe", "older-run"])
+def test_a_folder_without_the_marker_is_neither_replaced_nor_resumed(tmp_path, finished, flag, kind):
+    from peaufine.stages.pretrain import run_pretrain
+
+    out = tmp_path / "out"
+    if kind == "only-a-recipe":
+        out.mkdir()
+        (out / "recipe.yaml").write_text(recipe().to_yaml(), encoding="utf-8")
+        (out / "notes.txt").write_text("mine", encoding="utf-8")
+    else:
+        older_run(out, finished)
+    before = snapshot(out)
+    with pytest.raises(RunDirError) as refused:
+        run_pretrain(recipe(), out, **{flag: True})
+    message = str(refused.value)
+    assert MARKER in message and str(out) in message
+    assert "older peaufine" in message  # how to proceed with a run made before the marker
+    assert snapshot(out) == before
+
+
+def test_overwrite_refuses_a_run_holding_files_peaufine_did_not_write_naming_them(tmp_path, finished):
+    from peaufine.stages.pretrain import run_pretrain
+
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    (out / "plots").mkdir()
+    before = snapshot(out)
+    with pytest.raises(RunDirError) as refused:
+        run_pretrain(recipe(), out, overwrite=True)
+    assert "notes.txt" in str(refused.value) and "plots" in str(refused.value)
+    assert snapshot(out) == before
+    # the control: without them, the run is replaced by a new one
+    (out / "notes.txt").unlink()
+    (out / "plots").rmdir()
+    old_id = marker(out)["run_id"]
+    run_pretrain(recipe(), out, overwrite=True)
+    assert marker(out)["status"] == "finished" and marker(out)["run_id"] != old_id
+
+
+@pytest.mark.parametrize("flag", ["overwrite", "resume"])
+def test_a_run_still_running_in_another_process_is_left_alone(tmp_path, finished, flag):
+    from peaufine.stages.pretrain import run_pretrain
+
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    found = marker(out)
+    found.update(status="running", pid=os.getppid())  # a live process on this host
+    (out / MARKER).write_text(json.dumps(found), encoding="utf-8")
+    before = snapshot(out)
+    with pytest.raises(RunDirError) as refused:
+        run_pretrain(recipe(), out, **{flag: True})
+    assert f"pid {os.getppid()}" in str(refused.value)
+    assert snapshot(out) == before
