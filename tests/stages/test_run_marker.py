@@ -15,10 +15,7 @@ import pytest
 from peaufine.errors import RunDirError
 from peaufine.recipe import validate_recipe
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.xfail(strict=True, reason="no run marker: a folder is a run by its recipe.yaml"),
-]
+pytestmark = pytest.mark.slow
 
 MARKER = ".peaufine-run.json"
 FIELDS = {"schema", "run_id", "stage", "status", "pid", "host", "started", "heartbeat", "detail", "entries"}

@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 import platform
 import shutil
+import signal
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -22,7 +26,17 @@ from peaufine.models.budget import training_budget
 from peaufine.report.pages.write import write_report
 from peaufine.report.plots import plot_losses
 from peaufine.results import StageResults, write_results
-from peaufine.rundir import RunDir, check_target, commit_staging, read_metrics, staging_dir, write_json
+from peaufine.rundir import (
+    HEARTBEAT_SECONDS,
+    RunDir,
+    RunMarker,
+    check_target,
+    commit_staging,
+    mark_run,
+    read_metrics,
+    staging_dir,
+    write_json,
+)
 
 if TYPE_CHECKING:
     from peaufine.engine.fit import FitResult, StepHook
@@ -71,17 +85,21 @@ def start_run(
     prepare: Callable[[Path], dict[str, Any]],
     *,
     seed: int,
+    stage: str,
     overwrite: bool = False,
     resume: bool = False,
 ) -> dict[str, Any]:
-    """Open the run folder: refuse a wrong target, or prepare a fresh run in staging and commit it.
+    """Open the run folder: refuse a wrong target, or prepare a fresh run in staging and commit it,
+    marked running (a resumed run is marked running again).
 
     `prepare(staging)` does everything that can fail on bad input and returns facts for eval.json;
     it runs on rank 0 only, and the other processes read what it wrote once it is in place.
     """
     if runtime.is_main:
         check_target(out, recipe_yaml, overwrite=overwrite, resume=resume)
-        if not resume:
+        if resume:
+            mark_run(out, "running")
+        else:
             staging = staging_dir(out)
             try:
                 prepared = prepare(staging)
@@ -89,6 +107,7 @@ def start_run(
                 env = environment(str(runtime.device), runtime.precision, runtime.world_size, seed)
                 write_json(RunDir(staging).env, env)
                 write_json(RunDir(staging).prepared, prepared)
+                RunMarker.new(stage, [p.name for p in staging.iterdir()]).write(staging)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
@@ -143,6 +162,7 @@ def open_run(
         runtime,
         lambda staging: prepare(recipe, staging, tracker),
         seed=recipe.train.seed,
+        stage=recipe.stage,
         overwrite=overwrite,
         resume=resume,
     )
@@ -158,10 +178,54 @@ def open_run(
 
 def finish_run(run: RunDir, results: StageResults) -> None:
     """Every stage's ending, on rank 0: eval.json, the tracking sinks closed with the final numbers,
-    and report.html. eval.json is written first: it is what marks the run as finished."""
+    report.html, and the run marked finished (with the entries it wrote)."""
     write_results(run, results)
     close_sinks(run.metrics, results.numbers())
     write_report(run.path)
+    mark_run(run.path, "finished", list_entries=True)
+
+
+class Heartbeat:
+    """A step hook that refreshes the run marker's heartbeat about every HEARTBEAT_SECONDS (rank 0)."""
+
+    def __init__(self, run: RunDir, enabled: bool) -> None:
+        self.run, self.enabled, self.last = run, enabled, time.monotonic()
+
+    def __call__(self, step: int) -> None:
+        if self.enabled and time.monotonic() - self.last >= HEARTBEAT_SECONDS:
+            mark_run(self.run.path, "running")
+            self.last = time.monotonic()
+
+
+class Terminated(SystemExit):
+    """SIGTERM, turned into an exit (code 143, as the signal's) that unwinds the run and marks it."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated(128 + signum)
+
+
+@contextmanager
+def marked_outcome(opened: OpenedRun) -> Iterator[None]:
+    """Mark the run failed on an error and interrupted on Ctrl-C or SIGTERM (rank 0; finish_run marks
+    it finished). SIGTERM is caught meanwhile, in the main thread only, and the old handler put back."""
+    if not opened.runtime.is_main:
+        yield
+        return
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    try:
+        yield
+    except (KeyboardInterrupt, Terminated):
+        mark_run(opened.run.path, "interrupted", list_entries=True)
+        raise
+    except BaseException as exc:
+        detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        mark_run(opened.run.path, "failed", detail=detail, list_entries=True)
+        raise
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def record_budget(run: RunDir, runtime: Runtime, recipe: Recipe, model: Any) -> None:
@@ -238,4 +302,6 @@ class StageSpec:
         opened = open_run(
             recipe, Path(out), self.prepare, overwrite=overwrite, resume=resume, tracker=tracker
         )
-        return self.train_and_measure(opened, resume, hooks)
+        heartbeat = Heartbeat(opened.run, enabled=opened.runtime.is_main)
+        with marked_outcome(opened):
+            return self.train_and_measure(opened, resume, [*(hooks or []), heartbeat])
