@@ -185,3 +185,40 @@ def test_a_run_still_running_in_another_process_is_left_alone(tmp_path, finished
         run_pretrain(recipe(), out, **{flag: True})
     assert f"pid {os.getppid()}" in str(refused.value)
     assert snapshot(out) == before
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return int(proc.stdout)
+
+
+@pytest.mark.xfail(strict=True, reason="staging left by a killed process is never removed")
+@pytest.mark.parametrize("start", ["fresh", "resume"])
+def test_the_next_start_of_a_run_removes_the_staging_of_dead_processes_only(tmp_path, finished, start):
+    """A kill during preparation leaves .NAME.staging-HOST-PID beside the run, a kill while writing a
+    checkpoint leaves checkpoints/.tmp-step-N-HOST-PID: the next start of that run removes those of
+    dead processes of this host, and leaves a live process's, another host's and another run's."""
+    from peaufine.stages.pretrain import run_pretrain
+
+    host, dead, live = socket.gethostname(), dead_pid(), os.getppid()
+    out = tmp_path / "out"
+    if start == "resume":
+        shutil.copytree(finished, out)
+    kept, removed = [], []
+    for pid, goes in ((dead, True), (live, False)):
+        (removed if goes else kept).append(tmp_path / f".out.staging-{host}-{pid}")
+        if start == "resume":
+            (removed if goes else kept).append(out / "checkpoints" / f".tmp-step-00000002-{host}-{pid}")
+    kept += [tmp_path / f".other.staging-{host}-{dead}", tmp_path / f".out.staging-elsewhere-{dead}"]
+    for folder in kept + removed:
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"partial")
+    run_pretrain(recipe(), out, resume=start == "resume")
+    assert [p for p in removed if p.exists()] == []
+    assert [p for p in kept if not p.exists()] == []
