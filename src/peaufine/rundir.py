@@ -36,7 +36,7 @@ RUN_FILES = (RECIPE, ENV, METRICS, EVAL, PREPARED, BUDGET, LOSS_PLOT, MARKER)
 RUN_FOLDERS = ("model", "adapter", "checkpoints", "tokenizer", "data", "world")
 REPORT = "report.html"
 # what an atomic write leaves while it writes (atomic.write_text_atomic): `.NAME.tmp-PID`
-_WRITING = re.compile(r"^\..+\.tmp-\d+$")
+_WRITING = re.compile(r"^\..+\.tmp-\d+(\.\w+)?$")
 RUN_STATUSES = ("running", "finished", "failed", "interrupted")
 HEARTBEAT_SECONDS = 30.0  # a training run's marker is refreshed about this often
 
@@ -297,8 +297,41 @@ def refuse_foreign(path: Path, marker: RunMarker) -> None:
         )
 
 
+def owned_name(prefix: str) -> str:
+    """`prefix-HOST-PID`: the name of a folder this process writes and renames into place once whole;
+    if the process dies first, `remove_stale` knows it for a dead one's."""
+    return f"{prefix}-{socket.gethostname()}-{os.getpid()}"
+
+
+def remove_stale(folder: Path, prefix: str) -> list[Path]:
+    """Remove the entries of `folder` named `owned_name(p)`, for any `p` the regular expression `prefix`
+    matches whole, by processes of this host that are no longer alive (killed while writing); a live
+    process's and another host's are left. Returns what it removed."""
+    named = re.compile(f"^(?:{prefix})-(?P<host>.+)-(?P<pid>\\d+)$")
+    removed = []
+    for entry in Path(folder).iterdir():
+        found = named.match(entry.name)
+        if found is None:
+            continue
+        host, pid = found["host"], int(found["pid"])
+        if host == socket.gethostname() and not process_alive(pid, host):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def remove_stale_staging(target: Path) -> list[Path]:
+    """The staging folders a dead process of this host left beside the run folder `target`."""
+    parent = target.parent
+    return remove_stale(parent, re.escape(f".{target.name}.staging")) if parent.is_dir() else []
+
+
 def staging_dir(target: Path) -> Path:
-    staging = target.with_name(f".{target.name}.staging-{os.getpid()}")
+    """The folder a fresh run is prepared in, beside `target`: `.NAME.staging-HOST-PID`."""
+    staging = target.with_name(owned_name(f".{target.name}.staging"))
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)

@@ -198,7 +198,6 @@ def dead_pid() -> int:
     return int(proc.stdout)
 
 
-@pytest.mark.xfail(strict=True, reason="staging left by a killed process is never removed")
 @pytest.mark.parametrize("start", ["fresh", "resume"])
 def test_the_next_start_of_a_run_removes_the_staging_of_dead_processes_only(tmp_path, finished, start):
     """A kill during preparation leaves .NAME.staging-HOST-PID beside the run, a kill while writing a

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from peaufine.atomic import publish_dir, write_text_atomic
+from peaufine.rundir import owned_name, remove_stale
 
 if TYPE_CHECKING:
     import torch
@@ -115,7 +115,7 @@ class CheckpointStore:
         return self._pointer("best")
 
     def _staging(self, name: str) -> Path:
-        staging = self.directory / f".tmp-{name}-{os.getpid()}"
+        staging = self.directory / owned_name(f".tmp-{name}")
         if staging.exists():
             shutil.rmtree(staging)
         staging.mkdir(parents=True)
@@ -166,6 +166,10 @@ class CheckpointStore:
         for old in found[:-keep]:
             if old != protect:
                 shutil.rmtree(old, ignore_errors=True)
+
+    def remove_stale(self) -> list[Path]:
+        """Remove the partial checkpoints that processes of this host killed while writing left."""
+        return remove_stale(self.directory, r"\.tmp-(?:step|best)-\d+") if self.directory.is_dir() else []
 
     def checkpoints(self) -> list[Path]:
         """The numbered checkpoints, newest first (a folder named step-N is complete once it exists:

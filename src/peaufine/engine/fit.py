@@ -294,6 +294,9 @@ class TrainingLoop:
                 f"{self.store.directory if self.store else 'this run'} (the run stopped before its "
                 "first checkpoint); start it again with --overwrite"
             )
+        if self.writes:
+            for stale in self.store.remove_stale():
+                self.tracker.say(f"removed {stale}: a run killed while it wrote a checkpoint left it")
         damaged: list[str] = []
         for checkpoint in found:
             try:

@@ -34,6 +34,7 @@ from peaufine.rundir import (
     commit_staging,
     mark_run,
     read_metrics,
+    remove_stale_staging,
     staging_dir,
     write_json,
 )
@@ -88,6 +89,7 @@ def start_run(
     stage: str,
     overwrite: bool = False,
     resume: bool = False,
+    say: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
     """Open the run folder: refuse a wrong target, or prepare a fresh run in staging and commit it,
     marked running (a resumed run is marked running again).
@@ -97,6 +99,8 @@ def start_run(
     """
     if runtime.is_main:
         check_target(out, recipe_yaml, overwrite=overwrite, resume=resume)
+        for stale in remove_stale_staging(out):
+            say(f"removed {stale}: a run killed while it was prepared left it")
         if resume:
             mark_run(out, "running")
         else:
@@ -165,6 +169,7 @@ def open_run(
         stage=recipe.stage,
         overwrite=overwrite,
         resume=resume,
+        say=tracker.say,
     )
     run = RunDir(out)
     if runtime.is_main:
