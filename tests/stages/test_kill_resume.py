@@ -16,10 +16,7 @@ import yaml
 from conftest import launch_environment
 from peaufine.rundir import read_metrics
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.xfail(strict=True, reason="no fault hook: the kills cannot be placed at named points"),
-]
+pytestmark = pytest.mark.slow
 
 TRAIN = {
     "device": "cpu",

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from peaufine.atomic import publish_dir, write_text_atomic
+from peaufine.atomic import crash_point, publish_dir, write_text_atomic
 from peaufine.rundir import owned_name, remove_stale
 
 if TYPE_CHECKING:
@@ -138,6 +138,7 @@ class CheckpointStore:
         staging = self._staging(name)
         save_model(model, str(staging / WEIGHTS))
         torch.save(optimizer_state, staging / OPTIMIZER)
+        crash_point("checkpoint-write", state.step)
         rng_tensors, state.python_rng, state.numpy_rng = _capture_rng(rank_rng)
         torch.save(rng_tensors, staging / RNG)
         (staging / STATE).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")

@@ -13,10 +13,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from peaufine.atomic import crash_point
 from peaufine.engine.fit import fit
 from peaufine.engine.integrations import TRACKING_SINKS, check_tracking, open_tracking
 from peaufine.engine.runtime import make_runtime
@@ -112,6 +114,7 @@ def start_run(
                 write_json(RunDir(staging).env, env)
                 write_json(RunDir(staging).prepared, prepared)
                 RunMarker.new(stage, [p.name for p in staging.iterdir()]).write(staging)
+                crash_point("prepare")
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
@@ -186,6 +189,7 @@ def finish_run(run: RunDir, results: StageResults) -> None:
     report.html, and the run marked finished (with the entries it wrote)."""
     write_results(run, results)
     close_sinks(run.metrics, results.numbers())
+    crash_point("report")
     write_report(run.path)
     mark_run(run.path, "finished", list_entries=True)
 
@@ -259,7 +263,7 @@ def fit_in_run(
     """The engine's loop in the stage's run folder, with the recipe's train and eval blocks and the run's
     tracker; `train_set` is a dataset or a step source."""
     recipe = opened.recipe
-    return fit(
+    result = fit(
         model,
         objective,
         train_set,
@@ -272,6 +276,8 @@ def fit_in_run(
         resume=resume,
         hooks=hooks,
     )
+    crash_point("finish")
+    return result
 
 
 def plot_training(run: RunDir, result: FitResult) -> None:
@@ -309,4 +315,5 @@ class StageSpec:
         )
         heartbeat = Heartbeat(opened.run, enabled=opened.runtime.is_main)
         with marked_outcome(opened):
-            return self.train_and_measure(opened, resume, [*(hooks or []), heartbeat])
+            after_step = [*(hooks or []), heartbeat, partial(crash_point, "step")]
+            return self.train_and_measure(opened, resume, after_step)
