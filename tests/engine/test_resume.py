@@ -218,3 +218,50 @@ def test_a_resume_with_every_checkpoint_damaged_is_refused_naming_them(tmp_path)
         run(tmp_path, TRAIN, EVAL, resume=True)
     message = str(refused.value)
     assert "step-00000004" in message and "step-00000006" in message and "--overwrite" in message
+
+
+@pytest.mark.xfail(strict=True, reason="a damaged best-weights checkpoint ends the resume with a traceback")
+def test_a_damaged_best_weights_checkpoint_is_named_and_the_last_weights_kept(tmp_path):
+    """An early-stopped run whose best-weights snapshot is truncated, resumed: it says so and ends with
+    its last weights, reporting that the best were not restored."""
+    import io
+
+    from rich.console import Console
+
+    from peaufine.engine.checkpoint import CheckpointStore
+    from peaufine.engine.track import Tracker
+
+    train = TRAIN.model_copy(update={"max_steps": 60, "lr": 3e-2, "checkpoint_every": 100})
+    evaluation = EvalBlock(every=2, early_stopping=EarlyStoppingBlock(patience=1))
+    train_set, val_set = data()
+    first = fit(
+        tiny_llama(),
+        TalliedLoss(),
+        train_set,
+        val_set,
+        train,
+        evaluation,
+        make_cpu_runtime(),
+        run_dir=tmp_path,
+    )
+    assert first.restored_best  # the control: intact, the best weights are restored
+    best = CheckpointStore(tmp_path / "checkpoints").best()
+    truncate(best / "model.safetensors")
+    buffer = io.StringIO()
+    model = tiny_llama(seed=1)
+    resumed = fit(
+        model,
+        TalliedLoss(),
+        train_set,
+        val_set,
+        train,
+        evaluation,
+        make_cpu_runtime(),
+        run_dir=tmp_path,
+        resume=True,
+        tracker=Tracker(enabled=True, console=Console(file=buffer, width=1000)),
+    )
+    assert f"{best} is damaged" in buffer.getvalue()
+    assert not resumed.restored_best and resumed.steps == first.steps
+    for name, value in weights(tmp_path).items():  # the last checkpoint's weights
+        assert torch.equal(model.state_dict()[name], value), name
