@@ -220,7 +220,6 @@ def test_a_resume_with_every_checkpoint_damaged_is_refused_naming_them(tmp_path)
     assert "step-00000004" in message and "step-00000006" in message and "--overwrite" in message
 
 
-@pytest.mark.xfail(strict=True, reason="a damaged best-weights checkpoint ends the resume with a traceback")
 def test_a_damaged_best_weights_checkpoint_is_named_and_the_last_weights_kept(tmp_path):
     """An early-stopped run whose best-weights snapshot is truncated, resumed: it says so and ends with
     its last weights, reporting that the best were not restored."""

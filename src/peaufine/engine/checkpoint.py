@@ -33,6 +33,11 @@ class DamagedCheckpoint(Exception):
     """A checkpoint folder with a file that cannot be read whole; the message says which and why."""
 
 
+def damage(exc: Exception) -> str:
+    """What a reader of a damaged file raised, in one line for a message."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
 @dataclass
 class TrainerState:
     """Everything about the loop's progress that is not a tensor."""
@@ -192,7 +197,7 @@ class CheckpointStore:
             with safe_open(str(checkpoint / WEIGHTS), framework="pt") as weights:
                 weights.keys()
         except Exception as exc:  # whatever the reader of a damaged file raises
-            raise DamagedCheckpoint(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+            raise DamagedCheckpoint(damage(exc)) from exc
         return state, optimizer_state
 
     def load(self, checkpoint: Path, model: torch.nn.Module) -> tuple[TrainerState, dict[str, Any]]:

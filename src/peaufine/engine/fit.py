@@ -19,6 +19,7 @@ from peaufine.engine.checkpoint import (
     CheckpointStore,
     DamagedCheckpoint,
     TrainerState,
+    damage,
     load_weights,
     torch_rng_state,
 )
@@ -558,7 +559,14 @@ class TrainingLoop:
             return False
         best = self.store.best() if self.store is not None else None
         if best is not None:
-            load_weights(self.model, best)
+            try:
+                load_weights(self.model, best)
+            except Exception as exc:  # whatever the reader of a damaged file raises
+                self.tracker.warn(
+                    f"{best} is damaged ({damage(exc)}): the best weights (step {state.best_step}) cannot "
+                    "be restored, and the run ends with its last weights"
+                )
+                return False
         elif self.best_in_memory is not None:
             self.model.load_state_dict(self.best_in_memory)
         else:
