@@ -359,9 +359,19 @@ def write_json(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
+def read_metrics(path: Path, *, torn_tail: bool = False) -> list[dict[str, Any]]:
+    """The rows of metrics.jsonl. With `torn_tail` (a resume reads it so), a last line that has no
+    newline and is not JSON, a row a kill cut short while it was appended, is dropped."""
+    text = Path(path).read_text(encoding="utf-8")
+    lines = text.splitlines()
     rows = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line.strip():
+    for k, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
             rows.append(json.loads(line))
+        except ValueError:
+            if torn_tail and k == len(lines) - 1 and not text.endswith("\n"):
+                break
+            raise
     return rows

@@ -266,7 +266,6 @@ def test_a_damaged_best_weights_checkpoint_is_named_and_the_last_weights_kept(tm
         assert torch.equal(model.state_dict()[name], value), name
 
 
-@pytest.mark.xfail(strict=True, reason="a row torn by a kill mid-write makes --resume fail with a traceback")
 def test_a_row_torn_by_a_kill_mid_write_is_dropped_by_the_resume(straight, tmp_path):
     """A kill while a row was being appended leaves half a line at the end of metrics.jsonl: the resume
     drops it (its step is logged again) and ends with the uninterrupted rows."""

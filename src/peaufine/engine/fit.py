@@ -329,7 +329,7 @@ class TrainingLoop:
         # the rows logged before the checkpoint: the run's history, and its last losses when no step
         # is left to run (a run stopped after its final checkpoint, or one resumed once finished)
         logged = self.metrics.path
-        rows = read_metrics(logged) if logged.exists() else []
+        rows = read_metrics(logged, torn_tail=True) if logged.exists() else []
         self.history = [row for row in rows if row.get("step", 0) <= self.state.step]
         self.tracker.say(f"resumed from {checkpoint} at step {self.state.step}")
 

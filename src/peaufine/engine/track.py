@@ -84,7 +84,7 @@ class MetricsLog:
         """On resume, drop rows logged after the checkpoint: they will be logged again."""
         if not self.enabled or not self.path.exists():
             return
-        rows = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
+        rows = [r for r in read_metrics(self.path, torn_tail=True) if r.get("step", 0) <= step]
         # atomically: a kill here leaves the old rows, and at most a temporary file the run folder
         # code knows for peaufine's (--overwrite removes it)
         write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
