@@ -221,3 +221,24 @@ def test_the_next_start_of_a_run_removes_the_staging_of_dead_processes_only(tmp_
     run_pretrain(recipe(), out, resume=start == "resume")
     assert [p for p in removed if p.exists()] == []
     assert [p for p in kept if not p.exists()] == []
+
+
+@pytest.mark.xfail(strict=True, reason="the partial files of a killed process stay in the run folder")
+def test_a_resume_removes_the_partial_writes_of_dead_processes_in_the_run_folder(tmp_path, finished):
+    """A kill while the final model, eval.json or a plot was written leaves .model.tmp-PID (a full
+    model), .eval.json.tmp-PID or .loss.tmp-PID.png in the run: a resume on the run's host removes those
+    of dead processes and leaves a live one's."""
+    from peaufine.stages.pretrain import run_pretrain
+
+    dead, live = dead_pid(), os.getppid()
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    removed = [out / f".model.tmp-{dead}", out / f".eval.json.tmp-{dead}", out / f".loss.tmp-{dead}.png"]
+    kept = [out / f".eval.json.tmp-{live}"]
+    removed[0].mkdir()
+    (removed[0] / "model.safetensors").write_bytes(b"partial")
+    for path in [*removed[1:], *kept]:
+        path.write_bytes(b"partial")
+    run_pretrain(recipe(), out, resume=True)
+    assert [p for p in removed if p.exists()] == []
+    assert [p for p in kept if not p.exists()] == []
