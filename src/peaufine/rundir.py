@@ -35,8 +35,9 @@ RUN_FILES = (RECIPE, ENV, METRICS, EVAL, PREPARED, BUDGET, LOSS_PLOT, MARKER)
 # the layout's folders, and the report: with RUN_FILES, what any run may hold whatever its stage
 RUN_FOLDERS = ("model", "adapter", "checkpoints", "tokenizer", "data", "world")
 REPORT = "report.html"
-# what an atomic write leaves while it writes (atomic.write_text_atomic): `.NAME.tmp-PID`
-_WRITING = re.compile(r"^\..+\.tmp-\d+(\.\w+)?$")
+# what a write renamed into place leaves while it writes (atomic.write_text_atomic, the model and
+# adapter folders, the plots): `.NAME.tmp-PID`, or `.STEM.tmp-PID.SUFFIX`
+_WRITING = re.compile(r"^\..+\.tmp-(?P<pid>\d+)(\.\w+)?$")
 RUN_STATUSES = ("running", "finished", "failed", "interrupted")
 HEARTBEAT_SECONDS = 30.0  # a training run's marker is refreshed about this often
 
@@ -315,10 +316,7 @@ def remove_stale(folder: Path, prefix: str) -> list[Path]:
             continue
         host, pid = found["host"], int(found["pid"])
         if host == socket.gethostname() and not process_alive(pid, host):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+            _remove(entry)
             removed.append(entry)
     return removed
 
@@ -327,6 +325,29 @@ def remove_stale_staging(target: Path) -> list[Path]:
     """The staging folders a dead process of this host left beside the run folder `target`."""
     parent = target.parent
     return remove_stale(parent, re.escape(f".{target.name}.staging")) if parent.is_dir() else []
+
+
+def remove_stale_writes(run: Path) -> list[Path]:
+    """The partial writes (`.NAME.tmp-PID`) that dead processes left in the run folder `run`. Their names
+    carry no host: the run's marker does, and only a run last run on this host is cleared."""
+    marker = RunMarker.read(run)
+    host = socket.gethostname()
+    if marker is None or marker.host != host:
+        return []
+    removed = []
+    for entry in Path(run).iterdir():
+        found = _WRITING.match(entry.name)
+        if found is not None and not process_alive(int(found["pid"]), host):
+            _remove(entry)
+            removed.append(entry)
+    return removed
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
 
 
 def staging_dir(target: Path) -> Path:

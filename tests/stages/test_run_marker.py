@@ -223,7 +223,6 @@ def test_the_next_start_of_a_run_removes_the_staging_of_dead_processes_only(tmp_
     assert [p for p in kept if not p.exists()] == []
 
 
-@pytest.mark.xfail(strict=True, reason="the partial files of a killed process stay in the run folder")
 def test_a_resume_removes_the_partial_writes_of_dead_processes_in_the_run_folder(tmp_path, finished):
     """A kill while the final model, eval.json or a plot was written leaves .model.tmp-PID (a full
     model), .eval.json.tmp-PID or .loss.tmp-PID.png in the run: a resume on the run's host removes those

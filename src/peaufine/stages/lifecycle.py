@@ -37,6 +37,7 @@ from peaufine.rundir import (
     mark_run,
     read_metrics,
     remove_stale_staging,
+    remove_stale_writes,
     staging_dir,
     write_json,
 )
@@ -104,6 +105,8 @@ def start_run(
         for stale in remove_stale_staging(out):
             say(f"removed {stale}: a run killed while it was prepared left it")
         if resume:
+            for stale in remove_stale_writes(out):
+                say(f"removed {stale}: a run killed while it wrote it left it")
             mark_run(out, "running")
         else:
             staging = staging_dir(out)
