@@ -145,9 +145,9 @@ def weights(run: Path) -> dict[str, bytes]:
 
 
 def leftovers(run: Path) -> list[str]:
-    """What a killed process may leave: staging beside the run, partial checkpoints in it."""
+    """What a killed process may leave: staging beside the run, partial checkpoints and writes in it."""
     found = [p.name for p in run.parent.glob(f".{run.name}.staging-*")]
-    return found + [p.name for p in (run / "checkpoints").glob(".tmp-*")]
+    return found + [p.name for p in (*run.glob(".*.tmp-*"), *(run / "checkpoints").glob(".tmp-*"))]
 
 
 @pytest.mark.parametrize("stage", ["pretrain", "sft", "dpo"])

@@ -200,13 +200,6 @@ class CheckpointStore:
             raise DamagedCheckpoint(damage(exc)) from exc
         return state, optimizer_state
 
-    def load(self, checkpoint: Path, model: torch.nn.Module) -> tuple[TrainerState, dict[str, Any]]:
-        """Load the weights into the full `model`; returns the trainer state and the optimiser state
-        (for Placement.load_optimizer_state). Generators are restored apart: see `restore_rng`."""
-        state, optimizer_state = self.read(checkpoint)
-        load_weights(model, checkpoint)
-        return state, optimizer_state
-
     def restore_rng(self, checkpoint: Path, state: TrainerState, rank: int = 0) -> None:
         import torch
 
