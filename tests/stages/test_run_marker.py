@@ -241,3 +241,22 @@ def test_a_resume_removes_the_partial_writes_of_dead_processes_in_the_run_folder
     run_pretrain(recipe(), out, resume=True)
     assert [p for p in removed if p.exists()] == []
     assert [p for p in kept if not p.exists()] == []
+
+
+def test_resume_on_a_finished_run_redoes_its_ending_to_the_same_eval_json(tmp_path, finished):
+    """--resume on a finished run trains no step and redoes the final evaluation, model and report from
+    the final checkpoint: eval.json is the one it had (timing aside), not one with null losses."""
+    from peaufine.stages.pretrain import run_pretrain
+
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    before = json.loads((out / "eval.json").read_text(encoding="utf-8"))
+    rows = (out / "metrics.jsonl").read_text(encoding="utf-8")
+    run_pretrain(recipe(), out, resume=True)
+    after = json.loads((out / "eval.json").read_text(encoding="utf-8"))
+    assert before["final_train_loss"] is not None and before["val_loss"] is not None
+    assert {k: v for k, v in after.items() if k != "train_seconds"} == {
+        k: v for k, v in before.items() if k != "train_seconds"
+    }
+    assert (out / "metrics.jsonl").read_text(encoding="utf-8") == rows
+    assert marker(out)["status"] == "finished"
