@@ -247,11 +247,11 @@ def write_corpus(path: Path) -> Path:
     return path
 
 
-def resume_recipe(root: Path, strategy: str) -> Path:
+def resume_recipe(root: Path, strategy: str, log_every: int = 1) -> Path:
     corpus = root / "corpus.txt"
     if not corpus.exists():
         write_corpus(corpus)
-    recipe = root / f"resume-{strategy}.yaml"
+    recipe = root / f"resume-{strategy}-log-{log_every}.yaml"
     recipe.write_text(
         textwrap.dedent(f"""
         model:
@@ -261,7 +261,7 @@ def resume_recipe(root: Path, strategy: str) -> Path:
           tokenizer: {{kind: char}}
         data: {{source: {corpus}, block_size: 16, validation_fraction: 0.1}}
         train: {{max_steps: {STEPS}, batch_size: {BATCH}, lr: 1.0e-2, warmup_steps: 2, checkpoint_every: 3,
-                 log_every: 1, device: cpu, distributed: {strategy}}}
+                 log_every: {log_every}, device: cpu, distributed: {strategy}}}
         eval: {{every: 4, samples: 0}}
         """),
         encoding="utf-8",
@@ -280,10 +280,12 @@ def straight(root: Path) -> Path:
     return cli(ONE, resume_recipe(root, "ddp"), root / "straight")
 
 
-def in_legs(root: Path, name: str, strategy: str, legs: list[tuple[list[str], int | None]]) -> Path:
+def in_legs(
+    root: Path, name: str, strategy: str, legs: list[tuple[list[str], int | None]], log_every: int = 1
+) -> Path:
     """One run in legs: each launcher goes on from the last checkpoint and stops after its step (None:
     to the end, through the CLI)."""
-    recipe, out = resume_recipe(root, strategy), root / name
+    recipe, out = resume_recipe(root, strategy, log_every), root / name
     for k, (launcher, stop_after) in enumerate(legs):
         resume = ["--resume"] if k else []
         if stop_after is None:
@@ -320,3 +322,15 @@ def test_fsdp_run_goes_from_two_processes_to_one_and_back(root: Path, straight: 
     # with one process train.distributed is ignored: the straight run is this recipe's run too
     resumed = in_legs(root, "fsdp-2-1-2", "fsdp", [(TORCHRUN_2, 3), (ONE, 6), (TORCHRUN_2, None)])
     same_run(resumed, straight)
+
+
+def test_a_two_process_run_resumed_inside_a_log_window_logs_the_window_whole(root: Path) -> None:
+    """log_every 4: the checkpoint after step 3 falls inside the window of steps 2-4, whose losses two
+    processes summed apart; resumed in one process, the row at step 4 is the straight run's."""
+    straight = cli(ONE, resume_recipe(root, "ddp", log_every=4), root / "straight-log-4")
+    resumed = in_legs(root, "ddp-2-then-1-log-4", "ddp", [(TORCHRUN_2, 3), (ONE, None)], log_every=4)
+    a, b = metrics(straight), metrics(resumed)
+    assert [r["step"] for r in b] == [r["step"] for r in a] == [1, 4, 8]
+    for key in ("train_loss", "grad_norm", "tokens_seen"):
+        gap = relative_gap(column(a, key), column(b, key))
+        assert gap < LOSS_RTOL, f"{key} differs from the straight run by {gap:.2e}"

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -18,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from peaufine.atomic import publish_dir, write_text_atomic
+from peaufine.atomic import crash_point, publish_dir, write_text_atomic
+from peaufine.rundir import owned_name, remove_stale
 
 if TYPE_CHECKING:
     import torch
@@ -27,6 +27,15 @@ WEIGHTS = "model.safetensors"
 OPTIMIZER = "optimizer.pt"
 RNG = "rng.pt"
 STATE = "trainer_state.json"
+
+
+class DamagedCheckpoint(Exception):
+    """A checkpoint folder with a file that cannot be read whole; the message says which and why."""
+
+
+def damage(exc: Exception) -> str:
+    """What a reader of a damaged file raised, in one line for a message."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
 @dataclass
@@ -40,7 +49,12 @@ class TrainerState:
     best_val_loss: float | None = None
     best_step: int | None = None
     evals_without_improvement: int = 0
+    stopped_early: bool = False  # a resume of an early-stopped run runs no step more
     scheduler: dict[str, Any] = field(default_factory=dict)
+    # the log window open at the checkpoint (see Window.partial) and the objective's tally over it
+    # (MetricTally.partial), summed over processes: a resume logs the row that spans it in full
+    window: dict[str, Any] | None = None
+    tally: dict[str, list[float]] = field(default_factory=dict)
     python_rng: Any = None
     numpy_rng: Any = None
 
@@ -106,7 +120,7 @@ class CheckpointStore:
         return self._pointer("best")
 
     def _staging(self, name: str) -> Path:
-        staging = self.directory / f".tmp-{name}-{os.getpid()}"
+        staging = self.directory / owned_name(f".tmp-{name}")
         if staging.exists():
             shutil.rmtree(staging)
         staging.mkdir(parents=True)
@@ -129,6 +143,7 @@ class CheckpointStore:
         staging = self._staging(name)
         save_model(model, str(staging / WEIGHTS))
         torch.save(optimizer_state, staging / OPTIMIZER)
+        crash_point("checkpoint-write", state.step)
         rng_tensors, state.python_rng, state.numpy_rng = _capture_rng(rank_rng)
         torch.save(rng_tensors, staging / RNG)
         (staging / STATE).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
@@ -158,15 +173,31 @@ class CheckpointStore:
             if old != protect:
                 shutil.rmtree(old, ignore_errors=True)
 
-    def load(self, checkpoint: Path, model: torch.nn.Module) -> tuple[TrainerState, dict[str, Any]]:
-        """Load the weights into the full `model`; returns the trainer state and the optimiser state
-        (for Placement.load_optimizer_state). Generators are restored apart: see `restore_rng`."""
-        import torch
-        from safetensors.torch import load_model
+    def remove_stale(self) -> list[Path]:
+        """Remove the partial checkpoints that processes of this host killed while writing left."""
+        return remove_stale(self.directory, r"\.tmp-(?:step|best)-\d+") if self.directory.is_dir() else []
 
-        load_model(model, str(checkpoint / WEIGHTS))
-        optimizer_state = torch.load(checkpoint / OPTIMIZER, weights_only=True)
-        state = TrainerState(**json.loads((checkpoint / STATE).read_text(encoding="utf-8")))
+    def checkpoints(self) -> list[Path]:
+        """The numbered checkpoints, newest first (a folder named step-N is complete once it exists:
+        it is renamed into place whole, see `save`)."""
+        return sorted((p for p in self.directory.glob("step-*") if p.is_dir()), reverse=True)
+
+    def read(self, checkpoint: Path) -> tuple[TrainerState, dict[str, Any]]:
+        """The trainer state and the optimiser state of `checkpoint`, every file of it read or checked
+        whole before any model is touched; a file that is not (truncated, say) raises
+        DamagedCheckpoint."""
+        import torch
+        from safetensors import safe_open
+
+        try:
+            state = TrainerState(**json.loads((checkpoint / STATE).read_text(encoding="utf-8")))
+            torch.load(checkpoint / RNG, weights_only=True)
+            optimizer_state = torch.load(checkpoint / OPTIMIZER, weights_only=True)
+            # the header's offsets must cover the file exactly: a truncated file fails here
+            with safe_open(str(checkpoint / WEIGHTS), framework="pt") as weights:
+                weights.keys()
+        except Exception as exc:  # whatever the reader of a damaged file raises
+            raise DamagedCheckpoint(damage(exc)) from exc
         return state, optimizer_state
 
     def restore_rng(self, checkpoint: Path, state: TrainerState, rank: int = 0) -> None:

@@ -15,13 +15,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from peaufine.data.batching import Batch, BatchPlan, Dataset, batch_to, evaluation_batches
-from peaufine.engine.checkpoint import CheckpointStore, TrainerState, load_weights, torch_rng_state
+from peaufine.engine.checkpoint import (
+    CheckpointStore,
+    DamagedCheckpoint,
+    TrainerState,
+    damage,
+    load_weights,
+    torch_rng_state,
+)
 from peaufine.engine.optim import build_optimizer, build_scheduler
 from peaufine.engine.parallel import lockstep, place
 from peaufine.engine.steps import BatchSteps, StepSource, Window
 from peaufine.engine.track import MetricsLog, Tracker
 from peaufine.errors import TrainingError
-from peaufine.rundir import RunDir
+from peaufine.rundir import RunDir, read_metrics
 
 if TYPE_CHECKING:
     import torch
@@ -68,17 +75,40 @@ class MetricTally:
             entry[0] = entry[0] + total
             entry[1] = entry[1] + count
 
-    def drain(self, runtime: Runtime | None = None) -> dict[str, float]:
-        """The mean of each metric since the last drain (across processes), and start afresh."""
+    def _stacked(self, runtime: Runtime | None) -> tuple[list[str], Any]:
+        """The names, and their (sum, count) pairs stacked and added across processes."""
         import torch
 
-        if not self.sums:
-            return {}
         names = sorted(self.sums)
         device = runtime.device if runtime is not None else self.sums[names[0]][0].device
         stacked = torch.stack([torch.stack(self.sums[n]).to(device) for n in names])
         if runtime is not None:
             runtime.sum_across(stacked)
+        return names, stacked
+
+    def partial(self, runtime: Runtime) -> dict[str, list[float]]:
+        """The sums so far, added across processes, kept as they are: what a checkpoint saves."""
+        if not self.sums:
+            return {}
+        names, stacked = self._stacked(runtime)
+        return dict(zip(names, stacked.tolist(), strict=True))
+
+    def resume(self, saved: dict[str, list[float]], runtime: Runtime) -> None:
+        """Start from a checkpoint's `partial` sums: rank 0 holds them, the others zeros of the same
+        names (the next drain adds the same names on every process)."""
+        import torch
+
+        own = 1.0 if runtime.rank == 0 else 0.0
+        self.sums = {
+            name: [torch.tensor(value * own, dtype=torch.float64, device=runtime.device) for value in pair]
+            for name, pair in saved.items()
+        }
+
+    def drain(self, runtime: Runtime | None = None) -> dict[str, float]:
+        """The mean of each metric since the last drain (across processes), and start afresh."""
+        if not self.sums:
+            return {}
+        names, stacked = self._stacked(runtime)
         self.sums = {}
         return {
             name: float(total / count) if count > 0 else math.nan
@@ -245,6 +275,8 @@ class TrainingLoop:
         self.state = TrainerState()
         self.history: list[dict[str, Any]] = []
         self.best_in_memory: dict[str, torch.Tensor] | None = None
+        self.window: Window | None = None  # the log window open now: checkpoints keep it
+        self.resumed_window: Window | None = None
         self.trainable = [p for p in self.trained.parameters() if p.requires_grad]
 
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -257,23 +289,50 @@ class TrainingLoop:
 
     # -- resume --------------------------------------------------------------------------------
     def resume(self) -> None:
-        checkpoint = self.store.latest() if self.store is not None else None
-        if checkpoint is None:
+        """Continue from the newest intact checkpoint, saying which newer ones are damaged."""
+        found = self.store.checkpoints() if self.store is not None else []
+        if not found:
             raise TrainingError(
                 "--resume: no complete checkpoint in "
                 f"{self.store.directory if self.store else 'this run'} (the run stopped before its "
                 "first checkpoint); start it again with --overwrite"
             )
+        if self.writes:
+            for stale in self.store.remove_stale():
+                self.tracker.say(f"removed {stale}: a run killed while it wrote a checkpoint left it")
+        damaged: list[str] = []
+        for checkpoint in found:
+            try:
+                self.state, optimizer_state = self.store.read(checkpoint)
+                break
+            except DamagedCheckpoint as exc:
+                self.tracker.warn(f"{checkpoint} is damaged ({exc}); trying the checkpoint before it")
+                damaged.append(f"{checkpoint.name} ({exc})")
+        else:
+            raise TrainingError(
+                f"--resume: every checkpoint in {self.store.directory} is damaged: {'; '.join(damaged)}. "
+                "Start the run again with --overwrite"
+            )
         # every rank reads the checkpoint: full weights and optimiser state, whatever world size wrote it
         placement = self.placement
         placement.ready_host_for_loading()
-        self.state, optimizer_state = self.store.load(checkpoint, self.model)
+        load_weights(self.model, checkpoint)
         placement.push_host()
         placement.empty_host()
         placement.load_optimizer_state(self.optimizer, optimizer_state)
         self.store.restore_rng(checkpoint, self.state, self.runtime.rank)
         self.scheduler.load_state_dict(self.state.scheduler)
+        if self.state.window is not None:
+            self.resumed_window = Window.resumed(self.state.window, self.runtime)
+        tally = objective_tally(self.objective)
+        if tally is not None:
+            tally.resume(self.state.tally, self.runtime)
         self.metrics.truncate_after(self.state.step)
+        # the rows logged before the checkpoint: the run's history, and its last losses when no step
+        # is left to run (a run stopped after its final checkpoint, or one resumed once finished)
+        logged = self.metrics.path
+        rows = read_metrics(logged, torn_tail=True) if logged.exists() else []
+        self.history = [row for row in rows if row.get("step", 0) <= self.state.step]
         self.tracker.say(f"resumed from {checkpoint} at step {self.state.step}")
 
     # -- one optimiser step ----------------------------------------------------------------------
@@ -374,13 +433,21 @@ class TrainingLoop:
             self.runtime.barrier()
             return False
         state.evals_without_improvement += 1
-        return rule.patience is not None and state.evals_without_improvement >= rule.patience
+        state.stopped_early = rule.patience is not None and state.evals_without_improvement >= rule.patience
+        return state.stopped_early
+
+    def last_logged(self, key: str) -> float | None:
+        """The last value of `key` in the rows logged so far (before a resume too), None if none."""
+        return next((row[key] for row in reversed(self.history) if key in row), None)
 
     def checkpoint(self) -> None:
         """Rank 0 writes full weights and optimiser state; under FSDP every rank helps gather them."""
 
         self.state.scheduler = self.scheduler.state_dict()
         if self.store is not None:
+            tally = objective_tally(self.objective)
+            self.state.window = self.window.partial(self.runtime) if self.window is not None else None
+            self.state.tally = tally.partial(self.runtime) if tally is not None else {}
             rank_rng = self.runtime.gather_objects(torch_rng_state())
             self.placement.fill_host(everywhere=False)
             optimizer_state = self.placement.optimizer_state(self.optimizer)
@@ -415,14 +482,14 @@ class TrainingLoop:
     def run(self, hooks: list[StepHook]) -> FitResult:
         train, state, source = self.train, self.state, self.source
         self.model.train()
-        last_train_loss: float | None = None
-        last_val: float | None = None
-        stopped_early = False
+        last_train_loss = self.last_logged("train_loss")
+        last_val = self.last_logged("val_loss")
+        stopped_early = state.stopped_early
         try:
             source.start(state)
             self.tracker.start(train.max_steps, state.step, source.name)
             window, window_start = self.new_window(), time.perf_counter()
-            while state.step < train.max_steps:
+            while state.step < train.max_steps and not stopped_early:
                 step = source.next_step(state)
                 tokens = 0
                 for batches in step.updates:
@@ -493,10 +560,15 @@ class TrainingLoop:
         )
 
     def new_window(self) -> Window:
+        """A fresh log window; after a resume, first the one the checkpoint kept."""
         import torch
 
-        zero = torch.zeros((), dtype=torch.float64, device=self.runtime.device)
-        return Window(loss=zero, units=zero.clone())
+        if self.resumed_window is not None:
+            self.window, self.resumed_window = self.resumed_window, None
+        else:
+            zero = torch.zeros((), dtype=torch.float64, device=self.runtime.device)
+            self.window = Window(loss=zero, units=zero.clone())
+        return self.window
 
     def check_finite(self, loss_total: torch.Tensor, grad_norm: torch.Tensor) -> None:
         """Stop the run at an update whose loss or gradient norm is not finite (under fp16 the grad
@@ -514,7 +586,14 @@ class TrainingLoop:
             return False
         best = self.store.best() if self.store is not None else None
         if best is not None:
-            load_weights(self.model, best)
+            try:
+                load_weights(self.model, best)
+            except Exception as exc:  # whatever the reader of a damaged file raises
+                self.tracker.warn(
+                    f"{best} is damaged ({damage(exc)}): the best weights (step {state.best_step}) cannot "
+                    "be restored, and the run ends with its last weights"
+                )
+                return False
         elif self.best_in_memory is not None:
             self.model.load_state_dict(self.best_in_memory)
         else:

@@ -49,6 +49,42 @@ class Window:
     seconds: float = 0.0  # training time: evaluation is left out
     grad_norm: Any = None  # after the window's last update
 
+    def partial(self, runtime: Runtime) -> dict[str, Any]:
+        """What a checkpoint keeps of the window (all processes' losses summed), for `resumed`."""
+        import torch
+
+        losses = torch.stack([self.loss.detach(), *(loss.detach() for loss, _ in self.updates)]).double()
+        total, *update_losses = runtime.sum_across(losses.clone()).tolist()
+        return {
+            "loss": total,
+            "units": float(self.units),
+            "updates": [
+                [loss, float(units)] for loss, (_, units) in zip(update_losses, self.updates, strict=True)
+            ],
+            "tokens": self.tokens,
+            "seconds": self.seconds,
+            "grad_norm": None if self.grad_norm is None else float(self.grad_norm),
+        }
+
+    @classmethod
+    def resumed(cls, saved: dict[str, Any], runtime: Runtime) -> Window:
+        """The window a checkpoint kept: rank 0 holds the summed losses, the others none, so that the
+        sum across processes at the next row is the uninterrupted one."""
+        import torch
+
+        def tensor(value: float) -> torch.Tensor:
+            return torch.tensor(value, dtype=torch.float64, device=runtime.device)
+
+        own = 1.0 if runtime.rank == 0 else 0.0
+        return cls(
+            loss=tensor(saved["loss"] * own),
+            units=tensor(saved["units"]),
+            updates=[(tensor(loss * own), tensor(units)) for loss, units in saved["updates"]],
+            tokens=saved["tokens"],
+            seconds=saved["seconds"],
+            grad_norm=saved["grad_norm"],
+        )
+
     def add(self, loss: torch.Tensor, units: torch.Tensor, tokens: int, grad_norm: Any) -> None:
         self.loss += loss
         self.units += units

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from peaufine.atomic import write_text_atomic
 from peaufine.rundir import read_metrics
 
 
@@ -83,10 +84,10 @@ class MetricsLog:
         """On resume, drop rows logged after the checkpoint: they will be logged again."""
         if not self.enabled or not self.path.exists():
             return
-        rows = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        tmp.replace(self.path)
+        rows = [r for r in read_metrics(self.path, torn_tail=True) if r.get("step", 0) <= step]
+        # atomically: a kill here leaves the old rows, and at most a temporary file the run folder
+        # code knows for peaufine's (--overwrite removes it)
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled:

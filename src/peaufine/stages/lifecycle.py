@@ -6,13 +6,19 @@ from __future__ import annotations
 import json
 import platform
 import shutil
+import signal
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from peaufine.atomic import crash_point
 from peaufine.engine.fit import fit
 from peaufine.engine.integrations import TRACKING_SINKS, check_tracking, open_tracking
 from peaufine.engine.runtime import make_runtime
@@ -22,7 +28,19 @@ from peaufine.models.budget import training_budget
 from peaufine.report.pages.write import write_report
 from peaufine.report.plots import plot_losses
 from peaufine.results import StageResults, write_results
-from peaufine.rundir import RunDir, check_target, commit_staging, read_metrics, staging_dir, write_json
+from peaufine.rundir import (
+    HEARTBEAT_SECONDS,
+    RunDir,
+    RunMarker,
+    check_target,
+    commit_staging,
+    mark_run,
+    read_metrics,
+    remove_stale_staging,
+    remove_stale_writes,
+    staging_dir,
+    write_json,
+)
 
 if TYPE_CHECKING:
     from peaufine.engine.fit import FitResult, StepHook
@@ -71,17 +89,26 @@ def start_run(
     prepare: Callable[[Path], dict[str, Any]],
     *,
     seed: int,
+    stage: str,
     overwrite: bool = False,
     resume: bool = False,
+    say: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
-    """Open the run folder: refuse a wrong target, or prepare a fresh run in staging and commit it.
+    """Open the run folder: refuse a wrong target, or prepare a fresh run in staging and commit it,
+    marked running (a resumed run is marked running again).
 
     `prepare(staging)` does everything that can fail on bad input and returns facts for eval.json;
     it runs on rank 0 only, and the other processes read what it wrote once it is in place.
     """
     if runtime.is_main:
         check_target(out, recipe_yaml, overwrite=overwrite, resume=resume)
-        if not resume:
+        for stale in remove_stale_staging(out):
+            say(f"removed {stale}: a run killed while it was prepared left it")
+        if resume:
+            for stale in remove_stale_writes(out):
+                say(f"removed {stale}: a run killed while it wrote it left it")
+            mark_run(out, "running")
+        else:
             staging = staging_dir(out)
             try:
                 prepared = prepare(staging)
@@ -89,6 +116,8 @@ def start_run(
                 env = environment(str(runtime.device), runtime.precision, runtime.world_size, seed)
                 write_json(RunDir(staging).env, env)
                 write_json(RunDir(staging).prepared, prepared)
+                RunMarker.new(stage, [p.name for p in staging.iterdir()]).write(staging)
+                crash_point("prepare")
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
@@ -143,8 +172,10 @@ def open_run(
         runtime,
         lambda staging: prepare(recipe, staging, tracker),
         seed=recipe.train.seed,
+        stage=recipe.stage,
         overwrite=overwrite,
         resume=resume,
+        say=tracker.say,
     )
     run = RunDir(out)
     if runtime.is_main:
@@ -158,10 +189,55 @@ def open_run(
 
 def finish_run(run: RunDir, results: StageResults) -> None:
     """Every stage's ending, on rank 0: eval.json, the tracking sinks closed with the final numbers,
-    and report.html. eval.json is written first: it is what marks the run as finished."""
+    report.html, and the run marked finished (with the entries it wrote)."""
     write_results(run, results)
     close_sinks(run.metrics, results.numbers())
+    crash_point("report")
     write_report(run.path)
+    mark_run(run.path, "finished", list_entries=True)
+
+
+class Heartbeat:
+    """A step hook that refreshes the run marker's heartbeat about every HEARTBEAT_SECONDS (rank 0)."""
+
+    def __init__(self, run: RunDir, enabled: bool) -> None:
+        self.run, self.enabled, self.last = run, enabled, time.monotonic()
+
+    def __call__(self, step: int) -> None:
+        if self.enabled and time.monotonic() - self.last >= HEARTBEAT_SECONDS:
+            mark_run(self.run.path, "running")
+            self.last = time.monotonic()
+
+
+class Terminated(SystemExit):
+    """SIGTERM, turned into an exit (code 143, as the signal's) that unwinds the run and marks it."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated(128 + signum)
+
+
+@contextmanager
+def marked_outcome(opened: OpenedRun) -> Iterator[None]:
+    """Mark the run failed on an error and interrupted on Ctrl-C or SIGTERM (rank 0; finish_run marks
+    it finished). SIGTERM is caught meanwhile, in the main thread only, and the old handler put back."""
+    if not opened.runtime.is_main:
+        yield
+        return
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    try:
+        yield
+    except (KeyboardInterrupt, Terminated):
+        mark_run(opened.run.path, "interrupted", list_entries=True)
+        raise
+    except BaseException as exc:
+        detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        mark_run(opened.run.path, "failed", detail=detail, list_entries=True)
+        raise
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def record_budget(run: RunDir, runtime: Runtime, recipe: Recipe, model: Any) -> None:
@@ -190,7 +266,7 @@ def fit_in_run(
     """The engine's loop in the stage's run folder, with the recipe's train and eval blocks and the run's
     tracker; `train_set` is a dataset or a step source."""
     recipe = opened.recipe
-    return fit(
+    result = fit(
         model,
         objective,
         train_set,
@@ -203,6 +279,8 @@ def fit_in_run(
         resume=resume,
         hooks=hooks,
     )
+    crash_point("finish")
+    return result
 
 
 def plot_training(run: RunDir, result: FitResult) -> None:
@@ -238,4 +316,7 @@ class StageSpec:
         opened = open_run(
             recipe, Path(out), self.prepare, overwrite=overwrite, resume=resume, tracker=tracker
         )
-        return self.train_and_measure(opened, resume, hooks)
+        heartbeat = Heartbeat(opened.run, enabled=opened.runtime.is_main)
+        with marked_outcome(opened):
+            after_step = [*(hooks or []), heartbeat, partial(crash_point, "step")]
+            return self.train_and_measure(opened, resume, after_step)
