@@ -24,11 +24,12 @@ name: tiny
 stages:
   - name: pretrain
     recipe: world-pretrain-smoke
-    set: [train.max_steps=30, eval.every=30, eval.samples=0, train.checkpoint_every=30]
+    set: [train.max_steps=30, train.warmup_steps=3, eval.every=30, eval.samples=0, train.checkpoint_every=30]
   - name: sft
     recipe: world-sft-smoke
     model_from: pretrain
-    set: [train.max_steps=6, eval.every=6, eval.answers=0, eval.transfer.few_shot=0, train.checkpoint_every=6]
+    set: [train.max_steps=6, train.warmup_steps=1, eval.every=6, eval.answers=0, eval.transfer.few_shot=0,
+          train.checkpoint_every=6]
 """
 
 

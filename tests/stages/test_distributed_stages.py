@@ -93,7 +93,13 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def base(root: Path) -> Path:
     """The world pretrained for a few steps in one process: enough for later stages to start from."""
-    sets = ("train.max_steps=20", "train.log_every=10", "eval.every=20", "eval.samples=0")
+    sets = (
+        "train.max_steps=20",
+        "train.warmup_steps=2",
+        "train.log_every=10",
+        "eval.every=20",
+        "eval.samples=0",
+    )
     return stage(ONE, "pretrain", packaged("world-pretrain-smoke"), root / "base", *sets, digests=False)
 
 
