@@ -279,7 +279,7 @@ def merge(
     from peaufine.commands.merge import merge_adapter
     from peaufine.models.build import resolve_source
 
-    resolved = resolve_source(str(base))
+    resolved = resolve_source(str(base), "merge")
     if resolved.model_dir is None:
         _fail(f"{base}: merge needs a trained base model folder, not a preset")
     merge_adapter(resolved.model_dir, adapter, out)

@@ -17,16 +17,17 @@ from peaufine.errors import ModelError
 from peaufine.evaluate.answers import answer_questions
 from peaufine.evaluate.forgetting import forgetting_report, general_loss
 from peaufine.evaluate.sft import task_loss
-from peaufine.models.build import load_pretrained, resolve_source
+from peaufine.models.build import check_model_folder, load_pretrained, resolve_source
 from peaufine.models.tokenizer import load_tokenizer
 from peaufine.recipe import FieldsBlock, TrainBlock
 
 
 def _model_dir(path: str) -> Path:
-
-    source = resolve_source(path)
+    """The checked causal LM folder of a run or model folder."""
+    source = resolve_source(path, "eval")
     if source.model_dir is None:
         raise ModelError(f"{path}: eval needs a trained model (a run or model folder), not a preset")
+    check_model_folder(source.model_dir, key="eval", kind="causal_lm")
     return source.model_dir
 
 
@@ -43,7 +44,7 @@ def measure_model(
 
     directory = _model_dir(model_path)
     runtime = make_runtime(TrainBlock())
-    model = load_pretrained(directory).to(runtime.device)
+    model = load_pretrained(directory, key="eval").to(runtime.device)
     tokenizer = load_tokenizer(str(directory))
     ensure_chat_template(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -81,6 +82,9 @@ def run_eval(
 
     if data is None and general is None:
         raise ModelError("eval: give task data (--data) and/or general text (--general)")
+    for path in (model_path, base):  # both checked before either is measured
+        if path is not None:
+            _model_dir(path)
     result: dict[str, Any] = {
         "model": measure_model(
             model_path, data, general, data_format=data_format, max_length=max_length, answers=answers

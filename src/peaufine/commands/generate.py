@@ -14,9 +14,9 @@ from peaufine.models.tokenizer import load_tokenizer
 def generate_from(source: Path, prompts: list[str], **sampling: object) -> list[str]:
     """The continuation of each prompt by the model at `source` (a run or model folder); `sampling`
     goes to models.generate.generate_texts (max_new_tokens, temperature, top_k, top_p, seed, ...)."""
-    resolved = resolve_source(str(source))
+    resolved = resolve_source(str(source), "generate")
     if resolved.model_dir is None:
         raise ModelError(f"{source}: generate needs a trained model (a run or model folder), not a preset")
-    model = load_pretrained(resolved.model_dir)
+    model = load_pretrained(resolved.model_dir, key="generate")
     tokenizer = load_tokenizer(str(resolved.model_dir))
     return generate_texts(model, tokenizer, prompts, **sampling)

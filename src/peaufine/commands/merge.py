@@ -80,7 +80,7 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path, overwrite: b
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ModelError(f"merge: {out_dir} exists and is not empty; remove it or choose another folder")
 
-    base = load_pretrained(model_dir)
+    base = load_pretrained(model_dir, key="merge")
     tokenizer_dir = adapter_dir if _has_tokenizer(adapter_dir) else model_dir
     if not _has_tokenizer(tokenizer_dir):
         raise ModelError(

@@ -19,6 +19,7 @@ from peaufine.engine.runtime import make_runtime
 from peaufine.engine.track import Tracker, add_sink, close_sinks, detach_sinks
 from peaufine.errors import RecipeError
 from peaufine.models.budget import training_budget
+from peaufine.models.build import check_recipe_models
 from peaufine.report.pages.write import write_report
 from peaufine.report.plots import plot_losses
 from peaufine.results import StageResults, write_results
@@ -231,8 +232,9 @@ class StageSpec:
         tracker: Tracker | None = None,
         hooks: list[StepHook] | None = None,
     ) -> StageOutcome:
-        """Run `recipe` into the run folder `out`: checked, prepared in staging (bad input leaves no
-        folder), trained, measured and finished; `hooks` are called after every step."""
+        """Run `recipe` into the run folder `out`: checked (its model folders too), prepared in staging
+        (bad input leaves no folder), trained, measured and finished; `hooks` are called after every step."""
+        check_recipe_models(recipe)
         if self.check is not None:
             self.check(recipe)
         opened = open_run(
