@@ -199,7 +199,6 @@ def test_a_model_of_the_wrong_kind_is_refused(root, tmp_path, command, capsys, m
     expect_refusal(root, tmp_path, command, wrong, needle, capsys, monkeypatch)
 
 
-@pytest.mark.xfail(strict=True, reason="merge calls a file in place of the adapter folder one with no config")
 def test_merge_says_a_file_is_a_file(root, tmp_path, capsys, monkeypatch):
     adapter = tmp_path / "adapter.safetensors"
     adapter.write_bytes(b"an adapter file, not its folder")

@@ -52,10 +52,13 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path, overwrite: b
     from peft import PeftModel
 
     base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
-    if not base_dir.is_dir():
-        raise ModelError(
-            f"merge: base model folder {base_dir} does not exist; give the model the adapter was trained on"
-        )
+    for folder, what, fix in (
+        (base_dir, "base model", "give the model the adapter was trained on"),
+        (adapter_dir, "adapter", "give the adapter/ folder of a LoRA run"),
+    ):
+        if not folder.is_dir():
+            state = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise ModelError(f"merge: the {what} folder {folder} {state}; {fix}")
     # A peaufine run folder keeps its model in model/; a Hugging Face folder is the model itself.
     model_dir = base_dir / "model" if (base_dir / "model" / "config.json").is_file() else base_dir
     if not (model_dir / "config.json").is_file():
