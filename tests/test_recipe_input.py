@@ -20,7 +20,6 @@ NOT_MAPPINGS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="a YAML list or scalar recipe gives a traceback (or passes as empty)")
 @pytest.mark.parametrize("case", list(NOT_MAPPINGS))
 @pytest.mark.parametrize("stage", [None, "pretrain", "sft", "dpo"])
 def test_a_recipe_that_is_not_a_mapping_is_refused_naming_the_file(tmp_path, case, stage):
@@ -31,7 +30,6 @@ def test_a_recipe_that_is_not_a_mapping_is_refused_naming_the_file(tmp_path, cas
     assert str(path) in str(caught.value)
 
 
-@pytest.mark.xfail(strict=True, reason="a YAML list or scalar recipe gives a traceback")
 @pytest.mark.parametrize("command", ["pretrain", "sft", "reward", "rl", "run"])
 def test_every_command_reading_yaml_refuses_a_list_without_a_traceback(
     tmp_path, command, capsys, monkeypatch

@@ -544,7 +544,16 @@ def read_yaml(path: Path) -> dict[str, Any]:
         where = f", line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise RecipeError(f"{path}{where}: not valid YAML: {problem}") from None
-    return data or {}
+    if data is None:  # an empty file, or comments only: the defaults
+        return {}
+    if not isinstance(data, dict):
+        shown = repr(data) if len(repr(data)) <= 60 else repr(data)[:57] + "..."
+        found = "a list" if isinstance(data, list) else f"the {type(data).__name__} {shown}"
+        raise RecipeError(
+            f"{path}: expected a mapping of keys at the top (lines such as `train:` with keys below "
+            f"them), but the file holds {found}"
+        )
+    return data
 
 
 def load_recipe(path: Path | None, overrides: list[str] | None = None, stage: str | None = None) -> Recipe:
