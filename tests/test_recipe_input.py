@@ -49,3 +49,111 @@ def test_an_empty_recipe_file_is_the_defaults(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text("# nothing yet\n", encoding="utf-8")
     assert load_recipe(path, stage="pretrain") == load_recipe(None, stage="pretrain")
+
+
+def recipe_error(data: dict, tmp_path, overrides: tuple[str, ...] = ()) -> str:
+    """The message load_recipe gives for a recipe file holding `data` (with `overrides`)."""
+    import yaml
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path, list(overrides))
+    return " ".join(str(caught.value).split())
+
+
+def nested(dotted: str, value: object) -> dict:
+    """{"a": {"b": value}} from "a.b"."""
+    data: object = value
+    for part in reversed(dotted.split(".")):
+        data = {part: data}
+    return data  # type: ignore[return-value]
+
+
+def schema_keys(block=None, prefix: str = "") -> list[str]:
+    """Every key path of the recipe schema, blocks included."""
+    from pydantic import BaseModel
+
+    from peaufine.recipe import Recipe
+
+    block = block or Recipe
+    keys = []
+    for name, field in block.model_fields.items():
+        keys.append(prefix + name)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys += schema_keys(annotation, prefix + name + ".")
+    return keys
+
+
+SUGGESTED_BEFORE_NOT = pytest.mark.xfail(strict=True, reason="no suggestion, or a wrong one, before the fix")
+# keys as other tools (Transformers, TRL, PEFT, nanoGPT, axolotl) spell them, and typos of them,
+# wherever a user puts them: the message names our key
+OTHER_SPELLINGS = [
+    pytest.param("train.learning_rate", "train.lr", marks=SUGGESTED_BEFORE_NOT),
+    pytest.param("train.lerning_rate", "train.lr", marks=SUGGESTED_BEFORE_NOT),
+    pytest.param("learning_rate", "train.lr", marks=SUGGESTED_BEFORE_NOT),
+    pytest.param("train.num_train_epochs", "train.max_steps", marks=SUGGESTED_BEFORE_NOT),
+    pytest.param("train.epochs", "train.max_steps", marks=SUGGESTED_BEFORE_NOT),
+    ("train.per_device_train_batch_size", "train.micro_batch_size"),
+    pytest.param("train.gradient_accumulation_steps", "train.batch_size", marks=SUGGESTED_BEFORE_NOT),
+    pytest.param("train.max_grad_norm", "train.grad_clip", marks=SUGGESTED_BEFORE_NOT),
+    ("train.lr_scheduler_type", "train.schedule"),
+    ("train.warmup_ratio", "train.warmup_steps"),
+    pytest.param("model.lora_r", "model.adapter.r", marks=SUGGESTED_BEFORE_NOT),
+    ("model.adapter.lora_alpha", "model.adapter.alpha"),
+    pytest.param("lora_dropout", "model.adapter.dropout", marks=SUGGESTED_BEFORE_NOT),
+    ("data.max_seq_length", "data.max_length"),
+    pytest.param("train.max_length", "data.max_length", marks=SUGGESTED_BEFORE_NOT),
+    pytest.param("model.model_name_or_path", "model.source", marks=SUGGESTED_BEFORE_NOT),
+    ("train.gradient_checkpointing", "train.activation_checkpointing"),
+]
+
+
+@pytest.mark.parametrize(("written", "ours"), OTHER_SPELLINGS)
+def test_keys_spelt_as_other_tools_spell_them_get_ours(tmp_path, written, ours):
+    assert f"did you mean '{ours}'" in recipe_error(nested(written, 1), tmp_path)
+
+
+@pytest.mark.xfail(strict=True, reason="there is no table of other tools' key names")
+def test_every_synonym_names_a_key_of_the_schema_and_is_suggested_wherever_it_is_put(tmp_path):
+    from peaufine.recipe import KEY_SYNONYMS
+
+    keys = set(schema_keys())
+    assert len(KEY_SYNONYMS) >= 30
+    for name, ours in KEY_SYNONYMS.items():
+        assert ours in keys, f"{name} -> {ours}, not a key of the recipe"
+        assert name.split(".")[-1] not in {k.split(".")[-1] for k in keys}, f"{name} is one of our keys"
+        for block in ("", "train.", "model.", ours.rpartition(".")[0] + "."):
+            message = recipe_error(nested(block.lstrip(".") + name, 1), tmp_path)
+            assert f"did you mean '{ours}'" in message, (block, name, message)
+
+
+def typos(word: str) -> list[str]:
+    """A letter dropped and two neighbours swapped, in the middle of `word`."""
+    i = len(word) // 2
+    return [word[:i] + word[i + 1 :], word[: i - 1] + word[i] + word[i - 1] + word[i + 1 :]]
+
+
+def test_a_typo_of_any_key_suggests_that_key(tmp_path):
+    for key in schema_keys():
+        block, _, leaf = key.rpartition(".")
+        if len(leaf) < 6:
+            continue
+        for typo in typos(leaf):
+            if typo == leaf:
+                continue
+            written = f"{block}.{typo}" if block else typo
+            message = recipe_error(nested(written, 1), tmp_path)
+            assert f"did you mean '{key}'" in message, message
+
+
+@pytest.mark.xfail(strict=True, reason="a bad --set value is blamed on the recipe file")
+def test_a_bad_set_value_names_the_set_option_not_the_file(tmp_path):
+    for overrides in (("train.lr=-1",), ("train.lrr=3e-4",), ("model.adapter.r=zero", "train.lr=1e-3")):
+        message = recipe_error({"train": {"max_steps": 10}}, tmp_path, overrides)
+        assert f"--set '{overrides[0]}'" in message, message
+        assert "recipe.yaml" not in message, message
+    # the negative control: a bad value in the file is the file's
+    message = recipe_error({"train": {"lr": -1}}, tmp_path, ("train.max_steps=10",))
+    assert "recipe.yaml" in message and "--set" not in message, message
