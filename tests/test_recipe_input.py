@@ -86,26 +86,25 @@ def schema_keys(block=None, prefix: str = "") -> list[str]:
     return keys
 
 
-SUGGESTED_BEFORE_NOT = pytest.mark.xfail(strict=True, reason="no suggestion, or a wrong one, before the fix")
 # keys as other tools (Transformers, TRL, PEFT, nanoGPT, axolotl) spell them, and typos of them,
 # wherever a user puts them: the message names our key
 OTHER_SPELLINGS = [
-    pytest.param("train.learning_rate", "train.lr", marks=SUGGESTED_BEFORE_NOT),
-    pytest.param("train.lerning_rate", "train.lr", marks=SUGGESTED_BEFORE_NOT),
-    pytest.param("learning_rate", "train.lr", marks=SUGGESTED_BEFORE_NOT),
-    pytest.param("train.num_train_epochs", "train.max_steps", marks=SUGGESTED_BEFORE_NOT),
-    pytest.param("train.epochs", "train.max_steps", marks=SUGGESTED_BEFORE_NOT),
+    ("train.learning_rate", "train.lr"),
+    ("train.lerning_rate", "train.lr"),
+    ("learning_rate", "train.lr"),
+    ("train.num_train_epochs", "train.max_steps"),
+    ("train.epochs", "train.max_steps"),
     ("train.per_device_train_batch_size", "train.micro_batch_size"),
-    pytest.param("train.gradient_accumulation_steps", "train.batch_size", marks=SUGGESTED_BEFORE_NOT),
-    pytest.param("train.max_grad_norm", "train.grad_clip", marks=SUGGESTED_BEFORE_NOT),
+    ("train.gradient_accumulation_steps", "train.batch_size"),
+    ("train.max_grad_norm", "train.grad_clip"),
     ("train.lr_scheduler_type", "train.schedule"),
     ("train.warmup_ratio", "train.warmup_steps"),
-    pytest.param("model.lora_r", "model.adapter.r", marks=SUGGESTED_BEFORE_NOT),
+    ("model.lora_r", "model.adapter.r"),
     ("model.adapter.lora_alpha", "model.adapter.alpha"),
-    pytest.param("lora_dropout", "model.adapter.dropout", marks=SUGGESTED_BEFORE_NOT),
+    ("lora_dropout", "model.adapter.dropout"),
     ("data.max_seq_length", "data.max_length"),
-    pytest.param("train.max_length", "data.max_length", marks=SUGGESTED_BEFORE_NOT),
-    pytest.param("model.model_name_or_path", "model.source", marks=SUGGESTED_BEFORE_NOT),
+    ("train.max_length", "data.max_length"),
+    ("model.model_name_or_path", "model.source"),
     ("train.gradient_checkpointing", "train.activation_checkpointing"),
 ]
 
@@ -115,7 +114,6 @@ def test_keys_spelt_as_other_tools_spell_them_get_ours(tmp_path, written, ours):
     assert f"did you mean '{ours}'" in recipe_error(nested(written, 1), tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="there is no table of other tools' key names")
 def test_every_synonym_names_a_key_of_the_schema_and_is_suggested_wherever_it_is_put(tmp_path):
     from peaufine.recipe import KEY_SYNONYMS
 

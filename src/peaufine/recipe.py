@@ -403,15 +403,147 @@ def _schema_at(path: tuple[str | int, ...]) -> type[BaseModel] | None:
     return block
 
 
+# Keys as other tools spell them (Transformers' TrainingArguments, TRL, PEFT, nanoGPT, axolotl), each
+# mapped to the recipe key that does its job, so "learning_rate" gets "did you mean 'train.lr'" wherever
+# it is written. tests/test_recipe_input.py checks that every target is a key of the schema.
+KEY_SYNONYMS: dict[str, str] = {
+    "learning_rate": "train.lr",
+    "min_learning_rate": "train.min_lr",
+    "lr_scheduler_type": "train.schedule",
+    "lr_scheduler": "train.schedule",
+    "scheduler": "train.schedule",
+    "num_train_epochs": "train.max_steps",
+    "epochs": "train.max_steps",
+    "max_epochs": "train.max_steps",
+    "max_iters": "train.max_steps",
+    "per_device_train_batch_size": "train.micro_batch_size",
+    "train_batch_size": "train.batch_size",
+    "gradient_accumulation_steps": "train.batch_size",
+    "max_grad_norm": "train.grad_clip",
+    "gradient_clipping": "train.grad_clip",
+    "clip_grad_norm": "train.grad_clip",
+    "warmup_ratio": "train.warmup_steps",
+    "warmup_iters": "train.warmup_steps",
+    "num_warmup_steps": "train.warmup_steps",
+    "adam_beta1": "train.betas",
+    "adam_beta2": "train.betas",
+    "adam_epsilon": "train.eps",
+    "logging_steps": "train.log_every",
+    "log_interval": "train.log_every",
+    "save_steps": "train.checkpoint_every",
+    "save_total_limit": "train.keep_checkpoints",
+    "bf16": "train.precision",
+    "fp16": "train.precision",
+    "mixed_precision": "train.precision",
+    "gradient_checkpointing": "train.activation_checkpointing",
+    "torch_compile": "train.compile",
+    "eval_steps": "eval.every",
+    "eval_interval": "eval.every",
+    "per_device_eval_batch_size": "eval.batch_size",
+    "eval_batch_size": "eval.batch_size",
+    "early_stopping_patience": "eval.early_stopping.patience",
+    "lora_r": "model.adapter.r",
+    "lora_rank": "model.adapter.r",
+    "lora_alpha": "model.adapter.alpha",
+    "lora_dropout": "model.adapter.dropout",
+    "lora_target_modules": "model.adapter.target_modules",
+    "use_rslora": "model.adapter.rslora",
+    "use_dora": "model.adapter.dora",
+    "use_peft": "model.adapter.kind",
+    "model_name_or_path": "model.source",
+    "model_name": "model.source",
+    "base_model": "model.source",
+    "init_from": "model.source",
+    "attn_implementation": "model.attention",
+    "max_seq_length": "data.max_length",
+    "max_seq_len": "data.max_length",
+    "seq_length": "data.max_length",
+    "sequence_len": "data.max_length",
+    "cutoff_len": "data.max_length",
+    "dataset": "data.source",
+    "dataset_name": "data.source",
+    "dataset_path": "data.source",
+    "train_file": "data.source",
+    "data_files": "data.source",
+    "dataset_text_field": "data.text_field",
+    "completion_only_loss": "data.loss_on",
+    "val_set_size": "data.validation_fraction",
+    "validation_split": "data.validation_fraction",
+    "test_size": "data.validation_fraction",
+    "loss_type": "method.dpo.loss",
+    "rpo_alpha": "method.dpo.sft_weight",
+    "num_generations": "method.rl.group_size",
+    "max_completion_length": "method.rl.max_new_tokens",
+    "num_iterations": "method.rl.passes",
+    "cliprange": "method.rl.clip",
+    "epsilon": "method.rl.clip",
+    "init_kl_coef": "method.rl.kl_coef",
+    "reward_funcs": "method.rl.rewards",
+    "report_to": "track",
+}
+
+# What to know when another tool's key maps to ours with another meaning.
+SYNONYM_NOTES = {
+    "train.max_steps": "peaufine counts optimiser steps, not epochs",
+    "train.batch_size": "the global batch: micro_batch_size sets each pass's share, the rest is accumulated",
+    "train.warmup_steps": "a number of steps, not a ratio",
+    "train.precision": "precision: bf16, fp16 or fp32",
+    "train.betas": "both betas as a pair, e.g. [0.9, 0.95]",
+}
+
+
+def _leaf_keys(block: type[BaseModel] = Recipe, prefix: str = "") -> dict[str, str]:
+    """Every key path of the schema, blocks included, keyed by path, valued by its last name."""
+    keys: dict[str, str] = {}
+    for name, field in block.model_fields.items():
+        keys[prefix + name] = name
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys.update(_leaf_keys(annotation, prefix + name + "."))
+    return keys
+
+
+def _closest_key(path: tuple[str | int, ...]) -> tuple[str, str] | None:
+    """The recipe key an unknown key at `path` most likely means, and a note; None when nothing is close.
+
+    In order: another tool's name for one of our keys; our key of that name in another block; the
+    closest spelling (by difflib's ratio) among this block's keys, the synonyms and every other key,
+    this block's keys winning ties.
+    """
+    written = str(path[-1]).strip().lower().replace("-", "_")
+    parent = ".".join(str(p) for p in path[:-1])
+    block = _schema_at(path)
+    here = {(f"{parent}.{name}" if parent else name): name for name in (block.model_fields if block else [])}
+    everywhere = _leaf_keys()
+    if written in KEY_SYNONYMS:
+        target = KEY_SYNONYMS[written]
+        return target, f"{written} is another tool's name for it" + (
+            f"; {SYNONYM_NOTES[target]}" if target in SYNONYM_NOTES else ""
+        )
+    elsewhere = sorted((k for k, name in everywhere.items() if name == written and k not in here), key=len)
+    if elsewhere:
+        return elsewhere[0], f"{written} belongs in the {elsewhere[0].rpartition('.')[0]} block"
+    candidates = [(name, key, 0.0) for key, name in here.items()]
+    candidates += [(name, key, 0.02) for name, key in KEY_SYNONYMS.items()]
+    candidates += [(name, key, 0.05) for key, name in everywhere.items() if key not in here]
+    scored = [
+        (difflib.SequenceMatcher(None, written, name).ratio() - penalty, key)
+        for name, key, penalty in candidates
+    ]
+    score, key = max(scored, default=(0.0, ""), key=lambda item: item[0])
+    return (key, "") if score >= 0.5 else None
+
+
 def _describe(error: dict[str, Any], source: str) -> str:
     path = tuple(error["loc"])
     key = ".".join(str(p) for p in path)
     if error["type"] == "extra_forbidden":
         block = _schema_at(path)
         valid = sorted(block.model_fields) if block else []
-        close = difflib.get_close_matches(str(path[-1]), valid, n=1, cutoff=0.5)
-        parent = ".".join(str(p) for p in path[:-1])
-        hint = f"did you mean '{parent + '.' if parent else ''}{close[0]}'?" if close else ""
+        close = _closest_key(path)
+        hint = ""
+        if close:
+            hint = f"did you mean '{close[0]}'?" + (f" ({close[1]})" if close[1] else "")
         listing = f"valid keys here: {', '.join(valid)}"
         return f"{source}: unknown key '{key}'. {hint} {listing}".replace("  ", " ")
     value = error.get("input")
