@@ -146,7 +146,6 @@ def test_a_typo_of_any_key_suggests_that_key(tmp_path):
             assert f"did you mean '{key}'" in message, message
 
 
-@pytest.mark.xfail(strict=True, reason="a bad --set value is blamed on the recipe file")
 def test_a_bad_set_value_names_the_set_option_not_the_file(tmp_path):
     for overrides in (("train.lr=-1",), ("train.lrr=3e-4",), ("model.adapter.r=zero", "train.lr=1e-3")):
         message = recipe_error({"train": {"max_steps": 10}}, tmp_path, overrides)

@@ -534,9 +534,14 @@ def _closest_key(path: tuple[str | int, ...]) -> tuple[str, str] | None:
     return (key, "") if score >= 0.5 else None
 
 
-def _describe(error: dict[str, Any], source: str) -> str:
+def _describe(error: dict[str, Any], source: str, origins: dict[str, str] | None = None) -> str:
+    """One validation error as a line naming where the key was written: the file (`source`), or the
+    `--set` option that wrote it (`origins`: key path -> option)."""
     path = tuple(error["loc"])
     key = ".".join(str(p) for p in path)
+    for written, origin in (origins or {}).items():
+        if key == written or key.startswith(written + "."):
+            source = origin
     if error["type"] == "extra_forbidden":
         block = _schema_at(path)
         valid = sorted(block.model_fields) if block else []
@@ -608,14 +613,17 @@ def _with_stage_defaults(data: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def validate_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
-    """Validate a raw mapping; every problem becomes one RecipeError naming key paths."""
+def validate_recipe(
+    data: dict[str, Any], source: str = "recipe", origins: dict[str, str] | None = None
+) -> Recipe:
+    """Validate a raw mapping; every problem becomes one RecipeError naming key paths and where each
+    was written (`origins`: the key paths that `--set` options wrote, to the option)."""
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: a recipe must be a mapping of blocks, got {type(data).__name__}")
     try:
         recipe = Recipe.model_validate(_with_stage_defaults(data))
     except ValidationError as exc:
-        messages = [_describe(err, source) for err in exc.errors()]
+        messages = [_describe(err, source, origins) for err in exc.errors()]
         raise RecipeError("\n".join(messages)) from None
     expected = METHOD_OF_STAGE[recipe.stage]
     if recipe.method.name != expected:
@@ -710,7 +718,8 @@ def load_recipe(path: Path | None, overrides: list[str] | None = None, stage: st
             f"{source}: {key} is {value!r}, a reference to a pipeline stage's run; run this recipe in a "
             "pipeline (peaufine run), or replace the reference with a run folder"
         )
-    return validate_recipe(data, source)
+    origins = {".".join(parse_override(text)[0]): f"--set {text!r}" for text in overrides or []}
+    return validate_recipe(data, source, origins)
 
 
 def _pipeline_reference(data: Any) -> tuple[str, str] | None:
