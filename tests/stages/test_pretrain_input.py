@@ -72,7 +72,6 @@ def test_a_validation_split_of_whole_blocks_gets_no_warning(tmp_path, capsys, mo
     assert "no validation" not in err and "fewer than one block" not in err
 
 
-@pytest.mark.xfail(strict=True, reason="the advice suggests document_unit paragraph when it already is")
 @pytest.mark.parametrize("unit", ["file", "paragraph", "line"])
 def test_a_corpus_of_one_document_gets_advice_that_fits_its_document_unit(
     tmp_path, capsys, monkeypatch, unit

@@ -86,7 +86,13 @@ def gather_corpus(recipe: Recipe) -> Corpus:
         document_unit=data.document_unit,
         policy=data.anomalies.model_dump(include=set(ANOMALY_KINDS)),
     )
-    train, validation = split_documents(dataset, data.validation_fraction, recipe.train.seed)
+    train, validation = split_documents(
+        dataset,
+        data.validation_fraction,
+        recipe.train.seed,
+        source=data.source,
+        document_unit=data.document_unit,
+    )
     return Corpus(train, validation, anomalies=dict(report.counts))
 
 
