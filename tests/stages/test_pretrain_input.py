@@ -31,7 +31,6 @@ def pretrain(tmp_path: Path, source: Path, capsys, monkeypatch, *overrides: str)
     return code, " ".join(err.split()), out
 
 
-@pytest.mark.xfail(strict=True, reason="validation_fraction 0 gives a traceback and a half-written folder")
 @pytest.mark.parametrize("patience", [None, 2])
 def test_no_validation_split_trains_and_says_what_it_cannot_do(tmp_path, capsys, monkeypatch, patience):
     overrides = ["data.validation_fraction=0", "eval.samples=2"]
@@ -45,9 +44,6 @@ def test_no_validation_split_trains_and_says_what_it_cannot_do(tmp_path, capsys,
     assert "no validation" in err and "early stopping" in err, err
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a validation split smaller than a block reports 'validation loss -' silently"
-)
 def test_a_validation_split_smaller_than_a_block_is_warned_about(tmp_path, capsys, monkeypatch):
     # 40 documents of 30 words; 5% held out is 2 documents, ~300 characters: fewer than one block of 512
     code, err, out = pretrain(

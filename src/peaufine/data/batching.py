@@ -49,6 +49,10 @@ def write_token_stream(documents: Iterable[Sequence[int]], eos_id: int, path: Pa
 
 
 def read_token_stream(path: Path) -> np.ndarray:
+    """The int32 token stream in `path`, memory-mapped; an empty file (no validation split) is an
+    empty stream, which numpy cannot map."""
+    if Path(path).stat().st_size == 0:
+        return np.zeros(0, dtype=np.int32)
     return np.memmap(path, dtype=np.int32, mode="r")
 
 
