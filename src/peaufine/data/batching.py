@@ -441,7 +441,8 @@ class LabelledTexts:
             pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad_id is None:
             raise ModelError("the tokenizer has neither a pad nor an EOS token; pass pad_id explicitly")
-        encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+        # an empty split (data.validation_fraction: 0) is an empty set: tokenizers fail on no texts
+        encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"] if texts else []
         values = [float(y) for y in labels] if regression else [int(y) for y in labels]
         return cls(encoded, values, pad_id, regression)
 
