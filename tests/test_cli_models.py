@@ -206,3 +206,26 @@ def test_merge_says_a_file_is_a_file(root, tmp_path, capsys, monkeypatch):
     code, _, err = run_cli(["merge", str(root / "lm"), str(adapter), "--out", str(out)], capsys, monkeypatch)
     assert code == 2 and "Traceback" not in err
     assert "is a file" in " ".join(err.split()) and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        "a file",
+        "empty",
+        pytest.param("config not JSON", marks=pytest.mark.xfail(strict=True, reason="a traceback")),
+        pytest.param("unknown model type", marks=pytest.mark.xfail(strict=True, reason="a traceback")),
+    ],
+)
+def test_params_of_a_damaged_model_folder_is_one_message(root, tmp_path, case, capsys, monkeypatch):
+    """`peaufine params` reads a model folder's config only (its weights may be anything)."""
+    if case == "unknown model type":
+        model = tmp_path / "odd"
+        shutil.copytree(root / "lm", model)
+        (model / "config.json").write_text('{"model_type": "no-such-architecture"}', encoding="utf-8")
+    else:
+        model = bad_folder(root, case)
+    code, _, err = run_cli(["params", "--set", f"model.source={model}"], capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in err, err[-1500:]
+    assert model.name in "".join(err.split()), err
