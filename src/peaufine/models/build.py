@@ -238,6 +238,20 @@ def check_model_folder(directory: Path, *, key: str = "model.source", kind: Mode
             )
 
 
+def read_model_config(
+    directory: Path, *, key: str = "model.source", trust_remote_code: bool = False, **overrides: Any
+) -> PretrainedConfig:
+    """The transformers config of the model folder `directory` (with `overrides`), or a ModelError
+    naming it: a config.json that is not JSON, or names a model type this transformers lacks."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code, **overrides)
+    except (OSError, ValueError, KeyError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{key}: cannot read the config in {directory}: {first_line}") from None
+
+
 def max_positions(config: PretrainedConfig) -> int | None:
     for name in ("max_position_embeddings", "n_positions", "n_ctx"):
         value = getattr(config, name, None)
@@ -458,17 +472,14 @@ def build_classifier(
     `attention`: an attn_implementation (models/build.attention_kernel); None: transformers' default.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
     directory = Path(source).expanduser()
     if not (directory / "config.json").is_file():
         raise ModelError(f"model.source: {directory} is not a Hugging Face model folder (no config.json)")
     if num_labels < 1:
         raise ModelError(f"method.num_labels must be >= 1 (1 means regression), got {num_labels}")
-    try:
-        config = AutoConfig.from_pretrained(directory, num_labels=num_labels)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"model.source: cannot read the config in {directory}: {exc}") from None
+    config = read_model_config(directory, num_labels=num_labels)
     if config.num_labels == 1:
         config.problem_type = "regression"
     if getattr(config, "is_encoder_decoder", False):
