@@ -21,6 +21,7 @@ BAD_FOLDERS = {
     "corrupt header": "header",
     "pickle only": "pickle",
     "no weights": "no weights",
+    "unknown model type": "no-such-architecture",
 }
 
 
@@ -77,6 +78,9 @@ def bad_folder(root: Path, case: str, kind: str = "lm") -> Path:
         (path / "pytorch_model.bin").write_bytes(b"a pickle that must never be loaded")
     elif case == "no weights":
         weights.unlink()
+    elif case == "unknown model type":
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        (path / "config.json").write_text(json.dumps({**config, "model_type": "no-such-architecture"}))
     return path
 
 
@@ -186,8 +190,10 @@ def expect_refusal(
 @pytest.mark.parametrize("command", list(WANTS))
 @pytest.mark.parametrize("case", list(BAD_FOLDERS))
 def test_a_damaged_model_folder_is_refused_before_anything_is_made(
-    root, tmp_path, command, case, capsys, monkeypatch
+    root, tmp_path, command, case, capsys, monkeypatch, request
 ):
+    if case == "unknown model type" and command not in ("generate", "eval", "merge", "score"):
+        request.applymarker(pytest.mark.xfail(strict=True, reason="the model type is not checked up front"))
     model = bad_folder(root, case, "rm" if WANTS[command] == "rm" else "lm")
     expect_refusal(root, tmp_path, command, model, BAD_FOLDERS[case], capsys, monkeypatch)
 
@@ -220,12 +226,7 @@ def test_merge_says_a_file_is_a_file(root, tmp_path, capsys, monkeypatch):
 )
 def test_params_of_a_damaged_model_folder_is_one_message(root, tmp_path, case, capsys, monkeypatch):
     """`peaufine params` reads a model folder's config only (its weights may be anything)."""
-    if case == "unknown model type":
-        model = tmp_path / "odd"
-        shutil.copytree(root / "lm", model)
-        (model / "config.json").write_text('{"model_type": "no-such-architecture"}', encoding="utf-8")
-    else:
-        model = bad_folder(root, case)
+    model = bad_folder(root, case)
     code, _, err = run_cli(["params", "--set", f"model.source={model}"], capsys, monkeypatch)
     assert code == 2 and "Traceback" not in err, err[-1500:]
     assert model.name in "".join(err.split()), err
