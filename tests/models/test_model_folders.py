@@ -82,7 +82,7 @@ def test_the_kind_a_command_needs_is_read_from_config_json(tmp_path, architectur
     import json
 
     weights_file(tmp_path / "model.safetensors")
-    config = {"architectures": [architecture]}
+    config = {"architectures": [architecture], "model_type": "bert" if "Bert" in architecture else "llama"}
     if labels is not None:
         config["id2label"] = {str(i): f"LABEL_{i}" for i in range(labels)}
     (tmp_path / "config.json").write_text(json.dumps(config), encoding="utf-8")

@@ -98,7 +98,12 @@ def check_recipe_models(recipe: Recipe) -> None:
     if not (recipe.stage == "classify" and named == "minilm"):
         source = resolve_source(named, key)
         if source.model_dir is not None:
-            check_model_folder(source.model_dir, key=key, kind=kind)  # type: ignore[arg-type]
+            check_model_folder(
+                source.model_dir,
+                key=key,
+                kind=kind,  # type: ignore[arg-type]
+                trust_remote_code=recipe.model.trust_remote_code,
+            )
     if recipe.stage == "rl":
         for i, reward in enumerate(recipe.method.rl.rewards):
             if looks_like_path(reward.source):
@@ -194,11 +199,13 @@ def _weight_files(directory: Path, key: str) -> list[Path]:
     )
 
 
-def check_model_folder(directory: Path, *, key: str = "model.source", kind: ModelKind = "any") -> None:
+def check_model_folder(
+    directory: Path, *, key: str = "model.source", kind: ModelKind = "any", trust_remote_code: bool = False
+) -> None:
     """Refuse a model folder that cannot be loaded as `kind`, with a message naming it, before any run
-    folder exists: config.json must be a JSON object, the safetensors weights whole (header and size),
-    and the architecture in config.json the kind the command needs (a causal LM, or a reward model:
-    a sequence classifier with one output)."""
+    folder exists: config.json must be a JSON object of a model type transformers knows, the
+    safetensors weights whole (header and size), and the architecture in config.json the kind the
+    command needs (a causal LM, or a reward model: a sequence classifier with one output)."""
     directory = Path(directory)
     config_file = directory / "config.json"
     try:
@@ -211,6 +218,7 @@ def check_model_folder(directory: Path, *, key: str = "model.source", kind: Mode
         raise ModelError(f"{key}: {config_file} is not valid JSON ({exc}); re-save the model") from None
     if not isinstance(config, dict):
         raise ModelError(f"{key}: {config_file} is not a JSON object; re-save the model")
+    read_model_config(directory, key=key, trust_remote_code=trust_remote_code)
     for weights in _weight_files(directory, key):
         problem = safetensors_problem(weights)
         if problem:
@@ -363,7 +371,7 @@ def load_pretrained(
     `key`: what errors name the folder as (the recipe key or the command)."""
     from transformers import AutoModelForCausalLM
 
-    check_model_folder(directory, key=key, kind="causal_lm")
+    check_model_folder(directory, key=key, kind="causal_lm", trust_remote_code=trust_remote_code)
     try:
         return AutoModelForCausalLM.from_pretrained(
             directory,
