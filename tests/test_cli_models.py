@@ -22,6 +22,7 @@ BAD_FOLDERS = {
     "pickle only": "pickle",
     "no weights": "no weights",
     "unknown model type": "no-such-architecture",
+    "no tokenizer": "tokenizer",
 }
 
 
@@ -78,6 +79,9 @@ def bad_folder(root: Path, case: str, kind: str = "lm") -> Path:
         (path / "pytorch_model.bin").write_bytes(b"a pickle that must never be loaded")
     elif case == "no weights":
         weights.unlink()
+    elif case == "no tokenizer":
+        for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+            (path / name).unlink(missing_ok=True)
     elif case == "unknown model type":
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
         (path / "config.json").write_text(json.dumps({**config, "model_type": "no-such-architecture"}))
@@ -190,8 +194,12 @@ def expect_refusal(
 @pytest.mark.parametrize("command", list(WANTS))
 @pytest.mark.parametrize("case", list(BAD_FOLDERS))
 def test_a_damaged_model_folder_is_refused_before_anything_is_made(
-    root, tmp_path, command, case, capsys, monkeypatch
+    root, tmp_path, command, case, capsys, monkeypatch, request
 ):
+    if case == "no tokenizer" and command in ("classify", "rl reward source"):
+        request.applymarker(
+            pytest.mark.xfail(strict=True, reason="the tokenizer is loaded after the run folder")
+        )
     model = bad_folder(root, case, "rm" if WANTS[command] == "rm" else "lm")
     expect_refusal(root, tmp_path, command, model, BAD_FOLDERS[case], capsys, monkeypatch)
 
