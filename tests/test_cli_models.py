@@ -194,12 +194,8 @@ def expect_refusal(
 @pytest.mark.parametrize("command", list(WANTS))
 @pytest.mark.parametrize("case", list(BAD_FOLDERS))
 def test_a_damaged_model_folder_is_refused_before_anything_is_made(
-    root, tmp_path, command, case, capsys, monkeypatch, request
+    root, tmp_path, command, case, capsys, monkeypatch
 ):
-    if case == "no tokenizer" and command in ("classify", "rl reward source"):
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="the tokenizer is loaded after the run folder")
-        )
     model = bad_folder(root, case, "rm" if WANTS[command] == "rm" else "lm")
     expect_refusal(root, tmp_path, command, model, BAD_FOLDERS[case], capsys, monkeypatch)
 

@@ -83,13 +83,14 @@ def reward_model_dir(source: str | Path, key: str = "reward model") -> Path:
     if resolved.model_dir is None:
         raise ModelError(f"{key}: {source} is a preset name; give a reward model folder or reward run")
     check_model_folder(resolved.model_dir, key=key, kind="reward_model")
+    load_tokenizer(str(resolved.model_dir))  # a reward model reads texts with its own tokenizer
     return resolved.model_dir
 
 
 def check_recipe_models(recipe: Recipe) -> None:
-    """Every model folder a stage's recipe names, checked as the stage will load it (models/build.py
-    check_model_folder), before any run folder exists: a damaged or wrong-kind model never gets past
-    the door. Presets and the packaged MiniLM need no check."""
+    """Every model folder a stage's recipe names, checked as the stage will load it (check_model_folder,
+    and its tokenizer loaded), before any run folder exists: a damaged or wrong-kind model never gets
+    past the door. Presets and the packaged MiniLM need no check."""
     key, named, kind = "model.source", recipe.model.source, "causal_lm"
     if recipe.stage in ("classify", "reward"):
         kind = "any"  # a new head on any encoder or decoder body
@@ -104,6 +105,8 @@ def check_recipe_models(recipe: Recipe) -> None:
                 kind=kind,  # type: ignore[arg-type]
                 trust_remote_code=recipe.model.trust_remote_code,
             )
+            own = recipe.model.tokenizer.path if recipe.stage == "pretrain" else None
+            load_tokenizer(str(own or source.model_dir), recipe.model.trust_remote_code)
     if recipe.stage == "rl":
         for i, reward in enumerate(recipe.method.rl.rewards):
             if looks_like_path(reward.source):
