@@ -154,3 +154,45 @@ def test_a_bad_set_value_names_the_set_option_not_the_file(tmp_path):
     # the negative control: a bad value in the file is the file's
     message = recipe_error({"train": {"lr": -1}}, tmp_path, ("train.max_steps=10",))
     assert "recipe.yaml" in message and "--set" not in message, message
+
+
+@pytest.mark.xfail(strict=True, reason="a key written twice is silently overwritten by the second")
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        ("train:\n  lr: 1.0e-3\n  max_steps: 10\ntrain:\n  lr: 5\n", 4, "train"),
+        ("train:\n  lr: 1.0e-3\n  lr: 3.0e-4\n", 3, "train.lr"),
+        ("model:\n  adapter:\n    kind: lora\n    r: 8\n    r: 16\n", 5, "model.adapter.r"),
+    ],
+)
+def test_a_key_written_twice_is_refused_naming_its_line(tmp_path, text, line, key):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    message = " ".join(str(caught.value).split())
+    assert f"recipe.yaml, line {line}" in message and f"'{key}'" in message and "twice" in message
+
+
+def test_the_same_name_in_two_blocks_is_no_duplicate(tmp_path):
+    """The negative control: `seed` in train and in data.world are two keys."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text("train:\n  seed: 3\ndata:\n  world:\n    seed: 4\n", encoding="utf-8")
+    recipe = load_recipe(path)
+    assert (recipe.train.seed, recipe.data.world.seed) == (3, 4)
+
+
+@pytest.mark.xfail(strict=True, reason="an infinite number passes every lower bound")
+@pytest.mark.parametrize(
+    "key",
+    ["train.lr", "train.grad_clip", "method.dpo.beta", "method.rl.kl_coef", "eval.forgetting.threshold"],
+)
+def test_an_infinite_number_is_refused(tmp_path, key):
+    import yaml
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(nested(key, "X")).replace("X", ".inf"), encoding="utf-8")
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    message = " ".join(str(caught.value).split())
+    assert f"'{key}'" in message and "finite" in message, message
