@@ -156,7 +156,6 @@ def test_a_bad_set_value_names_the_set_option_not_the_file(tmp_path):
     assert "recipe.yaml" in message and "--set" not in message, message
 
 
-@pytest.mark.xfail(strict=True, reason="a key written twice is silently overwritten by the second")
 @pytest.mark.parametrize(
     ("text", "line", "key"),
     [
@@ -182,7 +181,6 @@ def test_the_same_name_in_two_blocks_is_no_duplicate(tmp_path):
     assert (recipe.train.seed, recipe.data.world.seed) == (3, 4)
 
 
-@pytest.mark.xfail(strict=True, reason="an infinite number passes every lower bound")
 @pytest.mark.parametrize(
     "key",
     ["train.lr", "train.grad_clip", "method.dpo.beta", "method.rl.kl_coef", "eval.forgetting.threshold"],

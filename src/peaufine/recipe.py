@@ -20,9 +20,10 @@ AnomalyPolicy = Literal["error", "skip"]
 
 
 class Block(BaseModel):
-    """Every block forbids unknown keys: a misspelt key must fail, never be silently ignored."""
+    """Every block forbids unknown keys: a misspelt key must fail, never be silently ignored; and
+    infinite numbers (YAML's .inf), which pass any lower bound."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class TokenizerBlock(Block):
@@ -670,6 +671,26 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def _duplicate_key(node: yaml.Node | None, path: tuple[str, ...] = ()) -> tuple[str, int] | None:
+    """The dotted path and line of the first key that a YAML mapping repeats, or None."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+            if key in seen and key != "<<":  # "<<" merges: a YAML feature, not a key
+                return ".".join((*path, key)), key_node.start_mark.line + 1
+            seen.add(key)
+            found = _duplicate_key(value_node, (*path, key))
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            found = _duplicate_key(item, (*path, str(index)))
+            if found:
+                return found
+    return None
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -678,12 +699,18 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise RecipeError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
+        duplicate = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise RecipeError(f"{path}{where}: not valid YAML: {problem}") from None
+    if duplicate is not None:
+        key, line = duplicate
+        raise RecipeError(
+            f"{path}, line {line}: '{key}' is written twice (YAML keeps the last value silently); keep one"
+        )
     if data is None:  # an empty file, or comments only: the defaults
         return {}
     if not isinstance(data, dict):
