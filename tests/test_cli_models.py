@@ -232,3 +232,12 @@ def test_params_of_a_damaged_model_folder_is_one_message(root, tmp_path, case, c
     code, _, err = run_cli(["params", "--set", f"model.source={model}"], capsys, monkeypatch)
     assert code == 2 and "Traceback" not in err, err[-1500:]
     assert model.name in "".join(err.split()), err
+
+
+@pytest.mark.xfail(strict=True, reason="the terminal reads [bold] in a message as markup and drops it")
+@pytest.mark.parametrize("name", ["run[bold]", "[red]model", "v[/]2", "lm[link=x]"])
+def test_a_message_names_a_folder_with_brackets_as_it_is(tmp_path, name, capsys, monkeypatch):
+    model = tmp_path / name
+    code, _, err = run_cli(["generate", str(model), "-p", "ab"], capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in err, err
+    assert name in "".join(err.split()), err
