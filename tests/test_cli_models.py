@@ -234,7 +234,6 @@ def test_params_of_a_damaged_model_folder_is_one_message(root, tmp_path, case, c
     assert model.name in "".join(err.split()), err
 
 
-@pytest.mark.xfail(strict=True, reason="the terminal reads [bold] in a message as markup and drops it")
 @pytest.mark.parametrize("name", ["run[bold]", "[red]model", "v[/]2", "lm[link=x]"])
 def test_a_message_names_a_folder_with_brackets_as_it_is(tmp_path, name, capsys, monkeypatch):
     model = tmp_path / name
