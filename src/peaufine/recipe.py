@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -614,6 +615,43 @@ def _with_stage_defaults(data: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+# The member tags pydantic puts in an error's location for a key of several types (str | list[str]).
+_TYPE_TAG = re.compile(r"^(str|int|float|bool|none|[a-z-]+\[.*\])$")
+
+
+def _one_error_per_key(errors: list[Any]) -> list[dict[str, Any]]:
+    """Pydantic's errors with the errors of each member of a union merged into one per key: a key of
+    several types (data.source: a path or a list of paths) gets one line naming the key, not a line
+    per type with the type's tag in the key ('data.source.list[str].0')."""
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    members: set[tuple[Any, ...]] = set()
+    out: list[dict[str, Any]] = []
+    for error in errors:
+        loc = tuple(error["loc"])
+        cut = next((i for i, p in enumerate(loc) if isinstance(p, str) and _TYPE_TAG.match(p)), None)
+        if cut is None:
+            out.append(error)
+            continue
+        key, rest = loc[:cut], loc[cut + 1 :]
+        if (*key, loc[cut]) in members:  # one error per member is enough (the first bad item)
+            continue
+        members.add((*key, loc[cut]))
+        where = f" (item {'.'.join(str(p) for p in rest)}: {error.get('input')!r})" if rest else ""
+        if key not in merged:
+            merged[key] = {
+                "type": "union",
+                "loc": key,
+                "input": error.get("input"),
+                "msg": error["msg"] + where,
+            }
+            out.append(merged[key])
+        else:
+            merged[key]["msg"] += f"; or {error['msg']}{where}"
+        if not rest:
+            merged[key]["input"] = error.get("input")
+    return out
+
+
 def validate_recipe(
     data: dict[str, Any], source: str = "recipe", origins: dict[str, str] | None = None
 ) -> Recipe:
@@ -624,7 +662,7 @@ def validate_recipe(
     try:
         recipe = Recipe.model_validate(_with_stage_defaults(data))
     except ValidationError as exc:
-        messages = [_describe(err, source, origins) for err in exc.errors()]
+        messages = [_describe(err, source, origins) for err in _one_error_per_key(exc.errors())]
         raise RecipeError("\n".join(messages)) from None
     expected = METHOD_OF_STAGE[recipe.stage]
     if recipe.method.name != expected:
