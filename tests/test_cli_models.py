@@ -240,3 +240,53 @@ def test_a_message_names_a_folder_with_brackets_as_it_is(tmp_path, name, capsys,
     code, _, err = run_cli(["generate", str(model), "-p", "ab"], capsys, monkeypatch)
     assert code == 2 and "Traceback" not in err, err
     assert name in "".join(err.split()), err
+
+
+def lora_adapter(root: Path) -> Path:
+    """A LoRA adapter of the tiny causal LM, saved as PEFT saves it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folder = root / "lora"
+    if not folder.exists():
+        model = AutoModelForCausalLM.from_pretrained(root / "lm")
+        get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"])).save_pretrained(folder)
+    return folder
+
+
+DAMAGED_ADAPTERS = {
+    "truncated weights": "truncated",
+    "corrupt header": "header",
+    "config not JSON": "adapter_config.json",
+}
+
+
+@pytest.mark.xfail(strict=True, reason="a damaged adapter gives a traceback from safetensors or json")
+@pytest.mark.parametrize("case", list(DAMAGED_ADAPTERS))
+def test_merge_refuses_a_damaged_adapter_with_one_message(root, tmp_path, case, capsys, monkeypatch):
+    adapter = tmp_path / "adapter"
+    shutil.copytree(lora_adapter(root), adapter)
+    weights = adapter / "adapter_model.safetensors"
+    data = weights.read_bytes()
+    if case == "truncated weights":
+        weights.write_bytes(data[:-50])
+    elif case == "corrupt header":
+        weights.write_bytes(data[:12] + b"\xff" * 20 + data[32:])
+    else:
+        (adapter / "adapter_config.json").write_text('{"peft_type": "LORA", ', encoding="utf-8")
+    out = tmp_path / "merged"
+    code, _, err = run_cli(["merge", str(root / "lm"), str(adapter), "--out", str(out)], capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in err, err[-1500:]
+    squashed = "".join(err.split())
+    assert "adapter" in squashed and DAMAGED_ADAPTERS[case].replace(" ", "") in squashed, err
+    assert not out.exists()
+
+
+def test_merge_of_an_intact_adapter_writes_the_merged_model(root, tmp_path, capsys, monkeypatch):
+    """The negative control of the damaged adapters."""
+    out = tmp_path / "merged"
+    code, _, err = run_cli(
+        ["merge", str(root / "lm"), str(lora_adapter(root)), "--out", str(out)], capsys, monkeypatch
+    )
+    assert code == 0, err
+    assert (out / "model.safetensors").is_file()
