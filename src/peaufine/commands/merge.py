@@ -3,13 +3,14 @@ that loads without PEFT; an adapter trained on another model is refused with the
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from peaufine.errors import ModelError
 from peaufine.models.adapters import quiet_peft
-from peaufine.models.build import load_pretrained, save_model
+from peaufine.models.build import check_model_folder, load_pretrained, safetensors_problem, save_model
 from peaufine.models.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
@@ -41,6 +42,23 @@ def _adapter_mismatch(model: torch.nn.Module, adapter_file: Path) -> str | None:
     if missing:
         parts.append(f"{len(missing)} adapted layers get no weights (e.g. {missing[0]})")
     return "; ".join(parts)
+
+
+def _check_adapter_files(adapter_dir: Path, adapter_file: Path) -> None:
+    """Refuse an adapter whose config is not a JSON object or whose weights are damaged (truncated,
+    a broken header), naming the file, before the base model is loaded."""
+    config_file = adapter_dir / "adapter_config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"merge: {config_file} is not valid JSON ({exc}); save the adapter again") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"merge: {config_file} is not a JSON object; save the adapter again")
+    problem = safetensors_problem(adapter_file)
+    if problem:
+        raise ModelError(
+            f"merge: the adapter weights {adapter_file} are damaged: {problem}; save the adapter again"
+        )
 
 
 def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path, overwrite: bool = False) -> None:
@@ -77,6 +95,8 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path, overwrite: b
             f"merge: {adapter_dir} has no adapter_model.safetensors; peaufine loads safetensors only "
             "(re-save the adapter with PEFT's save_pretrained(safe_serialization=True))"
         )
+    check_model_folder(model_dir, key="merge", kind="causal_lm")  # the base first, as given first
+    _check_adapter_files(adapter_dir, adapter_file)
     resolved = {p.resolve() for p in (base_dir, model_dir, adapter_dir)}
     if out_dir.resolve() in resolved:
         raise ModelError(f"merge: the output folder {out_dir} is an input; choose another folder")
