@@ -288,7 +288,6 @@ def test_merge_of_an_intact_adapter_writes_the_merged_model(root, tmp_path, caps
     assert (out / "model.safetensors").is_file()
 
 
-@pytest.mark.xfail(strict=True, reason="an empty prompt gives a RuntimeError traceback from the model")
 @pytest.mark.parametrize("prompts", [[""], ["ab", ""]])
 def test_generate_refuses_a_prompt_with_no_tokens_naming_it(root, prompts, capsys, monkeypatch):
     args = ["generate", str(root / "lm")]
