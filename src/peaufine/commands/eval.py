@@ -13,7 +13,7 @@ from peaufine.data.corpus import tokenize_general
 from peaufine.data.records import load_chat_records
 from peaufine.data.tokenize import ensure_chat_template, tokenize_records
 from peaufine.engine.runtime import make_runtime
-from peaufine.errors import ModelError
+from peaufine.errors import DataError, ModelError
 from peaufine.evaluate.answers import answer_questions
 from peaufine.evaluate.forgetting import forgetting_report, general_loss
 from peaufine.evaluate.sft import task_loss
@@ -62,6 +62,13 @@ def measure_model(
     if general is not None:
         with tempfile.TemporaryDirectory() as tmp:
             stream = read_token_stream(tokenize_general(tokenizer, general, Path(tmp) / "general.bin"))
+            if len(stream) <= max_length:  # not one block: the loss would be NaN
+                raise DataError(
+                    f"the general text has {len(stream)} tokens, fewer than one block of --max-length "
+                    f"{max_length} (plus the token it predicts)",
+                    path=general,
+                    hint="give more text, or a smaller --max-length",
+                )
             loss = general_loss(model, stream, runtime, max_length, None)
         figures["general_loss"] = loss
         figures["general_perplexity"] = math.exp(loss)
