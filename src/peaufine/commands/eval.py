@@ -17,7 +17,8 @@ from peaufine.errors import DataError, ModelError
 from peaufine.evaluate.answers import answer_questions
 from peaufine.evaluate.forgetting import forgetting_report, general_loss
 from peaufine.evaluate.sft import task_loss
-from peaufine.models.build import check_model_folder, load_pretrained, resolve_source
+from peaufine.models.build import load_pretrained, resolve_source
+from peaufine.models.folders import check_model_folder
 from peaufine.models.tokenizer import load_tokenizer
 from peaufine.recipe import FieldsBlock, TrainBlock
 

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 from peaufine.errors import ModelError
 from peaufine.models.adapters import quiet_peft
-from peaufine.models.build import check_model_folder, load_pretrained, safetensors_problem, save_model
+from peaufine.models.build import load_pretrained, save_model
+from peaufine.models.folders import check_model_folder, safetensors_problem
 from peaufine.models.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:

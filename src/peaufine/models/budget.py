@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from peaufine.errors import ModelError
 from peaufine.models.adapters import apply_adapter, peft_base
-from peaufine.models.build import max_positions, read_model_config, resolve_source
+from peaufine.models.build import max_positions, resolve_source
+from peaufine.models.folders import read_model_config
 from peaufine.models.presets import build_config
 from peaufine.recipe import AdapterBlock, load_recipe
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from peaufine.errors import ModelError
-from peaufine.models.build import check_model_folder, safetensors_problem
+from peaufine.models.folders import check_model_folder, safetensors_problem
 
 
 def weights_file(path: Path) -> bytes:
