@@ -298,7 +298,6 @@ def test_generate_refuses_a_prompt_with_no_tokens_naming_it(root, prompts, capsy
     assert f"--prompt {len(prompts)}" in " ".join(err.split()), err
 
 
-@pytest.mark.xfail(strict=True, reason="the drivers make their folder before the stage checks the model")
 @pytest.mark.parametrize("driver", ["folds", "search"])
 @pytest.mark.parametrize("case", ["truncated weights", "wrong kind"])
 def test_drivers_refuse_a_damaged_model_before_making_their_folder(

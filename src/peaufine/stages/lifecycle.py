@@ -222,6 +222,13 @@ class StageSpec:
     train_and_measure: Callable[[OpenedRun, bool, list[StepHook] | None], StageOutcome]
     check: Callable[[Recipe], None] | None = None
 
+    def refuse(self, recipe: Recipe) -> None:
+        """Everything the stage refuses of `recipe` before any folder exists: its model folders
+        (models/build.check_recipe_models) and the stage's own `check`."""
+        check_recipe_models(recipe)
+        if self.check is not None:
+            self.check(recipe)
+
     def run(
         self,
         recipe: Recipe,
@@ -234,9 +241,7 @@ class StageSpec:
     ) -> StageOutcome:
         """Run `recipe` into the run folder `out`: checked (its model folders too), prepared in staging
         (bad input leaves no folder), trained, measured and finished; `hooks` are called after every step."""
-        check_recipe_models(recipe)
-        if self.check is not None:
-            self.check(recipe)
+        self.refuse(recipe)
         opened = open_run(
             recipe, Path(out), self.prepare, overwrite=overwrite, resume=resume, tracker=tracker
         )
