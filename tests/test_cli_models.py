@@ -316,3 +316,18 @@ def test_drivers_refuse_a_damaged_model_before_making_their_folder(
     assert code == 2 and "Traceback" not in err, err[-1500:]
     assert model.name in "".join(err.split()), err
     assert not out.exists()
+
+
+@pytest.mark.xfail(strict=True, reason="the pipeline folder is made before its first stage checks the model")
+def test_a_pipeline_refuses_a_damaged_model_in_its_first_stage_before_making_its_folder(
+    root, tmp_path, capsys, monkeypatch
+):
+    model = bad_folder(root, "truncated weights")
+    recipe = stage_recipe(root, "sft", model, tmp_path / "out")
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(json.dumps({"name": "p", "stages": [{"name": "sft", "recipe": str(recipe)}]}))
+    out = tmp_path / "out"
+    code, _, err = run_cli(["run", str(pipeline), "--out", str(out)], capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in err, err[-1500:]
+    assert model.name in "".join(err.split()), err
+    assert not out.exists()
