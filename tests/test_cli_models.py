@@ -318,7 +318,6 @@ def test_drivers_refuse_a_damaged_model_before_making_their_folder(
     assert not out.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="the pipeline folder is made before its first stage checks the model")
 def test_a_pipeline_refuses_a_damaged_model_in_its_first_stage_before_making_its_folder(
     root, tmp_path, capsys, monkeypatch
 ):
