@@ -54,10 +54,16 @@ def _cross_validate(spec: object, out: Path, folds: int, overwrite: bool, resume
 
 
 def _fail(message: str) -> None:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    _print_error(message)
     raise typer.Exit(code=2)
+
+
+def _print_error(message: str) -> None:
+    """The one line a user's mistake gets; the message is text, not markup (a path may hold [bold])."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
 
 
 @app.command()
@@ -279,7 +285,7 @@ def merge(
     from peaufine.commands.merge import merge_adapter
     from peaufine.models.build import resolve_source
 
-    resolved = resolve_source(str(base))
+    resolved = resolve_source(str(base), "merge")
     if resolved.model_dir is None:
         _fail(f"{base}: merge needs a trained base model folder, not a preset")
     merge_adapter(resolved.model_dir, adapter, out)
@@ -506,9 +512,7 @@ def main() -> None:
 
 
 def _fail_outside(message: str) -> None:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    _print_error(message)
     sys.exit(2)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,9 +21,10 @@ AnomalyPolicy = Literal["error", "skip"]
 
 
 class Block(BaseModel):
-    """Every block forbids unknown keys: a misspelt key must fail, never be silently ignored."""
+    """Every block forbids unknown keys: a misspelt key must fail, never be silently ignored; and
+    infinite numbers (YAML's .inf), which pass any lower bound."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class TokenizerBlock(Block):
@@ -413,15 +415,152 @@ def _schema_at(path: tuple[str | int, ...]) -> type[BaseModel] | None:
     return block
 
 
-def _describe(error: dict[str, Any], source: str) -> str:
+# Keys as other tools spell them (Transformers' TrainingArguments, TRL, PEFT, nanoGPT, axolotl), each
+# mapped to the recipe key that does its job, so "learning_rate" gets "did you mean 'train.lr'" wherever
+# it is written. tests/test_recipe_input.py checks that every target is a key of the schema.
+KEY_SYNONYMS: dict[str, str] = {
+    "learning_rate": "train.lr",
+    "min_learning_rate": "train.min_lr",
+    "lr_scheduler_type": "train.schedule",
+    "lr_scheduler": "train.schedule",
+    "scheduler": "train.schedule",
+    "num_train_epochs": "train.max_steps",
+    "epochs": "train.max_steps",
+    "max_epochs": "train.max_steps",
+    "max_iters": "train.max_steps",
+    "per_device_train_batch_size": "train.micro_batch_size",
+    "train_batch_size": "train.batch_size",
+    "gradient_accumulation_steps": "train.batch_size",
+    "max_grad_norm": "train.grad_clip",
+    "gradient_clipping": "train.grad_clip",
+    "clip_grad_norm": "train.grad_clip",
+    "warmup_ratio": "train.warmup_steps",
+    "warmup_iters": "train.warmup_steps",
+    "num_warmup_steps": "train.warmup_steps",
+    "adam_beta1": "train.betas",
+    "adam_beta2": "train.betas",
+    "adam_epsilon": "train.eps",
+    "logging_steps": "train.log_every",
+    "log_interval": "train.log_every",
+    "save_steps": "train.checkpoint_every",
+    "save_total_limit": "train.keep_checkpoints",
+    "bf16": "train.precision",
+    "fp16": "train.precision",
+    "mixed_precision": "train.precision",
+    "gradient_checkpointing": "train.activation_checkpointing",
+    "torch_compile": "train.compile",
+    "eval_steps": "eval.every",
+    "eval_interval": "eval.every",
+    "per_device_eval_batch_size": "eval.batch_size",
+    "eval_batch_size": "eval.batch_size",
+    "early_stopping_patience": "eval.early_stopping.patience",
+    "lora_r": "model.adapter.r",
+    "lora_rank": "model.adapter.r",
+    "lora_alpha": "model.adapter.alpha",
+    "lora_dropout": "model.adapter.dropout",
+    "lora_target_modules": "model.adapter.target_modules",
+    "use_rslora": "model.adapter.rslora",
+    "use_dora": "model.adapter.dora",
+    "use_peft": "model.adapter.kind",
+    "model_name_or_path": "model.source",
+    "model_name": "model.source",
+    "base_model": "model.source",
+    "init_from": "model.source",
+    "attn_implementation": "model.attention",
+    "max_seq_length": "data.max_length",
+    "max_seq_len": "data.max_length",
+    "seq_length": "data.max_length",
+    "sequence_len": "data.max_length",
+    "cutoff_len": "data.max_length",
+    "dataset": "data.source",
+    "dataset_name": "data.source",
+    "dataset_path": "data.source",
+    "train_file": "data.source",
+    "data_files": "data.source",
+    "dataset_text_field": "data.text_field",
+    "completion_only_loss": "data.loss_on",
+    "val_set_size": "data.validation_fraction",
+    "validation_split": "data.validation_fraction",
+    "test_size": "data.validation_fraction",
+    "loss_type": "method.dpo.loss",
+    "rpo_alpha": "method.dpo.sft_weight",
+    "num_generations": "method.rl.group_size",
+    "max_completion_length": "method.rl.max_new_tokens",
+    "num_iterations": "method.rl.passes",
+    "cliprange": "method.rl.clip",
+    "epsilon": "method.rl.clip",
+    "init_kl_coef": "method.rl.kl_coef",
+    "reward_funcs": "method.rl.rewards",
+    "report_to": "track",
+}
+
+# What to know when another tool's key maps to ours with another meaning.
+SYNONYM_NOTES = {
+    "train.max_steps": "peaufine counts optimiser steps, not epochs",
+    "train.batch_size": "the global batch: micro_batch_size sets each pass's share, the rest is accumulated",
+    "train.warmup_steps": "a number of steps, not a ratio",
+    "train.precision": "precision: bf16, fp16 or fp32",
+    "train.betas": "both betas as a pair, e.g. [0.9, 0.95]",
+}
+
+
+def _leaf_keys(block: type[BaseModel] = Recipe, prefix: str = "") -> dict[str, str]:
+    """Every key path of the schema, blocks included, keyed by path, valued by its last name."""
+    keys: dict[str, str] = {}
+    for name, field in block.model_fields.items():
+        keys[prefix + name] = name
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys.update(_leaf_keys(annotation, prefix + name + "."))
+    return keys
+
+
+def _closest_key(path: tuple[str | int, ...]) -> tuple[str, str] | None:
+    """The recipe key an unknown key at `path` most likely means, and a note; None when nothing is close.
+
+    In order: another tool's name for one of our keys; our key of that name in another block; the
+    closest spelling (by difflib's ratio) among this block's keys, the synonyms and every other key,
+    this block's keys winning ties.
+    """
+    written = str(path[-1]).strip().lower().replace("-", "_")
+    parent = ".".join(str(p) for p in path[:-1])
+    block = _schema_at(path)
+    here = {(f"{parent}.{name}" if parent else name): name for name in (block.model_fields if block else [])}
+    everywhere = _leaf_keys()
+    if written in KEY_SYNONYMS:
+        target = KEY_SYNONYMS[written]
+        return target, f"{written} is another tool's name for it" + (
+            f"; {SYNONYM_NOTES[target]}" if target in SYNONYM_NOTES else ""
+        )
+    elsewhere = sorted((k for k, name in everywhere.items() if name == written and k not in here), key=len)
+    if elsewhere:
+        return elsewhere[0], f"{written} belongs in the {elsewhere[0].rpartition('.')[0]} block"
+    candidates = [(name, key, 0.0) for key, name in here.items()]
+    candidates += [(name, key, 0.02) for name, key in KEY_SYNONYMS.items()]
+    candidates += [(name, key, 0.05) for key, name in everywhere.items() if key not in here]
+    scored = [
+        (difflib.SequenceMatcher(None, written, name).ratio() - penalty, key)
+        for name, key, penalty in candidates
+    ]
+    score, key = max(scored, default=(0.0, ""), key=lambda item: item[0])
+    return (key, "") if score >= 0.5 else None
+
+
+def _describe(error: dict[str, Any], source: str, origins: dict[str, str] | None = None) -> str:
+    """One validation error as a line naming where the key was written: the file (`source`), or the
+    `--set` option that wrote it (`origins`: key path -> option)."""
     path = tuple(error["loc"])
     key = ".".join(str(p) for p in path)
+    for written, origin in (origins or {}).items():
+        if key == written or key.startswith(written + "."):
+            source = origin
     if error["type"] == "extra_forbidden":
         block = _schema_at(path)
         valid = sorted(block.model_fields) if block else []
-        close = difflib.get_close_matches(str(path[-1]), valid, n=1, cutoff=0.5)
-        parent = ".".join(str(p) for p in path[:-1])
-        hint = f"did you mean '{parent + '.' if parent else ''}{close[0]}'?" if close else ""
+        close = _closest_key(path)
+        hint = ""
+        if close:
+            hint = f"did you mean '{close[0]}'?" + (f" ({close[1]})" if close[1] else "")
         listing = f"valid keys here: {', '.join(valid)}"
         return f"{source}: unknown key '{key}'. {hint} {listing}".replace("  ", " ")
     value = error.get("input")
@@ -486,14 +625,54 @@ def _with_stage_defaults(data: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def validate_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
-    """Validate a raw mapping; every problem becomes one RecipeError naming key paths."""
+# The member tags pydantic puts in an error's location for a key of several types (str | list[str]).
+_TYPE_TAG = re.compile(r"^(str|int|float|bool|none|[a-z-]+\[.*\])$")
+
+
+def _one_error_per_key(errors: list[Any]) -> list[dict[str, Any]]:
+    """Pydantic's errors with the errors of each member of a union merged into one per key: a key of
+    several types (data.source: a path or a list of paths) gets one line naming the key, not a line
+    per type with the type's tag in the key ('data.source.list[str].0')."""
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    members: set[tuple[Any, ...]] = set()
+    out: list[dict[str, Any]] = []
+    for error in errors:
+        loc = tuple(error["loc"])
+        cut = next((i for i, p in enumerate(loc) if isinstance(p, str) and _TYPE_TAG.match(p)), None)
+        if cut is None:
+            out.append(error)
+            continue
+        key, rest = loc[:cut], loc[cut + 1 :]
+        if (*key, loc[cut]) in members:  # one error per member is enough (the first bad item)
+            continue
+        members.add((*key, loc[cut]))
+        where = f" (item {'.'.join(str(p) for p in rest)}: {error.get('input')!r})" if rest else ""
+        if key not in merged:
+            merged[key] = {
+                "type": "union",
+                "loc": key,
+                "input": error.get("input"),
+                "msg": error["msg"] + where,
+            }
+            out.append(merged[key])
+        else:
+            merged[key]["msg"] += f"; or {error['msg']}{where}"
+        if not rest:
+            merged[key]["input"] = error.get("input")
+    return out
+
+
+def validate_recipe(
+    data: dict[str, Any], source: str = "recipe", origins: dict[str, str] | None = None
+) -> Recipe:
+    """Validate a raw mapping; every problem becomes one RecipeError naming key paths and where each
+    was written (`origins`: the key paths that `--set` options wrote, to the option)."""
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: a recipe must be a mapping of blocks, got {type(data).__name__}")
     try:
         recipe = Recipe.model_validate(_with_stage_defaults(data))
     except ValidationError as exc:
-        messages = [_describe(err, source) for err in exc.errors()]
+        messages = [_describe(err, source, origins) for err in _one_error_per_key(exc.errors())]
         raise RecipeError("\n".join(messages)) from None
     expected = METHOD_OF_STAGE[recipe.stage]
     if recipe.method.name != expected:
@@ -557,6 +736,26 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def _duplicate_key(node: yaml.Node | None, path: tuple[str, ...] = ()) -> tuple[str, int] | None:
+    """The dotted path and line of the first key that a YAML mapping repeats, or None."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+            if key in seen and key != "<<":  # "<<" merges: a YAML feature, not a key
+                return ".".join((*path, key)), key_node.start_mark.line + 1
+            seen.add(key)
+            found = _duplicate_key(value_node, (*path, key))
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            found = _duplicate_key(item, (*path, str(index)))
+            if found:
+                return found
+    return None
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -565,13 +764,28 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise RecipeError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
+        duplicate = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise RecipeError(f"{path}{where}: not valid YAML: {problem}") from None
-    return data or {}
+    if duplicate is not None:
+        key, line = duplicate
+        raise RecipeError(
+            f"{path}, line {line}: '{key}' is written twice (YAML keeps the last value silently); keep one"
+        )
+    if data is None:  # an empty file, or comments only: the defaults
+        return {}
+    if not isinstance(data, dict):
+        shown = repr(data) if len(repr(data)) <= 60 else repr(data)[:57] + "..."
+        found = "a list" if isinstance(data, list) else f"the {type(data).__name__} {shown}"
+        raise RecipeError(
+            f"{path}: expected a mapping of keys at the top (lines such as `train:` with keys below "
+            f"them), but the file holds {found}"
+        )
+    return data
 
 
 def load_recipe(path: Path | None, overrides: list[str] | None = None, stage: str | None = None) -> Recipe:
@@ -596,7 +810,8 @@ def load_recipe(path: Path | None, overrides: list[str] | None = None, stage: st
             f"{source}: {key} is {value!r}, a reference to a pipeline stage's run; run this recipe in a "
             "pipeline (peaufine run), or replace the reference with a run folder"
         )
-    return validate_recipe(data, source)
+    origins = {".".join(parse_override(text)[0]): f"--set {text!r}" for text in overrides or []}
+    return validate_recipe(data, source, origins)
 
 
 def _pipeline_reference(data: Any) -> tuple[str, str] | None:

@@ -425,3 +425,37 @@ def test_jsonl_records_are_read_as_written(tmp_path: Path, cache: Path) -> None:
     path.write_text("".join(json.dumps({"text": r}) + "\n" for r in records), encoding="utf-8")
     dataset, _ = load_documents(path, cache_dir=cache)
     assert texts(dataset) == records
+
+
+# ---------------------------------------------------------------------------------------------
+# NUL bytes: binary data or UTF-16 text, never UTF-8 text
+
+NUL_FILES = {
+    "a binary blob in the middle": b"first line of text\n\nsecond \x00\x01\x02\x00 paragraph\n\nthird line\n",
+    "UTF-16 text": "first line\n\nsecond line\n".encode("utf-16-le"),
+}
+
+
+@pytest.mark.parametrize("unit", ["line", "paragraph", "file"])
+@pytest.mark.parametrize("case", list(NUL_FILES))
+def test_nul_bytes_are_an_anomaly_in_every_document_unit(tmp_path: Path, cache: Path, unit, case) -> None:
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(NUL_FILES[case])
+    error = load_error(path, cache, document_unit=unit)
+    assert "NUL" in str(error) and "corpus.txt" in str(error) and "data.anomalies.not_utf8" in str(error)
+    if unit != "file":
+        assert "line " in str(error)
+    # skipped under the not_utf8 policy, and counted; no NUL reaches a document
+    (tmp_path / "good.txt").write_text("a good line\n", encoding="utf-8")
+    both = [path, tmp_path / "good.txt"]
+    dataset, report = load_documents(both, cache_dir=cache, document_unit=unit, policy={"not_utf8": "skip"})
+    assert report.counts["not_utf8"] >= 1
+    assert not any("\x00" in text for text in texts(dataset))
+
+
+def test_a_text_file_without_nul_bytes_is_read_whole(tmp_path: Path, cache: Path) -> None:
+    """The negative control: tabs, form feeds and other control characters are text."""
+    path = tmp_path / "corpus.txt"
+    path.write_text("col\tumn one\n\fsecond\x1b[0m line\n", encoding="utf-8")
+    dataset, report = load_documents(path, cache_dir=cache, document_unit="line")
+    assert texts(dataset) == ["col\tumn one", "\fsecond\x1b[0m line"] and report.total() == 0

@@ -13,20 +13,22 @@ from peaufine.data.corpus import tokenize_general
 from peaufine.data.records import load_chat_records
 from peaufine.data.tokenize import ensure_chat_template, tokenize_records
 from peaufine.engine.runtime import make_runtime
-from peaufine.errors import ModelError
+from peaufine.errors import DataError, ModelError
 from peaufine.evaluate.answers import answer_questions
 from peaufine.evaluate.forgetting import forgetting_report, general_blocks, general_loss
 from peaufine.evaluate.sft import task_loss
 from peaufine.models.build import load_pretrained, resolve_source
+from peaufine.models.folders import check_model_folder
 from peaufine.models.tokenizer import load_tokenizer
 from peaufine.recipe import FieldsBlock, TrainBlock
 
 
 def _model_dir(path: str) -> Path:
-
-    source = resolve_source(path)
+    """The checked causal LM folder of a run or model folder."""
+    source = resolve_source(path, "eval")
     if source.model_dir is None:
         raise ModelError(f"{path}: eval needs a trained model (a run or model folder), not a preset")
+    check_model_folder(source.model_dir, key="eval", kind="causal_lm")
     return source.model_dir
 
 
@@ -43,7 +45,7 @@ def measure_model(
 
     directory = _model_dir(model_path)
     runtime = make_runtime(TrainBlock())
-    model = load_pretrained(directory).to(runtime.device)
+    model = load_pretrained(directory, key="eval").to(runtime.device)
     tokenizer = load_tokenizer(str(directory))
     ensure_chat_template(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -61,6 +63,13 @@ def measure_model(
     if general is not None:
         with tempfile.TemporaryDirectory() as tmp:
             stream = read_token_stream(tokenize_general(tokenizer, general, Path(tmp) / "general.bin"))
+            if len(stream) <= max_length:  # not one block: the loss would be NaN
+                raise DataError(
+                    f"the general text has {len(stream)} tokens, fewer than one block of --max-length "
+                    f"{max_length} (plus the token it predicts)",
+                    path=general,
+                    hint="give more text, or a smaller --max-length",
+                )
             loss = general_loss(model, stream, runtime, max_length, None)
             figures["general_blocks"] = general_blocks(stream, max_length, None)
         figures["general_loss"] = loss
@@ -82,6 +91,9 @@ def run_eval(
 
     if data is None and general is None:
         raise ModelError("eval: give task data (--data) and/or general text (--general)")
+    for path in (model_path, base):  # both checked before either is measured
+        if path is not None:
+            _model_dir(path)
     result: dict[str, Any] = {
         "model": measure_model(
             model_path, data, general, data_format=data_format, max_length=max_length, answers=answers

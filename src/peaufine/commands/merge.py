@@ -3,6 +3,7 @@ that loads without PEFT; an adapter trained on another model is refused with the
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING
 from peaufine.errors import ModelError
 from peaufine.models.adapters import quiet_peft
 from peaufine.models.build import load_pretrained, save_model
+from peaufine.models.folders import check_model_folder, safetensors_problem
 from peaufine.models.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
@@ -43,6 +45,23 @@ def _adapter_mismatch(model: torch.nn.Module, adapter_file: Path) -> str | None:
     return "; ".join(parts)
 
 
+def _check_adapter_files(adapter_dir: Path, adapter_file: Path) -> None:
+    """Refuse an adapter whose config is not a JSON object or whose weights are damaged (truncated,
+    a broken header), naming the file, before the base model is loaded."""
+    config_file = adapter_dir / "adapter_config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"merge: {config_file} is not valid JSON ({exc}); save the adapter again") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"merge: {config_file} is not a JSON object; save the adapter again")
+    problem = safetensors_problem(adapter_file)
+    if problem:
+        raise ModelError(
+            f"merge: the adapter weights {adapter_file} are damaged: {problem}; save the adapter again"
+        )
+
+
 def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path, overwrite: bool = False) -> None:
     """`peaufine merge`: base + LoRA adapter -> one plain model folder, written atomically.
 
@@ -52,10 +71,13 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path, overwrite: b
     from peft import PeftModel
 
     base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
-    if not base_dir.is_dir():
-        raise ModelError(
-            f"merge: base model folder {base_dir} does not exist; give the model the adapter was trained on"
-        )
+    for folder, what, fix in (
+        (base_dir, "base model", "give the model the adapter was trained on"),
+        (adapter_dir, "adapter", "give the adapter/ folder of a LoRA run"),
+    ):
+        if not folder.is_dir():
+            state = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise ModelError(f"merge: the {what} folder {folder} {state}; {fix}")
     # A peaufine run folder keeps its model in model/; a Hugging Face folder is the model itself.
     model_dir = base_dir / "model" if (base_dir / "model" / "config.json").is_file() else base_dir
     if not (model_dir / "config.json").is_file():
@@ -74,13 +96,15 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path, overwrite: b
             f"merge: {adapter_dir} has no adapter_model.safetensors; peaufine loads safetensors only "
             "(re-save the adapter with PEFT's save_pretrained(safe_serialization=True))"
         )
+    check_model_folder(model_dir, key="merge", kind="causal_lm")  # the base first, as given first
+    _check_adapter_files(adapter_dir, adapter_file)
     resolved = {p.resolve() for p in (base_dir, model_dir, adapter_dir)}
     if out_dir.resolve() in resolved:
         raise ModelError(f"merge: the output folder {out_dir} is an input; choose another folder")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ModelError(f"merge: {out_dir} exists and is not empty; remove it or choose another folder")
 
-    base = load_pretrained(model_dir)
+    base = load_pretrained(model_dir, key="merge")
     tokenizer_dir = adapter_dir if _has_tokenizer(adapter_dir) else model_dir
     if not _has_tokenizer(tokenizer_dir):
         raise ModelError(

@@ -52,6 +52,10 @@ def write_token_stream(documents: Iterable[Sequence[int]], eos_id: int, path: Pa
 
 
 def read_token_stream(path: Path) -> np.ndarray:
+    """The int32 token stream in `path`, memory-mapped; an empty file (no validation split) is an
+    empty stream, which numpy cannot map."""
+    if Path(path).stat().st_size == 0:
+        return np.zeros(0, dtype=np.int32)
     return np.memmap(path, dtype=np.int32, mode="r")
 
 
@@ -460,7 +464,8 @@ class LabelledTexts:
             pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad_id is None:
             raise ModelError("the tokenizer has neither a pad nor an EOS token; pass pad_id explicitly")
-        encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+        # an empty split (data.validation_fraction: 0) is an empty set: tokenizers fail on no texts
+        encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"] if texts else []
         values = [float(y) for y in labels] if regression else [int(y) for y in labels]
         return cls(encoded, values, pad_id, regression)
 

@@ -224,23 +224,36 @@ def _text_value(record: dict[str, Any], text_field: str, where: Where) -> str | 
 
 
 def split_documents(
-    dataset: datasets.Dataset, validation_fraction: float, seed: int
+    dataset: datasets.Dataset,
+    validation_fraction: float,
+    seed: int,
+    *,
+    source: object = None,
+    document_unit: str | None = None,
 ) -> tuple[datasets.Dataset, datasets.Dataset]:
     """Split by document into (train, validation), the same way for the same seed.
 
     Splitting documents rather than packed token blocks keeps any text out of both sides. The
     permutation comes from PCG64's raw bit stream, which numpy keeps stable across versions, so a
     recipe's validation set does not move when the environment is upgraded. Each side keeps the
-    corpus order, which keeps reads of the memory-mapped Arrow file sequential.
+    corpus order, which keeps reads of the memory-mapped Arrow file sequential. `source` and
+    `document_unit` (the recipe's) make the advice of a corpus too small to split fit the case.
     """
     check_validation_fraction(validation_fraction)
     n = len(dataset)
     if validation_fraction == 0.0:
         return dataset, dataset.select([])
     if n < 2:
+        finer = {"file": "paragraph or line", "paragraph": "line", "line": ""}.get(
+            str(document_unit), "paragraph or line"
+        )
+        now = f"; data.document_unit is {document_unit}" if document_unit else ""
+        ways = [f"a finer data.document_unit ({finer}{now})"] if finer else []
+        ways += ["more text", "data.validation_fraction: 0 (no validation)"]
         raise DataError(
             f"cannot hold out validation documents: the corpus has {n} document" + ("" if n == 1 else "s"),
-            hint='use document_unit "paragraph" or "line", add files, or set validation_fraction 0',
+            path=None if source is None else str(source),
+            hint="use " + ", ".join(ways[:-1]) + " or " + ways[-1],
         )
     validation = set(held_out(n, validation_fraction, seed))
     train = [i for i in range(n) if i not in validation]

@@ -205,6 +205,20 @@ def prepare_pairs(
     return {"pairs": counts, "anomalies": data.anomalies}
 
 
+# How the log names each kind of pair that preparation can skip (data.anomalies with the skip policy).
+SKIPPED_NAMES = {"same_response": "identical pairs", "short_ranking": "short rankings"}
+
+
+def skipped_summary(prepared: dict[str, Any], *, ties: bool) -> str:
+    """What preparation dropped, for the log line: the training ties (when the stage skips ties) and
+    every anomaly skipped by the data.anomalies policy, counted as eval.json counts them."""
+    parts = [f"{prepared['pairs']['train']['ties_skipped']:,} ties skipped"] if ties else []
+    for kind, count in sorted(prepared.get("anomalies", {}).items()):
+        if count:
+            parts.append(f"{count:,} {SKIPPED_NAMES.get(kind, kind)} skipped (data.anomalies.{kind})")
+    return ", ".join(parts)
+
+
 def pairs_digest(data: PreferenceData) -> str:
     """SHA-256 of everything of the pairs that their tokens and counts depend on, split by split in
     order; not `source`, which only names a pair in an error (and an error leaves no entry)."""

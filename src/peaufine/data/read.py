@@ -184,6 +184,9 @@ def _decode_line(raw: bytes, number: int, offset: int, path: Path) -> str | Anom
     if number == 1 and raw.startswith(_UTF8_BOM):
         raw = raw[len(_UTF8_BOM) :]
         offset += len(_UTF8_BOM)
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        return _nul_byte(path, number, offset + nul)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -199,10 +202,23 @@ def _not_utf8(path: Path, line: int, byte_offset: int, bad: bytes) -> Anomaly:
     )
 
 
+def _nul_byte(path: Path, line: int, byte_offset: int) -> Anomaly:
+    """A NUL byte is valid UTF-8 but never in text: the file is binary, or UTF-16 / UTF-32 text."""
+    return Anomaly(
+        "not_utf8",
+        path,
+        f"a NUL byte (00) at byte offset {byte_offset}: binary data or UTF-16 text, not UTF-8 text",
+        line=line,
+    )
+
+
 def _decode_whole(path: Path) -> str | Anomaly:
     """A whole file as text (its BOM dropped, if any), or the anomaly at its first undecodable byte."""
     raw = path.read_bytes()
     body = raw[len(_UTF8_BOM) :] if raw.startswith(_UTF8_BOM) else raw
+    nul = body.find(b"\x00")
+    if nul >= 0:
+        return _nul_byte(path, body.count(b"\n", 0, nul) + 1, len(raw) - len(body) + nul)
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -19,7 +19,7 @@ from peaufine.errors import RecipeError, RunDirError
 from peaufine.report.pages.write import write_report
 from peaufine.results import HEADLINES, run_metrics
 from peaufine.rundir import RunDir, finished_with, refuse_strangers, write_json
-from peaufine.stages import run_stage
+from peaufine.stages import check_stage, run_stage
 
 if TYPE_CHECKING:
     from peaufine.recipe import Recipe
@@ -86,6 +86,7 @@ def run_crossval(
         raise RecipeError(f"--folds {folds}: cross-validation needs at least 2 folds")
     out = Path(out)
     check_out(out, overwrite)
+    check_stage(fold_recipe(recipe, folds, 0))  # a bad model or recipe is refused before the folder
     out.mkdir(parents=True, exist_ok=True)
     tracker = tracker or Tracker()
     start = time.perf_counter()

@@ -28,7 +28,7 @@ from peaufine.recipe import Block, apply_overrides, read_yaml, validate_recipe
 from peaufine.report.pages.write import write_report
 from peaufine.results import RESULTS, read_results
 from peaufine.rundir import finished_with, refuse_strangers, write_json
-from peaufine.stages import run_stage
+from peaufine.stages import check_stage, run_stage
 
 if TYPE_CHECKING:
     from peaufine.recipe import Recipe
@@ -237,6 +237,9 @@ def run_pipeline(
             )
     out = Path(out).resolve()
     check_out(out, pipeline)
+    if not out.exists():  # a new pipeline: its first stage (which can name no other) refused up front
+        first = pipeline.stages[0]
+        check_stage(resolve_stage(first, base, {}, overrides.get(first.name, []))[0])
     out.mkdir(parents=True, exist_ok=True)
     tracker = tracker or Tracker()
     previous = _previous_fingerprints(out)

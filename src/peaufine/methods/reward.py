@@ -11,9 +11,8 @@ from peaufine.data.batching import Batch, PaddedExamples
 from peaufine.data.pairs import encode_scored, encoder_style
 from peaufine.data.tokenize import ensure_chat_template
 from peaufine.engine.fit import MetricTally
-from peaufine.errors import ModelError
 from peaufine.methods.classify import classifier_logits
-from peaufine.models.build import build_classifier
+from peaufine.models.build import build_classifier, reward_model_dir
 from peaufine.models.tokenizer import load_tokenizer
 from peaufine.recipe import read_yaml
 from peaufine.rundir import RunDir
@@ -98,16 +97,11 @@ class RewardScorer:
         `max_length` defaults to the run's data.max_length (texts are cut as in training), else 512.
         """
 
-        directory = Path(path).expanduser()
-        if (directory / "model" / "config.json").is_file():
-            if max_length is None and RunDir(directory).recipe.is_file():
-                max_length = read_yaml(RunDir(directory).recipe).get("data", {}).get("max_length")
-            directory = directory / "model"
-        if not (directory / "config.json").is_file():
-            raise ModelError(f"{path}: not a reward model folder or reward run (no config.json)")
+        directory = reward_model_dir(path)
+        run = RunDir(directory.parent)
+        if directory.name == "model" and max_length is None and run.recipe.is_file():
+            max_length = read_yaml(run.recipe).get("data", {}).get("max_length")
         model = build_classifier(directory, 1)
-        if model.config.num_labels != 1:
-            raise ModelError(f"{path}: a reward model has one output, this one has {model.config.num_labels}")
         tokenizer = load_tokenizer(str(directory))
         if not encoder_style(tokenizer):
             ensure_chat_template(tokenizer)

@@ -12,6 +12,7 @@ from typing import Any
 from peaufine.data.world_preferences import MAX_ANNOTATOR_SCORE, annotator_score, normalize_response
 from peaufine.errors import RecipeError, TrainingError
 from peaufine.methods.reward import RewardScorer
+from peaufine.models.build import looks_like_path
 
 RewardFunction = Callable[..., Sequence[float]]
 MAX_ANSWER_WORDS = 6
@@ -202,7 +203,7 @@ class RewardSuite:
         self.sources: list[tuple[str, float, Any]] = []
         for item in sources:
             folder = Path(item.source).expanduser()
-            if folder.is_dir():
+            if looks_like_path(item.source):
                 scorer = RewardScorer.load(folder, device=str(device))
                 self.sources.append(("reward_model:" + folder.resolve().name, item.weight, scorer))
             else:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from peaufine.errors import ModelError
 from peaufine.models.adapters import apply_adapter, peft_base
 from peaufine.models.build import max_positions, resolve_source
+from peaufine.models.folders import read_model_config
 from peaufine.models.presets import build_config
 from peaufine.recipe import AdapterBlock, load_recipe
 
@@ -356,11 +357,7 @@ def _params_subject(
         vocab = None if preset else recipe.model.tokenizer.vocab_size
         config = build_config(name, {} if preset else recipe.model.config, vocab_size=vocab)
     else:
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(
-            source.model_dir, trust_remote_code=recipe.model.trust_remote_code
-        )
+        config = read_model_config(source.model_dir, trust_remote_code=recipe.model.trust_remote_code)
     if preset:
         batch, length = batch_size or 1, seq_len or min(max_positions(config) or 2048, 2048)
     else:

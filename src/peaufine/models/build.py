@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from peaufine.atomic import publish_dir
 from peaufine.errors import ModelError, RecipeError
 from peaufine.models.adapters import apply_adapter, apply_freeze, merged_copy, save_adapter
+from peaufine.models.folders import ModelKind, check_model_folder, read_model_config
 from peaufine.models.presets import PRESETS, build_config, get_preset
 from peaufine.models.tokenizer import end_of_turn_ids, load_tokenizer
 
@@ -44,25 +45,73 @@ class ModelSource:
         return self.path
 
 
-def resolve_source(source: str) -> ModelSource:
-    """Decide what `model.source` names: a folder (run or model) wins over a preset of that name."""
+def looks_like_path(text: str) -> bool:
+    """Whether a source names a file or folder rather than a preset or a Python function."""
+    return os.sep in text or text.startswith((".", "~")) or Path(text).expanduser().exists()
+
+
+def resolve_source(source: str, key: str = "model.source") -> ModelSource:
+    """Decide what `model.source` (or the recipe key `key`) names: a folder (run or model) wins over a
+    preset of that name."""
 
     path = Path(source).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ModelError(
+            f"{key}: {source} is a file, not a folder; give the model folder (the one holding "
+            "config.json) or a run folder"
+        )
     if path.is_dir():
         if (path / "model" / "config.json").is_file():
             return ModelSource("run_dir", source, path)
         if (path / "config.json").is_file():
             return ModelSource("model_dir", source, path)
         raise ModelError(
-            f"model.source: {source} is a folder but holds neither config.json (a Hugging Face "
+            f"{key}: {source} is a folder but holds neither config.json (a Hugging Face "
             "model) nor model/config.json (a peaufine run)"
         )
     if source in PRESETS:
         return ModelSource("preset", source)
-    if os.sep in source or source.startswith("."):
-        raise ModelError(f"model.source: no such folder {source}")
+    if looks_like_path(source):
+        raise ModelError(f"{key}: no such folder {source}")
     get_preset(source)  # raises with the closest preset names
     raise AssertionError("unreachable")
+
+
+def reward_model_dir(source: str | Path, key: str = "reward model") -> Path:
+    """The checked model folder of a reward model given as its folder or its reward run's folder."""
+    resolved = resolve_source(str(source), key)
+    if resolved.model_dir is None:
+        raise ModelError(f"{key}: {source} is a preset name; give a reward model folder or reward run")
+    check_model_folder(resolved.model_dir, key=key, kind="reward_model")
+    load_tokenizer(str(resolved.model_dir))  # a reward model reads texts with its own tokenizer
+    return resolved.model_dir
+
+
+def check_recipe_models(recipe: Recipe) -> None:
+    """Every model folder a stage's recipe names, checked as the stage will load it (check_model_folder,
+    and its tokenizer loaded), before any run folder exists: a damaged or wrong-kind model never gets
+    past the door. Presets and the packaged MiniLM need no check."""
+    key, named = "model.source", recipe.model.source
+    kind: ModelKind = "causal_lm"
+    if recipe.stage in ("classify", "reward"):
+        kind = "any"  # a new head on any encoder or decoder body
+        if recipe.stage == "reward" and recipe.method.reward.backbone is not None:
+            key, named = "method.reward.backbone", recipe.method.reward.backbone
+    if not (recipe.stage == "classify" and named == "minilm"):
+        source = resolve_source(named, key)
+        if source.model_dir is not None:
+            check_model_folder(
+                source.model_dir,
+                key=key,
+                kind=kind,
+                trust_remote_code=recipe.model.trust_remote_code,
+            )
+            own = recipe.model.tokenizer.path if recipe.stage == "pretrain" else None
+            load_tokenizer(str(own or source.model_dir), recipe.model.trust_remote_code)
+    if recipe.stage == "rl":
+        for i, reward in enumerate(recipe.method.rl.rewards):
+            if looks_like_path(reward.source):
+                reward_model_dir(reward.source, f"method.rl.rewards[{i}].source")
 
 
 def max_positions(config: PretrainedConfig) -> int | None:
@@ -168,17 +217,15 @@ def load_pretrained(
     trust_remote_code: bool = False,
     dtype: torch.dtype | None = None,
     attention: str | None = None,
+    key: str = "model.source",
 ) -> PreTrainedModel:
-    """Load a local Hugging Face causal LM from safetensors only (never a pickle).
+    """Load a local Hugging Face causal LM from safetensors only (never a pickle), checked first.
 
-    `attention`: an attn_implementation (see attention_kernel); None: the one saved in its config."""
+    `attention`: an attn_implementation (see attention_kernel); None: the one saved in its config.
+    `key`: what errors name the folder as (the recipe key or the command)."""
     from transformers import AutoModelForCausalLM
 
-    if not any(directory.glob("*.safetensors")):
-        raise ModelError(
-            f"model.source: {directory} has no .safetensors weights; peaufine loads safetensors only "
-            "(convert the checkpoint with transformers' save_pretrained)"
-        )
+    check_model_folder(directory, key=key, kind="causal_lm", trust_remote_code=trust_remote_code)
     try:
         return AutoModelForCausalLM.from_pretrained(
             directory,
@@ -287,17 +334,14 @@ def build_classifier(
     `attention`: an attn_implementation (models/build.attention_kernel); None: transformers' default.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
     directory = Path(source).expanduser()
     if not (directory / "config.json").is_file():
         raise ModelError(f"model.source: {directory} is not a Hugging Face model folder (no config.json)")
     if num_labels < 1:
         raise ModelError(f"method.num_labels must be >= 1 (1 means regression), got {num_labels}")
-    try:
-        config = AutoConfig.from_pretrained(directory, num_labels=num_labels)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"model.source: cannot read the config in {directory}: {exc}") from None
+    config = read_model_config(directory, num_labels=num_labels)
     if config.num_labels == 1:
         config.problem_type = "regression"
     if getattr(config, "is_encoder_decoder", False):
@@ -318,11 +362,7 @@ def build_classifier(
             raise ModelError(
                 f"model.attention: {attention} is not available for {directory}: {exc}"
             ) from None
-    if not any(directory.glob("*.safetensors")):
-        raise ModelError(
-            f"model.source: {directory} has no .safetensors weights; peaufine loads safetensors only "
-            "(convert the checkpoint with transformers' save_pretrained)"
-        )
+    check_model_folder(directory)
     try:
         return AutoModelForSequenceClassification.from_pretrained(
             directory,

@@ -23,6 +23,13 @@ STAGE_RUNNERS: dict[str, tuple[str, str]] = {
 }
 
 
+def check_stage(recipe: Recipe) -> None:
+    """What `recipe`'s stage refuses before any folder exists (StageSpec.refuse), for the drivers that
+    make a folder of their own (cross-validation, search) before the stage runs."""
+    module, _ = STAGE_RUNNERS[recipe.stage]
+    importlib.import_module(module).STAGE.refuse(recipe)
+
+
 def run_stage(
     recipe: Recipe,
     out: Path,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peaufine.data.batching import batch_to
-from peaufine.data.preference_data import pair_dataset, prepare_pairs, read_texts
+from peaufine.data.preference_data import pair_dataset, prepare_pairs, read_texts, skipped_summary
 from peaufine.data.tokenize import ensure_chat_template
 from peaufine.data.world import source_world
 from peaufine.engine.fit import StepHook, evaluate
@@ -62,7 +62,7 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
     counts = prepared["pairs"]
     tracker.say(
         f"preferences: {counts['train']['pairs']:,} training pairs ({counts['train']['prompts']:,} prompts, "
-        f"{counts['train']['ties_skipped']:,} ties skipped), {counts['validation']['pairs']:,} validation"
+        f"{skipped_summary(prepared, ties=True)}), {counts['validation']['pairs']:,} validation"
     )
     return prepared
 

@@ -25,6 +25,7 @@ from peaufine.engine.runtime import make_runtime
 from peaufine.engine.track import Tracker, add_sink, close_sinks, detach_sinks
 from peaufine.errors import RecipeError
 from peaufine.models.budget import training_budget
+from peaufine.models.build import check_recipe_models
 from peaufine.report.pages.write import write_report
 from peaufine.report.plots import plot_losses
 from peaufine.results import StageResults, write_results
@@ -299,6 +300,13 @@ class StageSpec:
     train_and_measure: Callable[[OpenedRun, bool, list[StepHook] | None], StageOutcome]
     check: Callable[[Recipe], None] | None = None
 
+    def refuse(self, recipe: Recipe) -> None:
+        """Everything the stage refuses of `recipe` before any folder exists: its model folders
+        (models/build.check_recipe_models) and the stage's own `check`."""
+        check_recipe_models(recipe)
+        if self.check is not None:
+            self.check(recipe)
+
     def run(
         self,
         recipe: Recipe,
@@ -309,10 +317,9 @@ class StageSpec:
         tracker: Tracker | None = None,
         hooks: list[StepHook] | None = None,
     ) -> StageOutcome:
-        """Run `recipe` into the run folder `out`: checked, prepared in staging (bad input leaves no
-        folder), trained, measured and finished; `hooks` are called after every step."""
-        if self.check is not None:
-            self.check(recipe)
+        """Run `recipe` into the run folder `out`: checked (its model folders too), prepared in staging
+        (bad input leaves no folder), trained, measured and finished; `hooks` are called after every step."""
+        self.refuse(recipe)
         opened = open_run(
             recipe, Path(out), self.prepare, overwrite=overwrite, resume=resume, tracker=tracker
         )

@@ -86,7 +86,13 @@ def gather_corpus(recipe: Recipe) -> Corpus:
         document_unit=data.document_unit,
         policy=data.anomalies.model_dump(include=set(ANOMALY_KINDS)),
     )
-    train, validation = split_documents(dataset, data.validation_fraction, recipe.train.seed)
+    train, validation = split_documents(
+        dataset,
+        data.validation_fraction,
+        recipe.train.seed,
+        source=data.source,
+        document_unit=data.document_unit,
+    )
     return Corpus(train, validation, anomalies=dict(report.counts))
 
 
@@ -180,7 +186,29 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
     if corpus.world is not None:
         save_world(corpus.world, run.world)
     tracker.say(f"tokens: {n_train:,} train, {n_val:,} validation; vocabulary {len(tokenizer):,}")
+    warn_about_validation(recipe, n_val, tracker)
     return {"anomalies": corpus.anomalies, "train_tokens": n_train, "val_tokens": n_val}
+
+
+def warn_about_validation(recipe: Recipe, n_val: int, tracker: Tracker) -> None:
+    """Say what a run without a usable validation split cannot do: measure a validation loss, stop
+    early or restore the best weights (a split shorter than one block + 1 tokens has no row)."""
+    block = recipe.data.block_size
+    if n_val == 0:
+        problem = "data.validation_fraction is 0: no validation split"
+    elif n_val <= block:
+        problem = (
+            f"the validation split has {n_val} tokens, fewer than one block of data.block_size={block} "
+            "(plus the token it predicts); raise data.validation_fraction or lower data.block_size"
+        )
+    else:
+        return
+    stops = recipe.eval.early_stopping.patience is not None
+    tracker.warn(
+        f"{problem}: no validation loss will be measured, so no early stopping"
+        + (" (eval.early_stopping.patience is ignored)" if stops else "")
+        + " and no best weights to restore"
+    )
 
 
 def load_or_build_model(

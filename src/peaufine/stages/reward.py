@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from peaufine.data.batching import batch_to
 from peaufine.data.pairs import encoder_style
-from peaufine.data.preference_data import pair_dataset, prepare_pairs
+from peaufine.data.preference_data import pair_dataset, prepare_pairs, skipped_summary
 from peaufine.data.tokenize import ensure_chat_template
 from peaufine.engine.fit import StepHook
 from peaufine.engine.track import Tracker
@@ -77,9 +77,11 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
     )
     tokenizer.save_pretrained(staging / "tokenizer")
     counts = prepared["pairs"]
+    skipped = skipped_summary(prepared, ties=False)
     tracker.say(
         f"preferences: {counts['train']['pairs']:,} training pairs "
-        f"({counts['train']['prompts']:,} prompts), {counts['validation']['pairs']:,} validation"
+        f"({counts['train']['prompts']:,} prompts{', ' + skipped if skipped else ''}), "
+        f"{counts['validation']['pairs']:,} validation"
         + (f", {counts['heldout']['pairs']:,} held-out" if "heldout" in counts else "")
     )
     return {**prepared, "backbone": str(backbone)}

@@ -22,7 +22,7 @@ from peaufine.data.tokenize import ensure_chat_template, tokenize_records
 from peaufine.data.world import copy_world, load_world
 from peaufine.engine.fit import StepHook
 from peaufine.engine.track import Tracker
-from peaufine.errors import RecipeError
+from peaufine.errors import DataError, RecipeError
 from peaufine.evaluate.sft import evaluate_before, evaluate_sft
 from peaufine.methods.lm import next_token_loss
 from peaufine.models.build import (
@@ -92,6 +92,27 @@ def general_stream_path(recipe: Recipe, source: ModelSource) -> tuple[Path | Non
     if source.kind == "run_dir" and (source.path / "data" / "val.bin").is_file():
         return source.path / "data" / "val.bin", f"{source.path}/data/val.bin (pretraining validation split)"
     return None, ""
+
+
+def usable_general_text(recipe: Recipe, path: Path, name: str, tracker: Tracker) -> str:
+    """`name` when the general text tokenized into `path` holds one block of data.max_length (+1 for the
+    token it predicts), which the forgetting loss needs (else it is NaN). A shorter text the user named
+    is refused; a short pretraining split (a run without validation) leaves forgetting unmeasured."""
+    if not path.exists():
+        return name
+    tokens, block = path.stat().st_size // 4, recipe.data.max_length  # int32 tokens
+    if tokens > block:
+        return name
+    problem = f"{tokens} tokens, fewer than one block of data.max_length={block} (plus the token it predicts)"
+    if recipe.eval.forgetting.general is not None:
+        raise DataError(
+            f"eval.forgetting.general: the general text has {problem}",
+            path=name,
+            hint="give more text, or lower data.max_length",
+        )
+    path.unlink()
+    tracker.warn(f"forgetting: not measured: {name} has {problem}")
+    return ""
 
 
 def prepare_replay(
@@ -176,6 +197,7 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
         tokenize_general(tokenizer, general_name, data_dir / "general.bin", cache=cache, tracker=tracker)
     elif general_bin is not None:
         shutil.copyfile(general_bin, data_dir / "general.bin")
+    general_name = usable_general_text(recipe, data_dir / "general.bin", general_name, tracker)
     if recipe.data.replay.ratio > 0:
         prepare_replay(recipe, source, tokenizer, data_dir / "replay.bin", tracker)
     counts = {

@@ -42,6 +42,7 @@ def fake_training(monkeypatch):
         return {"val_loss": 1.0 + (math.log10(recipe.train.lr) + 3) ** 2, "steps": 10.0}
 
     monkeypatch.setattr(peaufine.stages, "run_stage", run_stage)
+    monkeypatch.setattr(peaufine.stages, "check_stage", lambda recipe: None)  # no model to check
     monkeypatch.setattr(peaufine.results, "run_metrics", run_metrics)
     return recipes
 

@@ -126,6 +126,7 @@ def run_search(
     grace = grace if grace is not None else 2 * heartbeat
     if storage is None and out.is_dir() and any(out.iterdir()) and not (out / "study.journal").exists():
         raise RunDirError(f"{out} is not empty and holds no search (no study.journal); choose another --out")
+    peaufine.stages.check_stage(recipe)  # a bad model or recipe is refused before the folder exists
     out.mkdir(parents=True, exist_ok=True)
 
     config = {
