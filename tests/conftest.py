@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 # under CI=true a skip fails the run (tests/ci_skips.py)
 pytest_plugins = ["ci_skips"]
+
+if TYPE_CHECKING:
+    from peaufine.data.records import ChatRecord
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -49,6 +53,31 @@ def variable_examples(n: int = 16, vocab_size: int = 50, seed: int = 0, masked: 
             mask = [i >= prefix for i in range(length)]
         examples.append(Example(ids, mask))
     return examples
+
+
+def byte_level_bpe(sentences: list[str], vocab_size: int, special_tokens: list[str]):
+    """A bare byte-level BPE (tokenizers.Tokenizer) trained on `sentences` with `special_tokens`: the
+    tokenizer tests wrap it themselves, with their own special tokens and template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(sentences, trainer)
+    return tok
+
+
+def chat(*turns: tuple[str, str], source: str = "data.jsonl, line 1") -> ChatRecord:
+    """A ChatRecord of (role, content) turns, as read from `source`."""
+    from peaufine.data.records import ChatRecord
+
+    return ChatRecord([{"role": role, "content": content} for role, content in turns], source)
 
 
 @pytest.fixture
