@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 # under CI=true a skip fails the run (tests/ci_skips.py)
 pytest_plugins = ["ci_skips"]
+
+if TYPE_CHECKING:
+    from peaufine.data.records import ChatRecord
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -51,6 +55,47 @@ def variable_examples(n: int = 16, vocab_size: int = 50, seed: int = 0, masked: 
     return examples
 
 
+def llama_tiny_block(hidden_size: int, tokenizer: dict) -> dict:
+    """A recipe's model block for a 1-layer llama-tiny of `hidden_size`, its MLP twice as wide, 2 heads,
+    with `tokenizer` (the recipe's model.tokenizer): the tiny model the stage tests' recipes train."""
+    return {
+        "source": "llama-tiny",
+        "config": {
+            "hidden_size": hidden_size,
+            "intermediate_size": 2 * hidden_size,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+        },
+        "tokenizer": tokenizer,
+    }
+
+
+def byte_level_bpe(sentences: list[str], vocab_size: int, special_tokens: list[str]):
+    """A bare byte-level BPE (tokenizers.Tokenizer) trained on `sentences` with `special_tokens`: the
+    tokenizer tests wrap it themselves, with their own special tokens and template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(sentences, trainer)
+    return tok
+
+
+def chat(*turns: tuple[str, str], source: str = "data.jsonl, line 1") -> ChatRecord:
+    """A ChatRecord of (role, content) turns, as read from `source`."""
+    from peaufine.data.records import ChatRecord
+
+    return ChatRecord([{"role": role, "content": content} for role, content in turns], source)
+
+
 @pytest.fixture
 def cpu_runtime():
     from peaufine.engine.runtime import make_runtime
@@ -77,17 +122,7 @@ def world_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("world") / "pretrain"
     recipe = {
         "stage": "pretrain",
-        "model": {
-            "source": "llama-tiny",
-            "config": {
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_hidden_layers": 1,
-                "num_attention_heads": 2,
-                "num_key_value_heads": 2,
-            },
-            "tokenizer": {"kind": "bpe", "vocab_size": 320},
-        },
+        "model": llama_tiny_block(32, {"kind": "bpe", "vocab_size": 320}),
         "data": {
             "source": "world",
             "world": {"seed": 0, "size": "smoke", "documents": 40, "faq_documents": 10},

@@ -10,6 +10,7 @@ import copy
 
 import pytest
 
+from conftest import byte_level_bpe, chat
 from peaufine.data.batching import IGNORE_INDEX, PaddedExamples
 from peaufine.data.records import ChatRecord
 from peaufine.data.tokenize import (
@@ -43,29 +44,15 @@ def bpe(trained):
 @pytest.fixture(scope="module")
 def plain_trained():
     """A tokenizer with an EOS token but none of our turn tokens and no chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(SENTENCES, trainer)
+    tok = byte_level_bpe(SENTENCES, 300, ["<|endoftext|>"])
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
 
 
 @pytest.fixture
 def plain(plain_trained):
     return copy.deepcopy(plain_trained)
-
-
-def chat(*turns: tuple[str, str], source: str = "data.jsonl, line 1") -> ChatRecord:
-    return ChatRecord([{"role": role, "content": content} for role, content in turns], source)
 
 
 SINGLE = chat(("user", "What is the capital of Veloria?"), ("assistant", "Tarsk"))

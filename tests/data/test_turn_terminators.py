@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from conftest import tiny_llama
+from conftest import byte_level_bpe, chat, tiny_llama
 from peaufine.data.records import ChatRecord
 from peaufine.data.tokenize import generation_prompt, tokenize_chat, tokenize_records
 
@@ -185,10 +185,6 @@ def without_markers(template: str) -> str:
     return template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
 
 
-def chat(*turns: tuple[str, str]) -> ChatRecord:
-    return ChatRecord([{"role": role, "content": content} for role, content in turns], "data.jsonl, line 1")
-
-
 MULTI = chat(
     ("system", "Be brief."),
     ("user", "What is the capital of Veloria?"),
@@ -208,19 +204,7 @@ NO_SYSTEM = chat(
 
 @pytest.fixture(scope="module")
 def trained_bpe():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=340,
-        special_tokens=FAMILY_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(SENTENCES, trainer)
-    return tok
+    return byte_level_bpe(SENTENCES, 340, FAMILY_TOKENS)
 
 
 def family_tokenizer(tok, family: Family, markers: bool):

@@ -49,9 +49,15 @@ def run(out: Path, train: TrainBlock, evaluation: EvalBlock, *, stop_after=None,
         if step == stop_after:
             raise Stopped
 
+    return fit_tallied(tiny_llama(), out, train, evaluation, resume=resume, hooks=[stop])
+
+
+def fit_tallied(model, out: Path, train: TrainBlock, evaluation: EvalBlock, **options) -> FitResult:
+    """`fit` of `model` with the tallied loss on the test's data, on the CPU, into `out`; `options` are
+    fit's own (resume, hooks, tracker)."""
     train_set, val_set = data()
     return fit(
-        tiny_llama(),
+        model,
         TalliedLoss(),
         train_set,
         val_set,
@@ -59,8 +65,7 @@ def run(out: Path, train: TrainBlock, evaluation: EvalBlock, *, stop_after=None,
         evaluation,
         make_cpu_runtime(),
         run_dir=out,
-        resume=resume,
-        hooks=[stop],
+        **options,
     )
 
 
@@ -131,33 +136,13 @@ def test_resuming_after_the_last_checkpoint_gives_the_uninterrupted_result(tmp_p
         train = TRAIN.model_copy(update={"max_steps": 60, "lr": 3e-2, "checkpoint_every": 100})
         evaluation = EvalBlock(every=2, early_stopping=EarlyStoppingBlock(patience=1))
     straight_model = tiny_llama()
-    train_set, val_set = data()
-    first = fit(
-        straight_model,
-        TalliedLoss(),
-        train_set,
-        val_set,
-        train,
-        evaluation,
-        make_cpu_runtime(),
-        run_dir=tmp_path,
-    )
+    first = fit_tallied(straight_model, tmp_path, train, evaluation)
     assert first.stopped_early == early_stopping
     assert first.restored_best == early_stopping  # the control: the early stop does restore
     rows = rows_without_timing(tmp_path)
 
     resumed_model = tiny_llama(seed=1)  # other initial weights: everything must come from the checkpoint
-    resumed = fit(
-        resumed_model,
-        TalliedLoss(),
-        train_set,
-        val_set,
-        train,
-        evaluation,
-        make_cpu_runtime(),
-        run_dir=tmp_path,
-        resume=True,
-    )
+    resumed = fit_tallied(resumed_model, tmp_path, train, evaluation, resume=True)
     assert comparable(resumed) == comparable(first)
     assert first.final_train_loss is not None and first.final_val_loss is not None
     assert rows_without_timing(tmp_path) == rows  # nothing logged twice, nothing lost
@@ -186,17 +171,12 @@ def test_a_damaged_latest_checkpoint_is_named_and_the_newest_intact_one_resumed(
     checkpoints = tmp_path / "checkpoints"
     assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-00000004", "step-00000006"]
     truncate(checkpoints / "step-00000006" / damaged)
-    train_set, val_set = data()
     buffer = io.StringIO()
-    resumed = fit(
+    resumed = fit_tallied(
         tiny_llama(),
-        TalliedLoss(),
-        train_set,
-        val_set,
+        tmp_path,
         TRAIN,
         EVAL,
-        make_cpu_runtime(),
-        run_dir=tmp_path,
         resume=True,
         tracker=Tracker(enabled=True, console=Console(file=buffer, width=1000)),
     )
@@ -232,31 +212,17 @@ def test_a_damaged_best_weights_checkpoint_is_named_and_the_last_weights_kept(tm
 
     train = TRAIN.model_copy(update={"max_steps": 60, "lr": 3e-2, "checkpoint_every": 100})
     evaluation = EvalBlock(every=2, early_stopping=EarlyStoppingBlock(patience=1))
-    train_set, val_set = data()
-    first = fit(
-        tiny_llama(),
-        TalliedLoss(),
-        train_set,
-        val_set,
-        train,
-        evaluation,
-        make_cpu_runtime(),
-        run_dir=tmp_path,
-    )
+    first = fit_tallied(tiny_llama(), tmp_path, train, evaluation)
     assert first.restored_best  # the control: intact, the best weights are restored
     best = CheckpointStore(tmp_path / "checkpoints").best()
     truncate(best / "model.safetensors")
     buffer = io.StringIO()
     model = tiny_llama(seed=1)
-    resumed = fit(
+    resumed = fit_tallied(
         model,
-        TalliedLoss(),
-        train_set,
-        val_set,
+        tmp_path,
         train,
         evaluation,
-        make_cpu_runtime(),
-        run_dir=tmp_path,
         resume=True,
         tracker=Tracker(enabled=True, console=Console(file=buffer, width=1000)),
     )

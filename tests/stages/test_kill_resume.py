@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import launch_environment
+from conftest import launch_environment, llama_tiny_block
 from peaufine.rundir import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -37,17 +37,7 @@ TIMING = {"train_seconds", "seconds", "elapsed", "tokens_per_s"}
 def pretrain_recipe(root: Path) -> dict[str, Any]:
     return {
         "stage": "pretrain",
-        "model": {
-            "source": "llama-tiny",
-            "config": {
-                "hidden_size": 16,
-                "intermediate_size": 32,
-                "num_hidden_layers": 1,
-                "num_attention_heads": 2,
-                "num_key_value_heads": 2,
-            },
-            "tokenizer": {"kind": "bpe", "vocab_size": 300},
-        },
+        "model": llama_tiny_block(16, {"kind": "bpe", "vocab_size": 300}),
         "data": {
             "source": "world",
             "world": {"seed": 0, "size": "smoke", "documents": 40, "faq_documents": 8},
@@ -59,36 +49,35 @@ def pretrain_recipe(root: Path) -> dict[str, Any]:
     }
 
 
-def sft_recipe(root: Path) -> dict[str, Any]:
+def lora_recipe(stage: str, source: Path, data: dict[str, Any], **blocks: Any) -> dict[str, Any]:
+    """A `stage` recipe training a LoRA on `source` (the previous stage's uninterrupted run) on the
+    world's data, too-long examples truncated, `data` laid over it; `blocks` are its other blocks."""
     return {
-        "stage": "sft",
-        "model": {"source": str(root / "pretrain" / "straight"), "adapter": LORA},
-        "data": {
-            "source": "world",
-            "validation_fraction": 0.2,
-            "max_length": 64,
-            "anomalies": {"too_long": "truncate"},
-        },
+        "stage": stage,
+        "model": {"source": str(source), "adapter": LORA},
+        "data": {"source": "world", **data, "anomalies": {"too_long": "truncate"}},
         "train": TRAIN,
-        "eval": {"every": 3, "answers": 2, "transfer": {"few_shot": 1}},
+        **blocks,
     }
+
+
+def sft_recipe(root: Path) -> dict[str, Any]:
+    return lora_recipe(
+        "sft",
+        root / "pretrain" / "straight",
+        {"validation_fraction": 0.2, "max_length": 64},
+        eval={"every": 3, "answers": 2, "transfer": {"few_shot": 1}},
+    )
 
 
 def dpo_recipe(root: Path) -> dict[str, Any]:
-    return {
-        "stage": "dpo",
-        "model": {"source": str(root / "sft" / "straight"), "adapter": LORA},
-        "data": {
-            "source": "world",
-            "validation_fraction": 0.15,
-            "max_length": 96,
-            "rankings": "adjacent",
-            "anomalies": {"too_long": "truncate"},
-        },
-        "method": {"dpo": {"loss": "sigmoid", "beta": 0.1}},
-        "train": TRAIN,
-        "eval": {"every": 3, "answers": 2},
-    }
+    return lora_recipe(
+        "dpo",
+        root / "sft" / "straight",
+        {"validation_fraction": 0.15, "max_length": 96, "rankings": "adjacent"},
+        method={"dpo": {"loss": "sigmoid", "beta": 0.1}},
+        eval={"every": 3, "answers": 2},
+    )
 
 
 RECIPES = {"pretrain": pretrain_recipe, "sft": sft_recipe, "dpo": dpo_recipe}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import llama_tiny_block
 from peaufine.errors import RunDirError
 from peaufine.recipe import validate_recipe
 
@@ -25,17 +26,7 @@ def recipe(max_steps: int = 3):
     return validate_recipe(
         {
             "stage": "pretrain",
-            "model": {
-                "source": "llama-tiny",
-                "config": {
-                    "hidden_size": 16,
-                    "intermediate_size": 32,
-                    "num_hidden_layers": 1,
-                    "num_attention_heads": 2,
-                    "num_key_value_heads": 2,
-                },
-                "tokenizer": {"kind": "char"},
-            },
+            "model": llama_tiny_block(16, {"kind": "char"}),
             "data": {
                 "source": "world",
                 "world": {"seed": 0, "size": "smoke", "documents": 20, "faq_documents": 4},
