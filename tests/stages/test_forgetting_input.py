@@ -109,7 +109,6 @@ def test_eval_refuses_a_general_text_shorter_than_a_block(pretrained, tmp_path, 
     assert "tiny.txt" in flat and "--max-length" in flat, flat
 
 
-@pytest.mark.xfail(strict=True, reason="a replay text shorter than one block turns replay off silently")
 def test_a_replay_text_shorter_than_a_block_is_refused_up_front(pretrained, tmp_path, capsys, monkeypatch):
     """Replay draws windows of data.max_length tokens: a shorter text gave none, and the run trained
     without the replay its recipe asked for, saying nothing."""

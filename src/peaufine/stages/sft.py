@@ -94,16 +94,24 @@ def general_stream_path(recipe: Recipe, source: ModelSource) -> tuple[Path | Non
     return None, ""
 
 
+def short_of_a_block(path: Path, block: int) -> str | None:
+    """What is wrong with the token stream in `path` when it holds no block of `block` tokens plus the
+    one the last predicts (forgetting's loss and replay's windows need one); None when it does."""
+    tokens = path.stat().st_size // 4  # int32 tokens
+    if tokens > block:
+        return None
+    return f"{tokens} tokens, fewer than one block of data.max_length={block} (plus the token it predicts)"
+
+
 def usable_general_text(recipe: Recipe, path: Path, name: str, tracker: Tracker) -> str:
     """`name` when the general text tokenized into `path` holds one block of data.max_length (+1 for the
     token it predicts), which the forgetting loss needs (else it is NaN). A shorter text the user named
     is refused; a short pretraining split (a run without validation) leaves forgetting unmeasured."""
     if not path.exists():
         return name
-    tokens, block = path.stat().st_size // 4, recipe.data.max_length  # int32 tokens
-    if tokens > block:
+    problem = short_of_a_block(path, recipe.data.max_length)
+    if problem is None:
         return name
-    problem = f"{tokens} tokens, fewer than one block of data.max_length={block} (plus the token it predicts)"
     if recipe.eval.forgetting.general is not None:
         raise DataError(
             f"eval.forgetting.general: the general text has {problem}",
@@ -130,12 +138,23 @@ def prepare_replay(
     if recipe.data.replay.source is not None:
         cache = TokenCache(recipe.data.cache_dir)
         tokenize_general(tokenizer, recipe.data.replay.source, out, cache=cache, tracker=tracker)
+        key, name = "data.replay.source", recipe.data.replay.source
     elif source.kind == "run_dir" and (source.path / "data" / "train.bin").is_file():
         shutil.copyfile(source.path / "data" / "train.bin", out)
+        key, name = "data.replay.ratio", f"{source.path}/data/train.bin (the pretraining corpus replayed)"
     else:
         raise RecipeError(
             "data.replay.ratio: replay needs general text: set data.replay.source, or fine-tune a "
             "model pretrained by peaufine (its pretraining corpus is replayed)"
+        )
+    # replay draws windows of data.max_length tokens: a shorter text would give none, and the run would
+    # train without the replay its recipe asks for
+    problem = short_of_a_block(out, recipe.data.max_length)
+    if problem is not None:
+        raise DataError(
+            f"{key}: the replay text has {problem}",
+            path=name,
+            hint="give more text, or lower data.max_length",
         )
 
 
