@@ -99,7 +99,7 @@ def run_crossval(
             tracker.say(f"fold {fold + 1}/{folds}: finished earlier with this recipe, reused ({run_dir})")
             reused.append(fold)
         else:
-            tracker.say(f"[bold]fold {fold + 1}/{folds}[/] -> {run_dir}")
+            tracker.say(f"-> {run_dir}", heading=f"fold {fold + 1}/{folds}")
             run_stage(spec, run_dir, overwrite=run_dir.exists(), tracker=tracker)
         per_fold.append(run_metrics(run_dir))
     metrics = summarise(per_fold)

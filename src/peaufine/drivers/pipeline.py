@@ -261,9 +261,9 @@ def run_pipeline(
         ):
             outcome.status = "skipped"
             outcome.evaluation = read_results(run_dir).to_json()
-            tracker.say(f"[bold]{stage.name}[/]: finished earlier with this recipe and inputs, skipped")
+            tracker.say("finished earlier with this recipe and inputs, skipped", heading=f"{stage.name}:")
             continue
-        tracker.say(f"[bold]{stage.name}[/] ({recipe.stage}) -> {run_dir}")
+        tracker.say(f"({recipe.stage}) -> {run_dir}", heading=stage.name)
         began = time.perf_counter()
         try:
             outcome.evaluation = run_stage(recipe, run_dir, overwrite=run_dir.exists(), tracker=tracker)

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 from peaufine.atomic import write_text_atomic
 from peaufine.rundir import read_metrics
@@ -108,13 +109,15 @@ class Tracker:
         self._task: Any = None
         self._last_line = 0
 
-    def say(self, message: str) -> None:
+    def say(self, message: str, *, heading: str | None = None) -> None:
+        """Print `message` as it is (a path may hold brackets that Rich would read as markup), after
+        `heading` in bold when one is given."""
         if self.enabled:
-            self.console.print(message)
+            self.console.print(Text.assemble((heading, "bold"), " ", message) if heading else Text(message))
 
     def warn(self, message: str) -> None:
         if self.enabled:
-            self.console.print(f"[bold yellow]warning:[/] {message}")
+            self.console.print(Text.assemble(("warning:", "bold yellow"), " ", message))
 
     def start(self, total: int, done: int, description: str) -> None:
         if not self.enabled:

@@ -81,12 +81,10 @@ def optimize(
         trial.set_user_attr(HOST_ATTR, host)
         trial.set_user_attr(PID_ATTR, pid)
         if tracker is not None:
-            from rich.markup import escape
-
-            shown = escape("  ".join(f"{k}={short_value(v)}" for k, v in params.items()))
+            shown = "  ".join(f"{k}={short_value(v)}" for k, v in params.items())
             retry = trial.user_attrs.get(RETRY_ATTR)
             again = f" (trial {retry} again)" if retry is not None else ""
-            tracker.say(f"[bold]trial {trial.number}[/]{again}: {shown}")
+            tracker.say(shown, heading=f"trial {trial.number}{again}:")
         beat = Heartbeat(trial, heartbeat) if own_heartbeat else contextlib.nullcontext()
         with beat:
             try:
