@@ -91,3 +91,39 @@ def test_the_kind_a_command_needs_is_read_from_config_json(tmp_path, architectur
             check_model_folder(tmp_path, kind=kind)
     else:
         check_model_folder(tmp_path, kind=kind)
+
+
+@pytest.mark.xfail(strict=True, reason="bytes the tensors do not cover pass the check")
+@pytest.mark.parametrize("extra", [1, 8, 64, 4096])
+def test_bytes_after_the_last_tensor_are_found_as_safetensors_finds_them(tmp_path, extra):
+    """A file longer than its tensors (a bad copy, two files concatenated) is refused by safetensors
+    when the model loads ('file not fully covered'): the check must refuse it before that."""
+    path = tmp_path / "model.safetensors"
+    data = weights_file(path)
+    path.write_bytes(data + b"\0" * extra)
+    assert not safetensors_accepts(path)  # the reference refuses it
+    assert safetensors_problem(path) is not None
+
+
+@pytest.mark.xfail(strict=True, reason="a gap between tensors passes the check")
+def test_a_gap_between_tensors_is_found(tmp_path):
+    """Offsets that leave bytes between two tensors (the file's size still matching) are refused."""
+    import json
+
+    path = tmp_path / "model.safetensors"
+    data = weights_file(path)
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    first = min((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
+    header[first]["data_offsets"] = [o + 4 for o in header[first]["data_offsets"]]  # starts 4 bytes late
+    for name, entry in header.items():  # the tensors after it move on too
+        if (
+            name not in ("__metadata__", first)
+            and entry["data_offsets"][0] >= header[first]["data_offsets"][0] - 4
+        ):
+            entry["data_offsets"] = [o + 4 for o in entry["data_offsets"]]
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * 4 + data[8 + length :])
+    assert not safetensors_accepts(path)
+    assert safetensors_problem(path) is not None
