@@ -51,7 +51,7 @@ def safetensors_problem(path: Path) -> str | None:
         return f"its header is not valid JSON ({exc})"
     if not isinstance(header, dict):
         return "its header is not a JSON object"
-    end = 0
+    spans = []
     for name, entry in header.items():
         if name == "__metadata__":
             continue
@@ -68,9 +68,18 @@ def safetensors_problem(path: Path) -> str | None:
             return f"its header gives {name!r} the unknown dtype {dtype!r}"
         if not 0 <= begin <= stop or (width is not None and stop - begin != count * width):
             return f"its header entry for {name!r} has offsets that do not fit its shape"
-        end = max(end, stop)
+        spans.append((begin, stop, name))
+    end = max((stop for _, stop, _ in spans), default=0)
     if 8 + length + end > size:
         return f"its tensors need {8 + length + end} bytes but the file has {size} (truncated)"
+    if 8 + length + end < size:
+        return f"its tensors end at byte {8 + length + end} but the file has {size} (bytes after them)"
+    # safetensors reads only files whose tensors follow one another with no gap and no overlap
+    position = 0
+    for begin, stop, name in sorted(spans):
+        if begin != position:
+            return f"its header leaves a gap or an overlap before {name!r} (at {begin}, not {position})"
+        position = stop
     return None
 
 
