@@ -251,3 +251,38 @@ def test_resume_on_a_finished_run_redoes_its_ending_to_the_same_eval_json(tmp_pa
     }
     assert (out / "metrics.jsonl").read_text(encoding="utf-8") == rows
     assert marker(out)["status"] == "finished"
+
+
+@pytest.mark.xfail(strict=True, reason="the end of a run lists every entry as peaufine's")
+def test_a_file_the_user_put_in_a_running_run_stays_the_users(tmp_path, finished):
+    """The end of a run lists the names peaufine wrote; a user's note put there while it ran is not one
+    of them, so --overwrite refuses it instead of deleting it."""
+    from peaufine.rundir import mark_run
+    from peaufine.stages.pretrain import run_pretrain
+
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    (out / "notes.md").write_text("mine", encoding="utf-8")
+    mark_run(out, "finished", list_entries=True)  # what the run's ending does
+    assert "notes.md" not in marker(out)["entries"]
+    before = snapshot(out)
+    with pytest.raises(RunDirError, match=r"notes\.md"):
+        run_pretrain(recipe(), out, overwrite=True)
+    assert snapshot(out) == before
+
+
+@pytest.mark.xfail(strict=True, reason="the tracking outputs are not known as peaufine's")
+def test_a_killed_run_with_its_tracking_outputs_can_be_overwritten(tmp_path, finished):
+    """tensorboard/ and mlflow.db are written by the run after its marker: a run killed while it
+    trained (its marker still 'running', its process gone) holds them and is still a run to replace."""
+    from peaufine.stages.pretrain import run_pretrain
+
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    found = marker(out)
+    found.update(status="running", pid=2**22 + 12345, entries=[MARKER, "recipe.yaml"])  # a dead pid
+    (out / MARKER).write_text(json.dumps(found), encoding="utf-8")
+    (out / "tensorboard").mkdir()
+    (out / "mlflow.db").write_bytes(b"")
+    run_pretrain(recipe(), out, overwrite=True)
+    assert marker(out)["status"] == "finished" and not (out / "mlflow.db").exists()
