@@ -33,8 +33,20 @@ LOSS_PLOT = "loss.png"
 MARKER = ".peaufine-run.json"  # the run marker (RunMarker): only peaufine writes it; it makes a folder a run
 RUN_FILES = (RECIPE, ENV, METRICS, EVAL, PREPARED, BUDGET, LOSS_PLOT, MARKER)
 # the layout's folders, and the report: with RUN_FILES, what any run may hold whatever its stage
-RUN_FOLDERS = ("model", "adapter", "checkpoints", "tokenizer", "data", "world")
+RUN_FOLDERS = ("model", "adapter", "checkpoints", "tokenizer", "data", "world", "tensorboard")
 REPORT = "report.html"
+# what some stages and the tracking sinks write beside the layout (mlflow.db: track.mlflow's default
+# store; rl: samples, its plot and PPO's value head; sft: its chat template and first example); the
+# report's plots
+STAGE_FILES = (
+    "mlflow.db",
+    "samples.jsonl",
+    "rl.png",
+    "value_head.safetensors",
+    "chat_template.jinja",
+    "first_example.txt",
+)
+_REPORT_PLOT = re.compile(r"^report-[\w-]+\.png$")
 # what a write renamed into place leaves while it writes (atomic.write_text_atomic, the model and
 # adapter folders, the plots): `.NAME.tmp-PID`, or `.STEM.tmp-PID.SUFFIX`
 _WRITING = re.compile(r"^\..+\.tmp-(?P<pid>\d+)(\.\w+)?$")
@@ -125,14 +137,16 @@ class RunMarker:
 
 def mark_run(folder: Path, status: str, *, detail: str | None = None, list_entries: bool = False) -> None:
     """Set the status of the run in `folder` (run by this process, now), its heartbeat to now; with
-    `list_entries`, add what the folder holds now to the entries peaufine wrote."""
+    `list_entries`, add the names peaufine writes that the folder holds now to the entries (a file the
+    user put there while the run ran stays the user's: --overwrite refuses it rather than delete it)."""
     marker = RunMarker.read(folder)
     if marker is None:
         return
     assert status in RUN_STATUSES, status
     entries = marker.entries
     if list_entries:
-        entries = sorted({*entries, *(p.name for p in Path(folder).iterdir())})
+        written = _ours(marker)
+        entries = sorted({*entries, *(p.name for p in Path(folder).iterdir() if written(p.name))})
     replaced = dataclasses.replace(
         marker,
         status=status,
@@ -239,8 +253,8 @@ def refuse_strangers(path: Path, owner: str, ours: Callable[[str], bool]) -> Non
 
 def _ours(marker: RunMarker) -> Callable[[str], bool]:
     """Whether a top-level name of a marked run folder is one peaufine wrote there."""
-    known = {*RUN_FILES, *RUN_FOLDERS, REPORT, *marker.entries}
-    return lambda name: name in known or bool(_WRITING.match(name))
+    known = {*RUN_FILES, *RUN_FOLDERS, REPORT, *STAGE_FILES, *marker.entries}
+    return lambda name: name in known or bool(_WRITING.match(name) or _REPORT_PLOT.match(name))
 
 
 def check_target(path: Path, recipe_yaml: str, *, overwrite: bool, resume: bool) -> None:

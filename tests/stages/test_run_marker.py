@@ -253,7 +253,6 @@ def test_resume_on_a_finished_run_redoes_its_ending_to_the_same_eval_json(tmp_pa
     assert marker(out)["status"] == "finished"
 
 
-@pytest.mark.xfail(strict=True, reason="the end of a run lists every entry as peaufine's")
 def test_a_file_the_user_put_in_a_running_run_stays_the_users(tmp_path, finished):
     """The end of a run lists the names peaufine wrote; a user's note put there while it ran is not one
     of them, so --overwrite refuses it instead of deleting it."""
@@ -271,7 +270,6 @@ def test_a_file_the_user_put_in_a_running_run_stays_the_users(tmp_path, finished
     assert snapshot(out) == before
 
 
-@pytest.mark.xfail(strict=True, reason="the tracking outputs are not known as peaufine's")
 def test_a_killed_run_with_its_tracking_outputs_can_be_overwritten(tmp_path, finished):
     """tensorboard/ and mlflow.db are written by the run after its marker: a run killed while it
     trained (its marker still 'running', its process gone) holds them and is still a run to replace."""
