@@ -330,3 +330,28 @@ def test_a_pipeline_refuses_a_damaged_model_in_its_first_stage_before_making_its
     assert code == 2 and "Traceback" not in err, err[-1500:]
     assert model.name in "".join(err.split()), err
     assert not out.exists()
+
+
+@pytest.mark.xfail(strict=True, reason="the prompt is checked with the BOS that generation never adds")
+def test_generate_refuses_an_empty_prompt_with_a_tokenizer_that_adds_bos(root, tmp_path, capsys, monkeypatch):
+    """Generation encodes prompts without special tokens: a tokenizer that adds BOS (Llama's) must not
+    let an empty prompt through the check as [BOS] and then fail in the model."""
+    import shutil
+
+    from tokenizers import Tokenizer
+    from tokenizers.processors import TemplateProcessing
+
+    from peaufine.models.tokenizer import load_tokenizer
+
+    folder = tmp_path / "bos-lm"
+    shutil.copytree(root / "lm", folder)
+    fast = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    bos = load_tokenizer(str(folder)).eos_token  # a special token of the vocabulary, put first
+    fast.post_processor = TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, fast.token_to_id(bos))]
+    )
+    fast.save(str(folder / "tokenizer.json"))
+    assert load_tokenizer(str(folder))("")["input_ids"]  # the precondition: it adds a token to ""
+    code, _, err = run_cli(["generate", str(folder), "-p", ""], capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in err, err[-1500:]
+    assert "--prompt 1" in " ".join(err.split()), err
