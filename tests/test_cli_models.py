@@ -332,7 +332,6 @@ def test_a_pipeline_refuses_a_damaged_model_in_its_first_stage_before_making_its
     assert not out.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="the prompt is checked with the BOS that generation never adds")
 def test_generate_refuses_an_empty_prompt_with_a_tokenizer_that_adds_bos(root, tmp_path, capsys, monkeypatch):
     """Generation encodes prompts without special tokens: a tokenizer that adds BOS (Llama's) must not
     let an empty prompt through the check as [BOS] and then fail in the model."""

@@ -17,13 +17,14 @@ def generate_from(source: Path, prompts: list[str], **sampling: object) -> list[
     resolved = resolve_source(str(source), "generate")
     if resolved.model_dir is None:
         raise ModelError(f"{source}: generate needs a trained model (a run or model folder), not a preset")
-    model = load_pretrained(resolved.model_dir, key="generate")
     tokenizer = load_tokenizer(str(resolved.model_dir))
     if not sampling.get("chat"):  # a chat template always adds its own tokens around the prompt
         for number, prompt in enumerate(prompts, start=1):
-            if not tokenizer(prompt)["input_ids"]:
+            # as generate_texts encodes it: a tokenizer's BOS is not added, so it cannot stand in
+            if not tokenizer(prompt, add_special_tokens=False)["input_ids"]:
                 raise DataError(
                     f"--prompt {number} ({prompt!r}) encodes to no tokens, and a model needs at least one "
                     "to continue from; give some text, or --chat to wrap it in the chat template"
                 )
+    model = load_pretrained(resolved.model_dir, key="generate")
     return generate_texts(model, tokenizer, prompts, **sampling)
