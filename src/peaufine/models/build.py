@@ -235,7 +235,7 @@ def load_pretrained(
             **({"attn_implementation": attention} if attention else {}),
         )
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"model.source: cannot load a causal LM from {directory}: {exc}") from None
+        raise ModelError(f"{key}: cannot load a causal LM from {directory}: {exc}") from None
 
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
