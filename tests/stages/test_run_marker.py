@@ -286,7 +286,6 @@ def test_a_killed_run_with_its_tracking_outputs_can_be_overwritten(tmp_path, fin
     assert marker(out)["status"] == "finished" and not (out / "mlflow.db").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="a failed status write replaces the run's own error")
 def test_the_runs_own_error_survives_a_marker_that_cannot_be_read(tmp_path):
     """The error that stopped a run is what the user must see: a marker that cannot be read or written
     then (a damaged file, a full disk) is warned about, not raised in its place."""

@@ -23,7 +23,7 @@ from peaufine.engine.fit import fit
 from peaufine.engine.integrations import TRACKING_SINKS, check_tracking, open_tracking
 from peaufine.engine.runtime import make_runtime
 from peaufine.engine.track import Tracker, add_sink, close_sinks, detach_sinks
-from peaufine.errors import RecipeError
+from peaufine.errors import RecipeError, RunDirError
 from peaufine.models.budget import training_budget
 from peaufine.models.build import check_recipe_models
 from peaufine.report.pages.write import write_report
@@ -218,6 +218,15 @@ def _terminate(signum: int, frame: Any) -> None:
     raise Terminated(128 + signum)
 
 
+def _mark_stopped(opened: OpenedRun, status: str, detail: str | None = None) -> None:
+    """Mark a run that is stopping; a marker that cannot be read or written now (damaged, a full disk)
+    is warned about, so the error that stopped the run is the one the user sees."""
+    try:
+        mark_run(opened.run.path, status, detail=detail, list_entries=True)
+    except (OSError, RunDirError) as exc:
+        opened.tracker.warn(f"the run could not be marked {status}: {exc}")
+
+
 @contextmanager
 def marked_outcome(opened: OpenedRun) -> Iterator[None]:
     """Mark the run failed on an error and interrupted on Ctrl-C or SIGTERM (rank 0; finish_run marks
@@ -230,11 +239,10 @@ def marked_outcome(opened: OpenedRun) -> Iterator[None]:
     try:
         yield
     except (KeyboardInterrupt, Terminated):
-        mark_run(opened.run.path, "interrupted", list_entries=True)
+        _mark_stopped(opened, "interrupted")
         raise
     except BaseException as exc:
-        detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        mark_run(opened.run.path, "failed", detail=detail, list_entries=True)
+        _mark_stopped(opened, "failed", f"{type(exc).__name__}: {exc}".splitlines()[0])
         raise
     finally:
         if in_main:
