@@ -61,8 +61,11 @@ def _now() -> str:
 def process_alive(pid: int, host: str) -> bool:
     """Whether process `pid` of `host` is alive; a process of another host is taken as gone (its host
     cannot be asked from here)."""
-    if host != socket.gethostname():
-        return False
+    return host == socket.gethostname() and pid_alive(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this host is alive."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -239,10 +242,15 @@ def folder_entries(path: Path) -> list[Path] | None:
     return list(path.iterdir())
 
 
+def stranger_names(path: Path, ours: Callable[[str], bool]) -> list[str]:
+    """The entries of an output folder that are not ours (`ours` tells by name), sorted."""
+    return sorted(entry.name for entry in folder_entries(path) or [] if not ours(entry.name))
+
+
 def refuse_strangers(path: Path, owner: str, ours: Callable[[str], bool]) -> None:
     """Refuse an output folder holding entries that are not `owner`'s (`ours` tells by name): a
     cross-validation or a pipeline writes its runs beside them, and cannot tell what is safe to replace."""
-    strangers = sorted(entry.name for entry in folder_entries(path) or [] if not ours(entry.name))
+    strangers = stranger_names(path, ours)
     if strangers:
         more = ", ..." if len(strangers) > 3 else ""
         raise RunDirError(
@@ -303,8 +311,7 @@ def check_target(path: Path, recipe_yaml: str, *, overwrite: bool, resume: bool)
 
 def refuse_foreign(path: Path, marker: RunMarker) -> None:
     """--overwrite: refuse a marked run that holds entries peaufine did not write, naming them."""
-    ours = _ours(marker)
-    strangers = sorted(entry.name for entry in folder_entries(path) or [] if not ours(entry.name))
+    strangers = stranger_names(path, _ours(marker))
     if strangers:
         raise RunDirError(
             f"--overwrite: {path} holds files peaufine did not write ({', '.join(strangers)}); move them "
@@ -329,7 +336,7 @@ def remove_stale(folder: Path, prefix: str) -> list[Path]:
         if found is None:
             continue
         host, pid = found["host"], int(found["pid"])
-        if host == socket.gethostname() and not process_alive(pid, host):
+        if host == socket.gethostname() and not pid_alive(pid):
             _remove(entry)
             removed.append(entry)
     return removed
@@ -351,7 +358,7 @@ def remove_stale_writes(run: Path) -> list[Path]:
     removed = []
     for entry in Path(run).iterdir():
         found = _WRITING.match(entry.name)
-        if found is not None and not process_alive(int(found["pid"]), host):
+        if found is not None and not pid_alive(int(found["pid"])):
             _remove(entry)
             removed.append(entry)
     return removed

@@ -19,6 +19,7 @@ import yaml
 from peaufine.drivers.search.space import Space
 from peaufine.errors import RecipeError, RunDirError
 from peaufine.nested import dotted_items
+from peaufine.rundir import pid_alive
 
 if TYPE_CHECKING:
     import optuna
@@ -210,23 +211,13 @@ def retry_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 def _abandoned(trial: optuna.trial.FrozenTrial, grace: float, own_heartbeat: bool) -> bool:
     """A running trial whose worker is gone: a dead process on this machine (known at once), or
     no heartbeat for `grace` seconds (journal storage; Optuna watches the RDB storage's)."""
     attrs = trial.user_attrs
     pid = attrs.get(PID_ATTR)
     same_host = attrs.get(HOST_ATTR) == socket.gethostname()
-    if same_host and isinstance(pid, int) and pid != os.getpid() and not _pid_alive(pid):
+    if same_host and isinstance(pid, int) and pid != os.getpid() and not pid_alive(pid):
         return True
     if not own_heartbeat:
         return False
