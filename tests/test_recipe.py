@@ -158,3 +158,45 @@ def test_every_packaged_recipe_warms_up_before_it_ends(path):
     data = read_yaml(path)
     recipe = validate_recipe(data, str(path))  # pipeline references (${reward}) are only strings here
     assert recipe.train.warmup_steps < recipe.train.max_steps
+
+
+@pytest.mark.parametrize(
+    ("adapter", "needles"),
+    [
+        (
+            {"kind": "bottleneck", "r": 4},
+            ["model.adapter", "r is a setting of kind lora", "not of kind bottleneck"],
+        ),
+        ({"kind": "lora", "size": 16}, ["size is a setting of kind bottleneck"]),
+        ({"kind": "none", "num_virtual_tokens": 8}, ["num_virtual_tokens", "prompt_tuning"]),
+        ({"kind": "prompt_tuning", "prompt_init": "text"}, ["prompt_init_text"]),
+        ({"kind": "bottleneck", "placement": "after"}, ["model.adapter.placement", "'houlsby'"]),
+    ],
+)
+def test_a_setting_of_another_adapter_kind_is_refused_naming_both(adapter, needles):
+    with pytest.raises(RecipeError) as caught:
+        validate_recipe(
+            {"stage": "sft", "model": {"adapter": adapter}, "data": {"packing": False}}, "my.yaml"
+        )
+    for needle in needles:
+        assert needle in str(caught.value)
+
+
+def test_a_kinds_own_settings_and_a_resolved_recipe_pass():
+    recipe = validate_recipe(
+        {"stage": "sft", "model": {"adapter": {"kind": "bottleneck", "size": 8, "placement": "pfeiffer"}}},
+        "my.yaml",
+    )
+    # the resolved recipe writes every key back, other kinds' at their defaults: it must load again
+    again = validate_recipe(recipe.model_dump(mode="json"), "recipe.yaml")
+    assert again.model.adapter.size == 8 and again.model.adapter.kind == "bottleneck"
+
+
+def test_a_soft_prompt_refuses_packed_rows_and_passes_unpacked():
+    with pytest.raises(RecipeError, match=r"data\.packing"):
+        validate_recipe({"stage": "sft", "model": {"adapter": {"kind": "prompt_tuning"}}}, "my.yaml")
+    recipe = validate_recipe(
+        {"stage": "sft", "model": {"adapter": {"kind": "prompt_tuning"}}, "data": {"packing": False}},
+        "my.yaml",
+    )
+    assert recipe.model.adapter.num_virtual_tokens == 20

@@ -38,12 +38,32 @@ class TokenizerBlock(Block):
     path: str | None = None
 
 
+# The recipe keys that belong to each adapter kind: setting one under another kind is refused, since it
+# would be silently ignored (r under bottleneck, size under lora).
+ADAPTER_KEYS: dict[str, tuple[str, ...]] = {
+    "lora": ("r", "alpha", "dropout", "target_modules", "rslora", "dora", "train_special_tokens"),
+    "bottleneck": ("reduction_factor", "size", "placement", "non_linearity", "layer_norm"),
+    "ia3": ("target_modules", "feedforward_modules"),
+    "prompt_tuning": ("num_virtual_tokens", "prompt_init", "prompt_init_text"),
+}
+# PEFT's prompt-learning kinds: a learnt prefix of each example, which packed rows cannot carry.
+PROMPT_LEARNING_KINDS = ("prompt_tuning",)
+
+
 class AdapterBlock(Block):
-    kind: Literal["none", "lora"] = "none"
+    """How a pretrained model is adapted: none (every weight, or what model.freeze leaves), LoRA / DoRA,
+    bottleneck adapter modules, (IA)3 or a soft prompt (prompt tuning)."""
+
+    kind: Literal["none", "lora", "bottleneck", "ia3", "prompt_tuning"] = "none"
+    # lora (and dora)
     r: int = Field(8, ge=1)
     alpha: float = Field(16.0, gt=0.0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear",
+        description="lora, ia3: the linear layers adapted; ia3's all-linear is PEFT's default set for the "
+        "architecture (attention keys and values, and the MLP's output)",
+    )
     rslora: bool = False
     dora: bool = False
     train_special_tokens: bool = Field(
@@ -51,6 +71,51 @@ class AdapterBlock(Block):
         description="also train the embedding rows of the tokenizer's special tokens: chat-turn tokens a "
         "base model never saw (so never learnt to emit) stay untrainable under LoRA otherwise",
     )
+    # bottleneck adapter modules (Houlsby et al. 2019; Pfeiffer et al. 2020)
+    reduction_factor: float = Field(
+        16.0, ge=1.0, description="bottleneck: hidden size / adapter size (ignored when size is set)"
+    )
+    size: int | None = Field(None, ge=1, description="bottleneck: the adapter's inner width")
+    placement: Literal["houlsby", "pfeiffer"] = Field(
+        "houlsby",
+        description="bottleneck: houlsby, after the attention and after the MLP of each layer; "
+        "pfeiffer, after the MLP only",
+    )
+    non_linearity: Literal["relu", "gelu", "swish", "tanh"] = "relu"
+    layer_norm: bool = Field(False, description="bottleneck: a layer norm before the down-projection")
+    # (IA)3 (Liu et al. 2022)
+    feedforward_modules: list[str] | None = Field(
+        None,
+        description="ia3: the target modules whose input (not output) is rescaled; null: PEFT's default "
+        "for the architecture",
+    )
+    # prompt tuning (Lester et al. 2021)
+    num_virtual_tokens: int = Field(20, ge=1, description="prompt_tuning: learnt tokens before each example")
+    prompt_init: Literal["random", "text"] = Field(
+        "random", description="prompt_tuning: start from random vectors or from the embeddings of a text"
+    )
+    prompt_init_text: str | None = Field(None, description="prompt_tuning: the text when prompt_init is text")
+
+    @model_validator(mode="after")
+    def _keys_of_its_kind(self) -> AdapterBlock:
+        # a key at its default is no setting (a resolved recipe.yaml writes every key back)
+        own = set(ADAPTER_KEYS.get(self.kind, ()))
+        changed = {
+            key
+            for key in self.model_fields_set - own - {"kind"}
+            if getattr(self, key) != type(self).model_fields[key].get_default(call_default_factory=True)
+        }
+        for key in sorted(changed):
+            users = [kind for kind, keys in ADAPTER_KEYS.items() if key in keys]
+            raise ValueError(
+                f"{key} is a setting of kind {' / '.join(users)}, not of kind {self.kind}; "
+                f"remove it or set kind: {users[0]}"
+            )
+        if self.kind == "prompt_tuning" and (self.prompt_init == "text") != bool(self.prompt_init_text):
+            raise ValueError(
+                "prompt_init: text needs prompt_init_text (and prompt_init_text needs prompt_init: text)"
+            )
+        return self
 
 
 class FreezeBlock(Block):
@@ -398,6 +463,16 @@ class Recipe(Block):
     eval: EvalBlock = Field(default_factory=EvalBlock)
     method: MethodBlock = Field(default_factory=MethodBlock)
     track: TrackBlock = Field(default_factory=TrackBlock)
+
+    @model_validator(mode="after")
+    def _soft_prompt_needs_unpacked_rows(self) -> Recipe:
+        # a learnt prefix belongs to one example: in a packed row it would sit before the first only
+        if self.model.adapter.kind in PROMPT_LEARNING_KINDS and self.data.packing and self.stage == "sft":
+            raise ValueError(
+                f"data.packing: model.adapter.kind {self.model.adapter.kind} puts a learnt prompt before "
+                "each example, which packed rows cannot carry; set data.packing: false"
+            )
+        return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
