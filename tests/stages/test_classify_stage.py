@@ -81,3 +81,72 @@ def test_a_chunked_loss_is_refused_for_classifier_stages_before_the_run_starts(s
     ):
         run(recipe, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def _sentiment_recipe(tiny_decoder_dir, tmp_path, **model):
+    rng = random.Random(0)
+    rows = [
+        {"sentence": f"a {'good' if (label := rng.randint(0, 1)) else 'bad'} film", "label": label}
+        for _ in range(40)
+    ]
+    data = tmp_path / "sst.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return validate_recipe(
+        {
+            "stage": "classify",
+            "model": {"source": str(tiny_decoder_dir), **model},
+            "data": {
+                "source": str(data),
+                "text_field": "sentence",
+                "max_length": 16,
+                "validation_fraction": 0.25,
+            },
+            "train": {"max_steps": 4, "batch_size": 8, "lr": 1e-2, "warmup_steps": 1, "device": "cpu"},
+            "eval": {"every": 4, "transfer": {"from_scratch": False}},
+        }
+    )
+
+
+def test_classify_trains_a_lora_adapter_and_saves_it_merged(tiny_decoder_dir, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from peaufine.models.build import build_classifier
+
+    recipe = _sentiment_recipe(tiny_decoder_dir, tmp_path, adapter={"kind": "lora", "r": 2})
+    run_classify(recipe, tmp_path / "run")
+    budget = json.loads((tmp_path / "run" / "budget.json").read_text(encoding="utf-8"))["parameters"]
+    base = build_classifier(tiny_decoder_dir, 2)
+    total = sum(p.numel() for p in base.parameters())
+    # LoRA r=2 on every linear layer of the body + the new head (PEFT's modules_to_save), nothing else
+    hidden, inter, head = 32, 64, 32 * 2
+    lora = 2 * (4 * (hidden + hidden) + 2 * (hidden + inter) + (inter + hidden))
+    assert budget["trainable"] == lora + head
+    assert budget["total"] == total + lora + head  # the head's trained copy is a second tensor
+    ids = torch.tensor([[5, 9, 12, 7]])
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "model").eval()
+    adapted = PeftModel.from_pretrained(base, tmp_path / "run" / "adapter").eval()
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, adapted(input_ids=ids).logits, atol=1e-5)
+        # negative control: the untrained head gives other scores
+        assert not torch.allclose(
+            merged(input_ids=ids).logits,
+            build_classifier(tiny_decoder_dir, 2)(input_ids=ids).logits,
+            atol=1e-3,
+        )
+
+
+def test_classify_freezes_the_layers_it_is_told_to(tiny_decoder_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from peaufine.models.build import build_classifier
+
+    recipe = _sentiment_recipe(tiny_decoder_dir, tmp_path, freeze={"layers": [0], "embeddings": True})
+    run_classify(recipe, tmp_path / "run")
+    before = build_classifier(tiny_decoder_dir, 2).state_dict()
+    after = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "model").state_dict()
+    changed = {name for name in before if not (before[name] == after[name]).all()}
+    assert changed, "something trained"
+    assert not any(name.startswith(("model.layers.0.", "model.embed_tokens")) for name in changed)
+    assert "score.weight" in changed and any(name.startswith("model.norm") for name in changed)

@@ -15,8 +15,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from peaufine.atomic import publish_dir
 from peaufine.errors import ModelError, RecipeError
+from peaufine.models.adapted import attach_adapter, save_adapted
 from peaufine.models.adapters import apply_adapter, apply_freeze, merged_copy, save_adapter
-from peaufine.models.folders import ModelKind, check_model_folder, read_model_config
+from peaufine.models.folders import (
+    ADAPTED_MODEL,
+    ModelKind,
+    adapted_parts,
+    check_model_folder,
+    is_model_folder,
+    read_model_config,
+)
 from peaufine.models.presets import PRESETS, build_config, get_preset
 from peaufine.models.tokenizer import end_of_turn_ids, load_tokenizer
 
@@ -61,13 +69,13 @@ def resolve_source(source: str, key: str = "model.source") -> ModelSource:
             "config.json) or a run folder"
         )
     if path.is_dir():
-        if (path / "model" / "config.json").is_file():
+        if is_model_folder(path / "model"):
             return ModelSource("run_dir", source, path)
-        if (path / "config.json").is_file():
+        if is_model_folder(path):
             return ModelSource("model_dir", source, path)
         raise ModelError(
             f"{key}: {source} is a folder but holds neither config.json (a Hugging Face "
-            "model) nor model/config.json (a peaufine run)"
+            f"model) or {ADAPTED_MODEL} (an adapted model) nor model/ with one of them (a peaufine run)"
         )
     if source in PRESETS:
         return ModelSource("preset", source)
@@ -108,6 +116,7 @@ def check_recipe_models(recipe: Recipe) -> None:
             )
             own = recipe.model.tokenizer.path if recipe.stage == "pretrain" else None
             load_tokenizer(str(own or source.model_dir), recipe.model.trust_remote_code)
+            check_adapted_source(source.model_dir, recipe, key)
     if recipe.stage == "rl":
         for i, reward in enumerate(recipe.method.rl.rewards):
             if looks_like_path(reward.source):
@@ -218,14 +227,21 @@ def load_pretrained(
     dtype: torch.dtype | None = None,
     attention: str | None = None,
     key: str = "model.source",
+    trainable_adapter: bool = False,
 ) -> PreTrainedModel:
     """Load a local Hugging Face causal LM from safetensors only (never a pickle), checked first.
 
+    An adapted-model folder (base/ + adapter/) loads as its base with the adapter on, frozen unless
+    `trainable_adapter` (a later stage continuing it).
     `attention`: an attn_implementation (see attention_kernel); None: the one saved in its config.
     `key`: what errors name the folder as (the recipe key or the command)."""
     from transformers import AutoModelForCausalLM
 
     check_model_folder(directory, key=key, kind="causal_lm", trust_remote_code=trust_remote_code)
+    parts = adapted_parts(directory)
+    if parts is not None:
+        base = load_pretrained(parts[0], trust_remote_code, dtype, attention, key)
+        return attach_adapter(base, directory, trainable=trainable_adapter, key=key)
     try:
         return AutoModelForCausalLM.from_pretrained(
             directory,
@@ -266,13 +282,43 @@ def load_for_training(recipe: Recipe, model_dir: Path, runtime: Runtime) -> PreT
     import torch
 
     attention = attention_kernel(recipe.model.attention, runtime.device.type, runtime.precision)
-    model = load_pretrained(model_dir, recipe.model.trust_remote_code, attention=attention)
+    continued = adapted_parts(model_dir) is not None  # check_adapted_source: the same kind goes on
+    model = load_pretrained(
+        model_dir, recipe.model.trust_remote_code, attention=attention, trainable_adapter=continued
+    )
     apply_freeze(model, recipe.model.freeze)
-    # the adapter's random start (LoRA's A) from the recipe's seed: the same in every run, whatever
-    # this process did before (1 process and N processes then train the same model)
-    torch.manual_seed(recipe.train.seed)
-    model = apply_adapter(model, recipe.model.adapter, special_token_ids(model_dir))
+    if not continued:
+        # the adapter's random start (LoRA's A) from the recipe's seed: the same in every run, whatever
+        # this process did before (1 process and N processes then train the same model)
+        torch.manual_seed(recipe.train.seed)
+        model = apply_adapter(model, recipe.model.adapter, special_token_ids(model_dir))
     return prepare_for_training(model, recipe.train).to(runtime.device)
+
+
+def check_adapted_source(directory: Path, recipe: Recipe, key: str = "model.source") -> None:
+    """A stage starting from an adapted model (a base and an adapter that cannot merge) trains that
+    adapter further: its recipe must name the same adapter kind, whose saved settings then apply."""
+    parts = adapted_parts(directory)
+    if parts is None:
+        return
+    kind = parts[2]
+    if recipe.stage in ("classify", "reward"):
+        raise RecipeError(
+            f"{key}: {directory} is a causal LM with a {kind} adapter that cannot be merged into its "
+            "weights, so no classifier can be built on it; start from a run whose model was merged "
+            "(model.adapter.kind none, lora or ia3) or from its base"
+        )
+    if recipe.model.adapter.kind != kind:
+        raise RecipeError(
+            f"model.adapter.kind: {directory} holds a base model with a {kind} adapter that cannot be "
+            f"merged; a later stage goes on training that adapter: set model.adapter.kind: {kind} "
+            f"(its saved settings apply), not {recipe.model.adapter.kind}"
+        )
+    if recipe.stage == "dpo" and recipe.method.dpo.reference == "adapter":
+        raise RecipeError(
+            f"method.dpo.reference: adapter would make the bare base of {directory} the reference, not "
+            "the model this stage starts from; use reference: precomputed"
+        )
 
 
 def special_token_ids(model_dir: Path) -> list[int]:
@@ -287,12 +333,22 @@ def special_token_ids(model_dir: Path) -> list[int]:
 def save_outputs(
     recipe: Recipe, run: RunDir, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
 ) -> None:
-    """adapter/ in PEFT's format for adapter runs, and model/ always: a standalone HF model."""
-    if recipe.model.adapter.kind != "none":
+    """adapter/ for adapter runs (PEFT's format, or peaufine's for bottleneck adapters), and model/
+    always: a standalone HF model, or base/ + adapter/ where the adapter cannot be merged."""
+    kind = recipe.model.adapter.kind
+    if kind == "none":
+        save_model(model, tokenizer, run.model)
+    elif kind in _MERGEABLE:
         save_adapter(model, tokenizer, run.adapter)
         save_model(merged_copy(model), tokenizer, run.model)
     else:
-        save_model(model, tokenizer, run.model)
+        save_adapted(model, tokenizer, kind, run.model, example=str(run.path))
+        if run.adapter.exists():
+            shutil.rmtree(run.adapter)
+        shutil.copytree(run.model / "adapter", run.adapter)
+
+
+_MERGEABLE = ("lora", "ia3")
 
 
 def _pad_id_for(directory: Path, config: object) -> int:
@@ -337,6 +393,10 @@ def build_classifier(
     from transformers import AutoModelForSequenceClassification
 
     directory = Path(source).expanduser()
+    parts = adapted_parts(directory)
+    if parts is not None:  # a reward model trained with an adapter that cannot merge: its base + adapter
+        base = build_classifier(parts[0], num_labels, seed=seed, attention=attention)
+        return attach_adapter(base, directory)
     if not (directory / "config.json").is_file():
         raise ModelError(f"model.source: {directory} is not a Hugging Face model folder (no config.json)")
     if num_labels < 1:

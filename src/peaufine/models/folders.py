@@ -111,6 +111,49 @@ def _weight_files(directory: Path, key: str) -> list[Path]:
     )
 
 
+# A model whose adapter cannot be folded into its weights (bottleneck adapters, soft prompts) is saved as
+# base/ (a plain transformers folder) + adapter/ + README.md, with this file naming the parts and no
+# top-level config.json, so plain transformers cannot load the bare base in the adapted model's place.
+ADAPTED_MODEL = "adapted_model.json"
+
+
+def adapted_parts(directory: Path) -> tuple[Path, Path, str] | None:
+    """(base folder, adapter folder, adapter kind) of an adapted-model folder, or None for any other
+    folder; a damaged adapted_model.json is a ModelError naming it."""
+    marker = Path(directory) / ADAPTED_MODEL
+    if not marker.is_file():
+        return None
+    try:
+        spec = json.loads(marker.read_text(encoding="utf-8"))
+        base, adapter, kind = spec["base"], spec["adapter"], spec["adapter_kind"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ModelError(f"{marker} is damaged ({exc}); train the run again or restore the file") from None
+    if not all(isinstance(x, str) and x and "/" not in x and ".." not in x for x in (base, adapter)):
+        raise ModelError(f"{marker}: base and adapter must name sub-folders of {directory}")
+    return Path(directory) / base, Path(directory) / adapter, str(kind)
+
+
+def is_model_folder(directory: Path) -> bool:
+    """A folder that holds a model: a Hugging Face one (config.json) or an adapted one."""
+    return (Path(directory) / "config.json").is_file() or (Path(directory) / ADAPTED_MODEL).is_file()
+
+
+def _check_adapter_folder(adapter: Path, key: str) -> None:
+    """The adapter half of an adapted model: its config and whole safetensors weights."""
+    configs = [adapter / name for name in ("adapter_config.json", "bottleneck_config.json")]
+    if not any(path.is_file() for path in configs):
+        raise ModelError(
+            f"{key}: {adapter} holds no adapter_config.json or bottleneck_config.json; the adapted model "
+            "is incomplete: train the run again"
+        )
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ModelError(f"{key}: {adapter} holds no adapter_model.safetensors; train the run again")
+    problem = safetensors_problem(weights)
+    if problem:
+        raise ModelError(f"{key}: {weights} is damaged: {problem}; train the run again")
+
+
 def check_model_folder(
     directory: Path, *, key: str = "model.source", kind: ModelKind = "any", trust_remote_code: bool = False
 ) -> None:
@@ -119,6 +162,12 @@ def check_model_folder(
     safetensors weights whole (header and size), and the architecture in config.json the kind the
     command needs (a causal LM, or a reward model: a sequence classifier with one output)."""
     directory = Path(directory)
+    parts = adapted_parts(directory)
+    if parts is not None:
+        base, adapter, _ = parts
+        check_model_folder(base, key=key, kind=kind, trust_remote_code=trust_remote_code)
+        _check_adapter_folder(adapter, key)
+        return
     config_file = directory / "config.json"
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
@@ -165,6 +214,9 @@ def read_model_config(
     naming it: a config.json that is not JSON, or names a model type this transformers lacks."""
     from transformers import AutoConfig
 
+    parts = adapted_parts(directory)
+    if parts is not None:
+        directory = parts[0]
     try:
         return AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code, **overrides)
     except (OSError, ValueError, KeyError) as exc:

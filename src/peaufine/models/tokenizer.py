@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peaufine.errors import ModelError
+from peaufine.models.folders import adapted_parts
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -93,6 +95,9 @@ def train_char(texts: Iterable[str]) -> PreTrainedTokenizerBase:
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
+    parts = adapted_parts(Path(path))
+    if parts is not None:  # an adapted model's tokenizer is its base's
+        path = str(parts[0])
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:

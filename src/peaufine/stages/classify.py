@@ -14,13 +14,14 @@ from peaufine.engine.track import Tracker
 from peaufine.errors import RecipeError
 from peaufine.evaluate.classification import classification_metrics
 from peaufine.methods.classify import ClassificationLoss, refuse_chunked_loss
+from peaufine.models.adapters import apply_adapter, apply_freeze
 from peaufine.models.build import (
     build_classifier,
     classifier_attention,
     minilm_path,
     prepare_for_training,
     resolve_source,
-    save_model,
+    save_outputs,
 )
 from peaufine.models.tokenizer import load_tokenizer
 from peaufine.results import ClassifyResults
@@ -112,6 +113,8 @@ def train_and_measure(opened: OpenedRun, resume: bool, hooks: list[StepHook] | N
     recipe = opened.recipe
     out = opened.run.path
     run, runtime, tracker, prepared = opened.run, opened.runtime, opened.tracker, opened.prepared
+    import torch
+
     directory = model_path(recipe)
     tokenizer = load_tokenizer(str(directory), recipe.model.trust_remote_code)
     num_labels, regression = prepared["num_labels"], prepared["regression"]
@@ -121,6 +124,10 @@ def train_and_measure(opened: OpenedRun, resume: bool, hooks: list[StepHook] | N
         model = build_classifier(
             directory, num_labels, from_scratch=from_scratch, seed=recipe.train.seed, attention=attention
         )
+        if not from_scratch:  # the from-scratch baseline trains every weight of the same architecture
+            apply_freeze(model, recipe.model.freeze)
+            torch.manual_seed(recipe.train.seed)  # the adapter's random start, as in every stage
+            model = apply_adapter(model, recipe.model.adapter)
         model = prepare_for_training(model, recipe.train).to(runtime.device)
         if run_dir is not None:
             record_budget(run, runtime, recipe, model)
@@ -154,7 +161,7 @@ def train_and_measure(opened: OpenedRun, resume: bool, hooks: list[StepHook] | N
         if baseline is not None:
             scratch, scratch_val = baseline
             evaluation["from_scratch"] = classification_metrics(scratch, scratch_val, runtime, batch)
-        save_model(model, tokenizer, run.model)
+        save_outputs(recipe, run, model, tokenizer)
         plot_training(run, result)
         finish_run(run, ClassifyResults.from_json(evaluation))
     runtime.barrier()
