@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from peaufine.atomic import publish_dir
 from peaufine.errors import ModelError
+from peaufine.models.bottleneck import apply_bottleneck
 
 if TYPE_CHECKING:
     import torch
@@ -135,6 +136,8 @@ def apply_adapter(
     """
     if adapter.kind == "none":
         return model
+    if adapter.kind == "bottleneck":
+        return apply_bottleneck(model, adapter)
     from peft import LoraConfig, get_peft_model
 
     targets: list[str] | str = adapter.target_modules
