@@ -281,6 +281,16 @@ def test_apply_adapter_wraps_and_the_wrapper_passes_for_its_base() -> None:
     assert torch.equal(logits_of(adapted, ids), logits_of(adapted.get_base_model(), ids))
 
 
+def test_freezing_after_the_adapter_keeps_the_adapters_trainable() -> None:
+    # the adapters live beside the base, not in it: freezing the base's parts leaves them to train
+    adapted = apply_bottleneck(build("llama"), settings())
+    apply_freeze(adapted, FreezeBlock(embeddings=True, layers=[0]))
+    assert all(p.requires_grad for p in adapted.adapters.parameters())
+    frozen = build("llama").requires_grad_(False)
+    with pytest.raises(ModelError, match="leaves no parameter trainable"):  # the check still bites
+        apply_freeze(frozen, FreezeBlock())
+
+
 def test_a_deep_copy_runs_its_own_adapters() -> None:
     import torch
 

@@ -241,7 +241,7 @@ def apply_freeze(model: torch.nn.Module, freeze: FreezeBlock) -> None:
             if id(param) in embedding_params:
                 param.requires_grad_(False)
 
-    if not any(p.requires_grad for p in base.parameters()):
+    if not any(p.requires_grad for p in model.parameters()):  # a bottleneck wrapper's adapters count
         raise ModelError(
             "model.freeze leaves no parameter trainable (with a LoRA adapter the head is already frozen, "
             "so all_but_head freezes everything); freeze fewer parts"
