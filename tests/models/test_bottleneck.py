@@ -442,6 +442,7 @@ def test_save_and_load_carry_a_classifiers_head(tmp_path: Path) -> None:
     train_steps_cls(adapted, ids)
     expected = logits_of(adapted, ids)
     adapted.save_pretrained(tmp_path / "adapter")  # as PeftModel's: the adapter folder
+    assert is_bottleneck_dir(tmp_path / "adapter")
     # the same backbone with a head drawn afresh (what loading a classifier's base gives)
     fresh = classifier(0)
     with torch.no_grad():
@@ -499,6 +500,31 @@ def test_load_refuses_damaged_or_mismatched_weights(tmp_path: Path) -> None:
     (folder / BOTTLENECK_CONFIG).write_text("{")
     with pytest.raises(ModelError, match="not valid JSON"):
         load_bottleneck(build("llama"), folder)
+
+
+def test_the_tokenizer_is_saved_beside_the_adapter(tmp_path: Path) -> None:
+    from peaufine.models.tokenizer import load_tokenizer, train_bpe
+
+    tokenizer = train_bpe(["a small text to learn a few merges from"] * 20, vocab_size=300)
+    save_bottleneck(apply_bottleneck(build("llama"), settings()), tokenizer, tmp_path / "adapter")
+    text = "a few merges"
+    assert load_tokenizer(str(tmp_path / "adapter"))(text).input_ids == tokenizer(text).input_ids
+
+
+def test_a_failed_save_leaves_the_previous_folder_whole(tmp_path: Path) -> None:
+    class BrokenTokenizer:
+        def save_pretrained(self, directory: Path) -> None:
+            raise OSError("disk full")
+
+    folder = tmp_path / "adapter"
+    adapted = apply_bottleneck(build("llama"), settings())
+    save_bottleneck(adapted, None, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    perturb_up(adapted)
+    with pytest.raises(OSError, match="disk full"):
+        save_bottleneck(adapted, BrokenTokenizer(), folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # no staging folder left behind
 
 
 def test_save_refuses_a_model_without_bottleneck_adapters(tmp_path: Path) -> None:

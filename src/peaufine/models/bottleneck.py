@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -362,7 +362,9 @@ def save_bottleneck(model: Any, tokenizer: PreTrainedTokenizerBase | None, direc
     }
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    staging = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)  # a crashed save's leftover of this process id
+    staging.mkdir()
     try:
         save_file(tensors, str(staging / BOTTLENECK_WEIGHTS), metadata={"format": "pt"})
         (staging / BOTTLENECK_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
