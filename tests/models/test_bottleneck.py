@@ -291,6 +291,17 @@ def test_freezing_after_the_adapter_keeps_the_adapters_trainable() -> None:
         apply_freeze(frozen, FreezeBlock())
 
 
+def test_adapters_are_not_stacked_on_an_adapted_model(tmp_path: Path) -> None:
+    adapted = apply_bottleneck(build("llama"), settings())
+    save_bottleneck(adapted, None, tmp_path / "adapter")
+    for model in (adapted, adapted.get_base_model()):
+        with pytest.raises(ModelError, match="already has bottleneck adapters"):
+            apply_bottleneck(model, settings())
+        with pytest.raises(ModelError, match="already has bottleneck adapters"):
+            load_bottleneck(model, tmp_path / "adapter")
+    assert len(hooked_paths(adapted)) == 2 * LAYERS  # one hook per writer still
+
+
 def test_a_deep_copy_runs_its_own_adapters() -> None:
     import torch
 

@@ -299,9 +299,23 @@ def is_bottleneck_model(model: Any) -> bool:
     return _module_classes.cache_info().currsize > 0 and isinstance(model, _module_classes()[1])
 
 
+def _refuse_adapted(model: torch.nn.Module) -> None:
+    """A wrapper, or the base of one, gets no second set of adapters: they would run on top of the first."""
+    adapter_class = _module_classes()[0]
+    hooked = any(
+        isinstance(getattr(hook, "__self__", None), adapter_class)
+        for module in model.modules()
+        for hook in module._forward_hooks.values()
+    )
+    if hooked:
+        raise ModelError(
+            "model.adapter.kind: bottleneck: this model already has bottleneck adapters; start from its "
+            "base model"
+        )
+
+
 def _wrap(model: torch.nn.Module, settings: BottleneckSettings) -> Any:
-    if is_bottleneck_model(model):
-        raise ModelError("model.adapter.kind: bottleneck: this model already has bottleneck adapters")
+    _refuse_adapted(model)
     writers = residual_writers(model, settings.placement)
     head = classifier_head_names(model)
     for name, param in model.named_parameters():
@@ -405,6 +419,7 @@ def load_bottleneck(base_model: torch.nn.Module, directory: Path) -> Any:
     from safetensors.torch import load_file
 
     directory = Path(directory)
+    _refuse_adapted(base_model)
     config = _read_config(directory)
     fits = f"{directory} was saved for a {config.get('base_model_class', 'model')}"
     base_config = getattr(base_model, "config", None)
