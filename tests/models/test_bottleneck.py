@@ -473,6 +473,23 @@ def train_steps_cls(model, ids) -> None:
         optimizer.step()
 
 
+def test_a_training_checkpoint_of_the_wrapper_restores_its_adapters(tmp_path: Path) -> None:
+    # the engine checkpoints (and resumes) the whole trained module with safetensors' save_model
+    import torch
+    from safetensors.torch import save_model
+
+    from peaufine.engine.checkpoint import WEIGHTS, load_weights
+
+    ids = tokens()
+    adapted = apply_bottleneck(build("gpt2"), settings())  # GPT-2 ties its head: a shared tensor
+    train_steps(adapted, ids)
+    tmp_path.joinpath("step").mkdir()
+    save_model(adapted, str(tmp_path / "step" / WEIGHTS))
+    fresh = apply_bottleneck(build("gpt2"), settings())
+    load_weights(fresh, tmp_path / "step")
+    assert torch.equal(logits_of(fresh, ids), logits_of(adapted, ids))
+
+
 def test_load_refuses_a_folder_that_does_not_fit_its_base(tmp_path: Path) -> None:
     folder = tmp_path / "adapter"
     save_bottleneck(apply_bottleneck(build("llama"), settings()), None, folder)
