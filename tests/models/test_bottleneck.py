@@ -279,6 +279,8 @@ def test_apply_adapter_wraps_and_the_wrapper_passes_for_its_base() -> None:
     adapted.to(torch.float64)
     assert all(p.dtype == torch.float64 for p in adapted.adapters.parameters())
     assert torch.equal(logits_of(adapted, ids), logits_of(adapted.get_base_model(), ids))
+    adapted.to("meta")  # a device move likewise (the one device besides the CPU every machine has)
+    assert {p.device.type for p in adapted.parameters()} == {"meta"}
 
 
 def test_freezing_after_the_adapter_keeps_the_adapters_trainable() -> None:
