@@ -239,6 +239,13 @@ def test_parameter_count_is_the_formula(arch: str, placement: str, layer_norm: b
     assert budget.total == count_parameters(model).total + trainable
 
 
+def test_importing_the_adapters_does_not_import_torch() -> None:
+    # `peaufine --help` imports no torch; models/adapters imports this module at its top
+    code = "import sys, peaufine.models.adapters; sys.exit('torch' in sys.modules)"
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == 0
+
+
 def test_adapter_size_is_size_or_hidden_over_reduction_factor() -> None:
     assert adapter_size(768, settings(reduction_factor=16.0)) == 48
     assert adapter_size(768, settings(size=7)) == 7

@@ -287,11 +287,10 @@ def _module_classes() -> tuple[type, type]:
 
 def __getattr__(name: str) -> type:
     """`BottleneckAdapter` and `BottleneckModel`, built (and torch imported) on first access."""
-    adapter_class, model_class = _module_classes()
-    classes = {"BottleneckAdapter": adapter_class, "BottleneckModel": model_class}
-    if name in classes:
-        return classes[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    names = ("BottleneckAdapter", "BottleneckModel")
+    if name not in names:  # importlib asks for __path__ and the like: no torch for those
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _module_classes()[names.index(name)]
 
 
 def is_bottleneck_model(model: Any) -> bool:
