@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from peaufine.atomic import publish_dir
 from peaufine.errors import ModelError
+from peaufine.models.bottleneck import apply_bottleneck
 
 if TYPE_CHECKING:
     import torch
@@ -135,6 +136,8 @@ def apply_adapter(
     """
     if adapter.kind == "none":
         return model
+    if adapter.kind == "bottleneck":
+        return apply_bottleneck(model, adapter)
     from peft import LoraConfig, get_peft_model
 
     targets: list[str] | str = adapter.target_modules
@@ -238,7 +241,7 @@ def apply_freeze(model: torch.nn.Module, freeze: FreezeBlock) -> None:
             if id(param) in embedding_params:
                 param.requires_grad_(False)
 
-    if not any(p.requires_grad for p in base.parameters()):
+    if not any(p.requires_grad for p in model.parameters()):  # a bottleneck wrapper's adapters count
         raise ModelError(
             "model.freeze leaves no parameter trainable (with a LoRA adapter the head is already frozen, "
             "so all_but_head freezes everything); freeze fewer parts"
