@@ -153,3 +153,34 @@ def test_transfer_compares_with_the_same_model_trained_from_scratch(base_run, tm
     assert 0 < n < 20 and transfer["meaningful"] is False
     assert transfer["verdict"].startswith(f"not meaningful: it rests on {n} validation example")
     assert f"as measured, {expected}" in transfer["verdict"]
+
+
+def test_a_bottleneck_run_saves_base_and_adapter_and_a_later_stage_starts_where_it_ended(base_run, tmp_path):
+    from peaufine.errors import RecipeError
+    from peaufine.models.build import check_recipe_models
+
+    data = digit_task(tmp_path / "digits.jsonl", 40)
+    first = sft_recipe(base_run, data, lr=3e-3, max_steps=8)
+    first["model"]["adapter"] = {"kind": "bottleneck", "size": 8}
+    first["eval"]["forgetting"] = {"general": None}
+    before = run_sft(validate_recipe(first), tmp_path / "first").evaluation
+    model_dir = tmp_path / "first" / "model"
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "README.md",
+        "adapted_model.json",
+        "adapter",
+        "base",
+    ]
+    assert (tmp_path / "first" / "adapter" / "bottleneck_config.json").is_file()
+    assert before["task_val_loss"]["after"] < before["task_val_loss"]["before"]
+
+    second = sft_recipe(tmp_path / "first", data, lr=3e-3, max_steps=2)
+    second["model"]["adapter"] = {"kind": "bottleneck", "size": 8}
+    after = run_sft(validate_recipe(second), tmp_path / "second").evaluation
+    # the same validation split, measured on the loaded base + adapter: the continued run starts
+    # exactly where the first ended (a bare base, the adapter lost, would start far above)
+    assert after["task_val_loss"]["before"] == pytest.approx(before["task_val_loss"]["after"], rel=1e-5)
+
+    second["model"]["adapter"] = {"kind": "lora"}
+    with pytest.raises(RecipeError, match="kind: bottleneck"):
+        check_recipe_models(validate_recipe(second))

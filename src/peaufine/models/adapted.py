@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from peaufine.atomic import publish_dir
 from peaufine.errors import ModelError
 from peaufine.models.adapters import peft_base, save_adapter
+from peaufine.models.bottleneck import is_bottleneck_dir, load_bottleneck, save_bottleneck
 from peaufine.models.folders import ADAPTED_MODEL, adapted_parts
 
 if TYPE_CHECKING:
@@ -103,8 +104,6 @@ def save_adapted(
     base.save_pretrained(staging / BASE_FOLDER, safe_serialization=True)
     tokenizer.save_pretrained(staging / BASE_FOLDER)
     if kind == "bottleneck":
-        from peaufine.models.bottleneck import save_bottleneck
-
         save_bottleneck(model, tokenizer, staging / ADAPTER_FOLDER)
         fmt, python = "peaufine's bottleneck format: bottleneck_config.json + safetensors", "bottleneck"
     else:
@@ -132,9 +131,7 @@ def attach_adapter(
     if parts is None:
         raise ModelError(f"{key}: {directory} is not an adapted-model folder (no {ADAPTED_MODEL})")
     _, adapter, _ = parts
-    if (adapter / "bottleneck_config.json").is_file():
-        from peaufine.models.bottleneck import load_bottleneck
-
+    if is_bottleneck_dir(adapter):
         model = load_bottleneck(base, adapter)
         if not trainable:
             model.requires_grad_(False)
