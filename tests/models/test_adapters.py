@@ -444,3 +444,15 @@ def test_freezing_a_lora_model_freezes_that_layers_adapter():
     assert names and all(".layers.1." in n and "lora_" in n for n in names)
     with pytest.raises(ModelError, match="no parameter trainable"):
         apply_freeze(wrapped, FreezeBlock(all_but_head=True))
+
+
+def test_merge_refuses_a_bottleneck_adapter_saying_why(tokenizer, tmp_path):
+    from peaufine.models.bottleneck import apply_bottleneck, save_bottleneck
+
+    model = build(llama_config(vocab_size=len(tokenizer)))
+    model.save_pretrained(tmp_path / "base")
+    adapted = apply_bottleneck(model, AdapterBlock(kind="bottleneck", size=4))
+    save_bottleneck(adapted, tokenizer, tmp_path / "adapter")
+    with pytest.raises(ModelError, match=r"bottleneck adapter.*cannot be folded"):
+        merge_adapter(tmp_path / "base", tmp_path / "adapter", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

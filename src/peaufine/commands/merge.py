@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from peaufine.errors import ModelError
 from peaufine.models.adapters import quiet_peft
+from peaufine.models.bottleneck import is_bottleneck_dir
 from peaufine.models.build import load_pretrained, save_model
 from peaufine.models.folders import check_model_folder, safetensors_problem
 from peaufine.models.tokenizer import load_tokenizer
@@ -84,6 +85,12 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path, overwrite: b
         raise ModelError(
             f"merge: {base_dir} holds neither config.json (a Hugging Face model) nor model/config.json "
             "(a peaufine run); give the base model the adapter was trained on"
+        )
+    if is_bottleneck_dir(adapter_dir):
+        raise ModelError(
+            f"merge: {adapter_dir} holds a bottleneck adapter, a non-linear network between the layers "
+            "that cannot be folded into the weights; its run's model/ (base/ + adapter/) loads as one "
+            "model in every peaufine command"
         )
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ModelError(
