@@ -281,7 +281,7 @@ def merge(
     adapter: Annotated[Path, typer.Argument(help="A PEFT adapter folder (a run's adapter/).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the merged model.")],
 ) -> None:
-    """Merge a LoRA adapter into its base: a standalone model that loads with plain transformers."""
+    """Merge a LoRA or (IA)3 adapter into its base: a standalone model that loads with plain transformers."""
     from peaufine.commands.merge import merge_adapter
     from peaufine.models.build import resolve_source
 

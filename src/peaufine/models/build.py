@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from peaufine.atomic import publish_dir
 from peaufine.errors import ModelError, RecipeError
-from peaufine.models.adapters import apply_adapter, apply_freeze, merged_copy, save_adapter
+from peaufine.models.adapters import apply_adapter, apply_freeze, can_merge, merged_copy, save_adapter
 from peaufine.models.folders import ModelKind, check_model_folder, read_model_config
 from peaufine.models.presets import PRESETS, build_config, get_preset
 from peaufine.models.tokenizer import end_of_turn_ids, load_tokenizer
@@ -271,7 +271,7 @@ def load_for_training(recipe: Recipe, model_dir: Path, runtime: Runtime) -> PreT
     # the adapter's random start (LoRA's A) from the recipe's seed: the same in every run, whatever
     # this process did before (1 process and N processes then train the same model)
     torch.manual_seed(recipe.train.seed)
-    model = apply_adapter(model, recipe.model.adapter, special_token_ids(model_dir))
+    model = apply_adapter(model, recipe.model.adapter, special_token_ids(model_dir), str(model_dir))
     return prepare_for_training(model, recipe.train).to(runtime.device)
 
 
@@ -287,10 +287,12 @@ def special_token_ids(model_dir: Path) -> list[int]:
 def save_outputs(
     recipe: Recipe, run: RunDir, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
 ) -> None:
-    """adapter/ in PEFT's format for adapter runs, and model/ always: a standalone HF model."""
+    """adapter/ in PEFT's format for adapter runs, and model/: a standalone HF model where the adapter
+    merges (can_merge); a soft prompt's run keeps adapter/ only."""
     if recipe.model.adapter.kind != "none":
         save_adapter(model, tokenizer, run.adapter)
-        save_model(merged_copy(model), tokenizer, run.model)
+        if can_merge(recipe.model.adapter.kind):
+            save_model(merged_copy(model), tokenizer, run.model)
     else:
         save_model(model, tokenizer, run.model)
 

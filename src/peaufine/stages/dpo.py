@@ -2,7 +2,7 @@
 IPO, conservative DPO or SimPO; no reward model, no sampling."""
 
 # The reference is the policy as it starts: its log-probs are computed once before training (no second
-# model resident), or, with LoRA and `method.dpo.reference: adapter`, by switching the adapter off.
+# model resident), or, with an adapter and `method.dpo.reference: adapter`, by switching the adapter off.
 # Before and after training the stage measures how often the policy itself prefers the chosen response
 # (mean log-prob per token, so length does not decide), and on the world the annotator's score and
 # exact match of greedy answers to held-out questions.
@@ -53,8 +53,12 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
     source = resolve_source(recipe.model.source)
     tokenizer = load_tokenizer(str(source_model_dir(source)), recipe.model.trust_remote_code)
     ensure_chat_template(tokenizer)
-    if recipe.method.dpo.reference == "adapter" and recipe.model.adapter.kind != "lora":
-        raise RecipeError("method.dpo.reference: adapter needs model.adapter.kind: lora")
+    if recipe.method.dpo.reference == "adapter" and recipe.model.adapter.kind == "none":
+        raise RecipeError(
+            "method.dpo.reference: adapter switches the adapter off to get the reference, and "
+            "model.adapter.kind is none; set an adapter kind (lora, ia3, ...) or method.dpo.reference: "
+            "precomputed"
+        )
     prepared = prepare_pairs(
         recipe, source, tokenizer, staging, skip_ties=True, scored=False, tracker=tracker
     )
