@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from conftest import tiny_rl_recipe
 from peaufine.recipe import validate_recipe
 
 TRAIN = {"device": "cpu", "precision": "fp32", "log_every": 1, "seed": 0, "max_steps": 3, "warmup_steps": 1}
@@ -175,3 +176,62 @@ def test_dpo_trains_each_peft_kind(kind, reference, base_run, tmp_path, monkeypa
     assert rows[2]["train_loss"] != pytest.approx(rows[0]["train_loss"], abs=1e-7)
     base = AutoModelForCausalLM.from_pretrained(base_run / "model")
     check_run(tmp_path / "run", kind, saved[-1], base)
+
+
+def test_grpo_trains_ia3_with_the_adapter_off_as_reference(base_run, tmp_path, monkeypatch):
+    from peaufine.stages import rl
+
+    saved = capture_saved_model(monkeypatch, rl)
+    rl.run_rl(validate_recipe(tiny_rl_recipe(base_run, "grpo", KINDS["ia3"])), tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows if "kl" in row][:3] == [1, 2, 3]
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the ia3 vectors start at one: policy = reference
+    assert (
+        json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())["peft_type"] == "IA3"
+    )
+    assert saved and (tmp_path / "run" / "model" / "config.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("stage", "adapter", "extra", "message"),
+    [
+        (
+            "rl",
+            KINDS["prompt_tuning"],
+            {},
+            "kind: prompt_tuning is not supported by the rl stage",
+        ),
+        ("pretrain", KINDS["ia3"], {}, "model.adapter.kind: ia3 is not supported by the pretrain stage"),
+        (
+            "dpo",
+            {"kind": "none"},
+            {"reference": "adapter"},
+            "dpo.reference: adapter switches the adapter off",
+        ),
+    ],
+)
+def test_a_kind_a_stage_cannot_take_is_refused_before_the_run_exists(
+    stage, adapter, extra, message, base_run, tmp_path
+):
+    from peaufine.errors import RecipeError
+    from peaufine.stages.dpo import run_dpo
+    from peaufine.stages.pretrain import run_pretrain
+    from peaufine.stages.rl import run_rl
+
+    if stage == "rl":
+        recipe, run = tiny_rl_recipe(base_run, "grpo", adapter), run_rl
+    elif stage == "pretrain":
+        recipe = {"stage": "pretrain", "model": {"source": "llama-tiny", "adapter": adapter}}
+        recipe["data"] = {"source": "world"}
+        run = run_pretrain
+    else:
+        recipe = {
+            "stage": "dpo",
+            "model": {"source": str(base_run), "adapter": adapter},
+            "data": PREFERENCES,
+            "method": {"dpo": extra},
+        }
+        run = run_dpo
+    with pytest.raises(RecipeError, match=message):
+        run(validate_recipe(recipe), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
