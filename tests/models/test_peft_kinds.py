@@ -48,12 +48,12 @@ def llama_config(vocab_size: int = VOCAB, **extra):
     )
 
 
-def gpt2_config():
+def gpt2_config(vocab_size: int = VOCAB):
     from transformers import GPT2Config
 
     return GPT2Config(
-        vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0,
-        attn_pdrop=0.0, bos_token_id=None, eos_token_id=None,
+        vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=64, resid_pdrop=0.0,
+        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None,
     )  # fmt: skip
 
 
@@ -365,3 +365,100 @@ def test_merge_command_folds_ia3_and_refuses_a_soft_prompt(tokenizer, tmp_path):
     with pytest.raises(ModelError, match=r"PROMPT_TUNING, which cannot be merged.*PeftModel.from_pretrained"):
         merge_adapter(tmp_path / "base", tmp_path / "prompt", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# -- parameter accounting -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("config", [llama_config, gpt2_config])
+@pytest.mark.parametrize(
+    "adapter",
+    [
+        IA3,
+        AdapterBlock(kind="ia3", target_modules=["q_proj", "down_proj"], feedforward_modules=["down_proj"]),
+        PROMPT,
+        AdapterBlock(kind="prompt_tuning", num_virtual_tokens=3, prompt_init="text", prompt_init_text="a b"),
+    ],
+    ids=["ia3", "ia3-explicit", "prompt", "prompt-text"],
+)
+def test_adapter_budget_on_the_meta_device_is_pefts_own_count(config, adapter, tokenizer, tmp_path):
+    from peaufine.models.budget import adapter_budget, count_parameters
+
+    if adapter.target_modules != "all-linear" and config is gpt2_config:
+        adapter = AdapterBlock(kind="ia3", target_modules=["c_attn", "c_fc"], feedforward_modules=["c_fc"])
+    tokenizer.save_pretrained(tmp_path)
+    vocab = len(tokenizer)  # a text start reads the text's token ids from the model's table
+    base_total = count_parameters(build(config(vocab))).total
+    real = apply_adapter(build(config(vocab)), adapter, tokenizer_path=str(tmp_path))
+    peft_trainable, peft_total = real.get_nb_trainable_parameters()
+    budget = adapter_budget(config(vocab), adapter)
+    assert (budget.trainable, budget.total, budget.frozen) == (peft_trainable, peft_total, base_total)
+    if adapter.kind == "prompt_tuning":
+        assert budget.trainable == adapter.num_virtual_tokens * 32  # virtual tokens x hidden size
+    row = "soft prompt" if adapter.kind == "prompt_tuning" else "(IA)3 adapter"
+    assert budget.by_module_type[row] == {"total": peft_trainable, "trainable": peft_trainable}
+
+
+def test_a_soft_prompts_positions_count_in_the_memory_estimate():
+    from peaufine.models.budget import adapter_budget, estimate_memory
+
+    config = llama_config()
+    budget = adapter_budget(config, PROMPT)
+    with_prompt = estimate_memory(config, budget, batch_size=2, seq_len=20, prefix_tokens=5)
+    as_longer = estimate_memory(config, budget, batch_size=2, seq_len=25)
+    plain = estimate_memory(config, budget, batch_size=2, seq_len=20)
+    assert with_prompt.activations == as_longer.activations > plain.activations
+    assert (with_prompt.weights, with_prompt.gradients) == (plain.weights, plain.gradients)
+    assert with_prompt.gradients == budget.trainable * 4  # gradients (and AdamW) follow the trainable count
+
+
+def test_training_budget_of_a_prompt_tuned_model_counts_its_prompt():
+    from peaufine.models.budget import training_budget
+    from peaufine.recipe import validate_recipe
+
+    recipe = validate_recipe(
+        {"stage": "sft", "model": {"adapter": {"kind": "prompt_tuning"}}, "data": {"packing": False}}
+    )
+    model = apply_adapter(build(llama_config()), recipe.model.adapter)
+    budget = training_budget(model, recipe, "fp32")
+    assert budget["parameters"]["trainable"] == model.get_nb_trainable_parameters()[0] == 20 * 32
+    assert budget["memory"]["prefix_tokens"] == 20 and "soft prompt of 20 positions" in budget["note"]
+
+
+def _params(args, capsys, monkeypatch):
+    """`peaufine params ARGS`: (exit code, stdout and stderr with their whitespace flattened)."""
+    from test_cli import run_cli
+
+    code, out, err = run_cli(["params", *args], capsys, monkeypatch)
+    return code, " ".join(out.split()), " ".join(err.split())
+
+
+def test_params_command_costs_every_peft_kind(capsys, monkeypatch):
+    preset = ["--preset", "llama-2-7b"]
+    # (IA)3's default on Llama: keys and values (4096 outputs each) and down_proj's 11008 inputs, 32 layers
+    code, out, err = _params([*preset, "--adapter", "ia3"], capsys, monkeypatch)
+    assert code == 0, err
+    assert "(IA)3 on PEFT's default layers" in out and "trainable 614,400" in out
+    args = [*preset, "--adapter", "prompt_tuning", "--set", "model.adapter.num_virtual_tokens=7"]
+    code, out, err = _params(args, capsys, monkeypatch)
+    assert code == 0, err
+    assert f"trainable {7 * 4096:,}" in out and "+ 7 soft-prompt positions" in out
+    code, out, err = _params([*preset, "--lora", "r=8", "--targets", "q_proj,v_proj"], capsys, monkeypatch)
+    assert code == 0 and "LoRA r=8 on q_proj,v_proj" in out and "trainable 4,194,304" in out
+    code, _, err = _params([*preset, "--adapter", "ia3", "--lora", "r=8"], capsys, monkeypatch)
+    assert code == 2 and "--lora and --dora set a LoRA adapter, not --adapter ia3" in err
+    code, _, err = _params(
+        [*preset, "--adapter", "prompt_tuning", "--targets", "q_proj"], capsys, monkeypatch
+    )
+    assert code == 2 and "--targets names the layers of a lora or ia3 adapter" in err
+    code, _, err = _params([*preset, "--adapter", "loar"], capsys, monkeypatch)
+    assert code == 2 and "not an adapter kind" in err
+
+
+def test_params_adapter_keeps_only_the_recipes_settings_of_the_kind_asked_for():
+    from peaufine.models.budget import params_adapter
+
+    recipe = AdapterBlock(kind="lora", r=16, target_modules=["q_proj", "v_proj"])
+    assert params_adapter(recipe) == recipe
+    assert params_adapter(recipe, lora_r=4).r == 4
+    ia3 = params_adapter(recipe, "ia3")
+    assert ia3.kind == "ia3" and ia3.target_modules == ["q_proj", "v_proj"] and ia3.r == 8
+    assert params_adapter(AdapterBlock(), lora_targets="all-linear").kind == "lora"

@@ -101,9 +101,11 @@ def check_run(run: Path, kind: str, trained: Any, base: Any) -> None:
         assert not (
             run / "model" / "config.json"
         ).exists()  # never the bare base in the adapted model's place
-    budget = json.loads((run / "budget.json").read_text())["parameters"]
+    recorded = json.loads((run / "budget.json").read_text())
+    budget = recorded["parameters"]
     assert budget["trainable"] == trained.get_nb_trainable_parameters()[0] > 0
     assert budget["total"] == trained.get_nb_trainable_parameters()[1]
+    assert recorded["memory"]["prefix_tokens"] == (4 if kind == "prompt_tuning" else 0)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
