@@ -12,6 +12,7 @@ from peaufine.errors import ModelError
 from peaufine.models.adapters import (
     MERGEABLE_KINDS,
     apply_adapter,
+    as_base,
     can_merge,
     input_positions,
     merged_copy,
@@ -203,6 +204,22 @@ def test_a_soft_prompt_cannot_be_merged_and_can_merge_says_so():
     ]
     with pytest.raises(ModelError, match=r"cannot be merged.*PeftModel.from_pretrained"):
         merged_copy(apply_adapter(build(llama_config()), PROMPT))
+
+
+def test_as_base_switches_a_soft_prompt_off_and_leaves_other_kinds_alone():
+    import torch
+
+    ids = ids_of()
+    base = logits(build(llama_config()), ids)
+    prompted = apply_adapter(build(llama_config()), PROMPT)
+    with as_base(prompted):
+        torch.testing.assert_close(logits(prompted, ids), base, atol=0, rtol=0)
+    assert logits(prompted, ids).shape[1] == 17  # on again after the block
+    ia3 = apply_adapter(build(llama_config()), IA3)
+    perturb(ia3, "ia3_l")
+    adapted = logits(ia3, ids)
+    with as_base(ia3):  # a kind that starts as the identity keeps its trained state: nothing switched
+        torch.testing.assert_close(logits(ia3, ids), adapted, atol=0, rtol=0)
 
 
 def test_input_positions_are_the_last_ones_and_the_same_tensor_without_a_prefix():

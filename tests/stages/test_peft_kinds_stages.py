@@ -154,14 +154,8 @@ def test_reward_model_trains_each_peft_kind_with_its_head(kind, base_run, tmp_pa
     check_run(tmp_path / "run", kind, trained, base)
 
 
-@pytest.mark.parametrize(("kind", "reference"), [("ia3", "precomputed"), ("prompt_tuning", "adapter")])
-def test_dpo_trains_each_peft_kind(kind, reference, base_run, tmp_path, monkeypatch):
-    from transformers import AutoModelForCausalLM
-
-    from peaufine.stages import dpo
-
-    saved = capture_saved_model(monkeypatch, dpo)
-    recipe = {
+def dpo_recipe(base_run: Path, kind: str, reference: str) -> dict[str, Any]:
+    return {
         "stage": "dpo",
         "model": {"source": str(base_run), "adapter": KINDS[kind]},
         "data": PREFERENCES,
@@ -169,12 +163,24 @@ def test_dpo_trains_each_peft_kind(kind, reference, base_run, tmp_path, monkeypa
         "train": {**TRAIN, "batch_size": 8, "lr": 1e-2},
         "eval": {"every": 3, "answers": 0},
     }
-    dpo.run_dpo(validate_recipe(recipe), tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    ("kind", "reference"),
+    [("ia3", "precomputed"), ("prompt_tuning", "adapter"), ("prompt_tuning", "precomputed")],
+)
+def test_dpo_trains_each_peft_kind(kind, reference, base_run, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from peaufine.stages import dpo
+
+    saved = capture_saved_model(monkeypatch, dpo)
+    dpo.run_dpo(validate_recipe(dpo_recipe(base_run, kind, reference)), tmp_path / "run")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    # precomputed: at step 1 the policy is its reference, so the loss is log 2; with the soft prompt
-    # switched off the reference is the base model, which a random prompt already differs from
+    # (IA)3 starts as its base, the reference: the loss at step 1 is log 2; a soft prompt's reference is
+    # its base (switched off, or precomputed without it), which a random prompt already differs from
     at_start = rows[0]["train_loss"] == pytest.approx(0.6931471805599453, abs=1e-5)
-    assert at_start == (reference == "precomputed")
+    assert at_start == (kind == "ia3")
     assert rows[2]["train_loss"] != pytest.approx(rows[0]["train_loss"], abs=1e-7)
     base = AutoModelForCausalLM.from_pretrained(base_run / "model")
     check_run(tmp_path / "run", kind, saved[-1], base)
@@ -237,3 +243,35 @@ def test_a_kind_a_stage_cannot_take_is_refused_before_the_run_exists(
     with pytest.raises(RecipeError, match=message):
         run(validate_recipe(recipe), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_soft_prompts_before_numbers_and_reference_are_the_base_models(base_run, tmp_path):
+    """A random soft prompt does not start as the identity: what a run measures "before" (sft's base
+    zero-shot, forgetting's general loss) and DPO's precomputed reference are taken with it switched off,
+    so they equal those of (IA)3, which starts as the base."""
+    from peaufine.stages.dpo import run_dpo
+    from peaufine.stages.sft import run_sft
+
+    before = {}
+    for kind in KINDS:
+        recipe = {
+            "stage": "sft",
+            "model": {"source": str(base_run), "adapter": KINDS[kind]},
+            "data": {"source": "world", "validation_fraction": 0.2, "max_length": 48, "packing": False},
+            "train": {**TRAIN, "max_steps": 2, "batch_size": 8, "lr": 1e-2},
+            "eval": {"every": 2, "answers": 0, "transfer": {"few_shot": 1}},
+        }
+        evaluation = run_sft(validate_recipe(recipe), tmp_path / f"sft-{kind}").evaluation
+        before[kind] = evaluation["transfer"]["task_val_loss"]
+        before[kind]["general"] = evaluation["forgetting"]["loss_before"]
+    for key in ("base_zero_shot", "base_few_shot", "general"):
+        assert before["prompt_tuning"][key] == pytest.approx(before["ia3"][key], rel=1e-6), key
+    # the precomputed reference is the one with the prompt switched off: the same first-step loss
+    first = {}
+    for reference in ("precomputed", "adapter"):
+        recipe = dpo_recipe(base_run, "prompt_tuning", reference)
+        recipe["train"]["max_steps"] = 2
+        run_dpo(validate_recipe(recipe), tmp_path / f"dpo-{reference}")
+        rows = (tmp_path / f"dpo-{reference}" / "metrics.jsonl").read_text().splitlines()
+        first[reference] = json.loads(rows[0])["train_loss"]
+    assert first["precomputed"] == pytest.approx(first["adapter"], rel=1e-6)

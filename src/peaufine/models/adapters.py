@@ -146,6 +146,19 @@ def prompt_length(model: torch.nn.Module) -> int:
     return int(config.num_virtual_tokens)
 
 
+@contextlib.contextmanager
+def as_base(model: torch.nn.Module) -> Iterator[None]:
+    """`model` computing as the base it adapts, for what a run measures before training (the base's
+    numbers, DPO's reference). A soft prompt is switched off (PEFT's disable_adapter): unlike LoRA's
+    zero B and (IA)3's unit vectors, a random or text-initialised prompt does not start as the
+    identity. Every other model is left as it is, so its numbers stay bit-identical."""
+    if prompt_length(model):
+        with model.disable_adapter():
+            yield
+    else:
+        yield
+
+
 def input_positions(per_position: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """The rows of a causal LM's per-position output (logits, hidden states) that belong to the input.
 

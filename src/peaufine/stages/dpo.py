@@ -23,6 +23,7 @@ from peaufine.engine.track import Tracker
 from peaufine.errors import RecipeError
 from peaufine.evaluate.alignment import answer_quality, world_answer_quality
 from peaufine.methods.preference import DpoLoss, disable_dropout, precompute_reference, sequence_logps
+from peaufine.models.adapters import as_base
 from peaufine.models.build import load_for_training, resolve_source, save_outputs, source_model_dir
 from peaufine.models.tokenizer import load_tokenizer
 from peaufine.results import DpoResults
@@ -160,18 +161,20 @@ def train_and_measure(opened: OpenedRun, resume: bool, hooks: list[StepHook] | N
     adapter_reference = config.reference == "adapter"
     if config.loss != "simpo" and not adapter_reference:
         tracker.say("computing the reference log-probs once (the policy before training)")
-        precompute_reference(
-            model,
-            [train_set, *present.values()],
-            runtime,
-            recipe.eval.batch_size or 32,
-            recipe.train.loss_chunk_tokens,
-        )
+        with as_base(model):  # a soft prompt's reference is its base, as with reference: adapter
+            precompute_reference(
+                model,
+                [train_set, *present.values()],
+                runtime,
+                recipe.eval.batch_size or 32,
+                recipe.train.loss_chunk_tokens,
+            )
     world = source_world(source)
     questions = held_out_questions(run) if world is not None else []
     before: dict[str, Any] = {}
     if runtime.is_main:
-        before = preference_figures(model, tokenizer, recipe, present, world, runtime, questions)
+        with as_base(model):
+            before = preference_figures(model, tokenizer, recipe, present, world, runtime, questions)
     objective = DpoLoss(config, adapter_reference, recipe.train.loss_chunk_tokens)
     result = fit_in_run(
         opened,
