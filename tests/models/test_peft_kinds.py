@@ -479,3 +479,46 @@ def test_params_adapter_keeps_only_the_recipes_settings_of_the_kind_asked_for():
     ia3 = params_adapter(recipe, "ia3")
     assert ia3.kind == "ia3" and ia3.target_modules == ["q_proj", "v_proj"] and ia3.r == 8
     assert params_adapter(AdapterBlock(), lora_targets="all-linear").kind == "lora"
+
+
+RELOAD = """
+import sys, torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+base, ids, out = sys.argv[1], torch.load(sys.argv[2]), sys.argv[3]
+found = {}
+for adapter in sys.argv[4:]:
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter).eval()
+    with torch.no_grad():
+        found[adapter] = model(input_ids=ids).logits
+torch.save(found, out)
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch, transformers and PEFT: about 10 s
+def test_saved_adapters_load_in_a_new_process_to_the_same_logits(tokenizer, tmp_path):
+    """PEFT's folder is all a fresh process needs: no peaufine, no state of the one that trained."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    base = build(llama_config(vocab_size=len(tokenizer)))
+    base.save_pretrained(tmp_path / "base")
+    ids = ids_of()
+    torch.save(ids, tmp_path / "ids.pt")
+    expected = {}
+    for adapter, marker in ((IA3, "ia3_l"), (PROMPT, "prompt_encoder")):
+        model = apply_adapter(build(llama_config(vocab_size=len(tokenizer))), adapter)
+        perturb(model, marker)
+        save_adapter(model, tokenizer, tmp_path / adapter.kind)
+        expected[str(tmp_path / adapter.kind)] = logits(model, ids)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)  # no peaufine in the new process
+    command = [sys.executable, "-c", RELOAD, str(tmp_path / "base"), str(tmp_path / "ids.pt")]
+    subprocess.run([*command, str(tmp_path / "out.pt"), *expected], check=True, env=env, timeout=300)
+    found = torch.load(tmp_path / "out.pt")
+    assert found.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(found[key], value, atol=1e-6, rtol=0)
