@@ -281,7 +281,7 @@ def merge(
     adapter: Annotated[Path, typer.Argument(help="A PEFT adapter folder (a run's adapter/).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the merged model.")],
 ) -> None:
-    """Merge a LoRA adapter into its base: a standalone model that loads with plain transformers."""
+    """Merge a LoRA or (IA)3 adapter into its base: a standalone model that loads with plain transformers."""
     from peaufine.commands.merge import merge_adapter
     from peaufine.models.build import resolve_source
 
@@ -329,14 +329,22 @@ def params(
     set_: SetOpt = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Per-device micro-batch.")] = None,
     seq_len: Annotated[int | None, typer.Option(min=1)] = None,
+    adapter: Annotated[
+        str | None,
+        typer.Option(
+            help="Adapter kind: none, lora, ia3, prompt_tuning or bottleneck (default: the recipe's); "
+            "its settings via --set model.adapter.KEY=VALUE.",
+        ),
+    ] = None,
     lora: Annotated[str | None, typer.Option(help="LoRA settings, e.g. r=8.")] = None,
     targets: Annotated[
-        str | None, typer.Option(help="LoRA target modules, e.g. q_proj,v_proj (default all-linear).")
+        str | None,
+        typer.Option(help="LoRA / (IA)3 target modules, e.g. q_proj,v_proj (default all-linear)."),
     ] = None,
     dora: Annotated[bool, typer.Option(help="DoRA (magnitude vectors on top of LoRA).")] = False,
 ) -> None:
     """Total and trainable parameters, by module type, and estimated training memory (no allocation)."""
-    from peaufine.models.budget import describe_budget_with_lora
+    from peaufine.models.budget import describe_budget_with_adapter
 
     rank = None
     if lora is not None:
@@ -348,8 +356,16 @@ def params(
     if targets is not None:
         target_list = "all-linear" if targets == "all-linear" else [t for t in targets.split(",") if t]
     typer.echo(
-        describe_budget_with_lora(
-            recipe, preset, set_ or [], batch_size, seq_len, lora_r=rank, lora_targets=target_list, dora=dora
+        describe_budget_with_adapter(
+            recipe,
+            preset,
+            set_ or [],
+            batch_size,
+            seq_len,
+            kind=adapter,
+            lora_r=rank,
+            lora_targets=target_list,
+            dora=dora,
         )
     )
 

@@ -391,7 +391,7 @@ class DpoBlock(Block):
     reference: Literal["precomputed", "adapter"] = Field(
         "precomputed",
         description="precomputed: reference log-probs computed once before training; adapter: the "
-        "LoRA model with its adapter disabled (needs model.adapter.kind lora)",
+        "adapted model with its adapter disabled (needs a model.adapter.kind other than none)",
     )
 
 

@@ -1,5 +1,5 @@
-"""`peaufine merge`: a LoRA adapter folded into its base model, giving one plain Hugging Face model folder
-that loads without PEFT; an adapter trained on another model is refused with the reason."""
+"""`peaufine merge`: a LoRA or (IA)3 adapter folded into its base model, giving one plain Hugging Face model
+folder that loads without PEFT; an adapter trained on another model, or one that cannot merge, is refused."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from peaufine.errors import ModelError
-from peaufine.models.adapters import quiet_peft
+from peaufine.models.adapters import MERGEABLE_KINDS, quiet_peft
 from peaufine.models.bottleneck import is_bottleneck_dir
 from peaufine.models.build import load_pretrained, save_model
 from peaufine.models.folders import check_model_folder, safetensors_problem
@@ -17,6 +17,9 @@ from peaufine.models.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
     import torch
+
+# adapter_config.json's peft_type of the kinds that fold into the weights: PEFT names them in capitals
+MERGEABLE_PEFT_TYPES = tuple(kind.upper() for kind in MERGEABLE_KINDS)
 
 
 def _has_tokenizer(directory: Path) -> bool:
@@ -47,8 +50,9 @@ def _adapter_mismatch(model: torch.nn.Module, adapter_file: Path) -> str | None:
 
 
 def _check_adapter_files(adapter_dir: Path, adapter_file: Path) -> None:
-    """Refuse an adapter whose config is not a JSON object or whose weights are damaged (truncated,
-    a broken header), naming the file, before the base model is loaded."""
+    """Refuse an adapter whose config is not a JSON object, whose kind does not merge (a soft prompt is
+    an input, not a weight), or whose weights are damaged (truncated, a broken header), naming the
+    file, before the base model is loaded."""
     config_file = adapter_dir / "adapter_config.json"
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
@@ -56,6 +60,13 @@ def _check_adapter_files(adapter_dir: Path, adapter_file: Path) -> None:
         raise ModelError(f"merge: {config_file} is not valid JSON ({exc}); save the adapter again") from None
     if not isinstance(config, dict):
         raise ModelError(f"merge: {config_file} is not a JSON object; save the adapter again")
+    peft_type = str(config.get("peft_type", "")).upper()
+    if peft_type not in MERGEABLE_PEFT_TYPES:
+        raise ModelError(
+            f"merge: the adapter in {adapter_dir} is {peft_type or 'of an unknown kind'}, which cannot be "
+            "merged into the base weights (only LoRA and (IA)3 can); load it on its base model instead: "
+            "PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), ADAPTER)"
+        )
     problem = safetensors_problem(adapter_file)
     if problem:
         raise ModelError(
@@ -64,7 +75,7 @@ def _check_adapter_files(adapter_dir: Path, adapter_file: Path) -> None:
 
 
 def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path, overwrite: bool = False) -> None:
-    """`peaufine merge`: base + LoRA adapter -> one plain model folder, written atomically.
+    """`peaufine merge`: base + LoRA or (IA)3 adapter -> one plain model folder, written atomically.
 
     The result loads with `AutoModelForCausalLM.from_pretrained`, without PEFT. The tokenizer comes
     from the adapter folder when it has one (the one trained with), else from the base.
@@ -74,7 +85,7 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path, overwrite: b
     base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
     for folder, what, fix in (
         (base_dir, "base model", "give the model the adapter was trained on"),
-        (adapter_dir, "adapter", "give the adapter/ folder of a LoRA run"),
+        (adapter_dir, "adapter", "give the adapter/ folder of a LoRA or (IA)3 run"),
     ):
         if not folder.is_dir():
             state = "is a file, not a folder" if folder.exists() else "does not exist"
@@ -94,8 +105,8 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path, overwrite: b
         )
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ModelError(
-            f"merge: {adapter_dir} holds no adapter_config.json; give the folder that a LoRA run "
-            "saved its adapter to"
+            f"merge: {adapter_dir} holds no adapter_config.json; give the folder that a LoRA or (IA)3 "
+            "run saved its adapter to"
         )
     adapter_file = adapter_dir / "adapter_model.safetensors"
     if not adapter_file.is_file():

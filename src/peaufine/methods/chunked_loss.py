@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from peaufine.data.batching import IGNORE_INDEX
 from peaufine.engine.parallel import unwrap
 from peaufine.errors import TrainingError
+from peaufine.models.adapters import input_positions
 
 if TYPE_CHECKING:
     import torch
@@ -37,7 +38,8 @@ def output_head(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def final_hidden_states(model: torch.nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hidden states after the final norm [B, T, H], the model's logits of the last position [B, 1, V])."""
+    """(hidden states after the final norm [B, T, H] at the input's T positions, the model's logits of
+    the last position [B, 1, V])."""
     try:
         out = model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
     except TypeError as exc:
@@ -45,7 +47,8 @@ def final_hidden_states(model: torch.nn.Module, inputs: dict[str, Any]) -> tuple
             f"train.loss_chunk_tokens: this model's forward does not take logits_to_keep ({exc}); "
             "set train.loss_chunk_tokens: null"
         ) from None
-    return out.hidden_states[-1], out.logits
+    # a soft prompt's positions (prompt tuning) come first and predict nothing of the input
+    return input_positions(out.hidden_states[-1], inputs["input_ids"]), out.logits
 
 
 def check_head_reproduces_logits(head: torch.nn.Module, hidden: torch.Tensor, logits: torch.Tensor) -> None:

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from peaufine.data.batching import Batch
+from peaufine.engine.parallel import unwrap
 from peaufine.errors import ModelError, RecipeError
+from peaufine.models.adapters import input_positions, peft_base, prompt_length
 
 if TYPE_CHECKING:
     import torch
@@ -20,7 +22,36 @@ if TYPE_CHECKING:
 def classifier_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """The head's outputs, (examples, num_labels), in float32 whatever the autocast dtype: a bf16
     sum of losses over a batch loses digits."""
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    head = getattr(peft_base(unwrap(model)), "score", None)
+    if head is None or not prompt_length(unwrap(model)):
+        return model(**inputs).logits.float()
+    return _last_token_logits(model, head, batch)
+
+
+def _last_token_logits(model: torch.nn.Module, head: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """A decoder classifier's logits at each row's last real token, under prompt tuning.
+
+    A decoder (its head is `score`) pools the rightmost position whose id is not the pad id; behind a
+    soft prompt PEFT passes embeddings, not ids, and transformers then pools the last position, a pad
+    of a right-padded row. So the head's output at every position is taken as it is computed, the
+    prompt's positions dropped, and the row's last real token picked by transformers' own rule.
+    (Encoders pool their first position, which under a soft prompt is the prompt's: PEFT's design.)
+    """
+    import torch
+
+    seen: list[torch.Tensor] = []
+    handle = head.register_forward_hook(lambda _module, _args, output: seen.append(output))
+    try:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    finally:
+        handle.remove()
+    ids = batch["input_ids"]
+    per_position = input_positions(seen[-1], ids)
+    pad = peft_base(unwrap(model)).config.pad_token_id
+    real = (ids != pad).to(torch.int32) if pad is not None else torch.ones_like(ids, dtype=torch.int32)
+    last = (torch.arange(ids.shape[-1], device=ids.device, dtype=torch.int32) * real).argmax(-1)
+    return per_position[torch.arange(ids.shape[0], device=ids.device), last].float()
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from peaufine.engine.fit import MetricTally
 from peaufine.engine.parallel import unwrap
 from peaufine.engine.steps import REPLAY_LOSS, TASK_LOSS
 from peaufine.methods.chunked_loss import target_logps
+from peaufine.models.adapters import input_positions
 
 if TYPE_CHECKING:
     import torch
@@ -72,7 +73,8 @@ class NextTokenLoss:
                 return -logps.sum()
             losses = -logps
         else:
-            logits = model(**model_inputs(batch), use_cache=False).logits
+            # a soft prompt's positions (prompt tuning) predict nothing of the input: only its own do
+            logits = input_positions(model(**model_inputs(batch), use_cache=False).logits, batch["input_ids"])
             flat = logits.reshape(-1, logits.shape[-1]).float()
             if replay is None:
                 return F.cross_entropy(

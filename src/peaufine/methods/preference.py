@@ -25,6 +25,7 @@ from peaufine.engine.fit import MetricTally
 from peaufine.engine.parallel import unwrap
 from peaufine.errors import RecipeError
 from peaufine.methods.chunked_loss import target_logps
+from peaufine.models.adapters import input_positions
 
 if TYPE_CHECKING:
     import torch
@@ -51,7 +52,7 @@ def sequence_logps(
     if chunk_tokens is not None:
         logps, _ = target_logps(model, inputs, labels, chunk_tokens)
         return logps.sum(-1), (labels != IGNORE_INDEX).sum(-1)
-    logits = model(**inputs, use_cache=False).logits
+    logits = input_positions(model(**inputs, use_cache=False).logits, batch["input_ids"])
     nll = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(),
         labels.reshape(-1),
@@ -176,13 +177,17 @@ class DpoLoss:
 
 @contextmanager
 def adapter_disabled(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """The LoRA model under `model` with its adapter off, without gradients: the model it started
-    from, the reference of DPO and RL when no copy of it is kept."""
+    """The adapted model under `model` with its adapter off (PEFT's disable_adapter, which every PEFT
+    kind has: LoRA, (IA)3, a soft prompt), without gradients: the model it started from, the reference
+    of DPO and RL when no copy of it is kept."""
     import torch
 
     peft_model = unwrap(model)
     if not hasattr(peft_model, "disable_adapter"):
-        raise RecipeError("method.dpo.reference: adapter needs model.adapter.kind: lora")
+        raise RecipeError(
+            "method.dpo.reference: adapter needs an adapter to switch off (model.adapter.kind other than "
+            "none); set method.dpo.reference: precomputed"
+        )
     with torch.no_grad(), peft_model.disable_adapter():
         yield peft_model
 
@@ -190,7 +195,7 @@ def adapter_disabled(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 def adapter_disabled_logps(
     model: torch.nn.Module, batch: Batch, chunk_tokens: int | None = None
 ) -> torch.Tensor:
-    """Summed log-probs under the LoRA model with its adapter off: the base model, no copy kept."""
+    """Summed log-probs under the adapted model with its adapter off: the base model, no copy kept."""
     with adapter_disabled(model) as base:
         return sequence_logps(base, batch, chunk_tokens)[0].detach()
 

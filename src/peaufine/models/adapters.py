@@ -1,5 +1,5 @@
-"""LoRA adapters (PEFT) and layer freezing: what trains, and how an adapter is saved (in PEFT's own
-format) or folded into a copy of its base."""
+"""PEFT adapters (LoRA / DoRA, (IA)3, prompt tuning) and layer freezing: what trains, and how an adapter
+is saved (in PEFT's own format) or folded into a copy of its base."""
 
 from __future__ import annotations
 
@@ -117,59 +117,192 @@ def _check_targets(model: torch.nn.Module, targets: list[str]) -> None:
         if not any(_is_linear_like(m) or isinstance(m, torch.nn.Embedding) for m in matched):
             kinds = sorted({type(m).__name__ for m in matched})
             raise ModelError(
-                f"model.adapter.target_modules: '{target}' names {', '.join(kinds)} modules, which LoRA "
-                f"cannot adapt; name linear layers instead: {choices}"
+                f"model.adapter.target_modules: '{target}' names {', '.join(kinds)} modules, which an "
+                f"adapter cannot adapt; name linear layers instead: {choices}"
             )
 
 
-def apply_adapter(
-    model: PreTrainedModel, adapter: AdapterBlock, special_token_ids: list[int] | None = None
-) -> torch.nn.Module:
-    """Wrap `model` for LoRA training (kind `lora`), or return it unchanged (kind `none`).
+# The kinds whose adapter folds into the base weights (W + BA, W * l): a run of them saves one plain
+# model. A soft prompt is an input, not a weight, and bottleneck adapters are non-linear: both stay apart.
+MERGEABLE_KINDS = ("lora", "ia3")
 
-    PEFT freezes every base weight and adds trainable A (r x in) and B (out x r) per targeted layer,
-    B zero so the wrapped model starts equal to the base. The base modules are replaced in place.
-    With `adapter.train_special_tokens`, the embedding rows of `special_token_ids` train too (PEFT's
-    trainable tokens; tied output rows follow): a chat token such as <|end|> that pretraining never
-    showed has an embedding every softmax pushed down, and LoRA alone barely lifts it, so the model
-    would never learn to end its turn.
+
+def can_merge(kind: str) -> bool:
+    """Whether a run with `model.adapter.kind` `kind` can be saved as one plain transformers model:
+    the mergeable kinds, and `none` (nothing to merge)."""
+    return kind == "none" or kind in MERGEABLE_KINDS
+
+
+def is_classifier(model: torch.nn.Module) -> bool:
+    """A transformers sequence classifier (classify, reward): PEFT's SEQ_CLS task, its head trainable."""
+    return type(peft_base(model)).__name__.endswith("ForSequenceClassification")
+
+
+def prompt_length(model: torch.nn.Module) -> int:
+    """How many learnt positions PEFT puts before each input (prompt tuning's num_virtual_tokens); 0 for
+    every other model, and for a prompt-learning model inside `disable_adapter()`."""
+    config = getattr(model, "active_peft_config", None)
+    if config is None or not config.is_prompt_learning or getattr(model, "_adapters_disabled", False):
+        return 0
+    return int(config.num_virtual_tokens)
+
+
+@contextlib.contextmanager
+def as_base(model: torch.nn.Module) -> Iterator[None]:
+    """`model` computing as the base it adapts, for what a run measures before training (the base's
+    numbers, DPO's reference). A soft prompt is switched off (PEFT's disable_adapter): unlike LoRA's
+    zero B and (IA)3's unit vectors, a random or text-initialised prompt does not start as the
+    identity. Every other model is left as it is, so its numbers stay bit-identical."""
+    if prompt_length(model):
+        with model.disable_adapter():
+            yield
+    else:
+        yield
+
+
+def input_positions(per_position: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """The rows of a causal LM's per-position output (logits, hidden states) that belong to the input.
+
+    With prompt learning PEFT prepends num_virtual_tokens positions, so a model returns more positions
+    than it was given: the input's are the last `input_ids.shape[1]`. Without a prefix the tensor is
+    returned as it is (the same object, so LoRA and full fine-tuning compute exactly as before).
+    """
+    length = input_ids.shape[-1]
+    if per_position.shape[1] == length:
+        return per_position
+    return per_position[:, -length:]
+
+
+def _ia3_targets(model: torch.nn.Module, adapter: AdapterBlock) -> tuple[list[str], list[str]]:
+    """(target_modules, feedforward_modules) for (IA)3, checked before PEFT sees them.
+
+    "all-linear" is PEFT's default set for the architecture (keys, values and the MLP's output for
+    Llama); an architecture PEFT has none for must name its layers. feedforward_modules not given: the
+    architecture's default ones among the targets (none where PEFT has no default).
+    """
+    from peft.utils.constants import (
+        TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING,
+        TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING,
+    )
+
+    model_type = getattr(getattr(peft_base(model), "config", None), "model_type", None)
+    if adapter.target_modules == "all-linear":
+        if model_type not in TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING:
+            raise ModelError(
+                f"model.adapter.target_modules: PEFT has no default (IA)3 layers for {model_type} models "
+                f"({type(model).__name__}); name them, e.g. [k_proj, v_proj, down_proj], among its linear "
+                f"layers: {', '.join(linear_layer_names(model))}"
+            )
+        targets = list(TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING[model_type])
+    else:
+        targets = list(adapter.target_modules)
+        _check_targets(model, targets)
+    if adapter.feedforward_modules is None:
+        defaults = TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING.get(model_type, [])
+        return targets, [name for name in defaults if name in targets]
+    outside = [name for name in adapter.feedforward_modules if name not in targets]
+    if outside:
+        raise ModelError(
+            f"model.adapter.feedforward_modules: {', '.join(outside)} not among the target modules "
+            f"({', '.join(targets)}); a feed-forward module is one of the targets whose input is rescaled: "
+            "add it to target_modules or remove it"
+        )
+    return targets, list(adapter.feedforward_modules)
+
+
+def _peft_config(
+    model: torch.nn.Module,
+    adapter: AdapterBlock,
+    special_token_ids: list[int] | None,
+    tokenizer_path: str | None,
+) -> object:
+    """PEFT's config for `adapter` on `model`: SEQ_CLS for a sequence classifier (PEFT keeps its new
+    head trainable, in modules_to_save), CAUSAL_LM otherwise."""
+    from peft import IA3Config, LoraConfig, PromptTuningConfig
+
+    classifier = is_classifier(model)
+    task_type = "SEQ_CLS" if classifier else "CAUSAL_LM"
+    if adapter.kind == "lora":
+        targets: list[str] | str = adapter.target_modules
+        if targets != "all-linear":
+            targets = list(targets)
+            _check_targets(model, targets)
+        return LoraConfig(
+            task_type=task_type,
+            r=adapter.r,
+            lora_alpha=adapter.alpha,
+            lora_dropout=adapter.dropout,
+            target_modules=targets,
+            use_rslora=adapter.rslora,
+            use_dora=adapter.dora,
+            trainable_token_indices=sorted(set(special_token_ids))
+            if adapter.train_special_tokens and special_token_ids and not classifier
+            else None,
+        )
+    if adapter.kind == "ia3":
+        targets, feedforward = _ia3_targets(model, adapter)
+        return IA3Config(task_type=task_type, target_modules=targets, feedforward_modules=feedforward)
+    if adapter.kind == "prompt_tuning":
+        text = adapter.prompt_init == "text"
+        if text and tokenizer_path is None:
+            raise ModelError(
+                "model.adapter.prompt_init: text needs the model's tokenizer to embed prompt_init_text, "
+                "and none was given here; use prompt_init: random"
+            )
+        return PromptTuningConfig(
+            task_type=task_type,
+            num_virtual_tokens=adapter.num_virtual_tokens,
+            prompt_tuning_init="TEXT" if text else "RANDOM",
+            prompt_tuning_init_text=adapter.prompt_init_text if text else None,
+            tokenizer_name_or_path=tokenizer_path if text else None,
+        )
+    raise ModelError(
+        f"model.adapter.kind: {adapter.kind} has no PEFT form; use lora, ia3 or prompt_tuning "
+        "(or none to train every weight)"
+    )
+
+
+_KIND_NAMES = {"lora": "LoRA", "ia3": "(IA)3", "prompt_tuning": "prompt tuning"}
+
+
+def apply_adapter(
+    model: PreTrainedModel,
+    adapter: AdapterBlock,
+    special_token_ids: list[int] | None = None,
+    tokenizer_path: str | None = None,
+) -> torch.nn.Module:
+    """Wrap `model` in PEFT for `adapter.kind` (lora, ia3, prompt_tuning), or return it unchanged (none).
+
+    PEFT freezes every base weight and adds the kind's trainable part, which starts as the identity:
+    LoRA's A (r x in) and B (out x r) per targeted layer with B zero; (IA)3's scaling vectors, ones,
+    on the targeted layers' outputs (feed-forward ones: inputs); prompt tuning's num_virtual_tokens
+    learnt input embeddings before each example (random, or the embeddings of prompt_init_text read
+    with the tokenizer at `tokenizer_path`). The base modules are replaced in place.
+    With LoRA's `adapter.train_special_tokens`, the embedding rows of `special_token_ids` train too
+    (PEFT's trainable tokens; tied output rows follow): a chat token such as <|end|> that pretraining
+    never showed has an embedding every softmax pushed down, and LoRA alone barely lifts it, so the
+    model would never learn to end its turn.
     """
     if adapter.kind == "none":
         return model
     if adapter.kind == "bottleneck":
         return apply_bottleneck(model, adapter)
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    targets: list[str] | str = adapter.target_modules
-    if targets != "all-linear":
-        targets = list(targets)
-        _check_targets(model, targets)
-    # a sequence classifier (a reward model) keeps its new score head trainable: PEFT's SEQ_CLS task
-    # puts the head in modules_to_save
-    classifier = type(model).__name__.endswith("ForSequenceClassification")
-    config = LoraConfig(
-        task_type="SEQ_CLS" if classifier else "CAUSAL_LM",
-        r=adapter.r,
-        lora_alpha=adapter.alpha,
-        lora_dropout=adapter.dropout,
-        target_modules=targets,
-        use_rslora=adapter.rslora,
-        use_dora=adapter.dora,
-        trainable_token_indices=sorted(set(special_token_ids))
-        if adapter.train_special_tokens and special_token_ids and not classifier
-        else None,
-    )
+    config = _peft_config(model, adapter, special_token_ids, tokenizer_path)
     try:
         with quiet_peft():
             return get_peft_model(model, config)
     except ValueError as exc:  # NoMatchingPeftModuleError and unsupported layer types are ValueErrors
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         fix = f"name target_modules among its linear layers ({', '.join(linear_layer_names(model))})"
+        if adapter.kind == "prompt_tuning":
+            fix = "use another model.adapter.kind (lora or ia3)"
         if adapter.dora:
             fix += ", or set dora: false"
         raise ModelError(
-            f"model.adapter: PEFT cannot apply LoRA to {type(model).__name__} with these settings "
-            f"({first_line}); {fix}"
+            f"model.adapter: PEFT cannot apply {_KIND_NAMES[adapter.kind]} to {type(model).__name__} with "
+            f"these settings ({first_line}); {fix}"
         ) from None
 
 
@@ -279,14 +412,21 @@ def save_adapter(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | No
 
 
 def merged_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A plain transformers model with the adapter folded in (W + scale * B @ A), the input untouched.
+    """A plain transformers model with the adapter folded in (LoRA's W + scale * B @ A, (IA)3's W
+    scaled by its vectors), the input untouched.
 
     `merge_and_unload` rewrites the modules it is given, so it runs on a deep copy: the training
     model keeps its adapter and can go on training. Costs one more copy of the weights in memory.
-    A model without an adapter is returned as it is.
+    A model without an adapter is returned as it is; a soft prompt cannot be merged (it is an input,
+    not a weight), so a prompt-tuning model is refused (see can_merge).
     """
     from peft import PeftModel
 
     if not isinstance(model, PeftModel):
         return model
+    if model.active_peft_config.is_prompt_learning:
+        raise ModelError(
+            "model.adapter.kind prompt_tuning: a learnt prompt is an input, not a weight, and cannot be "
+            "merged into the model; keep the base model and its adapter/ folder (PeftModel.from_pretrained)"
+        )
     return copy.deepcopy(model).merge_and_unload()

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peaufine.errors import ModelError
-from peaufine.models.adapters import apply_adapter, peft_base
+from peaufine.models.adapters import apply_adapter, peft_base, prompt_length
 from peaufine.models.build import max_positions, resolve_source
 from peaufine.models.folders import read_model_config
 from peaufine.models.presets import build_config
-from peaufine.recipe import AdapterBlock, load_recipe
+from peaufine.recipe import ADAPTER_KEYS, PROMPT_LEARNING_KINDS, AdapterBlock, load_recipe
 
 if TYPE_CHECKING:
     import torch
@@ -71,6 +71,9 @@ class MemoryEstimate:
     activation_checkpointing: bool
     fused_attention: bool
     optimizer_name: str = "adamw"
+    # positions a soft prompt (prompt tuning) puts before each sequence: activations and logits are
+    # those of seq_len + prefix_tokens positions
+    prefix_tokens: int = 0
 
 
 def meta_model(config: PreTrainedConfig) -> torch.nn.Module:
@@ -223,6 +226,7 @@ def estimate_memory(
     activation_checkpointing: bool = False,
     activation_bytes: int | None = None,
     fused_attention: bool = False,
+    prefix_tokens: int = 0,
 ) -> MemoryEstimate:
     """Training memory for one micro-batch: weights, gradients, optimizer state, activations.
 
@@ -231,20 +235,23 @@ def estimate_memory(
     (`activation_bytes` defaults to `param_bytes`) plus the logits, b*s*V*4 bytes, since the loss
     is taken in fp32. With activation checkpointing each layer keeps only its input (s*b*h*B) and
     one layer's full activations are live again while it is recomputed in the backward pass.
+    `prefix_tokens`: a soft prompt's positions before each sequence (prompt tuning), which every layer
+    and the head compute like the sequence's own.
     Not counted: CUDA context, allocator fragmentation, temporary buffers of kernels.
     """
     act_bytes = param_bytes if activation_bytes is None else activation_bytes
     layers = config.num_hidden_layers
+    positions = seq_len + prefix_tokens
     one_layer = layer_activation_bytes(
         config,
         batch_size=batch_size,
-        seq_len=seq_len,
+        seq_len=positions,
         activation_bytes=act_bytes,
         fused_attention=fused_attention,
     )
-    logits = batch_size * seq_len * config.vocab_size * 4
+    logits = batch_size * positions * config.vocab_size * 4
     if activation_checkpointing:
-        layer_inputs = layers * seq_len * batch_size * config.hidden_size * act_bytes
+        layer_inputs = layers * positions * batch_size * config.hidden_size * act_bytes
         activations = layer_inputs + one_layer + logits
     else:
         activations = layers * one_layer + logits
@@ -266,6 +273,7 @@ def estimate_memory(
         seq_len=seq_len,
         activation_checkpointing=activation_checkpointing,
         fused_attention=fused_attention,
+        prefix_tokens=prefix_tokens,
     )
 
 
@@ -309,9 +317,10 @@ def format_budget(budget: ParamBudget, memory: MemoryEstimate | None = None) -> 
 
     if memory is not None:
         checkpointing = ", activation checkpointing" if memory.activation_checkpointing else ""
+        prefix = f" + {memory.prefix_tokens} soft-prompt positions" if memory.prefix_tokens else ""
         lines += [
             "",
-            f"Training memory (batch {memory.batch_size} x {memory.seq_len} tokens{checkpointing})",
+            f"Training memory (batch {memory.batch_size} x {memory.seq_len} tokens{prefix}{checkpointing})",
         ]
         parts = [
             ("weights", memory.weights, f"{memory.param_bytes} B/param"),
@@ -380,6 +389,97 @@ def describe_budget(
     return f"{subject.name} ({subject.config.model_type})\n\n" + format_budget(budget, memory)
 
 
+def params_adapter(
+    recipe_adapter: AdapterBlock,
+    kind: str | None = None,
+    lora_r: int | None = None,
+    lora_targets: list[str] | str | None = None,
+    dora: bool = False,
+) -> AdapterBlock:
+    """The adapter `peaufine params` costs: the recipe's `model.adapter`, its kind replaced by `kind`
+    (--adapter) and its LoRA rank, targets and DoRA by --lora, --targets and --dora.
+
+    --lora and --dora mean LoRA (with no --adapter they choose it); a new kind keeps only the recipe's
+    settings of that kind (a recipe with LoRA r=16 asked for --adapter ia3 costs PEFT's (IA)3).
+    """
+    lora_given = lora_r is not None or dora
+    chosen = kind or ("lora" if lora_given or lora_targets is not None else recipe_adapter.kind)
+    if lora_given and chosen != "lora":
+        raise ModelError(f"--lora and --dora set a LoRA adapter, not --adapter {chosen}; drop one")
+    if lora_targets is not None and chosen not in ("lora", "ia3"):
+        raise ModelError(f"--targets names the layers of a lora or ia3 adapter, not of --adapter {chosen}")
+    if chosen not in ADAPTER_KEYS and chosen != "none":
+        raise ModelError(
+            f"--adapter {chosen}: not an adapter kind; use one of none, {', '.join(ADAPTER_KEYS)}"
+        )
+    own = ADAPTER_KEYS.get(chosen, ())
+    settings = {key: getattr(recipe_adapter, key) for key in own if key in recipe_adapter.model_fields_set}
+    if chosen == recipe_adapter.kind:
+        settings = {key: getattr(recipe_adapter, key) for key in own}
+    if lora_r is not None:
+        settings["r"] = lora_r
+    if lora_targets is not None:
+        settings["target_modules"] = lora_targets
+    if dora:
+        settings["dora"] = True
+    return AdapterBlock(kind=chosen, **settings)
+
+
+def _adapter_title(adapter: AdapterBlock) -> str:
+    """How a budget's header names the adapter."""
+    if adapter.kind == "lora":
+        targets = adapter.target_modules
+        shown = targets if isinstance(targets, str) else ",".join(targets)
+        return f"{'DoRA' if adapter.dora else 'LoRA'} r={adapter.r} on {shown}"
+    if adapter.kind == "ia3":
+        targets = adapter.target_modules
+        shown = "PEFT's default layers" if targets == "all-linear" else ",".join(targets)
+        return f"(IA)3 on {shown}"
+    if adapter.kind == "prompt_tuning":
+        return f"a soft prompt of {adapter.num_virtual_tokens} virtual tokens (prompt tuning)"
+    width = f"size {adapter.size}" if adapter.size else f"reduction factor {adapter.reduction_factor:g}"
+    return f"{adapter.placement} bottleneck adapters ({width})"
+
+
+def describe_budget_with_adapter(
+    recipe_path: Path | None,
+    preset: str | None,
+    overrides: list[str],
+    batch_size: int | None,
+    seq_len: int | None,
+    kind: str | None = None,
+    lora_r: int | None = None,
+    lora_targets: list[str] | str | None = None,
+    dora: bool = False,
+) -> str:
+    """`peaufine params --adapter ia3` (or `--lora r=8 --targets q_proj,v_proj`): the budget with an
+    adapter on top; its settings come from the recipe's `model.adapter` (or --set) unless given.
+
+    With no adapter (kind none) this is `describe_budget`. Frozen = the base, trainable = the adapter:
+    gradients and AdamW state shrink to the adapter's size, while the weights (and activations) stay
+    those of the base; a soft prompt also adds its positions to every sequence's activations.
+    """
+    if kind is not None and any(o.partition("=")[0].strip().startswith("model.adapter.") for o in overrides):
+        # --set model.adapter.num_virtual_tokens=20 is a setting of the kind asked for, checked as such
+        overrides = [f"model.adapter.kind={kind}", *overrides]
+    subject = _params_subject(recipe_path, preset, overrides, batch_size, seq_len)
+    adapter = params_adapter(subject.recipe.model.adapter, kind, lora_r, lora_targets, dora)
+    if adapter.kind == "none":
+        return describe_budget(recipe_path, preset, overrides, batch_size, seq_len)
+    budget = adapter_budget(subject.config, adapter)
+    memory = estimate_memory(
+        subject.config,
+        budget,
+        batch_size=subject.batch,
+        seq_len=subject.length,
+        prefix_tokens=adapter.num_virtual_tokens if adapter.kind in PROMPT_LEARNING_KINDS else 0,
+    )
+    header = (
+        f"{subject.name} ({subject.config.model_type}) + {_adapter_title(adapter)}; frozen = the base model"
+    )
+    return header + "\n\n" + format_budget(budget, memory)
+
+
 def describe_budget_with_lora(
     recipe_path: Path | None,
     preset: str | None,
@@ -390,49 +490,47 @@ def describe_budget_with_lora(
     lora_targets: list[str] | str | None = None,
     dora: bool = False,
 ) -> str:
-    """`peaufine params --lora r=8 --targets q_proj,v_proj`: the budget with a LoRA adapter on top.
-
-    Settings not given come from the recipe's `model.adapter`; with none given and a recipe without
-    LoRA this is `describe_budget`. Frozen = the base, trainable = the adapter: gradients and AdamW
-    state shrink to the adapter's size, while the weights (and activations) stay those of the base.
-    """
-
-    subject = _params_subject(recipe_path, preset, overrides, batch_size, seq_len)
-    adapter = subject.recipe.model.adapter
-    if lora_r is None and lora_targets is None and not dora and adapter.kind != "lora":
-        return describe_budget(recipe_path, preset, overrides, batch_size, seq_len)
-    r = lora_r if lora_r is not None else adapter.r
-    targets = lora_targets if lora_targets is not None else adapter.target_modules
-    dora = dora or adapter.dora
-    budget = lora_budget(subject.config, r, targets, dora=dora)
-    memory = estimate_memory(subject.config, budget, batch_size=subject.batch, seq_len=subject.length)
-    shown = targets if isinstance(targets, str) else ",".join(targets)
-    kind = "DoRA" if dora else "LoRA"
-    header = (
-        f"{subject.name} ({subject.config.model_type}) + {kind} r={r} on {shown}; frozen = the base model"
+    """`peaufine params --lora r=8 --targets q_proj,v_proj`: describe_budget_with_adapter for LoRA."""
+    return describe_budget_with_adapter(
+        recipe_path, preset, overrides, batch_size, seq_len, None, lora_r, lora_targets, dora
     )
-    return header + "\n\n" + format_budget(budget, memory)
 
 
-def lora_budget(
-    config: PreTrainedConfig, r: int, targets: list[str] | str, dora: bool = False
-) -> ParamBudget:
-    """Parameters of a model with LoRA on top, counted on the meta device (no memory, no download).
+# What a budget's module-type table calls the adapter's parameters.
+_ADAPTER_ROWS = {
+    "lora": "LoRA adapter",
+    "ia3": "(IA)3 adapter",
+    "prompt_tuning": "soft prompt",
+    "bottleneck": "bottleneck adapter",
+}
 
-    PEFT itself builds the adapter, so its count is PEFT's own: r*(in+out) per targeted layer, plus
-    `out` magnitudes with DoRA. Trainable = the adapter, frozen = the whole base, total = base + adapter.
+
+def adapter_budget(config: PreTrainedConfig, adapter: AdapterBlock) -> ParamBudget:
+    """Parameters of a model with `adapter` on top, counted on the meta device (no memory, no download).
+
+    apply_adapter itself builds the adapter (PEFT for lora, ia3 and prompt_tuning), so the count is
+    its own: r*(in+out) per LoRA layer (+ `out` magnitudes with DoRA), one scale per channel of each
+    (IA)3 layer, num_virtual_tokens x hidden size for a soft prompt. Trainable = the adapter, frozen =
+    the whole base, total = base + adapter. A soft prompt's start (random or a text's embeddings) does
+    not change its size, so it is counted from a random start: no tokenizer needed.
     """
 
     model = meta_model(config)
     base = count_parameters(model)
-    adapter = AdapterBlock(kind="lora", r=r, target_modules=targets, dora=dora)
+    if adapter.kind == "none":
+        return base
+    if adapter.kind == "prompt_tuning" and adapter.prompt_init == "text":
+        adapter = adapter.model_copy(update={"prompt_init": "random", "prompt_init_text": None})
     wrapped_model = apply_adapter(model, adapter)
     wrapped = count_parameters(wrapped_model)
     added = wrapped.total - base.total
     by_type: dict[str, dict[str, int]] = {
         name: {"total": row["total"], "trainable": 0} for name, row in base.by_module_type.items()
     }
-    by_type["LoRA adapter"] = {"total": added, "trainable": wrapped.trainable}
+    by_type[_ADAPTER_ROWS.get(adapter.kind, f"{adapter.kind} adapter")] = {
+        "total": added,
+        "trainable": wrapped.trainable,
+    }
     return ParamBudget(
         total=wrapped.total,
         trainable=wrapped.trainable,
@@ -440,6 +538,13 @@ def lora_budget(
         active_per_token=_active_with_adapter(wrapped_model, base.active_per_token, added),
         embedding=base.embedding,
     )
+
+
+def lora_budget(
+    config: PreTrainedConfig, r: int, targets: list[str] | str, dora: bool = False
+) -> ParamBudget:
+    """Parameters of a model with LoRA on top (adapter_budget for kind lora)."""
+    return adapter_budget(config, AdapterBlock(kind="lora", r=r, target_modules=targets, dora=dora))
 
 
 def _active_with_adapter(wrapped: torch.nn.Module, base_active: int | None, added: int) -> int | None:
@@ -488,11 +593,15 @@ def training_budget(model: torch.nn.Module, recipe: Recipe, precision: str) -> d
         note = f"{sequences} sampled answers x up to {length} tokens per mini-batch; the policy alone"
     elif stage != "pretrain":
         note = f"{sequences} sequences x up to {length} tokens (data.max_length) per micro-batch"
+    prefix = prompt_length(model)
+    if prefix:
+        note += f", each after a soft prompt of {prefix} positions"
     memory = estimate_memory(
         model.config,
         budget,
         batch_size=sequences,
         seq_len=length,
         activation_bytes=2 if precision in ("bf16", "fp16") else 4,
+        prefix_tokens=prefix,
     )
     return {"parameters": asdict(budget), "memory": asdict(memory), "note": note}

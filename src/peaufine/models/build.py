@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from peaufine.atomic import publish_dir
 from peaufine.errors import ModelError, RecipeError
 from peaufine.models.adapted import attach_adapter, save_adapted
-from peaufine.models.adapters import apply_adapter, apply_freeze, merged_copy, save_adapter
+from peaufine.models.adapters import apply_adapter, apply_freeze, can_merge, merged_copy, save_adapter
 from peaufine.models.folders import (
     ADAPTED_MODEL,
     ModelKind,
@@ -291,7 +291,7 @@ def load_for_training(recipe: Recipe, model_dir: Path, runtime: Runtime) -> PreT
         # the adapter's random start (LoRA's A) from the recipe's seed: the same in every run, whatever
         # this process did before (1 process and N processes then train the same model)
         torch.manual_seed(recipe.train.seed)
-        model = apply_adapter(model, recipe.model.adapter, special_token_ids(model_dir))
+        model = apply_adapter(model, recipe.model.adapter, special_token_ids(model_dir), str(model_dir))
     return prepare_for_training(model, recipe.train).to(runtime.device)
 
 
@@ -334,11 +334,11 @@ def save_outputs(
     recipe: Recipe, run: RunDir, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
 ) -> None:
     """adapter/ for adapter runs (PEFT's format, or peaufine's for bottleneck adapters), and model/
-    always: a standalone HF model, or base/ + adapter/ where the adapter cannot be merged."""
+    always: a standalone HF model, or base/ + adapter/ where the adapter cannot be merged (can_merge)."""
     kind = recipe.model.adapter.kind
     if kind == "none":
         save_model(model, tokenizer, run.model)
-    elif kind in _MERGEABLE:
+    elif can_merge(kind):
         save_adapter(model, tokenizer, run.adapter)
         save_model(merged_copy(model), tokenizer, run.model)
     else:
@@ -346,9 +346,6 @@ def save_outputs(
         if run.adapter.exists():
             shutil.rmtree(run.adapter)
         shutil.copytree(run.model / "adapter", run.adapter)
-
-
-_MERGEABLE = ("lora", "ia3")
 
 
 def _pad_id_for(directory: Path, config: object) -> int:

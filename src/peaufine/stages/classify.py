@@ -127,7 +127,7 @@ def train_and_measure(opened: OpenedRun, resume: bool, hooks: list[StepHook] | N
         if not from_scratch:  # the from-scratch baseline trains every weight of the same architecture
             apply_freeze(model, recipe.model.freeze)
             torch.manual_seed(recipe.train.seed)  # the adapter's random start, as in every stage
-            model = apply_adapter(model, recipe.model.adapter)
+            model = apply_adapter(model, recipe.model.adapter, tokenizer_path=str(directory))
         model = prepare_for_training(model, recipe.train).to(runtime.device)
         if run_dir is not None:
             record_budget(run, runtime, recipe, model)

@@ -2,7 +2,7 @@
 IPO, conservative DPO or SimPO; no reward model, no sampling."""
 
 # The reference is the policy as it starts: its log-probs are computed once before training (no second
-# model resident), or, with LoRA and `method.dpo.reference: adapter`, by switching the adapter off.
+# model resident), or, with an adapter and `method.dpo.reference: adapter`, by switching the adapter off.
 # Before and after training the stage measures how often the policy itself prefers the chosen response
 # (mean log-prob per token, so length does not decide), and on the world the annotator's score and
 # exact match of greedy answers to held-out questions.
@@ -23,6 +23,7 @@ from peaufine.engine.track import Tracker
 from peaufine.errors import RecipeError
 from peaufine.evaluate.alignment import answer_quality, world_answer_quality
 from peaufine.methods.preference import DpoLoss, disable_dropout, precompute_reference, sequence_logps
+from peaufine.models.adapters import as_base
 from peaufine.models.build import load_for_training, resolve_source, save_outputs, source_model_dir
 from peaufine.models.tokenizer import load_tokenizer
 from peaufine.results import DpoResults
@@ -53,8 +54,12 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
     source = resolve_source(recipe.model.source)
     tokenizer = load_tokenizer(str(source_model_dir(source)), recipe.model.trust_remote_code)
     ensure_chat_template(tokenizer)
-    if recipe.method.dpo.reference == "adapter" and recipe.model.adapter.kind != "lora":
-        raise RecipeError("method.dpo.reference: adapter needs model.adapter.kind: lora")
+    if recipe.method.dpo.reference == "adapter" and recipe.model.adapter.kind == "none":
+        raise RecipeError(
+            "method.dpo.reference: adapter switches the adapter off to get the reference, and "
+            "model.adapter.kind is none; set an adapter kind (lora, ia3, ...) or method.dpo.reference: "
+            "precomputed"
+        )
     prepared = prepare_pairs(
         recipe, source, tokenizer, staging, skip_ties=True, scored=False, tracker=tracker
     )
@@ -156,18 +161,20 @@ def train_and_measure(opened: OpenedRun, resume: bool, hooks: list[StepHook] | N
     adapter_reference = config.reference == "adapter"
     if config.loss != "simpo" and not adapter_reference:
         tracker.say("computing the reference log-probs once (the policy before training)")
-        precompute_reference(
-            model,
-            [train_set, *present.values()],
-            runtime,
-            recipe.eval.batch_size or 32,
-            recipe.train.loss_chunk_tokens,
-        )
+        with as_base(model):  # a soft prompt's reference is its base, as with reference: adapter
+            precompute_reference(
+                model,
+                [train_set, *present.values()],
+                runtime,
+                recipe.eval.batch_size or 32,
+                recipe.train.loss_chunk_tokens,
+            )
     world = source_world(source)
     questions = held_out_questions(run) if world is not None else []
     before: dict[str, Any] = {}
     if runtime.is_main:
-        before = preference_figures(model, tokenizer, recipe, present, world, runtime, questions)
+        with as_base(model):
+            before = preference_figures(model, tokenizer, recipe, present, world, runtime, questions)
     objective = DpoLoss(config, adapter_reference, recipe.train.loss_chunk_tokens)
     result = fit_in_run(
         opened,

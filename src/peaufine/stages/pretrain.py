@@ -329,5 +329,16 @@ def train_and_measure(opened: OpenedRun, resume: bool, hooks: list[StepHook] | N
     return StageOutcome(run=run, fit=result, evaluation=evaluation)
 
 
-STAGE = StageSpec("pretrain", prepare, train_and_measure, check=None)
+def check_recipe(recipe: Recipe) -> None:
+    """What the stage refuses before any run folder exists: the adapter kinds that pretraining cannot
+    take (packed blocks carry no per-example soft prompt; pretraining trains a model's every weight)."""
+    kind = recipe.model.adapter.kind
+    if kind not in ("none", "lora"):
+        raise RecipeError(
+            f"model.adapter.kind: {kind} is not supported by the pretrain stage (pretraining trains every "
+            "weight on packed blocks of text); set model.adapter.kind: none"
+        )
+
+
+STAGE = StageSpec("pretrain", prepare, train_and_measure, check=check_recipe)
 run_pretrain = STAGE.run

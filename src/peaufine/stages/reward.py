@@ -146,7 +146,7 @@ def train_and_measure(opened: OpenedRun, resume: bool, hooks: list[StepHook] | N
     model = build_classifier(prepared["backbone"], 1, seed=recipe.train.seed, attention=attention)
     pad_id = model.config.pad_token_id
     apply_freeze(model, recipe.model.freeze)
-    model = apply_adapter(model, recipe.model.adapter)
+    model = apply_adapter(model, recipe.model.adapter, tokenizer_path=str(run.tokenizer))
     model = prepare_for_training(model, recipe.train).to(runtime.device)
     record_budget(run, runtime, recipe, model)
     train_set = pair_dataset(run.data, "train", pad_id)

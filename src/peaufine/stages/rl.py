@@ -47,6 +47,7 @@ from peaufine.methods.rollout import PromptSet, ScoredRollouts, filter_by_pass_r
 from peaufine.models.build import load_for_training, resolve_source, save_outputs, source_model_dir
 from peaufine.models.generate import generate_texts
 from peaufine.models.tokenizer import end_of_turn_ids, load_tokenizer
+from peaufine.recipe import PROMPT_LEARNING_KINDS
 from peaufine.report.plots import plot_rl
 from peaufine.results import RlResults
 from peaufine.rundir import RunDir, read_metrics
@@ -390,6 +391,12 @@ class RolloutSteps:
 def check_recipe(recipe: Recipe) -> None:
     """What the stage refuses before any run folder exists."""
     require_stage(recipe, "rl")
+    if recipe.model.adapter.kind in PROMPT_LEARNING_KINDS:
+        raise RecipeError(
+            f"model.adapter.kind: {recipe.model.adapter.kind} is not supported by the rl stage (its "
+            "left-padded rollouts place each token by position_ids, which a soft prompt's model ignores); "
+            "use lora or ia3"
+        )
     if recipe.train.distributed == "fsdp":
         raise RecipeError(
             "train.distributed: fsdp is not supported by the rl stage (each process generates with "

@@ -25,6 +25,7 @@ from peaufine.engine.track import Tracker
 from peaufine.errors import DataError, RecipeError
 from peaufine.evaluate.sft import evaluate_before, evaluate_sft
 from peaufine.methods.lm import next_token_loss
+from peaufine.models.adapters import as_base
 from peaufine.models.build import (
     ModelSource,
     load_for_training,
@@ -274,7 +275,8 @@ def train_and_measure(opened: OpenedRun, resume: bool, hooks: list[StepHook] | N
         )
     model = load_for_training(recipe, model_dir, runtime)
     record_budget(run, runtime, recipe, model)
-    before = evaluate_before(recipe, model, tokenizer, run, general, runtime, pad_id, val_examples)
+    with as_base(model):  # the base's numbers, a soft prompt switched off
+        before = evaluate_before(recipe, model, tokenizer, run, general, runtime, pad_id, val_examples)
     result = fit_in_run(
         opened,
         model,
