@@ -158,3 +158,27 @@ def test_rl_memory_is_estimated_for_the_largest_mini_batch(prompts, group, mini_
     budget = training_budget(tiny_llama(), recipe, "fp32")
     assert budget["memory"]["batch_size"] == largest
     assert budget["note"].startswith(f"{largest} sampled answers")
+
+
+@pytest.mark.parametrize("placement", ["houlsby", "pfeiffer"])
+@pytest.mark.parametrize("preset", ["llama-2-7b", "gpt2"])
+def test_a_bottleneck_budget_is_its_formula_and_the_memory_estimate_follows_it(preset, placement):
+    from peaufine.models.bottleneck import bottleneck_parameter_count
+    from peaufine.models.budget import adapter_budget, count_parameters, estimate_memory, meta_model
+    from peaufine.models.presets import get_preset
+    from peaufine.recipe import AdapterBlock
+
+    config = build_config(get_preset(preset), {}, vocab_size=None)
+    adapter = AdapterBlock(kind="bottleneck", reduction_factor=16, placement=placement)
+    budget = adapter_budget(config, adapter)
+    expected = bottleneck_parameter_count(config, adapter)
+    per_layer = 2 if placement == "houlsby" else 1
+    size = config.hidden_size // 16
+    assert expected == config.num_hidden_layers * per_layer * (
+        2 * config.hidden_size * size + size + config.hidden_size
+    )
+    assert budget.trainable == expected
+    assert budget.total == count_parameters(meta_model(config)).total + expected
+    full = estimate_memory(config, count_parameters(meta_model(config)), batch_size=1, seq_len=128)
+    adapted = estimate_memory(config, budget, batch_size=1, seq_len=128)
+    assert adapted.optimizer < full.optimizer / 50  # AdamW state follows the trainable count
