@@ -192,11 +192,12 @@ def test_a_kinds_own_settings_and_a_resolved_recipe_pass():
     assert again.model.adapter.size == 8 and again.model.adapter.kind == "bottleneck"
 
 
-def test_a_soft_prompt_refuses_packed_rows_and_passes_unpacked():
+def test_a_soft_prompt_refuses_packed_rows_asked_for_and_unpacks_the_default():
+    soft = {"stage": "sft", "model": {"adapter": {"kind": "prompt_tuning"}}}
     with pytest.raises(RecipeError, match=r"data\.packing"):
-        validate_recipe({"stage": "sft", "model": {"adapter": {"kind": "prompt_tuning"}}}, "my.yaml")
-    recipe = validate_recipe(
-        {"stage": "sft", "model": {"adapter": {"kind": "prompt_tuning"}}, "data": {"packing": False}},
-        "my.yaml",
-    )
-    assert recipe.model.adapter.num_virtual_tokens == 20
+        validate_recipe({**soft, "data": {"packing": True}}, "my.yaml")
+    assert validate_recipe({**soft, "data": {"packing": False}}, "my.yaml").data.packing is False
+    resolved = validate_recipe(soft, "my.yaml")
+    assert resolved.data.packing is False  # the default, switched off, and written so in recipe.yaml
+    assert validate_recipe(resolved.model_dump(mode="json"), "recipe.yaml").data.packing is False
+    assert validate_recipe({"stage": "sft"}, "my.yaml").data.packing is True  # other kinds keep packing

@@ -466,8 +466,12 @@ class Recipe(Block):
 
     @model_validator(mode="after")
     def _soft_prompt_needs_unpacked_rows(self) -> Recipe:
-        # a learnt prefix belongs to one example: in a packed row it would sit before the first only
+        # a learnt prefix belongs to one example: in a packed row it would sit before the first only;
+        # packing left at its default is switched off, asked for it is refused
         if self.model.adapter.kind in PROMPT_LEARNING_KINDS and self.data.packing and self.stage == "sft":
+            if "packing" not in self.data.model_fields_set:
+                self.data.packing = False
+                return self
             raise ValueError(
                 f"data.packing: model.adapter.kind {self.model.adapter.kind} puts a learnt prompt before "
                 "each example, which packed rows cannot carry; set data.packing: false"
