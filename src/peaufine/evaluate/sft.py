@@ -11,12 +11,12 @@ from peaufine.data.batching import Example, PaddedExamples, load_examples, make_
 from peaufine.data.records import HELDOUT, ChatRecord, load_conversations
 from peaufine.data.tokenize import tokenize_chat
 from peaufine.engine.fit import evaluate_loss, fit
-from peaufine.evaluate.answers import answer_questions
+from peaufine.evaluate.answers import AnswerMetrics, answer_questions
 from peaufine.evaluate.evidence import is_meaningful, qualified
 from peaufine.evaluate.forgetting import forgetting_report, general_blocks, general_loss
 from peaufine.evaluate.overfitting import overfitting_report
 from peaufine.methods.lm import NextTokenLoss
-from peaufine.models.build import resolve_source, source_model_dir
+from peaufine.models.build import random_like, resolve_source, source_model_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -63,6 +63,22 @@ def few_shot_examples(
     return examples
 
 
+def few_shot_answers(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    shots: list[list[dict[str, str]]],
+    conversations: list[list[dict[str, str]]],
+) -> AnswerMetrics:
+    """Greedy answers to `conversations` with `shots` as earlier turns of each (after its system
+    message), scored as answer_questions scores zero-shot answers: in-context learning's exact match."""
+    prefix = [m for shot in shots for m in shot if m["role"] != "system"]
+    prompted = [
+        [m for m in c if m["role"] == "system"] + prefix + [m for m in c if m["role"] != "system"]
+        for c in conversations
+    ]
+    return answer_questions(model, tokenizer, prompted)
+
+
 def train_from_scratch(
     recipe: Recipe,
     model_dir: Path,
@@ -72,12 +88,7 @@ def train_from_scratch(
     pad_id: int,
 ) -> PreTrainedModel:
     """The same architecture, randomly initialised, trained on the task with the same budget."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=recipe.model.trust_remote_code)
-    torch.manual_seed(recipe.train.seed)
-    model = AutoModelForCausalLM.from_config(config).to(runtime.device)
+    model = random_like(model_dir, recipe.model.trust_remote_code, recipe.train.seed).to(runtime.device)
     # from scratch there is no pretrained knowledge to protect: a pretraining-sized step is the fair budget
     train = recipe.train.model_copy(update={"lr": max(recipe.train.lr, 1e-3)})
     fit(

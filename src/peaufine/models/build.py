@@ -266,13 +266,31 @@ def load_for_training(recipe: Recipe, model_dir: Path, runtime: Runtime) -> PreT
     import torch
 
     attention = attention_kernel(recipe.model.attention, runtime.device.type, runtime.precision)
-    model = load_pretrained(model_dir, recipe.model.trust_remote_code, attention=attention)
+    if recipe.model.init == "scratch":
+        model = random_like(model_dir, recipe.model.trust_remote_code, recipe.train.seed, attention)
+    else:
+        model = load_pretrained(model_dir, recipe.model.trust_remote_code, attention=attention)
     apply_freeze(model, recipe.model.freeze)
     # the adapter's random start (LoRA's A) from the recipe's seed: the same in every run, whatever
     # this process did before (1 process and N processes then train the same model)
     torch.manual_seed(recipe.train.seed)
     model = apply_adapter(model, recipe.model.adapter, special_token_ids(model_dir))
     return prepare_for_training(model, recipe.train).to(runtime.device)
+
+
+def random_like(
+    model_dir: Path, trust_remote_code: bool, seed: int, attention: str | None = None
+) -> PreTrainedModel:
+    """The causal LM architecture of `model_dir` with random weights drawn from `seed` (model.init:
+    scratch): what the same training reaches without pretraining."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    check_model_folder(model_dir, key="model.source", kind="causal_lm", trust_remote_code=trust_remote_code)
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    torch.manual_seed(seed)
+    kernel = {"attn_implementation": attention} if attention else {}
+    return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code, **kernel)
 
 
 def special_token_ids(model_dir: Path) -> list[int]:

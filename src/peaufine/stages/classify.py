@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peaufine.data.batching import LabelledTexts
-from peaufine.data.folds import recipe_fold
+from peaufine.data.folds import recipe_fold, training_subset
 from peaufine.data.records import load_classification_records, split_records
 from peaufine.engine.fit import FitResult, fit
 from peaufine.engine.track import Tracker
@@ -64,6 +64,7 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
     train, validation = split_records(
         records, recipe.data.validation_fraction, recipe.train.seed, recipe_fold(recipe.data)
     )
+    train = training_subset(train, recipe.data.train_fraction, recipe.train.seed)
     num_labels = recipe.method.num_labels or len(names)
     if not regression and num_labels < 2:
         raise RecipeError(
@@ -118,8 +119,10 @@ def train_and_measure(opened: OpenedRun, resume: bool, hooks: list[StepHook] | N
     attention = classifier_attention(recipe, runtime.device.type, runtime.precision)
 
     def train_one(from_scratch: bool, run_dir: Path | None) -> tuple[Any, FitResult]:
+        # model.init: scratch makes the run itself the from-scratch model (compare's scratch arm)
+        scratch = from_scratch or recipe.model.init == "scratch"
         model = build_classifier(
-            directory, num_labels, from_scratch=from_scratch, seed=recipe.train.seed, attention=attention
+            directory, num_labels, from_scratch=scratch, seed=recipe.train.seed, attention=attention
         )
         model = prepare_for_training(model, recipe.train).to(runtime.device)
         if run_dir is not None:
