@@ -480,6 +480,36 @@ def search(
 
 
 @app.command()
+def compare(
+    study: Annotated[
+        Path, typer.Argument(help="Study YAML, or a packaged study's name (world-compare, sst2-compare).")
+    ],
+    out: OutOpt = Path("runs/compare"),
+    search: Annotated[
+        bool | None,
+        typer.Option(
+            "--search/--no-search",
+            help="A 3-point LR grid per arm (and the HP-sensitivity column); default: the study's search.",
+        ),
+    ] = None,
+    smoke: Annotated[bool, typer.Option(help="The packaged study's smoke size (CI).")] = False,
+) -> None:
+    """Compare ways to adapt a model (full, frozen layers, LoRA, DoRA, adapters, (IA)3, prompt tuning,
+    few-shot, from scratch) on one task under the same budget: task metric, overfitting, forgetting,
+    transfer, cost, HP sensitivity and data requirements, side by side."""
+    from rich.console import Console
+
+    from peaufine.drivers.compare.outputs import terminal_table
+    from peaufine.drivers.compare.run import run_compare
+    from peaufine.drivers.compare.study import load_study, locate_study
+
+    loaded = load_study(locate_study(study, smoke=smoke))
+    result = run_compare(loaded, out, search=search)
+    Console().print(terminal_table(result.data))
+    Console().print(f"compare.json and report.html in {result.out}")
+
+
+@app.command()
 def report(
     directory: Annotated[Path, typer.Argument(help="A run, search, cross-validation or pipeline folder.")],
 ) -> None:
