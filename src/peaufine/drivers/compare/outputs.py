@@ -51,8 +51,8 @@ def table_rows(data: dict[str, Any], transfer: bool = True) -> tuple[list[str], 
     fractions = [f"{f:g}" for f in data["fractions"]]
     header = [
         "arm",
-        f"{metric} before",
-        f"{metric} after (95% CI)",
+        "before",
+        "after [95% CI]",
         "best step",
         "gap",
         "forgetting",
@@ -60,7 +60,7 @@ def table_rows(data: dict[str, Any], transfer: bool = True) -> tuple[list[str], 
         "trainable",
         "peak MB",
         "train s",
-        "tokens/s",
+        "tok/s",
         "HP spread",
         *[f"@{f}" for f in fractions],
     ]
@@ -101,7 +101,9 @@ def terminal_table(data: dict[str, Any]) -> Any:
     from rich.text import Text
 
     header, rows = table_rows(data, transfer=False)
-    grid = Table(title=f"compare {data['study']}: {data['stage']}, {data['split']} split")
+    grid = Table(
+        title=f"compare {data['study']}: {data['stage']}, {data['metric']} on the {data['split']} split"
+    )
     for column in header:
         grid.add_column(column, overflow="fold")
     for row in rows:

@@ -150,7 +150,8 @@ def load_study(path: Path) -> LoadedStudy:
             if error["type"] == "extra_forbidden":
                 problems.append(f"{path}: unknown key '{where}'")
             else:
-                problems.append(f"{path}: bad value for '{where}': {error['msg']}")
+                given = f" ({error['input']!r})" if not isinstance(error.get("input"), dict | list) else ""
+                problems.append(f"{path}: bad value for '{where}'{given}: {error['msg']}")
         raise RecipeError("\n".join(problems)) from None
     source, folder = str(path), Path(path).parent
     task = _recipe_mapping(study.task, folder, source, "task")
