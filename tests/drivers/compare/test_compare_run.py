@@ -1,0 +1,125 @@
+"""A tiny study end to end through the CLI (its arms' runs are real child processes): every column for
+every arm, finite or explicitly n/a; a failing arm reported while the others go on; the same validation
+data at every fraction; and a second invocation re-runs nothing."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+from study_files import write_study
+
+from peaufine import cli
+
+ARMS = """\
+arms:
+  - {name: full, strategy: full}
+  - {name: freeze, strategy: freeze}
+  - {name: lora, strategy: lora}
+  - {name: dora, strategy: dora}
+  - {name: few, strategy: few_shot, k: 2}
+  - {name: scratch, strategy: scratch}
+  - {name: broken, strategy: lora, overrides: {model.adapter.target_modules: [no_such_proj]}}
+"""
+COLUMNS = ("task", "overfitting", "forgetting", "transfer", "cost", "hp_sensitivity", "data", "verdict")
+
+
+def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["peaufine", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def leaves(value, path=""):
+    """Every leaf of a nested JSON value, with its dotted path."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from leaves(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from leaves(item, f"{path}.{index}")
+    else:
+        yield path, value
+
+
+@pytest.fixture(scope="module")
+def study_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("compare")
+    study = write_study(folder, "fractions: [0.5, 1.0]\n", arms=ARMS)
+    return study, folder / "out"
+
+
+def test_every_arm_has_every_column_and_a_failure_is_reported(study_run, capsys, monkeypatch):
+    study, out = study_run
+    code, stdout, err = run_cli(["compare", str(study), "--out", str(out)], capsys, monkeypatch)
+    assert code == 0, err
+    data = json.loads((out / "compare.json").read_text(encoding="utf-8"))
+    assert set(data["arms"]) == {"full", "freeze", "lora", "dora", "few", "scratch", "broken"}
+    for name, arm in data["arms"].items():
+        for column in COLUMNS:
+            assert column in arm, (name, column)
+        for path, value in leaves(arm):
+            if isinstance(value, float):
+                assert math.isfinite(value), (name, path, value)
+        assert set(arm["data"]) == {"0.5", "1"}
+    # the arm that cannot place its adapter failed, with its error, and every other arm finished
+    broken = data["arms"]["broken"]
+    assert broken["status"] == "failed" and "no_such_proj" in " ".join(broken["errors"].values())
+    assert broken["verdict"].startswith("LoRA r=8") or broken["verdict"].startswith("broken")
+    assert "failed" in broken["verdict"]
+    assert broken["cost"]["trainable_parameters"] == "n/a"
+    others = {n: a for n, a in data["arms"].items() if n != "broken"}
+    assert {a["status"] for a in others.values()} == {"finished"}
+    for name, arm in others.items():
+        after = arm["task"]["validation.after"]["exact_match"]
+        assert 0.0 <= after["value"] <= 1.0 and after["n"] >= 1
+        assert after["low"] <= after["value"] <= after["high"], name
+        assert arm["cost"]["peak_rss_mb"] > 50  # a python process with torch: its own, measured
+        assert isinstance(arm["cost"]["trainable_parameters"], int)
+    costs = {n: a["cost"]["trainable_parameters"] for n, a in others.items()}
+    assert costs["few"] == 0
+    assert 0 < costs["lora"] < costs["full"] and 0 < costs["freeze"] < costs["full"]
+    assert costs["scratch"] == costs["full"]
+    assert others["scratch"]["forgetting"]["relative_change"] == "n/a"
+    assert isinstance(others["full"]["forgetting"]["relative_change"], float)
+    assert others["few"]["forgetting"]["relative_change"] == 0.0
+    # the transfer verdict names the baselines of the same study
+    assert set(others["full"]["transfer"]["baselines"]) == {"base zero-shot", "few-shot", "from scratch"}
+    assert data["reference"] == "full"
+    assert sum(len(tier) for tier in data["ranking"]) == 6
+    assert (out / "report.html").is_file()
+    assert "ranking:" in stdout
+
+
+def test_every_fraction_validates_on_the_same_examples(study_run):
+    _, out = study_run
+    half, whole = out / "arms" / "full" / "0.5" / "0" / "data", out / "arms" / "full" / "1" / "0" / "data"
+    for split in ("validation.jsonl", "heldout.jsonl"):
+        assert (half / split).read_bytes() == (whole / split).read_bytes()
+    half_train = (half / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    whole_train = (whole / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    assert abs(len(half_train) - len(whole_train) / 2) <= 1
+    assert set(half_train) < set(whole_train)
+
+
+def test_a_second_invocation_re_runs_nothing_finished(study_run, capsys, monkeypatch):
+    study, out = study_run
+    evals = {p: p.stat().st_mtime_ns for p in out.glob("arms/*/*/*/eval.json")}
+    assert len(evals) == 12  # 6 arms x 2 fractions; the broken arm has none
+    code, _, err = run_cli(["compare", str(study), "--out", str(out)], capsys, monkeypatch)
+    assert code == 0, err
+    assert {p: p.stat().st_mtime_ns for p in out.glob("arms/*/*/*/eval.json")} == evals
+    data = json.loads((out / "compare.json").read_text(encoding="utf-8"))
+    statuses = {key: p["status"] for key, p in data["processes"].items()}
+    assert {s for k, s in statuses.items() if not k.startswith("broken")} == {"skipped"}
+    # the failed arm's runs are tried again (they fail again)
+    assert {s for k, s in statuses.items() if k.startswith("broken")} == {"failed"}
+    # the memory measured when the runs ran is kept
+    assert data["arms"]["lora"]["cost"]["peak_rss_mb"] > 50
