@@ -81,3 +81,63 @@ def test_a_chunked_loss_is_refused_for_classifier_stages_before_the_run_starts(s
     ):
         run(recipe, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def _sentiment_file(tmp_path, n: int = 40):
+    rng = random.Random(0)
+    rows = [{"sentence": f"a {rng.choice(['good', 'bad'])} film {i}", "label": i % 2} for i in range(n)]
+    data = tmp_path / "sst.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return data
+
+
+def _tiny_run(tiny_decoder_dir, data, out, model=None, extra=None):
+    recipe = validate_recipe(
+        {
+            "stage": "classify",
+            "model": {"source": str(tiny_decoder_dir), **(model or {})},
+            "data": {
+                "source": str(data),
+                "text_field": "sentence",
+                "max_length": 16,
+                "validation_fraction": 0.25,
+                **(extra or {}),
+            },
+            # seed 3: the fixture's base is itself a seed-0 random model, which scratch would equal
+            "train": {
+                "max_steps": 1,
+                "batch_size": 4,
+                "lr": 1e-9,
+                "warmup_steps": 0,
+                "device": "cpu",
+                "seed": 3,
+            },
+            "eval": {"every": 1},
+        }
+    )
+    run_classify(recipe, out)
+    return out
+
+
+def test_train_fraction_and_scratch_init_in_classify(tiny_decoder_dir, tmp_path):
+    """data.train_fraction trains on a subset with the same validation; model.init: scratch starts from
+    random weights (the pretrained run stays at the base's weights after a step of lr 1e-9)."""
+    from safetensors.torch import load_file
+
+    data = _sentiment_file(tmp_path)
+    whole = _tiny_run(tiny_decoder_dir, data, tmp_path / "whole")
+    half = _tiny_run(tiny_decoder_dir, data, tmp_path / "half", extra={"train_fraction": 0.5})
+    scratch = _tiny_run(tiny_decoder_dir, data, tmp_path / "scratch", model={"init": "scratch"})
+    read = lambda run, name: (run / "data" / name).read_text(encoding="utf-8").splitlines()  # noqa: E731
+    assert read(half, "validation.jsonl") == read(whole, "validation.jsonl")
+    assert len(read(half, "train.jsonl")) == len(read(whole, "train.jsonl")) // 2
+    assert set(read(half, "train.jsonl")) < set(read(whole, "train.jsonl"))
+
+    base = load_file(tiny_decoder_dir / "model.safetensors")["model.embed_tokens.weight"]
+
+    def embedding(run):
+        weights = load_file(run / "model" / "model.safetensors")
+        return next(v for k, v in weights.items() if k.endswith("embed_tokens.weight"))
+
+    assert (embedding(whole) - base).abs().max() < 1e-5
+    assert (embedding(scratch) - base).abs().max() > 1e-2
