@@ -9,6 +9,7 @@ import math
 import sys
 
 import pytest
+import yaml
 from study_files import write_study
 
 from peaufine import cli
@@ -123,3 +124,38 @@ def test_a_second_invocation_re_runs_nothing_finished(study_run, capsys, monkeyp
     assert {s for k, s in statuses.items() if k.startswith("broken")} == {"failed"}
     # the memory measured when the runs ran is kept
     assert data["arms"]["lora"]["cost"]["peak_rss_mb"] > 50
+
+
+@pytest.mark.slow
+def test_the_lr_search_picks_each_arms_rate_by_validation_loss_and_reuses_its_run(
+    tmp_path, capsys, monkeypatch
+):
+    arms = "arms:\n  - {name: lora, strategy: lora}\n  - {name: few, strategy: few_shot, k: 1}\n"
+    study = write_study(
+        tmp_path, "fractions: [0.5, 1.0]\nsearch: {lrs_per_arm: 3, fraction: 1.0}\n", arms=arms
+    )
+    out = tmp_path / "out"
+    code, _, err = run_cli(["compare", str(study), "--out", str(out)], capsys, monkeypatch)
+    assert code == 0, err
+    data = json.loads((out / "compare.json").read_text(encoding="utf-8"))
+    lora = data["arms"]["lora"]
+    grid = sorted(out.glob("arms/lora/1/0/lr-*"))
+    assert [p.name for p in grid] == ["lr-0.000333", "lr-0.001", "lr-0.003"]
+    losses = {
+        float(p.name[3:]): min(
+            json.loads(line)["val_loss"]
+            for line in (p / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+            if "val_loss" in json.loads(line)
+        )
+        for p in grid
+    }
+    assert lora["lr"] == min(losses, key=losses.get)
+    assert lora["lr_chosen_by"].startswith("lowest validation loss")
+    # the search's run at the chosen rate is the arm's run at the search fraction: not run twice
+    assert lora["runs"]["lora/1/0" + f"/lr-{lora['lr']:g}"] == f"arms/lora/1/0/lr-{lora['lr']:g}"
+    assert not (out / "arms" / "lora" / "1" / "0" / "eval.json").exists()
+    half = yaml.safe_load((out / "arms" / "lora" / "0.5" / "0" / "recipe.yaml").read_text(encoding="utf-8"))
+    assert half["train"]["lr"] == lora["lr"]
+    values = [v for v in lora["hp_sensitivity"]["grid"].values()]
+    assert lora["hp_sensitivity"]["value"] == max(values) - min(values)
+    assert data["arms"]["few"]["hp_sensitivity"]["value"] == "n/a"
