@@ -372,6 +372,12 @@ def demo(
     result = run_demo(out, smoke=smoke, fresh=fresh)
     Console().print(demo_summary(result))
     Console().print(f"report: {result.out / 'report.html'}")
+    Console().print(
+        "next: which way to adapt the model? full, frozen layers, LoRA, DoRA, adapters, (IA)3, prompt "
+        "tuning, few-shot and from scratch side by side: peaufine compare world-compare --out runs/compare "
+        "(--smoke: a minute or two)",
+        highlight=False,
+    )
 
 
 @app.command(name="run")

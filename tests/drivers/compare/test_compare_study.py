@@ -152,3 +152,35 @@ def test_smoke_is_for_packaged_studies(tmp_path):
     with pytest.raises(RecipeError, match="--smoke"):
         locate_study(study, smoke=True)
     assert locate_study(Path(study)) == study
+
+
+def test_sst2_compare_refuses_absent_data_and_validates_where_it_is(tmp_path, capsys, monkeypatch):
+    """Never skipped: where SST-2 is absent the study stops with exit 2 naming the file; a folder laid
+    out as the shared data is (../shared/data/sst2/train.tsv) validates, every arm's recipe included."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    code, err = run_cli(["compare", "sst2-compare", "--out", "out"], capsys, monkeypatch)
+    assert code == 2 and "../shared/data/sst2/train.tsv not found" in err
+    assert not (work / "out").exists()
+    data = tmp_path / "shared" / "data" / "sst2"
+    data.mkdir(parents=True)
+    rows = "".join(f"a {'good' if i % 2 else 'bad'} film {i}\t{i % 2}\n" for i in range(50))
+    (data / "train.tsv").write_text("sentence\tlabel\n" + rows, encoding="utf-8")
+    loaded = load_study(locate_study("sst2-compare"))
+    plan = check_study(loaded, work / "out", search=None)
+    assert plan.searching and plan.base is None and not (work / "out").exists()
+    assert {arm.strategy for arm in loaded.study.arms} == {
+        "full",
+        "freeze",
+        "lora",
+        "bottleneck",
+        "ia3",
+        "scratch",
+    }
+    assert loaded.study.seeds == [0, 1, 2] and loaded.study.search.fraction == 0.3
+    # the study's fractions are of the task's 3,000 sentences
+    recipe = arm_recipe(
+        loaded, loaded.study.arms[0], fraction=0.1, seed=0, lr=1e-4, model_source=None, layers=6
+    )
+    assert recipe.data.train_fraction == pytest.approx(0.004513)
