@@ -95,7 +95,9 @@ def test_every_arm_has_every_column_and_a_failure_is_reported(study_run, capsys,
     assert set(others["full"]["transfer"]["baselines"]) == {"base zero-shot", "few-shot", "from scratch"}
     assert data["reference"] == "full"
     assert sum(len(tier) for tier in data["ranking"]) == 6
-    assert (out / "report.html").is_file()
+    report = (out / "report.html").read_text(encoding="utf-8")
+    for plot in ("pareto.png", "learning-curves.png", "forgetting-vs-gain.png"):
+        assert (out / "plots" / plot).is_file() and f"plots/{plot}" in report
     assert "ranking:" in stdout
 
 
@@ -114,11 +116,17 @@ def test_a_second_invocation_re_runs_nothing_finished(study_run, capsys, monkeyp
     study, out = study_run
     evals = {p: p.stat().st_mtime_ns for p in out.glob("arms/*/*/*/eval.json")}
     assert len(evals) == 12  # 6 arms x 2 fractions; the broken arm has none
+    # one run left half-done (killed): it alone runs again
+    half_done = out / "arms" / "lora" / "1" / "0"
+    marker = json.loads((half_done / ".peaufine-run.json").read_text(encoding="utf-8"))
+    (half_done / ".peaufine-run.json").write_text(json.dumps({**marker, "status": "interrupted"}))
     code, _, err = run_cli(["compare", str(study), "--out", str(out)], capsys, monkeypatch)
     assert code == 0, err
-    assert {p: p.stat().st_mtime_ns for p in out.glob("arms/*/*/*/eval.json")} == evals
+    again = {p: p.stat().st_mtime_ns for p in out.glob("arms/*/*/*/eval.json")}
+    assert {p for p in evals if again[p] != evals[p]} == {half_done / "eval.json"}
     data = json.loads((out / "compare.json").read_text(encoding="utf-8"))
     statuses = {key: p["status"] for key, p in data["processes"].items()}
+    assert statuses.pop("lora/1/0") == "finished"
     assert {s for k, s in statuses.items() if not k.startswith("broken")} == {"skipped"}
     # the failed arm's runs are tried again (they fail again)
     assert {s for k, s in statuses.items() if k.startswith("broken")} == {"failed"}
