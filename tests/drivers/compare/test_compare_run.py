@@ -167,3 +167,31 @@ def test_the_lr_search_picks_each_arms_rate_by_validation_loss_and_reuses_its_ru
     values = [v for v in lora["hp_sensitivity"]["grid"].values()]
     assert lora["hp_sensitivity"]["value"] == max(values) - min(values)
     assert data["arms"]["few"]["hp_sensitivity"]["value"] == "n/a"
+
+
+@pytest.mark.slow
+def test_k_fold_pools_every_folds_validation_examples(tmp_path, capsys, monkeypatch):
+    arms = "arms:\n  - {name: lora, strategy: lora}\n  - {name: few, strategy: few_shot, k: 1}\n"
+    study = write_study(tmp_path, "folds: 2\n", arms=arms)
+    out = tmp_path / "out"
+    code, _, err = run_cli(["compare", str(study), "--out", str(out)], capsys, monkeypatch)
+    assert code == 0, err
+    data = json.loads((out / "compare.json").read_text(encoding="utf-8"))
+    assert data["folds"] == 2
+    for name in ("lora", "few"):
+        run = out / "arms" / name / "1" / "0"
+        folds = [json.loads((run / f"fold-{i}" / "eval.json").read_text()) for i in range(2)]
+        counts = [f["answers"]["validation"]["after"]["n"] for f in folds]
+        after = data["arms"][name]["task"]["validation.after"]["exact_match"]
+        assert after["n"] == sum(counts)  # every fold's validation examples, each once
+        expected = sum(
+            f["answers"]["validation"]["after"]["exact_match"] * c for f, c in zip(folds, counts, strict=True)
+        )
+        assert after["value"] == pytest.approx(expected / sum(counts))
+        assert after["low"] <= after["value"] <= after["high"]
+    assert (out / "arms" / "lora" / "1" / "0" / "cv.json").is_file()
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("arms/*/*/*/fold-*/eval.json")}
+    assert len(mtimes) == 4
+    code, _, err = run_cli(["compare", str(study), "--out", str(out)], capsys, monkeypatch)
+    assert code == 0, err
+    assert {p: p.stat().st_mtime_ns for p in out.glob("arms/*/*/*/fold-*/eval.json")} == mtimes

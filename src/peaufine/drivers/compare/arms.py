@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from peaufine.drivers.crossval import fold_recipe
 from peaufine.errors import RecipeError
 from peaufine.recipe import set_dotted, validate_recipe
 
@@ -110,6 +111,20 @@ class ArmRun:
     folder: Path
     recipe: Recipe
     searching: bool = False
+    folds: int | None = None  # k-fold: the folder is a cross-validation of k runs, fold-<i>
+
+    @property
+    def fold_folders(self) -> list[Path]:
+        """The run folders that hold the run's numbers: itself, or its k folds."""
+        if self.folds is None:
+            return [self.folder]
+        return [self.folder / f"fold-{i}" for i in range(self.folds)]
+
+    def fold_recipes(self) -> list[Recipe]:
+        """The recipe of each folder in fold_folders (crossval.fold_recipe's, for k folds)."""
+        if self.folds is None:
+            return [self.recipe]
+        return [fold_recipe(self.recipe, self.folds, i) for i in range(self.folds)]
 
     @property
     def command(self) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 from peaufine.atomic import write_text_atomic
 from peaufine.data.records import HELDOUT, load_conversations
+from peaufine.drivers.crossval import fold_recipe
 from peaufine.engine.fit import FitResult
 from peaufine.errors import PeaufineError
 from peaufine.evaluate.answers import answer_questions
@@ -23,6 +24,7 @@ from peaufine.models.build import load_pretrained, resolve_source, source_model_
 from peaufine.models.tokenizer import load_tokenizer
 from peaufine.recipe import load_recipe
 from peaufine.results import SftResults
+from peaufine.rundir import finished_with
 from peaufine.stages.lifecycle import OpenedRun, StageOutcome, StageSpec, finish_run, record_budget
 from peaufine.stages.sft import prepare
 
@@ -93,10 +95,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--resume", action="store_true")  # nothing to resume: it starts again
+    parser.add_argument("--folds", type=int, help="k-fold: one run per fold in OUT/fold-<i>")
     args = parser.parse_args(argv)
     try:
         recipe = load_recipe(args.recipe, stage="sft")
-        FEW_SHOT.run(recipe, args.out, overwrite=args.overwrite or args.resume)
+        if args.folds is None:
+            FEW_SHOT.run(recipe, args.out, overwrite=args.overwrite or args.resume)
+        for fold in range(args.folds or 0):  # as drivers/crossval runs a stage's folds
+            spec, folder = fold_recipe(recipe, args.folds, fold), args.out / f"fold-{fold}"
+            if not finished_with(folder, spec.to_yaml()):
+                FEW_SHOT.run(spec, folder, overwrite=folder.exists())
     except PeaufineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -187,6 +187,56 @@ def run_summary(folder: Path, stage: str, strategy: str, process: dict[str, Any]
     }
 
 
+def per_example_of(folders: list[Path], stage: str, when: str = "after") -> PerExample:
+    """per_example over several runs whose validation sets are disjoint (the folds of a k-fold run):
+    every example of the data set, each validated once."""
+    found = PerExample()
+    for folder in folders:
+        part = per_example(folder, stage, when)
+        found.primary.update(part.primary)
+        found.secondary.update(part.secondary)
+    return found
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _pool(values: list[Any], key: str = "") -> Any:
+    """The folds' values as one: counts (n) summed, a rate with its n weighted by n, other numbers
+    averaged; anything else (n/a, a method's name) the first fold's."""
+    if all(isinstance(v, dict) for v in values):
+        if all(_is_number(v.get("value")) and _is_number(v.get("n")) for v in values):
+            total = sum(v["n"] for v in values)
+            weighted = sum(v["value"] * v["n"] for v in values) / total if total else values[0]["value"]
+            return {**values[0], "value": weighted, "n": total}
+        return {k: _pool([v[k] for v in values if k in v], k) for k in values[0]}
+    if all(_is_number(v) for v in values):
+        return sum(values) if key == "n" else statistics.fmean(values)
+    return values[0]
+
+
+def pooled_summary(
+    folders: list[Path], stage: str, strategy: str, process: dict[str, Any] | None
+) -> dict[str, Any]:
+    """run_summary of a run, or of a k-fold run's folds pooled: each rate over every fold's
+    validation examples (n summed) with its interval recomputed, the other numbers averaged."""
+    if len(folders) == 1:
+        return run_summary(folders[0], stage, strategy, process)
+    pooled = _pool([run_summary(f, stage, strategy, process) for f in folders])
+    primary = TASK_METRICS[stage][0]
+    values = per_example_of(folders, stage)
+    for where, block in pooled["task"].items():
+        if not isinstance(block, dict) or "." not in where:
+            continue
+        for name, entry in block.items():
+            value, n = _number(entry.get("value")), entry.get("n")
+            examples = list(values.secondary.values()) if where == "validation.after" else None
+            block[name] = interval(value, n if _is_number(n) else None, examples, rate=name == primary)
+    pooled["folds"] = len(folders)
+    return pooled
+
+
 def headline(summary: dict[str, Any]) -> float | None:
     """The run's primary task metric after adaptation, on the validation split."""
     task = summary["task"]

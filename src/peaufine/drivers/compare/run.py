@@ -28,15 +28,16 @@ from peaufine.drivers.compare.measure import (
     headline,
     mean_interval,
     paired,
-    per_example,
+    per_example_of,
+    pooled_summary,
     rank_arms,
-    run_summary,
     spread,
 )
 from peaufine.drivers.compare.outputs import write_compare_report
 from peaufine.drivers.compare.runner import ProcessRecord, records_json, run_all
 from peaufine.drivers.compare.study import Search
 from peaufine.drivers.compare.verdict import VerdictRow, transfer_verdict, verdict
+from peaufine.drivers.crossval import fold_recipe
 from peaufine.engine.track import Tracker
 from peaufine.errors import PeaufineError, RecipeError
 from peaufine.models.build import minilm_path, resolve_source
@@ -96,8 +97,6 @@ def check_study(loaded: LoadedStudy, out: Path, search: bool | None) -> Plan:
     """Everything a study can get wrong, refused before OUT exists: the base and every arm's recipe
     (at every fraction, seed and LR it will run with), the task's data, and what OUT holds."""
     study, source = loaded.study, loaded.source
-    if study.folds is not None:
-        raise RecipeError(f"{source}: folds: k-fold studies are not implemented yet; remove folds")
     searching = study.search is not None if search is None else search
     if searching and study.search is None:
         study.search = Search()
@@ -125,7 +124,7 @@ def check_study(loaded: LoadedStudy, out: Path, search: bool | None) -> Plan:
                         layers=layers,
                     )
         if base is None:
-            check_stage(recipe)
+            check_stage(recipe if study.folds is None else fold_recipe(recipe, study.folds, 0))
         _check_data(recipe, source)
     refuse_strangers(Path(out), "a comparison's", lambda name: name in OUTPUT_NAMES or name.startswith("."))
     return Plan(base, model_source, searching)
@@ -161,7 +160,17 @@ def _runs_of(loaded: LoadedStudy, plan: Plan, out: Path, best: dict[str, float])
                     layers=layers,
                 )
                 runs.append(
-                    ArmRun(arm.name, arm.strategy, fraction, seed, lr, folder, recipe, searching=reuse)
+                    ArmRun(
+                        arm.name,
+                        arm.strategy,
+                        fraction,
+                        seed,
+                        lr,
+                        folder,
+                        recipe,
+                        searching=reuse,
+                        folds=study.folds,
+                    )
                 )
     return runs
 
@@ -195,6 +204,7 @@ def _search_runs(loaded: LoadedStudy, plan: Plan, out: Path) -> dict[str, list[A
                     layers=layers,
                 ),
                 searching=True,
+                folds=study.folds,
             )
             for lr in lr_grid(arm, study.search.lrs_per_arm)
         ]
@@ -230,7 +240,7 @@ def run_compare(
             for run in runs:
                 if records[run.key].status == "failed":
                     continue
-                summary = run_summary(run.folder, run.recipe.stage, run.strategy, None)
+                summary = pooled_summary(run.fold_folders, run.recipe.stage, run.strategy, None)
                 metrics[f"{run.lr:g}"] = headline(summary)
                 if summary["val_loss"] != NA:
                     losses[run.lr] = summary["val_loss"]
@@ -278,7 +288,7 @@ def measure_study(
         finished = [r for r in mine if records[r.key].status != "failed"]
         failed = [r for r in mine if records[r.key].status == "failed"]
         summaries = {
-            r.key: run_summary(r.folder, stage, arm.strategy, records_json(records).get(r.key))
+            r.key: pooled_summary(r.fold_folders, stage, arm.strategy, records_json(records).get(r.key))
             for r in finished
         }
         first = next((r for r in finished if r.fraction == main and r.seed == seed0), None)
@@ -343,6 +353,7 @@ def measure_study(
         "fractions": study.fractions,
         "main_fraction": main,
         "seeds": study.seeds,
+        "folds": study.folds,
         "search": study.search.model_dump() if plan.searching and study.search else None,
         "reference": reference,
         "arms": arms,
@@ -389,7 +400,7 @@ def _main_value(entry: dict[str, Any]) -> float | None:
 
 def _comparisons(main_runs: dict[str, ArmRun], stage: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every pair of arms, b minus a, paired question by question (None where they cannot be paired)."""
-    per = {name: per_example(run.folder, stage) for name, run in main_runs.items()}
+    per = {name: per_example_of(run.fold_folders, stage) for name, run in main_runs.items()}
     names = list(main_runs)
     found = []
     for i, a in enumerate(names):
@@ -417,7 +428,9 @@ def _transfer(
     if stage == "sft" and zero_name is not None:
         before = arms[zero_name]["task"].get("validation.before", {}).get(metric, {}).get("value")
         baselines["base zero-shot"] = _finite_or_none(before)
-        baseline_examples["base zero-shot"] = per_example(main_runs[zero_name].folder, stage, when="before")
+        baseline_examples["base zero-shot"] = per_example_of(
+            main_runs[zero_name].fold_folders, stage, when="before"
+        )
     for strategy, label in (("few_shot", "few-shot"), ("scratch", "from scratch")):
         name = next((a.name for a in specs if a.strategy == strategy and a.name in main_runs), None)
         if name is not None:

@@ -75,7 +75,24 @@ def start_flag(folder: Path, recipe_yaml: str) -> str | None:
 
 def child_command(run: ArmRun, recipe_file: Path, flag: str | None) -> list[str]:
     entry = ["-m", FEW_SHOT_MODULE] if run.command == "few-shot" else ["-m", "peaufine.cli", run.command]
-    return [sys.executable, *entry, str(recipe_file), "--out", str(run.folder), *([flag] if flag else [])]
+    folds = ["--folds", str(run.folds)] if run.folds is not None else []
+    return [
+        sys.executable,
+        *entry,
+        str(recipe_file),
+        "--out",
+        str(run.folder),
+        *folds,
+        *([flag] if flag else []),
+    ]
+
+
+def is_finished(run: ArmRun) -> bool:
+    """The run (each of its folds, under k-fold) finished with its recipe."""
+    return all(
+        finished_with(folder, recipe.to_yaml())
+        for folder, recipe in zip(run.fold_folders, run.fold_recipes(), strict=True)
+    )
 
 
 def child_environment() -> dict[str, str]:
@@ -105,7 +122,9 @@ def run_child(run: ArmRun, out: Path) -> ProcessRecord:
     write_text_atomic(recipe_file, recipe_yaml)
     log = Path(out) / "logs" / f"{slug(run.key)}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    command = child_command(run, recipe_file, start_flag(run.folder, recipe_yaml))
+    # a cross-validation reuses its finished folds and restarts the others by itself
+    flag = None if run.folds is not None else start_flag(run.folder, recipe_yaml)
+    command = child_command(run, recipe_file, flag)
     run.folder.parent.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     with log.open("w", encoding="utf-8") as sink:
@@ -113,7 +132,7 @@ def run_child(run: ArmRun, out: Path) -> ProcessRecord:
         _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - began
-    finished = process.returncode == 0 and finished_with(run.folder, recipe_yaml)
+    finished = process.returncode == 0 and is_finished(run)
     record = ProcessRecord(
         key=run.key,
         status="finished" if finished else "failed",
@@ -134,7 +153,7 @@ def run_all(runs: list[ArmRun], out: Path, parallel: int, tracker: Tracker) -> d
     records: dict[str, ProcessRecord] = {}
     pending = []
     for run in runs:
-        if finished_with(run.folder, run.recipe.to_yaml()):
+        if is_finished(run):
             earlier = read_record(out, run.key)
             records[run.key] = ProcessRecord(
                 run.key,
