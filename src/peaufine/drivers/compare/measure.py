@@ -94,7 +94,10 @@ def interval(value: float | None, n: int | None, examples: list[float] | None, r
 
 
 def task_numbers(evaluation: dict[str, Any], stage: str, folder: Path) -> dict[str, Any]:
-    """The task metric (both of the stage's) before and after, with n and 95% intervals."""
+    """The task metric (both of the stage's) before and after, with n and 95% intervals; an arm that
+    overrides its stage to one without a task metric here (dpo, reward) has none: n/a."""
+    if stage not in TASK_METRICS:
+        return {"metric": None, "reason": f"stage {stage} has no task metric here", "validation.after": {}}
     primary, secondary = TASK_METRICS[stage]
     after = per_example(folder, stage)
     out: dict[str, Any] = {"metric": primary, "secondary": secondary}
@@ -240,6 +243,8 @@ def pooled_summary(
 def headline(summary: dict[str, Any]) -> float | None:
     """The run's primary task metric after adaptation, on the validation split."""
     task = summary["task"]
+    if task["metric"] is None:
+        return None
     value = task["validation.after"][task["metric"]]["value"]
     return None if value == NA else float(value)
 

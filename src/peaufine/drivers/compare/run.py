@@ -274,7 +274,7 @@ def measure_study(
 ) -> dict[str, Any]:
     """compare.json: each arm's columns, the paired comparisons, the ranking and the verdicts."""
     study = loaded.study
-    stage = runs[0].recipe.stage
+    stage = str(loaded.task["stage"])  # the task's: an arm may override its own (a preference study)
     metric, secondary = TASK_METRICS[stage]
     main = max(study.fractions)
     seed0 = study.seeds[0]
@@ -288,7 +288,9 @@ def measure_study(
         finished = [r for r in mine if records[r.key].status != "failed"]
         failed = [r for r in mine if records[r.key].status == "failed"]
         summaries = {
-            r.key: pooled_summary(r.fold_folders, stage, arm.strategy, records_json(records).get(r.key))
+            r.key: pooled_summary(
+                r.fold_folders, r.recipe.stage, arm.strategy, records_json(records).get(r.key)
+            )
             for r in finished
         }
         first = next((r for r in finished if r.fraction == main and r.seed == seed0), None)
@@ -471,7 +473,12 @@ def verdict_row(
         trainable=trainable if isinstance(trainable, int) else None,
         forgetting=_finite_or_none(entry["forgetting"].get("relative_change")),
         versus_reference=versus,
-        failed="; ".join(f"{k}: {v}" for k, v in entry["errors"].items()) or None
-        if entry["status"] == "failed" and _main_value(entry) is None
-        else None,
+        failed=_failure(entry),
     )
+
+
+def _failure(entry: dict[str, Any]) -> str | None:
+    """The errors of an arm whose main run failed (its verdict says so instead of numbers)."""
+    if entry["status"] != "failed" or _main_value(entry) is not None:
+        return None
+    return "; ".join(f"{key}: {error}" for key, error in entry["errors"].items()) or "failed"
