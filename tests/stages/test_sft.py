@@ -153,3 +153,40 @@ def test_transfer_compares_with_the_same_model_trained_from_scratch(base_run, tm
     assert 0 < n < 20 and transfer["meaningful"] is False
     assert transfer["verdict"].startswith(f"not meaningful: it rests on {n} validation example")
     assert f"as measured, {expected}" in transfer["verdict"]
+
+
+def test_answers_carry_intervals_paired_changes_and_per_question_outcomes(base_run, tmp_path):
+    """eval.json's answers: each rate with its interval, the before -> after change paired question by
+    question (McNemar, paired bootstrap) with its wording; answers.jsonl holds every outcome, and the
+    leakage block finds the validation records planted as copies of training records."""
+    data = digit_task(tmp_path / "digits.jsonl", 20)
+    rows = data.read_text(encoding="utf-8").splitlines()
+    data.write_text("\n".join(rows + rows) + "\n", encoding="utf-8")  # every record twice: leakage
+    recipe = sft_recipe(base_run, data, lr=3e-3, max_steps=4)
+    recipe["eval"]["answers"] = 5
+    run = tmp_path / "run"
+    evaluation = run_sft(validate_recipe(recipe), run).evaluation
+    validation = evaluation["answers"]["validation"]
+    for when in ("before", "after"):
+        figures = validation[when]
+        low, high = figures["exact_match_ci"]
+        assert 0.0 <= low <= figures["exact_match"] <= high <= 1.0 and figures["n"] == 5
+        low, high = figures["f1_ci"]
+        assert low <= figures["f1"] <= high
+    change = validation["change"]
+    assert change["exact_match"]["method"] == "mcnemar" and change["f1"]["method"] == "paired_bootstrap"
+    assert change["exact_match"]["n"] == 5
+    assert change["exact_match"]["difference"] == pytest.approx(
+        validation["after"]["exact_match"] - validation["before"]["exact_match"]
+    )
+    assert change["exact_match"]["wording"].startswith("exact match (validation, after vs before): ")
+    assert change["exact_match"]["wording"].endswith("n=5)")
+    outcomes = [json.loads(line) for line in (run / "answers.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [(o["split"], o["when"]) for o in outcomes] == [("validation", "before")] * 5 + [
+        ("validation", "after")
+    ] * 5
+    assert set(outcomes[0]) == {"split", "when", "question", "answer", "prediction", "exact", "f1"}
+    after = [o for o in outcomes if o["when"] == "after"]
+    assert sum(o["exact"] for o in after) / 5 == pytest.approx(validation["after"]["exact_match"])
+    leak = evaluation["leakage"]["validation"]
+    assert leak["warning"] is True and leak["exact_duplicates"] >= 1

@@ -11,12 +11,14 @@ from peaufine.data.batching import Example, PaddedExamples, load_examples, make_
 from peaufine.data.records import HELDOUT, ChatRecord, load_conversations
 from peaufine.data.tokenize import tokenize_chat
 from peaufine.engine.fit import evaluate_loss, fit
-from peaufine.evaluate.answers import answer_questions
+from peaufine.evaluate.answers import AnswerMetrics, answer_changes, answer_questions
 from peaufine.evaluate.evidence import is_meaningful, qualified
 from peaufine.evaluate.forgetting import forgetting_report, general_blocks, general_loss
+from peaufine.evaluate.leakage import leakage, leakage_warning
 from peaufine.evaluate.overfitting import overfitting_report
 from peaufine.methods.lm import NextTokenLoss
 from peaufine.models.build import resolve_source, source_model_dir
+from peaufine.rundir import write_jsonl
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -170,14 +172,29 @@ def evaluate_sft(
     else:
         evaluation["forgetting"] = {"verdict": "not measured: no general text (set eval.forgetting.general)"}
     answers: dict[str, Any] = {}
+    outcomes: list[dict[str, Any]] = []
+    tuned: dict[str, AnswerMetrics] = {}
     for split in ("validation", HELDOUT):
         conversations = load_conversations(run.data / f"{split}.jsonl")[: recipe.eval.answers or 0]
         if conversations:
+            earlier: AnswerMetrics | None = before.get(f"answers_{split}")
+            tuned[split] = answer_questions(model, tokenizer, conversations)
             answers[split] = {
-                "before": before.get(f"answers_{split}"),
-                "after": answer_questions(model, tokenizer, conversations).as_dict(),
+                "before": earlier.as_dict() if earlier is not None else None,
+                "after": tuned[split].as_dict(),
             }
+            if earlier is not None:
+                outcomes += earlier.outcome_rows(split, "before")
+                change = answer_changes(earlier, tuned[split], f"{split}, after vs before")
+                if change is not None:
+                    answers[split]["change"] = change
+            outcomes += tuned[split].outcome_rows(split, "after")
     evaluation["answers"] = answers
+    evaluation["leakage"] = sft_leakage(run)
+    for split, block in evaluation["leakage"].items():
+        line = leakage_warning(block, split)
+        if line is not None:
+            tracker.warn(line)
     figures: dict[str, float | None] = {
         "fine_tuned": after_val,
         "base_zero_shot": before.get("task_val_loss"),
@@ -191,11 +208,37 @@ def evaluate_sft(
         figures["from_scratch"] = task_loss(scratch, val_examples, runtime, pad_id)
         conversations = load_conversations(run.data / "validation.jsonl")[: recipe.eval.answers or 0]
         if conversations:
-            answers.setdefault("validation", {})["from_scratch"] = answer_questions(
-                scratch, tokenizer, conversations
-            ).as_dict()
+            scratch_answers = answer_questions(scratch, tokenizer, conversations)
+            answers.setdefault("validation", {})["from_scratch"] = scratch_answers.as_dict()
+            outcomes += scratch_answers.outcome_rows("validation", "from_scratch")
+            change = (
+                answer_changes(scratch_answers, tuned["validation"], "validation, fine-tuned vs from scratch")
+                if "validation" in tuned
+                else None
+            )
+            if change is not None:
+                answers["validation"]["vs_from_scratch"] = change
     evaluation["transfer"] = transfer_report(figures, len(val_examples))
+    if outcomes:
+        write_jsonl(run.answers, outcomes)
     return evaluation
+
+
+def conversation_text(conversation: list[dict[str, str]]) -> str:
+    """What the leakage check compares: every turn of a conversation (prompt and completion)."""
+    return "\n".join(message["content"] for message in conversation)
+
+
+def sft_leakage(run: RunDir) -> dict[str, Any]:
+    """eval.json's leakage block: per evaluation split that has examples, how much of it the training
+    conversations already contain (exact copies and shared 8-grams)."""
+    train = [conversation_text(c) for c in load_conversations(run.data / "train.jsonl")]
+    found = {}
+    for split in ("validation", HELDOUT):
+        texts = [conversation_text(c) for c in load_conversations(run.data / f"{split}.jsonl")]
+        if texts:
+            found[split] = leakage(train, texts)
+    return found
 
 
 def task_loss(model: PreTrainedModel, examples: list[Any], runtime: Runtime, pad_id: int) -> float:
@@ -233,5 +276,5 @@ def evaluate_before(
         for split in ("validation", HELDOUT):
             conversations = load_conversations(run.data / f"{split}.jsonl")[: recipe.eval.answers]
             if conversations:
-                before[f"answers_{split}"] = answer_questions(model, tokenizer, conversations).as_dict()
+                before[f"answers_{split}"] = answer_questions(model, tokenizer, conversations)
     return before
