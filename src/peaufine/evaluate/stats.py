@@ -249,10 +249,11 @@ def describe_change(
         test = comparison.method.replace("_", " ")
     evidence = f"95% CI {low:+.{digits}f} to {high:+.{digits}f}, {test}, n={comparison.n}"
     difference = comparison.difference * scale
+    suffix = f" {unit}" if unit else ""  # unit "": a number with no unit (a squared error)
     if not comparison.measurable:
-        return f"{what}: no measurable difference ({difference:+.{digits}f} {unit}, {evidence})"
+        return f"{what}: no measurable difference ({difference:+.{digits}f}{suffix}, {evidence})"
     direction = "better" if (difference > 0) == higher_is_better else "worse"
-    return f"{what}: {direction} by {abs(difference):.{digits}f} {unit} ({evidence})"
+    return f"{what}: {direction} by {abs(difference):.{digits}f}{suffix} ({evidence})"
 
 
 def format_rate(estimate: Estimate) -> str:
