@@ -20,6 +20,7 @@ from peaufine.evaluate.stats import (
     format_rate,
     mcnemar_exact,
     paired_bootstrap,
+    rate_text,
     wilson_interval,
 )
 
@@ -259,3 +260,10 @@ def test_bad_input_is_refused() -> None:
         paired_bootstrap([], [])
     with pytest.raises(ValueError, match="confidence"):
         bootstrap_interval([1.0], confidence=1.0)
+
+
+def test_rate_text_from_eval_json_shapes() -> None:
+    assert rate_text(13 / 15, [0.6212, 0.9626], 15) == "86.7% [62.1, 96.3] (n=15)"
+    assert rate_text(0.5, None, 4) == "50.0% (n=4)"  # a run written before intervals
+    assert rate_text(0.5, [0.2, 0.8]) == "50.0% [20.0, 80.0]"
+    assert rate_text(None) == "-" and rate_text(float("nan"), None, 3) == "-"

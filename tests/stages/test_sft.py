@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from peaufine.commands.eval import run_eval
 from peaufine.recipe import validate_recipe
 from peaufine.stages.pretrain import run_pretrain
 from peaufine.stages.sft import run_sft
@@ -101,8 +102,6 @@ def test_forgetting_is_flagged_and_lora_at_a_low_lr_forgets_less(base_run, tmp_p
     assert (tmp_path / "lora" / "model" / "model.safetensors").is_file()
 
     # `peaufine eval` measures the same on the saved models, against the base
-    from peaufine.commands.eval import run_eval
-
     measured = run_eval(
         str(tmp_path / "full"),
         str(data),
@@ -190,3 +189,14 @@ def test_answers_carry_intervals_paired_changes_and_per_question_outcomes(base_r
     assert sum(o["exact"] for o in after) / 5 == pytest.approx(validation["after"]["exact_match"])
     leak = evaluation["leakage"]["validation"]
     assert leak["warning"] is True and leak["exact_duplicates"] >= 1
+
+    # `peaufine eval` against the base: each model's rates with intervals, and the change paired
+    measured = run_eval(str(run), str(data), base=str(base_run), max_length=48, answers=5)
+    for side in ("model", "base"):
+        low, high = measured[side]["answers"]["exact_match_ci"]
+        assert low <= measured[side]["answers"]["exact_match"] <= high
+    paired = measured["answers_change"]["exact_match"]
+    assert paired["n"] == 5 and paired["wording"].startswith("exact match (model vs base): ")
+    assert paired["difference"] == pytest.approx(
+        measured["model"]["answers"]["exact_match"] - measured["base"]["answers"]["exact_match"]
+    )

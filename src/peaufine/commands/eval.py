@@ -14,7 +14,7 @@ from peaufine.data.records import load_chat_records
 from peaufine.data.tokenize import ensure_chat_template, tokenize_records
 from peaufine.engine.runtime import make_runtime
 from peaufine.errors import DataError, ModelError
-from peaufine.evaluate.answers import answer_questions
+from peaufine.evaluate.answers import AnswerMetrics, answer_changes, answer_questions
 from peaufine.evaluate.forgetting import forgetting_report, general_blocks, general_loss
 from peaufine.evaluate.sft import task_loss
 from peaufine.models.build import load_pretrained, resolve_source
@@ -40,8 +40,11 @@ def measure_model(
     data_format: str = "auto",
     max_length: int = 512,
     answers: int = 200,
+    outcomes: dict[str, AnswerMetrics] | None = None,
 ) -> dict[str, Any]:
-    """Every figure for one model: task loss and answers (with `data`), general loss (with `general`)."""
+    """Every figure for one model: task loss and answers (with `data`), general loss (with `general`).
+    `outcomes`, when given, receives the answers' per-question outcomes under "answers" (for pairing
+    a model with its base question by question)."""
 
     directory = _model_dir(model_path)
     runtime = make_runtime(TrainBlock())
@@ -59,7 +62,10 @@ def measure_model(
         figures["task_examples"] = len(examples)
         if answers:
             conversations = [r.messages for r in records[:answers]]
-            figures["answers"] = answer_questions(model, tokenizer, conversations).as_dict()
+            metrics = answer_questions(model, tokenizer, conversations)
+            figures["answers"] = metrics.as_dict()
+            if outcomes is not None:
+                outcomes["answers"] = metrics
     if general is not None:
         with tempfile.TemporaryDirectory() as tmp:
             stream = read_token_stream(tokenize_general(tokenizer, general, Path(tmp) / "general.bin"))
@@ -94,15 +100,34 @@ def run_eval(
     for path in (model_path, base):  # both checked before either is measured
         if path is not None:
             _model_dir(path)
+    tuned: dict[str, AnswerMetrics] = {}
     result: dict[str, Any] = {
         "model": measure_model(
-            model_path, data, general, data_format=data_format, max_length=max_length, answers=answers
+            model_path,
+            data,
+            general,
+            data_format=data_format,
+            max_length=max_length,
+            answers=answers,
+            outcomes=tuned,
         )
     }
     if base is not None:
+        untuned: dict[str, AnswerMetrics] = {}
         result["base"] = measure_model(
-            base, data, general, data_format=data_format, max_length=max_length, answers=answers
+            base,
+            data,
+            general,
+            data_format=data_format,
+            max_length=max_length,
+            answers=answers,
+            outcomes=untuned,
         )
+        if "answers" in tuned and "answers" in untuned:
+            # the same questions for both: the model minus its base, paired question by question
+            change = answer_changes(untuned["answers"], tuned["answers"], "model vs base")
+            if change is not None:
+                result["answers_change"] = change
         if general is not None:
             report = forgetting_report(
                 general,

@@ -143,3 +143,15 @@ def answer_questions(
     questions = [next(m["content"] for m in reversed(c) if m["role"] == "user") for c in conversations]
     predictions = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0)
     return score_answers(predictions, golds, questions)
+
+
+def change_wordings(figures: dict[str, Any]) -> list[str]:
+    """The wording of one split's paired changes in eval.json's answers (after vs before, fine-tuned vs
+    from scratch), exact match then F1: what the terminal and the report print."""
+    return [
+        block[key]["wording"]
+        for block in (figures.get("change"), figures.get("vs_from_scratch"))
+        if isinstance(block, dict)
+        for key in ("exact_match", "f1")
+        if isinstance(block.get(key), dict) and block[key].get("wording")
+    ]

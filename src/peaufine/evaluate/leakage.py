@@ -97,3 +97,11 @@ def leakage_warning(block: dict[str, Any], split: str) -> str | None:
         f"{block['ngram_overlap']} sharing a {block['ngram']}-word sequence); above "
         f"{block['threshold']:.0%}, their score measures memory as much as skill"
     )
+
+
+def leakage_lines(blocks: Any) -> list[str]:
+    """A warning line for each split of eval.json's leakage block whose overlap is above the threshold."""
+    if not isinstance(blocks, dict):
+        return []
+    lines = (leakage_warning(block, split) for split, block in blocks.items() if isinstance(block, dict))
+    return [line for line in lines if line]

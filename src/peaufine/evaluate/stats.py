@@ -256,11 +256,20 @@ def describe_change(
     return f"{what}: {direction} by {abs(difference):.{digits}f}{suffix} ({evidence})"
 
 
+def rate_text(value: float | None, interval: Sequence[float] | None = None, n: int | None = None) -> str:
+    """A rate from eval.json's shape (value, its `..._ci` pair, n) as a report prints it:
+    "86.7% [62.1, 96.3] (n=15)"; without an interval (a run from before intervals) "86.7% (n=15)"."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    text = f"{100 * value:.1f}%"
+    if interval is not None and len(interval) == 2:
+        text += f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+    return text if n is None else f"{text} (n={n})"
+
+
 def format_rate(estimate: Estimate) -> str:
     """A rate as a report prints it: "86.7% [62.1, 96.3] (n=15)"."""
-    return (
-        f"{100 * estimate.value:.1f}% [{100 * estimate.low:.1f}, {100 * estimate.high:.1f}] (n={estimate.n})"
-    )
+    return rate_text(estimate.value, (estimate.low, estimate.high), estimate.n)
 
 
 def format_mean(estimate: Estimate, digits: int = 3) -> str:
