@@ -87,3 +87,22 @@ def test_the_classify_table_shows_accuracy_with_its_interval_and_the_transfer_ve
     assert "accuracy, fine-tuned" in text and "100.0% [83.9, 100.0] (n=20)" in text
     assert "accuracy, from scratch" in text and "0.0% [0.0, 16.1] (n=20)" in text
     assert "transfer: accuracy, fine-tuned vs from scratch: better by 100.0 points" in text
+
+
+def test_the_sft_table_shows_the_task_loss_with_its_interval_and_the_loss_changes():
+    results = SftResults(
+        steps=10,
+        task_val_loss={
+            "before": 2.0,
+            "after": 1.0,
+            "before_ci": [1.9, 2.1],
+            "after_ci": [0.9, 1.1],
+            "n": 12,
+            "change": {"wording": "task validation loss, after vs before: better by 1.000 nats (...)"},
+        },
+        forgetting={"verdict": "no forgetting", "change": {"wording": "general-text loss: no measurable"}},
+    )
+    text = _printed(sft_summary(results, Path("run")))
+    assert "2.0000 [1.9000, 2.1000] -> 1.0000 [0.9000, 1.1000] (n=12)" in text
+    assert "task validation loss, after vs before: better by 1.000 nats" in text
+    assert "general-text loss: no measurable" in text

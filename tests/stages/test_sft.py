@@ -147,6 +147,12 @@ def test_transfer_compares_with_the_same_model_trained_from_scratch(base_run, tm
     assert all(isinstance(v, float) for v in figures.values())
     assert figures["fine_tuned"] < figures["base_zero_shot"]
     expected = "positive transfer" if figures["fine_tuned"] < figures["from_scratch"] else "NEGATIVE transfer"
+    # paired on the same validation examples: a difference whose interval includes 0 is no transfer either way
+    paired = transfer["paired"]["from_scratch"]
+    assert paired["difference"] == pytest.approx(figures["fine_tuned"] - figures["from_scratch"], rel=1e-5)
+    assert set(transfer["paired"]) == {"from_scratch", "base_zero_shot", "base_few_shot"}
+    if not paired["measurable"]:
+        expected = "no measurable transfer"
     # a fifth of 40 records: the verdict is said to rest on too few, and keeps what was measured
     n = transfer["examples"]
     assert 0 < n < 20 and transfer["meaningful"] is False
@@ -189,6 +195,17 @@ def test_answers_carry_intervals_paired_changes_and_per_question_outcomes(base_r
     assert sum(o["exact"] for o in after) / 5 == pytest.approx(validation["after"]["exact_match"])
     leak = evaluation["leakage"]["validation"]
     assert leak["warning"] is True and leak["exact_duplicates"] >= 1
+    # the task loss before and after with intervals over the validation examples, and its paired change
+    losses = evaluation["task_val_loss"]
+    assert losses["before_ci"][0] <= losses["before"] <= losses["before_ci"][1]
+    assert losses["after_ci"][0] <= losses["after"] <= losses["after_ci"][1]
+    assert losses["change"]["difference"] == pytest.approx(losses["after"] - losses["before"], rel=1e-5)
+    assert losses["change"]["wording"].startswith("task validation loss, after vs before: ")
+    forgetting = evaluation["forgetting"]
+    assert forgetting["loss_before_ci"][0] <= forgetting["loss_before"] <= forgetting["loss_before_ci"][1]
+    assert forgetting["change"]["difference"] == pytest.approx(
+        forgetting["loss_after"] - forgetting["loss_before"], rel=1e-5
+    )
 
     # `peaufine eval` against the base: each model's rates with intervals, and the change paired
     measured = run_eval(str(run), str(data), base=str(base_run), max_length=48, answers=5)

@@ -81,6 +81,14 @@ def demo_summary(result: DemoResult) -> Group:
     return Group(*parts)
 
 
+def _loss(value: Any, interval: Any) -> str:
+    """A loss with its bootstrap interval when the run recorded one: '2.3140 [2.2010, 2.4300]'."""
+    shown = _fmt(value)
+    if isinstance(interval, list) and len(interval) == 2:
+        shown += f" [{interval[0]:.4f}, {interval[1]:.4f}]"
+    return shown
+
+
 def _pct(value: Any) -> str:
     return "-" if value is None else f"{value:.1%}"
 
@@ -89,13 +97,22 @@ def sft_summary(results: SftResults, run_dir: Path) -> Group:
     table = Table(title=f"sft: {run_dir}", show_header=False)
     table.add_row("steps", f"{results.steps:,}")
     losses = results.task_val_loss or {}
-    table.add_row("task validation loss", f"{_fmt(losses.get('before'))} -> {_fmt(losses.get('after'))}")
+    table.add_row(
+        "task validation loss",
+        f"{_loss(losses.get('before'), losses.get('before_ci'))} -> "
+        f"{_loss(losses.get('after'), losses.get('after_ci'))}"
+        + (f" (n={losses['n']})" if "n" in losses else ""),
+    )
     changes: list[str] = []
     for split, figures in (results.answers or {}).items():
         before, after = figures.get("before") or {}, figures.get("after") or {}
         for label, key in (("exact match", "exact_match"), ("F1", "f1")):
             table.add_row(f"{label} ({split})", rate_change(before, after, key))
         changes += change_wordings(figures)
+    for block in (losses, results.forgetting or {}):
+        wording = (block.get("change") or {}).get("wording")
+        if wording:
+            changes.append(wording)
     parts: list[Any] = [table, *(Text(line) for line in changes)]
     for key, block in (
         ("overfitting", results.overfitting),

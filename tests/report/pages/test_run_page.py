@@ -187,10 +187,14 @@ def test_a_stage_run_report_shows_intervals_paired_wording_and_leakage(tiny_run)
         }
     }
     evaluation["leakage"] = {"validation": leakage(["x y z"], ["x y z", "a b c"])}
+    evaluation["forgetting"]["change"] = {"wording": "general-text loss, after vs before: worse"}
+    evaluation["transfer"]["paired"] = {"base_zero_shot": {"wording": "fine-tuned vs the base model: tie"}}
     (tiny_run / "eval.json").write_text(json.dumps(evaluation), encoding="utf-8")
     page = write_report(tiny_run).read_text(encoding="utf-8")
     rows = table_rows(page, "Greedy answers to the task's questions, before and after fine-tuning")
     assert ["validation: exact match (n=15)", "0.0% [0.0, 20.4]", "86.7% [62.1, 96.3]", "+86.7 pt"] in rows
     assert "exact match (validation, after vs before): better by 86.7 points (95% CI +" in page
+    assert "general-text loss, after vs before: worse" in page
+    assert "fine-tuned vs the base model: tie" in page
     verdicts = {r[0]: r[1] for r in table_rows(page, "Verdicts")}
     assert verdicts["leakage"].startswith("leakage: 1 of 2 validation examples (50.0%)")

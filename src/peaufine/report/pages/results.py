@@ -116,7 +116,16 @@ def sft_results(results: SftResults) -> list[str]:
         caption = "Greedy answers to the task's questions, before and after fine-tuning"
         parts.append(table(["answers", "before", "after", "change"], rows, caption=caption))
     parts += [paragraph(line) for line in wordings]
+    parts += [paragraph(line) for line in loss_wordings(results)]
     return parts
+
+
+def loss_wordings(results: SftResults) -> list[str]:
+    """The paired changes of the losses, in their wording: task loss after vs before, general-text loss
+    (forgetting), and the fine-tuned model against each transfer baseline."""
+    blocks = [(results.task_val_loss or {}).get("change"), (results.forgetting or {}).get("change")]
+    blocks += list(((results.transfer or {}).get("paired") or {}).values())
+    return [block["wording"] for block in blocks if isinstance(block, dict) and block.get("wording")]
 
 
 def rate_cell(figures: dict[str, Any], key: str) -> Num:
