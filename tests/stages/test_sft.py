@@ -208,7 +208,14 @@ def test_answers_carry_intervals_paired_changes_and_per_question_outcomes(base_r
     )
 
     # `peaufine eval` against the base: each model's rates with intervals, and the change paired
-    measured = run_eval(str(run), str(data), base=str(base_run), max_length=48, answers=5)
+    general = str(base_run.parent / "general.txt")
+    measured = run_eval(str(run), str(data), general=general, base=str(base_run), max_length=48, answers=5)
+    for key in ("task_loss", "general_loss"):
+        low, high = measured["model"][f"{key}_ci"]
+        assert low <= measured["model"][key] <= high
+        assert measured[f"{key}_change"]["difference"] == pytest.approx(
+            measured["model"][key] - measured["base"][key], rel=1e-5
+        )
     for side in ("model", "base"):
         low, high = measured[side]["answers"]["exact_match_ci"]
         assert low <= measured[side]["answers"]["exact_match"] <= high
