@@ -52,7 +52,8 @@ def pretrain_summary(results: PretrainResults, run_dir: Path) -> Group:
     if recall:
         table.add_row(
             "fact recall (cloze, greedy)",
-            f"{recall['accuracy']:.1%} ({recall['correct']}/{recall['total']})",
+            f"{rate_text(recall['accuracy'], recall.get('accuracy_ci'))} "
+            f"({recall['correct']}/{recall['total']})",
         )
         for relation, counts in recall["by_relation"].items():
             table.add_row(f"  {relation}", f"{counts['correct']}/{counts['total']}")

@@ -58,9 +58,7 @@ def pretrain_results(results: PretrainResults) -> list[str]:
         return []
     correct = both(recall.get("correct"), recall.get("total"), " of ")
     parts = [
-        table(
-            None, [("fact recall (cloze, greedy)", Num(f"{fmt_percent(recall.get('accuracy'))} ({correct})"))]
-        )
+        table(None, [("fact recall (cloze, greedy)", Num(f"{rate_cell(recall, 'accuracy')} ({correct})"))])
     ]
     by_relation = recall.get("by_relation") or {}
     if by_relation:
