@@ -271,8 +271,11 @@ def mcnemar_exact(a: Sequence[bool], b: Sequence[bool], confidence: float = 0.95
     discordant = only_a + only_b
     if discordant == 0:
         return PairedComparison(difference=0.0, low=0.0, high=0.0, n=n, p_value=1.0, method="mcnemar")
-    smaller_tail = min(binomial_cdf(only_b, discordant, 0.5), binomial_sf(only_b, discordant, 0.5))
-    p_value = min(1.0, 2.0 * smaller_tail)
+    # under the null every discordant pair is a fair coin: the tails are counts over 2^discordant, summed
+    # in integers so that p is exact (0.25, not 0.25000000000000006)
+    below = sum(math.comb(discordant, j) for j in range(only_b + 1))
+    above = sum(math.comb(discordant, j) for j in range(only_b, discordant + 1))
+    p_value = min(1.0, 2 * min(below, above) / 2**discordant)
     pi_low, pi_high = clopper_pearson(only_b, discordant, confidence)
     share = discordant / n
     return PairedComparison(
