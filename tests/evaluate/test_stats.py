@@ -20,6 +20,7 @@ from peaufine.evaluate.stats import (
     format_rate,
     mcnemar_exact,
     paired_bootstrap,
+    rate_text,
     wilson_interval,
 )
 
@@ -259,3 +260,20 @@ def test_bad_input_is_refused() -> None:
         paired_bootstrap([], [])
     with pytest.raises(ValueError, match="confidence"):
         bootstrap_interval([1.0], confidence=1.0)
+
+
+def test_rate_text_from_eval_json_shapes() -> None:
+    assert rate_text(13 / 15, [0.6212, 0.9626], 15) == "86.7% [62.1, 96.3] (n=15)"
+    assert rate_text(0.5, None, 4) == "50.0% (n=4)"  # a run written before intervals
+    assert rate_text(0.5, [0.2, 0.8]) == "50.0% [20.0, 80.0]"
+    assert rate_text(None) == "-" and rate_text(float("nan"), None, 3) == "-"
+
+
+def test_mcnemar_p_is_exact_and_agrees_with_the_binomial_tails() -> None:
+    # 3 discordant pairs, all won by b: p = 2 x 1/8 = 0.25 exactly
+    assert mcnemar_exact(*table(both=5, only_a=0, only_b=3, neither=0)).p_value == 0.25
+    for only_a, only_b in [(3, 9), (10, 4), (7, 7), (0, 30)]:
+        d = only_a + only_b
+        p = mcnemar_exact(*table(both=2, only_a=only_a, only_b=only_b, neither=2)).p_value
+        tails = min(binomial_cdf(only_b, d, 0.5), binomial_sf(only_b, d, 0.5))
+        assert p == pytest.approx(min(1.0, 2 * tails), rel=1e-12)

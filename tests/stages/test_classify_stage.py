@@ -83,6 +83,56 @@ def test_a_chunked_loss_is_refused_for_classifier_stages_before_the_run_starts(s
     assert not (tmp_path / "run").exists()
 
 
+def test_scores_carry_intervals_predictions_are_written_and_transfer_is_paired(tiny_decoder_dir, tmp_path):
+    """eval.json's accuracy and macro-F1 carry their intervals; predictions.jsonl holds each validation
+    example's outcome in order; fine-tuned vs from scratch is McNemar on the same examples; the short
+    texts repeat across the split, and the leakage block says so."""
+    rng = random.Random(1)
+    rows = [
+        {"sentence": f"a {'good' if i % 2 else 'bad'} {rng.choice(['film', 'plot'])}", "label": i % 2}
+        for i in range(60)
+    ]
+    data = tmp_path / "sst.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    recipe = validate_recipe(
+        {
+            "stage": "classify",
+            "model": {"source": str(tiny_decoder_dir)},
+            "data": {
+                "source": str(data),
+                "text_field": "sentence",
+                "max_length": 16,
+                "validation_fraction": 0.25,
+            },
+            "train": {"max_steps": 3, "batch_size": 8, "lr": 3e-3, "warmup_steps": 0, "device": "cpu"},
+            "eval": {"every": 3, "transfer": {"from_scratch": True}},
+        }
+    )
+    evaluation = run_classify(recipe, tmp_path / "run").evaluation
+    scores = evaluation["validation"]
+    n = scores["examples"]
+    low, high = scores["accuracy_ci"]
+    assert 0.0 <= low <= scores["accuracy"] <= high <= 1.0
+    low, high = scores["macro_f1_ci"]
+    assert low <= scores["macro_f1"] <= high
+    predictions = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    assert [p["index"] for p in predictions] == list(range(n))
+    assert set(predictions[0]) == {"split", "index", "label", "prediction", "correct"}
+    assert sum(p["correct"] for p in predictions) / n == pytest.approx(scores["accuracy"])
+    transfer = evaluation["transfer"]["accuracy"]
+    assert transfer["method"] == "mcnemar" and transfer["n"] == n
+    assert transfer["difference"] == pytest.approx(
+        scores["accuracy"] - evaluation["from_scratch"]["accuracy"]
+    )
+    assert evaluation["transfer"]["verdict"] == transfer["wording"]
+    assert evaluation["transfer"]["verdict"].startswith("accuracy, fine-tuned vs from scratch: ")
+    leak = evaluation["leakage"]["validation"]
+    assert leak["exact_duplicates"] > 0 and leak["warning"] is True
+
+
 def _sentiment_file(tmp_path, n: int = 40):
     rng = random.Random(0)
     rows = [{"sentence": f"a {rng.choice(['good', 'bad'])} film {i}", "label": i % 2} for i in range(n)]

@@ -84,11 +84,15 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> Estimat
     return Estimate(value=p, low=low, high=high, n=n, method="wilson")
 
 
+def _resampled_rows(rows: int, resamples: int, seed: int) -> np.ndarray:
+    """`resamples` draws of `rows` row indices with replacement; the same seed gives the same draws,
+    so two figures of the same rows are resampled together."""
+    return np.random.default_rng(seed).integers(0, rows, size=(resamples, rows))
+
+
 def _bootstrap_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray:
     """Means of `resamples` resamples of the rows of values (with replacement), in one fixed order."""
-    rng = np.random.default_rng(seed)
-    indices = rng.integers(0, len(values), size=(resamples, len(values)))
-    return values[indices].mean(axis=1)
+    return values[_resampled_rows(len(values), resamples, seed)].mean(axis=1)
 
 
 def _percentile_bounds(means: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -111,6 +115,79 @@ def bootstrap_interval(
     # The percentile interval of a constant sample is that constant; keep the mean inside it despite
     # the last-bit differences between a mean and a quantile of means.
     return Estimate(value=mean, low=min(low, mean), high=max(high, mean), n=len(array), method="bootstrap")
+
+
+def _bootstrap_ratios(
+    numerators: np.ndarray, denominators: np.ndarray, resamples: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """sum(numerators) and sum(denominators) of each resample of the rows (the same resamples as
+    _bootstrap_means draws for the same seed and length)."""
+    indices = _resampled_rows(len(numerators), resamples, seed)
+    return numerators[indices].sum(axis=1), denominators[indices].sum(axis=1)
+
+
+def _ratio_arrays(
+    numerators: Sequence[float], denominators: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    top = np.asarray(numerators, dtype=np.float64)
+    bottom = np.asarray(denominators, dtype=np.float64)
+    if top.ndim != 1 or top.shape != bottom.shape or len(top) == 0:
+        raise ValueError("a ratio needs one numerator and one denominator per row, and at least one row")
+    if bottom.sum() <= 0:
+        raise ValueError("a ratio needs a positive total denominator")
+    return top, bottom
+
+
+def ratio_bootstrap(
+    numerators: Sequence[float],
+    denominators: Sequence[float],
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> Estimate:
+    """sum(numerators) / sum(denominators) (a loss per target token over examples of different
+    lengths) with a percentile bootstrap interval that resamples rows, numerator and denominator
+    together. A resample whose denominators sum to 0 is left out."""
+    _check_confidence(confidence)
+    top, bottom = _ratio_arrays(numerators, denominators)
+    value = float(top.sum() / bottom.sum())
+    tops, bottoms = _bootstrap_ratios(top, bottom, resamples, seed)
+    kept = bottoms > 0
+    low, high = _percentile_bounds(tops[kept] / bottoms[kept], confidence)
+    return Estimate(value=value, low=min(low, value), high=max(high, value), n=len(top), method="bootstrap")
+
+
+def paired_ratio_bootstrap(
+    a_numerators: Sequence[float],
+    a_denominators: Sequence[float],
+    b_numerators: Sequence[float],
+    b_denominators: Sequence[float],
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> PairedComparison:
+    """b's ratio minus a's (a loss per target token after minus before) on the same rows, with a
+    paired percentile bootstrap: each resample takes the same rows for both."""
+    _check_confidence(confidence)
+    top_a, bottom_a = _ratio_arrays(a_numerators, a_denominators)
+    top_b, bottom_b = _ratio_arrays(b_numerators, b_denominators)
+    if len(top_a) != len(top_b):
+        raise ValueError(f"paired outcomes need the same examples: {len(top_a)} against {len(top_b)}")
+    value = float(top_b.sum() / bottom_b.sum() - top_a.sum() / bottom_a.sum())
+    tops_a, bottoms_a = _bootstrap_ratios(top_a, bottom_a, resamples, seed)
+    tops_b, bottoms_b = _bootstrap_ratios(top_b, bottom_b, resamples, seed)  # same seed: same rows
+    kept = (bottoms_a > 0) & (bottoms_b > 0)
+    low, high = _percentile_bounds(
+        tops_b[kept] / bottoms_b[kept] - tops_a[kept] / bottoms_a[kept], confidence
+    )
+    return PairedComparison(
+        difference=value,
+        low=min(low, value),
+        high=max(high, value),
+        n=len(top_a),
+        p_value=None,
+        method="paired_bootstrap",
+    )
 
 
 def _binomial_pmfs(n: int, p: float) -> list[float]:
@@ -194,8 +271,11 @@ def mcnemar_exact(a: Sequence[bool], b: Sequence[bool], confidence: float = 0.95
     discordant = only_a + only_b
     if discordant == 0:
         return PairedComparison(difference=0.0, low=0.0, high=0.0, n=n, p_value=1.0, method="mcnemar")
-    smaller_tail = min(binomial_cdf(only_b, discordant, 0.5), binomial_sf(only_b, discordant, 0.5))
-    p_value = min(1.0, 2.0 * smaller_tail)
+    # under the null every discordant pair is a fair coin: the tails are counts over 2^discordant, summed
+    # in integers so that p is exact (0.25, not 0.25000000000000006)
+    below = sum(math.comb(discordant, j) for j in range(only_b + 1))
+    above = sum(math.comb(discordant, j) for j in range(only_b, discordant + 1))
+    p_value = min(1.0, 2 * min(below, above) / 2**discordant)
     pi_low, pi_high = clopper_pearson(only_b, discordant, confidence)
     share = discordant / n
     return PairedComparison(
@@ -249,17 +329,27 @@ def describe_change(
         test = comparison.method.replace("_", " ")
     evidence = f"95% CI {low:+.{digits}f} to {high:+.{digits}f}, {test}, n={comparison.n}"
     difference = comparison.difference * scale
+    suffix = f" {unit}" if unit else ""  # unit "": a number with no unit (a squared error)
     if not comparison.measurable:
-        return f"{what}: no measurable difference ({difference:+.{digits}f} {unit}, {evidence})"
+        return f"{what}: no measurable difference ({difference:+.{digits}f}{suffix}, {evidence})"
     direction = "better" if (difference > 0) == higher_is_better else "worse"
-    return f"{what}: {direction} by {abs(difference):.{digits}f} {unit} ({evidence})"
+    return f"{what}: {direction} by {abs(difference):.{digits}f}{suffix} ({evidence})"
+
+
+def rate_text(value: float | None, interval: Sequence[float] | None = None, n: int | None = None) -> str:
+    """A rate from eval.json's shape (value, its `..._ci` pair, n) as a report prints it:
+    "86.7% [62.1, 96.3] (n=15)"; without an interval (a run from before intervals) "86.7% (n=15)"."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    text = f"{100 * value:.1f}%"
+    if interval is not None and len(interval) == 2:
+        text += f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+    return text if n is None else f"{text} (n={n})"
 
 
 def format_rate(estimate: Estimate) -> str:
     """A rate as a report prints it: "86.7% [62.1, 96.3] (n=15)"."""
-    return (
-        f"{100 * estimate.value:.1f}% [{100 * estimate.low:.1f}, {100 * estimate.high:.1f}] (n={estimate.n})"
-    )
+    return rate_text(estimate.value, (estimate.low, estimate.high), estimate.n)
 
 
 def format_mean(estimate: Estimate, digits: int = 3) -> str:
