@@ -93,6 +93,11 @@ def test_every_arm_has_every_column_and_a_failure_is_reported(study_run, capsys,
     assert others["few"]["forgetting"]["relative_change"] == 0.0
     # the transfer verdict names the baselines of the same study
     assert set(others["full"]["transfer"]["baselines"]) == {"base zero-shot", "few-shot", "from scratch"}
+    # arms pair up question by question (each run's answers.jsonl), McNemar on the same n questions
+    n = others["full"]["task"]["validation.after"]["exact_match"]["n"]
+    pair = next(c for c in data["comparisons"] if (c["a"], c["b"]) == ("full", "lora"))
+    assert pair["method"] == "mcnemar" and pair["n"] == n and isinstance(pair["measurable"], bool)
+    assert others["lora"]["transfer"]["versus"]["base zero-shot"]["n"] == n
     assert data["reference"] == "full"
     assert sum(len(tier) for tier in data["ranking"]) == 6
     report = (out / "report.html").read_text(encoding="utf-8")

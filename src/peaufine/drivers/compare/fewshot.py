@@ -8,43 +8,23 @@ questions with k training examples in each prompt (`python -m peaufine.drivers.c
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from peaufine.atomic import write_text_atomic
 from peaufine.data.records import HELDOUT, load_conversations
 from peaufine.drivers.crossval import fold_recipe
 from peaufine.engine.fit import FitResult
 from peaufine.errors import PeaufineError
-from peaufine.evaluate.answers import answer_questions
+from peaufine.evaluate.answers import answer_changes, answer_questions
 from peaufine.evaluate.sft import few_shot_answers
 from peaufine.models.build import load_pretrained, resolve_source, source_model_dir
 from peaufine.models.tokenizer import load_tokenizer
 from peaufine.recipe import load_recipe
 from peaufine.results import SftResults
-from peaufine.rundir import finished_with
+from peaufine.rundir import finished_with, write_jsonl
 from peaufine.stages.lifecycle import OpenedRun, StageOutcome, StageSpec, finish_run, record_budget
 from peaufine.stages.sft import prepare
-
-
-def answer_records(split: str, when: str, metrics: Any) -> list[dict[str, Any]]:
-    """answers.jsonl's lines (the sft stage's per-question format) from scored answers."""
-    from peaufine.evaluate.answers import exact_match, token_f1
-
-    return [
-        {
-            "split": split,
-            "when": when,
-            "question": s["question"],
-            "answer": s["answer"],
-            "prediction": s["prediction"],
-            "exact": exact_match(s["prediction"], s["answer"]),
-            "f1": token_f1(s["prediction"], s["answer"]),
-        }
-        for s in metrics.samples
-    ]
 
 
 def measure_in_context(opened: OpenedRun, resume: bool, hooks: Any) -> StageOutcome:
@@ -66,8 +46,11 @@ def measure_in_context(opened: OpenedRun, resume: bool, hooks: Any) -> StageOutc
         zero = answer_questions(model, tokenizer, conversations)
         few = few_shot_answers(model, tokenizer, shots, conversations)
         answers[split] = {"before": zero.as_dict(), "after": few.as_dict()}
-        lines += answer_records(split, "before", zero) + answer_records(split, "after", few)
-    write_text_atomic(run.path / "answers.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
+        change = answer_changes(zero, few, f"{split}, {len(shots)}-shot vs zero-shot")
+        if change is not None:
+            answers[split]["change"] = change
+        lines += zero.outcome_rows(split, "before") + few.outcome_rows(split, "after")
+    write_jsonl(run.answers, lines)
     evaluation = {
         "stage": "sft",
         "steps": 0,

@@ -73,11 +73,20 @@ def per_example(folder: Path, stage: str, when: str = "after") -> PerExample:
     return found
 
 
-def interval(value: float | None, n: int | None, examples: list[float] | None, rate: bool) -> dict[str, Any]:
-    """A metric with its n and 95% interval: Wilson for a rate, a bootstrap over examples for a mean
-    (F1); "n/a" for the interval when it cannot be computed (no n, or no per-example values)."""
+def interval(
+    value: float | None,
+    n: int | None,
+    examples: list[float] | None,
+    rate: bool,
+    given: Any = None,
+) -> dict[str, Any]:
+    """A metric with its n and 95% interval: the run's own (`given`, eval.json's `<metric>_ci`), else
+    Wilson for a rate, a bootstrap over examples for a mean (F1); "n/a" for the interval when it cannot
+    be computed (no n, or no per-example values)."""
     if value is None:
         return {"value": NA, "n": _or_na(n), "low": NA, "high": NA}
+    if isinstance(given, list) and len(given) == 2 and all(_number(b) is not None for b in given):
+        return {"value": value, "n": _or_na(n), "low": given[0], "high": given[1], "method": "the run's"}
     if rate and n:
         estimate = wilson_interval(round(value * n), n)
         return {"value": value, "n": n, "low": estimate.low, "high": estimate.high, "method": "wilson"}
@@ -123,8 +132,10 @@ def task_numbers(evaluation: dict[str, Any], stage: str, folder: Path) -> dict[s
         secondary: interval(None, n, None, False),
     }
     out["validation.after"] = {
-        primary: interval(_number(validation.get(primary)), n, None, rate=True),
-        secondary: interval(_number(validation.get(secondary)), n, None, rate=False),
+        primary: interval(_number(validation.get(primary)), n, None, True, validation.get(f"{primary}_ci")),
+        secondary: interval(
+            _number(validation.get(secondary)), n, None, False, validation.get(f"{secondary}_ci")
+        ),
     }
     return out
 
