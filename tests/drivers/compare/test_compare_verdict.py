@@ -105,6 +105,6 @@ def test_transfer_verdict_words_only_measurable_differences():
     baselines = {"base zero-shot": 0.1, "few-shot": 0.5, "from scratch": None}
     comparisons = {"base zero-shot": comparison(0.6, 0.5, 0.7), "few-shot": comparison(0.2, -0.1, 0.4)}
     assert transfer_verdict(0.7, baselines, comparisons) == (
-        "beats base zero-shot (70.0% vs 10.0%); no measurable difference from few-shot (70.0% vs 50.0%)"
+        "beats base zero-shot (70.0% vs 10.0%); no measurable difference vs few-shot (70.0% vs 50.0%)"
     )
     assert transfer_verdict(None, baselines, comparisons) == "n/a"

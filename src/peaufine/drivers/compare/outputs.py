@@ -82,7 +82,7 @@ def table_rows(data: dict[str, Any], transfer: bool = True) -> tuple[list[str], 
                 *([arm.get("transfer", {}).get("verdict", NA)] if transfer else []),
                 _plain(cost["trainable_parameters"]),
                 _plain(cost["peak_rss_mb"], ".0f"),
-                _plain(cost["train_seconds"], ".0f"),
+                _plain(cost["train_seconds"], ".3g"),
                 _plain(cost["tokens_per_second"], ".0f"),
                 _plain(arm["hp_sensitivity"]["value"]),
                 *[

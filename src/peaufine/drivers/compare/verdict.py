@@ -136,7 +136,7 @@ def transfer_verdict(
             word = "beats" if found["difference"] > 0 else "loses to"
             parts.append(f"{word} {name} ({arm:.1%} vs {value:.1%})")
         elif found is not None:
-            parts.append(f"no measurable difference from {name} ({arm:.1%} vs {value:.1%})")
+            parts.append(f"no measurable difference vs {name} ({arm:.1%} vs {value:.1%})")
         else:
             parts.append(f"{arm:.1%} vs {name} {value:.1%} (not paired)")
     return "; ".join(parts) if parts else "n/a"
