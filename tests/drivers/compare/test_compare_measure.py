@@ -101,3 +101,16 @@ def test_a_stage_without_a_task_metric_is_na(tmp_path):
 def test_spread_needs_two_values():
     assert spread([0.5, None, 0.2, 0.4]) == pytest.approx(0.3)
     assert spread([0.5, None]) == NA
+
+
+def test_an_arm_that_trained_every_parameter_under_a_partial_strategy_is_flagged():
+    from peaufine.drivers.compare.run import ignored_strategy
+
+    def entry(strategy, trainable, total=100):
+        return {"strategy": strategy, "cost": {"trainable_parameters": trainable, "total_parameters": total}}
+
+    assert "lora strategy's settings" in ignored_strategy(entry("lora", 100))
+    assert ignored_strategy(entry("lora", 10)) is None
+    assert ignored_strategy(entry("full", 100)) is None
+    assert ignored_strategy(entry("scratch", 100)) is None
+    assert ignored_strategy(entry("freeze", NA)) is None

@@ -344,6 +344,10 @@ def measure_study(
     rows = {name: verdict_row(name, entry, comparisons, reference) for name, entry in arms.items()}
     for name, entry in arms.items():
         entry["verdict"] = verdict(rows[name], rows.get(reference) if reference else None)
+        ignored = ignored_strategy(entry)
+        if ignored:
+            entry["warning"] = ignored
+            entry["verdict"] += f" (WARNING: {ignored})"
     return {
         "study": study.name,
         "source": loaded.source,
@@ -482,3 +486,23 @@ def _failure(entry: dict[str, Any]) -> str | None:
     if entry["status"] != "failed" or _main_value(entry) is not None:
         return None
     return "; ".join(f"{key}: {error}" for key, error in entry["errors"].items()) or "failed"
+
+
+# The strategies that train only part of the model: a run of one that trained every parameter did not
+# apply the strategy (a stage that ignores model.adapter or model.freeze), and its numbers are full
+# fine-tuning's under another name.
+PARTIAL = ("freeze", "lora", "dora", "bottleneck", "ia3", "prompt_tuning")
+
+
+def ignored_strategy(entry: dict[str, Any]) -> str | None:
+    """What is wrong when an arm of a partial strategy trained every parameter; None otherwise."""
+    cost = entry["cost"]
+    trainable, total = cost["trainable_parameters"], cost["total_parameters"]
+    if entry["strategy"] not in PARTIAL or not isinstance(trainable, int) or not isinstance(total, int):
+        return None
+    if trainable == 0 or trainable < total:
+        return None
+    return (
+        f"every parameter trained ({trainable:,}): the stage did not apply the {entry['strategy']} "
+        "strategy's settings, so this arm is full fine-tuning"
+    )
