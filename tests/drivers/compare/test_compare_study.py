@@ -115,6 +115,8 @@ def test_the_packaged_world_studies_validate(name, tmp_path):
         "scratch",
     }
     assert plan.base is not None and not (tmp_path / "out").exists()
+    assert not plan.searching  # one packaged LR per arm, unless --search
+    assert check_study(loaded, tmp_path / "out", search=True).searching
 
 
 def test_each_strategy_sets_its_keys_and_the_budget_is_the_same_for_every_arm(tmp_path):

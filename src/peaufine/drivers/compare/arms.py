@@ -51,7 +51,7 @@ STRATEGY_KEYS: dict[str, dict[str, Any]] = {
 # How each strategy reads in a table and a verdict.
 LABELS: dict[str, str] = {
     "full": "full fine-tuning",
-    "freeze": "frozen lower half",
+    "freeze": "frozen embeddings and lower half",
     "lora": "LoRA r=8",
     "dora": "DoRA r=8",
     "bottleneck": "bottleneck adapters",

@@ -97,7 +97,7 @@ def check_study(loaded: LoadedStudy, out: Path, search: bool | None) -> Plan:
     """Everything a study can get wrong, refused before OUT exists: the base and every arm's recipe
     (at every fraction, seed and LR it will run with), the task's data, and what OUT holds."""
     study, source = loaded.study, loaded.source
-    searching = study.search is not None if search is None else search
+    searching = (study.search is not None and study.search.enabled) if search is None else search
     if searching and study.search is None:
         study.search = Search()
     base = None

@@ -54,6 +54,9 @@ class Budget(Block):
 
 
 class Search(Block):
+    enabled: bool = Field(
+        True, description="search unless told not to (--no-search); false: only with --search"
+    )
     lrs_per_arm: int = Field(3, ge=2, description="points of each arm's LR grid")
     fraction: float = Field(1.0, gt=0.0, le=1.0, description="the data fraction the search runs at")
 
