@@ -1,6 +1,5 @@
-"""The numbers of each arm, read from its finished runs: the task metric with its n and 95% interval,
-overfitting, forgetting, transfer, cost, HP sensitivity and the learning curve; and arm-vs-arm paired
-differences, which alone decide a ranking."""
+"""Each arm's numbers read from its finished runs (task metric with n and 95% interval, overfitting,
+forgetting, cost), and arm-vs-arm paired differences, which alone decide a ranking."""
 
 # Everything here reads files (eval.json, budget.json, metrics.jsonl, answers.jsonl / predictions.jsonl
 # and the runner's process records) and returns plain dicts: compare.json is their union. A number the
@@ -17,6 +16,7 @@ from typing import Any
 
 from peaufine.evaluate.stats import bootstrap_interval, mcnemar_exact, paired_bootstrap, wilson_interval
 from peaufine.results import run_metrics
+from peaufine.rundir import RunDir
 
 NA = "n/a"
 # Two-sided 95% Student t quantiles by degrees of freedom: a mean over a few seeds has a wide interval.
@@ -171,7 +171,7 @@ def forgetting_numbers(evaluation: dict[str, Any], stage: str, strategy: str) ->
 
 
 def cost_numbers(folder: Path, evaluation: dict[str, Any], process: dict[str, Any] | None) -> dict[str, Any]:
-    budget = _json(Path(folder) / "budget.json") or {}
+    budget = _json(RunDir(Path(folder)).budget) or {}
     parameters = budget.get("parameters") or {}
     seconds = _number(evaluation.get("train_seconds"))
     if seconds is None:
@@ -190,8 +190,9 @@ def cost_numbers(folder: Path, evaluation: dict[str, Any], process: dict[str, An
 
 def run_summary(folder: Path, stage: str, strategy: str, process: dict[str, Any] | None) -> dict[str, Any]:
     """Everything one finished run contributes to its arm's row."""
-    evaluation = _json(Path(folder) / "eval.json") or {}
-    metrics = run_metrics(folder) if (Path(folder) / "eval.json").is_file() else {}
+    run = RunDir(Path(folder))
+    evaluation = _json(run.eval) or {}
+    metrics = run_metrics(folder) if run.eval.is_file() else {}
     return {
         "task": task_numbers(evaluation, stage, folder),
         "val_loss": _or_na(_number(metrics.get("val_loss"))),

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peaufine.atomic import write_text_atomic
-from peaufine.rundir import RunMarker, finished_with, write_json
+from peaufine.rundir import RunDir, RunMarker, finished_with, write_json
 
 if TYPE_CHECKING:
     from peaufine.drivers.compare.arms import ArmRun
@@ -64,10 +64,9 @@ def start_flag(folder: Path, recipe_yaml: str) -> str | None:
     if not folder.exists():
         return None
     marker = RunMarker.read(folder)
-    checkpoints = folder / "checkpoints"
-    same = (folder / "recipe.yaml").is_file() and (folder / "recipe.yaml").read_text(
-        encoding="utf-8"
-    ) == recipe_yaml
+    run = RunDir(folder)
+    checkpoints = run.checkpoints
+    same = run.recipe.is_file() and run.recipe.read_text(encoding="utf-8") == recipe_yaml
     if marker is not None and same and checkpoints.is_dir() and any(checkpoints.iterdir()):
         return "--resume"
     return "--overwrite"
