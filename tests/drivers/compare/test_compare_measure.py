@@ -114,3 +114,19 @@ def test_an_arm_that_trained_every_parameter_under_a_partial_strategy_is_flagged
     assert ignored_strategy(entry("full", 100)) is None
     assert ignored_strategy(entry("scratch", 100)) is None
     assert ignored_strategy(entry("freeze", NA)) is None
+
+
+def test_an_adapter_of_another_kind_than_the_strategy_is_flagged(tmp_path):
+    from peaufine.drivers.compare.run import adapter_mismatch
+
+    def run(name, peft_type):
+        folder = tmp_path / name
+        (folder / "adapter").mkdir(parents=True)
+        (folder / "adapter" / "adapter_config.json").write_text(json.dumps({"peft_type": peft_type}))
+        return folder
+
+    assert "saved a LORA adapter, not ia3" in adapter_mismatch(run("a", "LORA"), "ia3")
+    assert "not bottleneck" in adapter_mismatch(run("b", "LORA"), "bottleneck")
+    assert adapter_mismatch(run("c", "IA3"), "ia3") is None
+    assert adapter_mismatch(run("d", "LORA"), "dora") is None
+    assert adapter_mismatch(tmp_path / "no-adapter", "lora") is None

@@ -7,6 +7,7 @@ when asked, run every arm x fraction x seed, and measure them into compare.json.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from peaufine.engine.track import Tracker
 from peaufine.errors import PeaufineError, RecipeError
 from peaufine.models.build import minilm_path, resolve_source
 from peaufine.recipe import validate_recipe
-from peaufine.rundir import refuse_strangers, write_json
+from peaufine.rundir import RunDir, refuse_strangers, write_json
 from peaufine.stages import check_stage
 
 if TYPE_CHECKING:
@@ -344,7 +345,8 @@ def measure_study(
     rows = {name: verdict_row(name, entry, comparisons, reference) for name, entry in arms.items()}
     for name, entry in arms.items():
         entry["verdict"] = verdict(rows[name], rows.get(reference) if reference else None)
-        ignored = ignored_strategy(entry)
+        folder = main_runs[name].fold_folders[0] if name in main_runs else None
+        ignored = ignored_strategy(entry) or (adapter_mismatch(folder, entry["strategy"]) if folder else None)
         if ignored:
             entry["warning"] = ignored
             entry["verdict"] += f" (WARNING: {ignored})"
@@ -506,3 +508,21 @@ def ignored_strategy(entry: dict[str, Any]) -> str | None:
         f"every parameter trained ({trainable:,}): the stage did not apply the {entry['strategy']} "
         "strategy's settings, so this arm is full fine-tuning"
     )
+
+
+# The PEFT type a strategy's run saves in adapter/adapter_config.json (bottleneck adapters are
+# peaufine's own: any type but LoRA's).
+PEFT_TYPES = {"lora": "LORA", "dora": "LORA", "ia3": "IA3", "prompt_tuning": "PROMPT_TUNING"}
+
+
+def adapter_mismatch(folder: Path, strategy: str) -> str | None:
+    """What is wrong when the run's saved adapter is of another kind than its strategy (a peaufine
+    whose stage trains LoRA for a kind it does not know yet); None when it matches or is not PEFT's."""
+    config = RunDir(folder).adapter / "adapter_config.json"
+    if strategy not in (*PEFT_TYPES, "bottleneck") or not config.is_file():
+        return None
+    saved = json.loads(config.read_text(encoding="utf-8")).get("peft_type")
+    expected = PEFT_TYPES.get(strategy)
+    if saved is None or saved == expected or (strategy == "bottleneck" and saved != "LORA"):
+        return None
+    return f"the run saved a {saved} adapter, not {strategy}: the stage did not apply this strategy"
