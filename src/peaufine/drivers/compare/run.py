@@ -365,6 +365,9 @@ def measure_study(
         "search": study.search.model_dump() if plan.searching and study.search else None,
         "reference": reference,
         "arms": arms,
+        # arm-vs-arm differences pair the runs at the largest fraction and the first seed (a seed
+        # draws its own validation split, so runs of two seeds share no questions)
+        "paired_on": {"fraction": main, "seed": seed0, "split": "validation"},
         "comparisons": comparisons,
         "ranking": tiers,
         "ties": [tier for tier in tiers if len(tier) > 1],
