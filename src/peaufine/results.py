@@ -112,6 +112,7 @@ class SftResults(StageResults):
     forgetting: Block = ABSENT  # evaluate.forgetting's report and verdict
     answers: Block = ABSENT  # per split: before / after (/ from_scratch) exact match and F1
     transfer: Block = ABSENT  # task_val_loss per model, verdict
+    leakage: Block = ABSENT  # per evaluation split: evaluate.leakage's exact and 8-gram overlap with train
 
 
 @dataclass
@@ -123,8 +124,10 @@ class ClassifyResults(StageResults):
         ("macro F1", "validation.macro_f1"),
         ("Pearson r", "validation.pearson_r"),
     )
-    validation: Block = ABSENT  # accuracy, macro F1, confusion (or MSE, Pearson r)
+    validation: Block = ABSENT  # accuracy, macro F1, confusion (or MSE, Pearson r), with intervals
     from_scratch: Block = ABSENT  # the same architecture trained from scratch
+    transfer: Block = ABSENT  # fine-tuned vs from scratch, paired on the same examples, and its verdict
+    leakage: Block = ABSENT  # validation: evaluate.leakage's exact and 8-gram overlap with train
 
 
 @dataclass

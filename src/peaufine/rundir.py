@@ -35,9 +35,14 @@ RUN_FILES = (RECIPE, ENV, METRICS, EVAL, PREPARED, BUDGET, LOSS_PLOT, MARKER)
 # the layout's folders, and the report: with RUN_FILES, what any run may hold whatever its stage
 RUN_FOLDERS = ("model", "adapter", "checkpoints", "tokenizer", "data", "world", "tensorboard")
 REPORT = "report.html"
+# per-example outcomes, which paired tests (before/after, arm against arm) pair question by question:
+# sft's answers (split, when, question, answer, prediction, exact, f1) and classify's predictions
+# (split, index, label, prediction, correct)
+ANSWERS = "answers.jsonl"
+PREDICTIONS = "predictions.jsonl"
 # what some stages and the tracking sinks write beside the layout (mlflow.db: track.mlflow's default
-# store; rl: samples, its plot and PPO's value head; sft: its chat template and first example); the
-# report's plots
+# store; rl: samples, its plot and PPO's value head; sft: its chat template and first example; sft and
+# classify: their per-example outcomes); the report's plots
 STAGE_FILES = (
     "mlflow.db",
     "samples.jsonl",
@@ -45,6 +50,8 @@ STAGE_FILES = (
     "value_head.safetensors",
     "chat_template.jinja",
     "first_example.txt",
+    ANSWERS,
+    PREDICTIONS,
 )
 _REPORT_PLOT = re.compile(r"^report-[\w-]+\.png$")
 # what a write renamed into place leaves while it writes (atomic.write_text_atomic, the model and
@@ -219,6 +226,14 @@ class RunDir:
     @property
     def loss_plot(self) -> Path:
         return self.path / LOSS_PLOT
+
+    @property
+    def answers(self) -> Path:
+        return self.path / ANSWERS
+
+    @property
+    def predictions(self) -> Path:
+        return self.path / PREDICTIONS
 
 
 def finished_with(path: Path, recipe_yaml: str) -> bool:
@@ -399,6 +414,11 @@ def commit_staging(staging: Path, target: Path) -> None:
 def write_json(path: Path, data: Any) -> None:
 
     write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """One JSON object a line, atomically (per-example outcomes: answers.jsonl, predictions.jsonl)."""
+    write_text_atomic(path, "".join(json.dumps(row, default=str) + "\n" for row in rows))
 
 
 def read_metrics(path: Path, *, torn_tail: bool = False) -> list[dict[str, Any]]:

@@ -64,3 +64,25 @@ def test_the_recipe_refuses_a_fold_that_does_not_exist():
         validate_recipe({"data": {"cross_validation": {"folds": 3, "fold": 3}}})
     with pytest.raises(RecipeError, match="cross_validation"):
         validate_recipe({"data": {"cross_validation": {"folds": 1}}})
+
+
+def test_training_subset_is_seeded_nested_and_keeps_file_order():
+    from peaufine.data.folds import training_subset
+
+    records = list(range(100))
+    tenth, third = training_subset(records, 0.1, 0), training_subset(records, 0.3, 0)
+    assert len(tenth) == 10 and len(third) == 30
+    assert set(tenth) < set(third)  # a smaller fraction is a subset of a larger one
+    assert tenth == sorted(tenth)  # file order
+    assert training_subset(records, 0.1, 0) == tenth  # the same draw for the same seed
+    assert training_subset(records, 0.1, 1) != tenth  # another seed, another draw
+    assert tenth != list(range(10))  # shuffled, not the file's first tenth
+    assert training_subset(records, 1.0, 0) == records
+    assert training_subset(records[:3], 0.01, 0) != []  # at least one example
+
+
+def test_train_fraction_is_a_recipe_key_in_0_1():
+    assert validate_recipe({"data": {"train_fraction": 0.3}}).data.train_fraction == 0.3
+    for bad in (0.0, 1.5):
+        with pytest.raises(RecipeError, match=r"data\.train_fraction"):
+            validate_recipe({"data": {"train_fraction": bad}})

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from peaufine.evaluate.answers import AnswerMetrics, exact_match, normalize_answer, score_answers, token_f1
+from peaufine.evaluate.answers import (
+    AnswerMetrics,
+    answer_changes,
+    exact_match,
+    normalize_answer,
+    score_answers,
+    token_f1,
+)
 
 
 # -- normalize_answer ---------------------------------------------------------------------------------
@@ -120,3 +127,45 @@ def test_as_dict_keeps_the_first_ten_samples():
     assert d["n"] == n and d["exact_match"] == 1.0 and d["f1"] == 1.0
     assert len(d["samples"]) == 10 and d["samples"][0]["prediction"] == "w0"
     assert len(metrics.samples) == n
+
+
+# -- intervals, per-question outcomes and paired changes (issue 14) ----------------------------------
+def test_answer_metrics_carry_their_intervals_and_outcomes():
+    metrics = score_answers(["Paris", "the big cat", "x"], ["paris", "cat", "y"], ["q1", "q2", "q3"])
+    assert metrics.exact == [True, False, False]
+    assert metrics.f1_scores == pytest.approx([1.0, 2 / 3, 0.0])
+    figures = metrics.as_dict()
+    # Wilson for 1 of 3, from its closed form; F1's bootstrap interval holds its mean
+    z2 = 1.959963984540054**2
+    centre, half = (1 / 3 + z2 / 6) / (1 + z2 / 3), (z2**0.5 / (1 + z2 / 3)) * ((2 / 27) + z2 / 36) ** 0.5
+    assert figures["exact_match_ci"] == pytest.approx([centre - half, centre + half])
+    low, high = figures["f1_ci"]
+    assert 0.0 <= low <= 5 / 9 <= high <= 1.0
+    assert metrics.outcome_rows("validation", "after")[1] == {
+        "split": "validation",
+        "when": "after",
+        "question": "q2",
+        "answer": "cat",
+        "prediction": "the big cat",
+        "exact": False,
+        "f1": pytest.approx(2 / 3),
+    }
+    # no questions: no interval to give
+    assert "exact_match_ci" not in score_answers([], [], []).as_dict()
+
+
+def test_answer_changes_pair_the_same_questions():
+    golds = [f"a{i}" for i in range(12)]
+    questions = [f"q{i}" for i in range(12)]
+    before = score_answers(["wrong"] * 12, golds, questions)
+    after = score_answers(golds, golds, questions)
+    change = answer_changes(before, after, "validation, after vs before")
+    assert change is not None
+    exact = change["exact_match"]
+    assert exact["method"] == "mcnemar" and exact["difference"] == 1.0 and exact["measurable"] is True
+    assert exact["p_value"] == pytest.approx(2 / 2**12)
+    assert exact["wording"].startswith("exact match (validation, after vs before): better by 100.0 points")
+    assert change["f1"]["method"] == "paired_bootstrap"
+    # other questions cannot be paired
+    elsewhere = score_answers(golds, golds, [f"other{i}" for i in range(12)])
+    assert answer_changes(before, elsewhere, "x") is None

@@ -10,6 +10,7 @@ import pytest
 from peaufine.data.world import Probe
 from peaufine.evaluate import recall
 from peaufine.evaluate.recall import RecallResult, completes_with, fact_recall
+from peaufine.evaluate.stats import wilson_interval
 
 
 @pytest.mark.parametrize(
@@ -73,6 +74,10 @@ def test_recall_result_accuracy_and_dict():
     d = result.as_dict()
     assert d["by_relation"] == {"capital": {"correct": 2, "total": 3}, "river": {"correct": 1, "total": 1}}
     assert len(d["misses"]) == 20 and d["misses"][0] == {"prompt": "p", "answer": "a", "completion": "c"}
+    # 3 of 4 with Wilson's interval (issue 14); none recalled of none has no interval
+    wilson = wilson_interval(3, 4)
+    assert d["accuracy_ci"] == [wilson.low, wilson.high]
+    assert "accuracy_ci" not in RecallResult(correct=0, total=0).as_dict()
 
 
 def test_fact_recall_counts_by_relation_with_a_fake_generator(monkeypatch):

@@ -7,7 +7,8 @@ import itertools
 
 import pytest
 
-from peaufine.evaluate.sft import transfer_verdict
+from peaufine.evaluate.sft import transfer_report, transfer_verdict
+from peaufine.evaluate.stats import PairedComparison
 
 
 def test_all_better():
@@ -94,3 +95,39 @@ def test_a_difference_smaller_than_the_printed_precision_still_decides():
     # 1.00001 < 1.00002 although both print as 1.0000
     verdict = transfer_verdict({"fine_tuned": 1.00001, "from_scratch": 1.00002})
     assert verdict == "positive transfer: fine-tuned 1.0000 < from scratch 1.0000"
+
+
+def _comparison(low: float, high: float) -> PairedComparison:
+    return PairedComparison(
+        difference=(low + high) / 2, low=low, high=high, n=30, p_value=None, method="paired_bootstrap"
+    )
+
+
+def test_a_comparison_whose_interval_includes_zero_is_no_measurable_difference():
+    figures = {"fine_tuned": 1.0, "from_scratch": 2.0, "base_zero_shot": 3.0, "base_few_shot": 2.5}
+    paired = {
+        "from_scratch": _comparison(-1.5, 0.2),  # includes 0: a tie, whatever the point estimates say
+        "base_zero_shot": _comparison(-2.5, -1.5),  # excludes 0: the verdict stands
+        "base_few_shot": _comparison(-0.1, 0.1),
+    }
+    assert transfer_verdict(figures, paired) == (
+        "no measurable transfer: fine-tuned 1.0000 vs from scratch 2.0000 "
+        "(95% CI of the difference -1.5000 to +0.2000); "
+        "fine-tuning improved on the base model zero-shot (3.0000); "
+        "no measurable difference from 2.5000 with in-context examples "
+        "(95% CI of the difference -0.1000 to +0.1000)"
+    )
+    # without paired losses the verdict is the point comparison, as before
+    assert transfer_verdict(figures).startswith("positive transfer")
+
+
+def test_transfer_report_carries_each_paired_comparison_with_its_wording():
+    figures = {"fine_tuned": 1.0, "base_zero_shot": 3.0}
+    block = transfer_report(figures, 30, {"base_zero_shot": _comparison(-2.5, -1.5)})
+    paired = block["paired"]["base_zero_shot"]
+    assert paired["measurable"] is True and paired["n"] == 30
+    assert paired["wording"] == (
+        "task validation loss, fine-tuned vs the base model zero-shot: better by 2.000 nats "
+        "(95% CI -2.500 to -1.500, paired bootstrap, n=30)"
+    )
+    assert "paired" not in transfer_report(figures, 30)

@@ -161,3 +161,31 @@ def test_a_model_without_checkpointing_support_is_a_recipe_error():
     with pytest.raises(RecipeError, match=r"train\.activation_checkpointing"):
         enable_activation_checkpointing(Plain())
     assert prepare_for_training(Plain(), TrainBlock()) is not None  # off: nothing is asked of it
+
+
+def test_scratch_init_is_the_same_architecture_with_seeded_random_weights(tmp_path):
+    """model.init: scratch (random_like): the folder's architecture, none of its weights; one seed, one
+    model."""
+    from peaufine.models.build import random_like
+
+    pretrained = tiny_llama(seed=0)
+    with torch.no_grad():
+        for p in pretrained.parameters():
+            p.add_(1.0)  # far from any fresh initialisation
+    pretrained.save_pretrained(tmp_path / "base")
+    first, again = (
+        random_like(tmp_path / "base", False, seed=5),
+        random_like(tmp_path / "base", False, seed=5),
+    )
+    other = random_like(tmp_path / "base", False, seed=6)
+    assert (
+        type(first) is type(pretrained)
+        and first.config.num_hidden_layers == pretrained.config.num_hidden_layers
+    )
+    names = dict(pretrained.named_parameters())
+    for name, p in first.named_parameters():
+        assert p.shape == names[name].shape
+        assert torch.equal(p, dict(again.named_parameters())[name])
+    weight = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.allclose(dict(first.named_parameters())[weight], names[weight])
+    assert not torch.equal(dict(first.named_parameters())[weight], dict(other.named_parameters())[weight])

@@ -150,3 +150,113 @@ def test_classify_freezes_the_layers_it_is_told_to(tiny_decoder_dir, tmp_path):
     assert changed, "something trained"
     assert not any(name.startswith(("model.layers.0.", "model.embed_tokens")) for name in changed)
     assert "score.weight" in changed and any(name.startswith("model.norm") for name in changed)
+
+
+def test_scores_carry_intervals_predictions_are_written_and_transfer_is_paired(tiny_decoder_dir, tmp_path):
+    """eval.json's accuracy and macro-F1 carry their intervals; predictions.jsonl holds each validation
+    example's outcome in order; fine-tuned vs from scratch is McNemar on the same examples; the short
+    texts repeat across the split, and the leakage block says so."""
+    rng = random.Random(1)
+    rows = [
+        {"sentence": f"a {'good' if i % 2 else 'bad'} {rng.choice(['film', 'plot'])}", "label": i % 2}
+        for i in range(60)
+    ]
+    data = tmp_path / "sst.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    recipe = validate_recipe(
+        {
+            "stage": "classify",
+            "model": {"source": str(tiny_decoder_dir)},
+            "data": {
+                "source": str(data),
+                "text_field": "sentence",
+                "max_length": 16,
+                "validation_fraction": 0.25,
+            },
+            "train": {"max_steps": 3, "batch_size": 8, "lr": 3e-3, "warmup_steps": 0, "device": "cpu"},
+            "eval": {"every": 3, "transfer": {"from_scratch": True}},
+        }
+    )
+    evaluation = run_classify(recipe, tmp_path / "run").evaluation
+    scores = evaluation["validation"]
+    n = scores["examples"]
+    low, high = scores["accuracy_ci"]
+    assert 0.0 <= low <= scores["accuracy"] <= high <= 1.0
+    low, high = scores["macro_f1_ci"]
+    assert low <= scores["macro_f1"] <= high
+    predictions = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    assert [p["index"] for p in predictions] == list(range(n))
+    assert set(predictions[0]) == {"split", "index", "label", "prediction", "correct"}
+    assert sum(p["correct"] for p in predictions) / n == pytest.approx(scores["accuracy"])
+    transfer = evaluation["transfer"]["accuracy"]
+    assert transfer["method"] == "mcnemar" and transfer["n"] == n
+    assert transfer["difference"] == pytest.approx(
+        scores["accuracy"] - evaluation["from_scratch"]["accuracy"]
+    )
+    assert evaluation["transfer"]["verdict"] == transfer["wording"]
+    assert evaluation["transfer"]["verdict"].startswith("accuracy, fine-tuned vs from scratch: ")
+    leak = evaluation["leakage"]["validation"]
+    assert leak["exact_duplicates"] > 0 and leak["warning"] is True
+
+
+def _sentiment_file(tmp_path, n: int = 40):
+    rng = random.Random(0)
+    rows = [{"sentence": f"a {rng.choice(['good', 'bad'])} film {i}", "label": i % 2} for i in range(n)]
+    data = tmp_path / "sst.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return data
+
+
+def _tiny_run(tiny_decoder_dir, data, out, model=None, extra=None):
+    recipe = validate_recipe(
+        {
+            "stage": "classify",
+            "model": {"source": str(tiny_decoder_dir), **(model or {})},
+            "data": {
+                "source": str(data),
+                "text_field": "sentence",
+                "max_length": 16,
+                "validation_fraction": 0.25,
+                **(extra or {}),
+            },
+            # seed 3: the fixture's base is itself a seed-0 random model, which scratch would equal
+            "train": {
+                "max_steps": 1,
+                "batch_size": 4,
+                "lr": 1e-9,
+                "warmup_steps": 0,
+                "device": "cpu",
+                "seed": 3,
+            },
+            "eval": {"every": 1},
+        }
+    )
+    run_classify(recipe, out)
+    return out
+
+
+def test_train_fraction_and_scratch_init_in_classify(tiny_decoder_dir, tmp_path):
+    """data.train_fraction trains on a subset with the same validation; model.init: scratch starts from
+    random weights (the pretrained run stays at the base's weights after a step of lr 1e-9)."""
+    from safetensors.torch import load_file
+
+    data = _sentiment_file(tmp_path)
+    whole = _tiny_run(tiny_decoder_dir, data, tmp_path / "whole")
+    half = _tiny_run(tiny_decoder_dir, data, tmp_path / "half", extra={"train_fraction": 0.5})
+    scratch = _tiny_run(tiny_decoder_dir, data, tmp_path / "scratch", model={"init": "scratch"})
+    read = lambda run, name: (run / "data" / name).read_text(encoding="utf-8").splitlines()  # noqa: E731
+    assert read(half, "validation.jsonl") == read(whole, "validation.jsonl")
+    assert len(read(half, "train.jsonl")) == len(read(whole, "train.jsonl")) // 2
+    assert set(read(half, "train.jsonl")) < set(read(whole, "train.jsonl"))
+
+    base = load_file(tiny_decoder_dir / "model.safetensors")["model.embed_tokens.weight"]
+
+    def embedding(run):
+        weights = load_file(run / "model" / "model.safetensors")
+        return next(v for k, v in weights.items() if k.endswith("embed_tokens.weight"))
+
+    assert (embedding(whole) - base).abs().max() < 1e-5
+    assert (embedding(scratch) - base).abs().max() > 1e-2

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from peaufine.commands.eval import run_eval
 from peaufine.recipe import validate_recipe
 from peaufine.stages.pretrain import run_pretrain
 from peaufine.stages.sft import run_sft
@@ -101,8 +102,6 @@ def test_forgetting_is_flagged_and_lora_at_a_low_lr_forgets_less(base_run, tmp_p
     assert (tmp_path / "lora" / "model" / "model.safetensors").is_file()
 
     # `peaufine eval` measures the same on the saved models, against the base
-    from peaufine.commands.eval import run_eval
-
     measured = run_eval(
         str(tmp_path / "full"),
         str(data),
@@ -148,6 +147,12 @@ def test_transfer_compares_with_the_same_model_trained_from_scratch(base_run, tm
     assert all(isinstance(v, float) for v in figures.values())
     assert figures["fine_tuned"] < figures["base_zero_shot"]
     expected = "positive transfer" if figures["fine_tuned"] < figures["from_scratch"] else "NEGATIVE transfer"
+    # paired on the same validation examples: a difference whose interval includes 0 is no transfer either way
+    paired = transfer["paired"]["from_scratch"]
+    assert paired["difference"] == pytest.approx(figures["fine_tuned"] - figures["from_scratch"], rel=1e-5)
+    assert set(transfer["paired"]) == {"from_scratch", "base_zero_shot", "base_few_shot"}
+    if not paired["measurable"]:
+        expected = "no measurable transfer"
     # a fifth of 40 records: the verdict is said to rest on too few, and keeps what was measured
     n = transfer["examples"]
     assert 0 < n < 20 and transfer["meaningful"] is False
@@ -184,3 +189,69 @@ def test_a_bottleneck_run_saves_base_and_adapter_and_a_later_stage_starts_where_
     second["model"]["adapter"] = {"kind": "lora"}
     with pytest.raises(RecipeError, match="kind: bottleneck"):
         check_recipe_models(validate_recipe(second))
+
+
+def test_answers_carry_intervals_paired_changes_and_per_question_outcomes(base_run, tmp_path):
+    """eval.json's answers: each rate with its interval, the before -> after change paired question by
+    question (McNemar, paired bootstrap) with its wording; answers.jsonl holds every outcome, and the
+    leakage block finds the validation records planted as copies of training records."""
+    data = digit_task(tmp_path / "digits.jsonl", 20)
+    rows = data.read_text(encoding="utf-8").splitlines()
+    data.write_text("\n".join(rows + rows) + "\n", encoding="utf-8")  # every record twice: leakage
+    recipe = sft_recipe(base_run, data, lr=3e-3, max_steps=4)
+    recipe["eval"]["answers"] = 5
+    run = tmp_path / "run"
+    evaluation = run_sft(validate_recipe(recipe), run).evaluation
+    validation = evaluation["answers"]["validation"]
+    for when in ("before", "after"):
+        figures = validation[when]
+        low, high = figures["exact_match_ci"]
+        assert 0.0 <= low <= figures["exact_match"] <= high <= 1.0 and figures["n"] == 5
+        low, high = figures["f1_ci"]
+        assert low <= figures["f1"] <= high
+    change = validation["change"]
+    assert change["exact_match"]["method"] == "mcnemar" and change["f1"]["method"] == "paired_bootstrap"
+    assert change["exact_match"]["n"] == 5
+    assert change["exact_match"]["difference"] == pytest.approx(
+        validation["after"]["exact_match"] - validation["before"]["exact_match"]
+    )
+    assert change["exact_match"]["wording"].startswith("exact match (validation, after vs before): ")
+    assert change["exact_match"]["wording"].endswith("n=5)")
+    outcomes = [json.loads(line) for line in (run / "answers.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [(o["split"], o["when"]) for o in outcomes] == [("validation", "before")] * 5 + [
+        ("validation", "after")
+    ] * 5
+    assert set(outcomes[0]) == {"split", "when", "question", "answer", "prediction", "exact", "f1"}
+    after = [o for o in outcomes if o["when"] == "after"]
+    assert sum(o["exact"] for o in after) / 5 == pytest.approx(validation["after"]["exact_match"])
+    leak = evaluation["leakage"]["validation"]
+    assert leak["warning"] is True and leak["exact_duplicates"] >= 1
+    # the task loss before and after with intervals over the validation examples, and its paired change
+    losses = evaluation["task_val_loss"]
+    assert losses["before_ci"][0] <= losses["before"] <= losses["before_ci"][1]
+    assert losses["after_ci"][0] <= losses["after"] <= losses["after_ci"][1]
+    assert losses["change"]["difference"] == pytest.approx(losses["after"] - losses["before"], rel=1e-5)
+    assert losses["change"]["wording"].startswith("task validation loss, after vs before: ")
+    forgetting = evaluation["forgetting"]
+    assert forgetting["loss_before_ci"][0] <= forgetting["loss_before"] <= forgetting["loss_before_ci"][1]
+    assert forgetting["change"]["difference"] == pytest.approx(
+        forgetting["loss_after"] - forgetting["loss_before"], rel=1e-5
+    )
+
+    # `peaufine eval` against the base: each model's rates with intervals, and the change paired
+    general = str(base_run.parent / "general.txt")
+    measured = run_eval(str(run), str(data), general=general, base=str(base_run), max_length=48, answers=5)
+    for key in ("task_loss", "general_loss"):
+        low, high = measured["model"][f"{key}_ci"]
+        assert low <= measured["model"][key] <= high
+        assert measured[f"{key}_change"]["difference"] == pytest.approx(
+            measured["model"][key] - measured["base"][key], rel=1e-5
+        )
+    for side in ("model", "base"):
+        low, high = measured[side]["answers"]["exact_match_ci"]
+        assert low <= measured[side]["answers"]["exact_match"] <= high
+    paired = measured["answers_change"]["exact_match"]
+    assert paired["n"] == 5 and paired["wording"].startswith("exact match (model vs base): ")
+    assert paired["difference"] == pytest.approx(
+        measured["model"]["answers"]["exact_match"] - measured["base"]["answers"]["exact_match"]
+    )

@@ -8,15 +8,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from peaufine.data.batching import read_token_stream
+from peaufine.data.batching import PackedBlocks, PaddedExamples, read_token_stream
 from peaufine.data.corpus import tokenize_general
 from peaufine.data.records import load_chat_records
 from peaufine.data.tokenize import ensure_chat_template, tokenize_records
 from peaufine.engine.runtime import make_runtime
 from peaufine.errors import DataError, ModelError
-from peaufine.evaluate.answers import answer_questions
+from peaufine.evaluate.answers import answer_changes, answer_questions
+from peaufine.evaluate.example_losses import example_losses, loss_block
 from peaufine.evaluate.forgetting import forgetting_report, general_blocks, general_loss
 from peaufine.evaluate.sft import task_loss
+from peaufine.evaluate.stats import describe_change
 from peaufine.models.build import load_pretrained, resolve_source
 from peaufine.models.folders import check_model_folder
 from peaufine.models.tokenizer import load_tokenizer
@@ -40,8 +42,11 @@ def measure_model(
     data_format: str = "auto",
     max_length: int = 512,
     answers: int = 200,
+    outcomes: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Every figure for one model: task loss and answers (with `data`), general loss (with `general`)."""
+    """Every figure for one model: task loss and answers (with `data`), general loss (with `general`),
+    each with its 95% interval. `outcomes`, when given, receives the per-example values ("answers":
+    AnswerMetrics; "task_loss", "general_loss": ExampleLosses) for pairing a model with its base."""
 
     directory = _model_dir(model_path)
     runtime = make_runtime(TrainBlock())
@@ -57,9 +62,16 @@ def measure_model(
         )
         figures["task_loss"] = task_loss(model, examples, runtime, pad_id)
         figures["task_examples"] = len(examples)
+        losses = example_losses(model, PaddedExamples(examples, pad_id), runtime)
+        figures["task_loss_ci"] = loss_block(losses).get("ci")
+        if outcomes is not None:
+            outcomes["task_loss"] = losses
         if answers:
             conversations = [r.messages for r in records[:answers]]
-            figures["answers"] = answer_questions(model, tokenizer, conversations).as_dict()
+            metrics = answer_questions(model, tokenizer, conversations)
+            figures["answers"] = metrics.as_dict()
+            if outcomes is not None:
+                outcomes["answers"] = metrics
     if general is not None:
         with tempfile.TemporaryDirectory() as tmp:
             stream = read_token_stream(tokenize_general(tokenizer, general, Path(tmp) / "general.bin"))
@@ -72,6 +84,10 @@ def measure_model(
                 )
             loss = general_loss(model, stream, runtime, max_length, None)
             figures["general_blocks"] = general_blocks(stream, max_length, None)
+            blocks = example_losses(model, PackedBlocks(stream, max_length), runtime)
+            figures["general_loss_ci"] = loss_block(blocks).get("ci")
+            if outcomes is not None:
+                outcomes["general_loss"] = blocks
         figures["general_loss"] = loss
         figures["general_perplexity"] = math.exp(loss)
     return figures
@@ -94,15 +110,41 @@ def run_eval(
     for path in (model_path, base):  # both checked before either is measured
         if path is not None:
             _model_dir(path)
+    tuned: dict[str, Any] = {}
     result: dict[str, Any] = {
         "model": measure_model(
-            model_path, data, general, data_format=data_format, max_length=max_length, answers=answers
+            model_path,
+            data,
+            general,
+            data_format=data_format,
+            max_length=max_length,
+            answers=answers,
+            outcomes=tuned,
         )
     }
     if base is not None:
+        untuned: dict[str, Any] = {}
         result["base"] = measure_model(
-            base, data, general, data_format=data_format, max_length=max_length, answers=answers
+            base,
+            data,
+            general,
+            data_format=data_format,
+            max_length=max_length,
+            answers=answers,
+            outcomes=untuned,
         )
+        if "answers" in tuned and "answers" in untuned:
+            # the same questions for both: the model minus its base, paired question by question
+            change = answer_changes(untuned["answers"], tuned["answers"], "model vs base")
+            if change is not None:
+                result["answers_change"] = change
+        for key, what in (("task_loss", "task loss"), ("general_loss", "general-text loss")):
+            if key in tuned and key in untuned and len(tuned[key].sums) == len(untuned[key].sums):
+                comparison = tuned[key].minus(untuned[key])
+                wording = describe_change(
+                    comparison, what=f"{what}, model vs base", unit="nats", higher_is_better=False
+                )
+                result[f"{key}_change"] = {**comparison.as_dict(), "wording": wording}
         if general is not None:
             report = forgetting_report(
                 general,

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from peaufine.errors import DataError
 
@@ -70,3 +70,19 @@ def fold_split(
     train = [item for item, key in zip(items, keys, strict=True) if of_group[key] != index]
     validation = [item for item, key in zip(items, keys, strict=True) if of_group[key] == index]
     return train, validation
+
+
+def training_subset(records: list[Any], fraction: float, seed: int) -> list[Any]:
+    """The first `fraction` of `records` in a seeded shuffle (round(n * fraction), at least 1), in file
+    order: data.train_fraction's learning curve. The shuffle does not depend on the fraction, so a
+    smaller fraction's examples are a subset of a larger one's; 1.0 returns every record unchanged."""
+    import numpy as np
+
+    if fraction >= 1.0 or not records:
+        return list(records)
+    n = len(records)
+    keep = min(n, max(1, round(n * fraction)))
+    # a stream of its own ([seed, 1]): independent of the validation split's draw from `seed`
+    order = np.argsort(np.random.PCG64([seed, 1]).random_raw(n), kind="stable")
+    chosen = set(order[:keep].tolist())
+    return [r for i, r in enumerate(records) if i in chosen]

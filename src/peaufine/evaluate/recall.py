@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from peaufine.evaluate.stats import wilson_interval
 from peaufine.models.generate import generate_texts
 
 if TYPE_CHECKING:
@@ -30,8 +31,10 @@ class RecallResult:
         return self.correct / self.total if self.total else 0.0
 
     def as_dict(self) -> dict[str, object]:
+        interval = wilson_interval(self.correct, self.total) if self.total else None
         return {
             "accuracy": self.accuracy,
+            **({"accuracy_ci": [interval.low, interval.high]} if interval is not None else {}),
             "correct": self.correct,
             "total": self.total,
             "by_relation": {k: {"correct": c, "total": t} for k, (c, t) in self.by_relation.items()},

@@ -282,10 +282,14 @@ def load_for_training(recipe: Recipe, model_dir: Path, runtime: Runtime) -> PreT
     import torch
 
     attention = attention_kernel(recipe.model.attention, runtime.device.type, runtime.precision)
-    continued = adapted_parts(model_dir) is not None  # check_adapted_source: the same kind goes on
-    model = load_pretrained(
-        model_dir, recipe.model.trust_remote_code, attention=attention, trainable_adapter=continued
-    )
+    # check_adapted_source: a pretrained base + adapter that cannot merge goes on with that adapter
+    continued = adapted_parts(model_dir) is not None and recipe.model.init != "scratch"
+    if recipe.model.init == "scratch":
+        model = random_like(model_dir, recipe.model.trust_remote_code, recipe.train.seed, attention)
+    else:
+        model = load_pretrained(
+            model_dir, recipe.model.trust_remote_code, attention=attention, trainable_adapter=continued
+        )
     apply_freeze(model, recipe.model.freeze)
     if not continued:
         # the adapter's random start (LoRA's A) from the recipe's seed: the same in every run, whatever
@@ -299,7 +303,7 @@ def check_adapted_source(directory: Path, recipe: Recipe, key: str = "model.sour
     """A stage starting from an adapted model (a base and an adapter that cannot merge) trains that
     adapter further: its recipe must name the same adapter kind, whose saved settings then apply."""
     parts = adapted_parts(directory)
-    if parts is None:
+    if parts is None or recipe.model.init == "scratch":  # scratch takes the architecture alone
         return
     kind = parts[2]
     if recipe.stage in ("classify", "reward"):
@@ -319,6 +323,21 @@ def check_adapted_source(directory: Path, recipe: Recipe, key: str = "model.sour
             f"method.dpo.reference: adapter would make the bare base of {directory} the reference, not "
             "the model this stage starts from; use reference: precomputed"
         )
+
+
+def random_like(
+    model_dir: Path, trust_remote_code: bool, seed: int, attention: str | None = None
+) -> PreTrainedModel:
+    """The causal LM architecture of `model_dir` with random weights drawn from `seed` (model.init:
+    scratch): what the same training reaches without pretraining."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    check_model_folder(model_dir, key="model.source", kind="causal_lm", trust_remote_code=trust_remote_code)
+    config = read_model_config(model_dir, trust_remote_code=trust_remote_code)
+    torch.manual_seed(seed)
+    kernel = {"attn_implementation": attention} if attention else {}
+    return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code, **kernel)
 
 
 def special_token_ids(model_dir: Path) -> list[int]:

@@ -10,8 +10,12 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from peaufine.evaluate.answers import change_wordings
+from peaufine.evaluate.leakage import leakage_lines
+from peaufine.evaluate.stats import rate_text
 from peaufine.results import (
     ABSENT,
+    ClassifyResults,
     DpoResults,
     PretrainResults,
     RewardResults,
@@ -48,7 +52,8 @@ def pretrain_summary(results: PretrainResults, run_dir: Path) -> Group:
     if recall:
         table.add_row(
             "fact recall (cloze, greedy)",
-            f"{recall['accuracy']:.1%} ({recall['correct']}/{recall['total']})",
+            f"{rate_text(recall['accuracy'], recall.get('accuracy_ci'))} "
+            f"({recall['correct']}/{recall['total']})",
         )
         for relation, counts in recall["by_relation"].items():
             table.add_row(f"  {relation}", f"{counts['correct']}/{counts['total']}")
@@ -77,6 +82,14 @@ def demo_summary(result: DemoResult) -> Group:
     return Group(*parts)
 
 
+def _loss(value: Any, interval: Any) -> str:
+    """A loss with its bootstrap interval when the run recorded one: '2.3140 [2.2010, 2.4300]'."""
+    shown = _fmt(value)
+    if isinstance(interval, list) and len(interval) == 2:
+        shown += f" [{interval[0]:.4f}, {interval[1]:.4f}]"
+    return shown
+
+
 def _pct(value: Any) -> str:
     return "-" if value is None else f"{value:.1%}"
 
@@ -85,15 +98,23 @@ def sft_summary(results: SftResults, run_dir: Path) -> Group:
     table = Table(title=f"sft: {run_dir}", show_header=False)
     table.add_row("steps", f"{results.steps:,}")
     losses = results.task_val_loss or {}
-    table.add_row("task validation loss", f"{_fmt(losses.get('before'))} -> {_fmt(losses.get('after'))}")
+    table.add_row(
+        "task validation loss",
+        f"{_loss(losses.get('before'), losses.get('before_ci'))} -> "
+        f"{_loss(losses.get('after'), losses.get('after_ci'))}"
+        + (f" (n={losses['n']})" if "n" in losses else ""),
+    )
+    changes: list[str] = []
     for split, figures in (results.answers or {}).items():
         before, after = figures.get("before") or {}, figures.get("after") or {}
-        table.add_row(
-            f"exact match ({split})",
-            f"{_pct(before.get('exact_match'))} -> {_pct(after.get('exact_match'))}"
-            f"  (F1 {_pct(before.get('f1'))} -> {_pct(after.get('f1'))}, n={after.get('n', 0)})",
-        )
-    parts: list[Any] = [table]
+        for label, key in (("exact match", "exact_match"), ("F1", "f1")):
+            table.add_row(f"{label} ({split})", rate_change(before, after, key))
+        changes += change_wordings(figures)
+    for block in (losses, results.forgetting or {}):
+        wording = (block.get("change") or {}).get("wording")
+        if wording:
+            changes.append(wording)
+    parts: list[Any] = [table, *(Text(line) for line in changes)]
     for key, block in (
         ("overfitting", results.overfitting),
         ("forgetting", results.forgetting),
@@ -102,6 +123,42 @@ def sft_summary(results: SftResults, run_dir: Path) -> Group:
         verdict = (block or {}).get("verdict")
         if verdict:
             parts.append(Text(f"{key}: {verdict}"))
+    parts += [Text(line) for line in leakage_lines(results.leakage)]
+    return Group(*parts)
+
+
+def rate_change(before: dict[str, Any], after: dict[str, Any], key: str) -> str:
+    """'0.0% [0.0, 20.4] -> 86.7% [62.1, 96.3] (n=15)': a rate before and after, each with its interval
+    (eval.json's `KEY_ci`), and the n of the questions both rest on."""
+    return (
+        f"{rate_text(before.get(key), before.get(f'{key}_ci'))} -> "
+        f"{rate_text(after.get(key), after.get(f'{key}_ci'), after.get('n'))}"
+    )
+
+
+def classify_summary(results: ClassifyResults, run_dir: Path) -> Group:
+    """Accuracy and macro-F1 (or MSE) with their intervals and n, the paired transfer verdict, leakage."""
+    table = Table(title=f"classify: {run_dir}", show_header=False)
+    table.add_row("steps", f"{results.steps:,}")
+    for label, figures in (("fine-tuned", results.validation), ("from scratch", results.from_scratch)):
+        if not figures:
+            continue
+        n = figures.get("examples")
+        if "accuracy" in figures:
+            table.add_row(f"accuracy, {label}", rate_text(figures["accuracy"], figures.get("accuracy_ci"), n))
+            table.add_row(
+                f"macro F1, {label}", rate_text(figures.get("macro_f1"), figures.get("macro_f1_ci"), n)
+            )
+        else:
+            low_high = figures.get("mse_ci") or []
+            interval = f" [{low_high[0]:.4f}, {low_high[1]:.4f}]" if len(low_high) == 2 else ""
+            table.add_row(f"MSE, {label}", f"{_fmt(figures.get('mse'))}{interval} (n={n})")
+            table.add_row(f"Pearson r, {label}", _fmt(figures.get("pearson_r"), ".3f"))
+    parts: list[Any] = [table]
+    verdict = (results.transfer or {}).get("verdict")
+    if verdict:
+        parts.append(Text(f"transfer: {verdict}"))
+    parts += [Text(line) for line in leakage_lines(results.leakage)]
     return Group(*parts)
 
 
@@ -154,9 +211,7 @@ def dpo_summary(results: DpoResults, run_dir: Path) -> Group:
             f"{_fmt(answers_after['annotator_score_sampled'], '.3f')}",
         )
         table.add_row(
-            f"exact match, {split} questions",
-            f"{_pct(answers_before['exact_match'])} -> {_pct(answers_after['exact_match'])} "
-            f"(n={answers_after['n']})",
+            f"exact match, {split} questions", rate_change(answers_before, answers_after, "exact_match")
         )
     return Group(table)
 

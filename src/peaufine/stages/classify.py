@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peaufine.data.batching import LabelledTexts
-from peaufine.data.folds import recipe_fold
+from peaufine.data.folds import recipe_fold, training_subset
 from peaufine.data.records import load_classification_records, split_records
 from peaufine.engine.fit import FitResult, fit
 from peaufine.engine.track import Tracker
 from peaufine.errors import RecipeError
-from peaufine.evaluate.classification import classification_metrics
+from peaufine.evaluate.classification import labelled_predictions, transfer_comparison
+from peaufine.evaluate.leakage import leakage, leakage_warning
 from peaufine.methods.classify import ClassificationLoss, refuse_chunked_loss
 from peaufine.models.adapters import apply_adapter, apply_freeze
 from peaufine.models.build import (
@@ -25,6 +26,7 @@ from peaufine.models.build import (
 )
 from peaufine.models.tokenizer import load_tokenizer
 from peaufine.results import ClassifyResults
+from peaufine.rundir import RunDir, write_jsonl
 from peaufine.stages.lifecycle import (
     OpenedRun,
     StageOutcome,
@@ -65,6 +67,7 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
     train, validation = split_records(
         records, recipe.data.validation_fraction, recipe.train.seed, recipe_fold(recipe.data)
     )
+    train = training_subset(train, recipe.data.train_fraction, recipe.train.seed)
     num_labels = recipe.method.num_labels or len(names)
     if not regression and num_labels < 2:
         raise RecipeError(
@@ -103,6 +106,21 @@ def load_split(path: Path, tokenizer: Any, recipe: Recipe, pad_id: int, regressi
     )
 
 
+def split_texts(path: Path) -> list[str]:
+    import json
+
+    return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def classify_leakage(run: RunDir) -> dict[str, Any]:
+    """eval.json's leakage block: how much of the validation texts the training texts already hold."""
+    return {
+        "validation": leakage(
+            split_texts(run.data / "train.jsonl"), split_texts(run.data / "validation.jsonl")
+        )
+    }
+
+
 def check_recipe(recipe: Recipe) -> None:
     """What the stage refuses before any run folder exists."""
     refuse_chunked_loss(recipe)
@@ -121,8 +139,10 @@ def train_and_measure(opened: OpenedRun, resume: bool, hooks: list[StepHook] | N
     attention = classifier_attention(recipe, runtime.device.type, runtime.precision)
 
     def train_one(from_scratch: bool, run_dir: Path | None) -> tuple[Any, FitResult]:
+        # model.init: scratch makes the run itself the from-scratch model (compare's scratch arm)
+        scratch = from_scratch or recipe.model.init == "scratch"
         model = build_classifier(
-            directory, num_labels, from_scratch=from_scratch, seed=recipe.train.seed, attention=attention
+            directory, num_labels, from_scratch=scratch, seed=recipe.train.seed, attention=attention
         )
         if not from_scratch:  # the from-scratch baseline trains every weight of the same architecture
             apply_freeze(model, recipe.model.freeze)
@@ -157,10 +177,19 @@ def train_and_measure(opened: OpenedRun, resume: bool, hooks: list[StepHook] | N
     evaluation: dict[str, Any] = {"stage": "classify", "steps": result.steps, **prepared}
     if runtime.is_main:
         batch = recipe.eval.batch_size or 64
-        evaluation["validation"] = classification_metrics(model, val_set, runtime, batch)
+        tuned = labelled_predictions(model, val_set, runtime, batch)
+        evaluation["validation"] = tuned.scores
         if baseline is not None:
             scratch, scratch_val = baseline
-            evaluation["from_scratch"] = classification_metrics(scratch, scratch_val, runtime, batch)
+            untrained = labelled_predictions(scratch, scratch_val, runtime, batch)
+            evaluation["from_scratch"] = untrained.scores
+            if tuned.labels:
+                evaluation["transfer"] = transfer_comparison(tuned, untrained)
+        write_jsonl(run.predictions, tuned.rows("validation"))
+        evaluation["leakage"] = classify_leakage(run)
+        line = leakage_warning(evaluation["leakage"]["validation"], "validation")
+        if line is not None:
+            tracker.warn(line)
         save_outputs(recipe, run, model, tokenizer)
         plot_training(run, result)
         finish_run(run, ClassifyResults.from_json(evaluation))

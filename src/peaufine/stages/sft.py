@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from peaufine.data.batching import Example, load_examples, make_dataset, read_token_stream
 from peaufine.data.corpus import tokenize_general
-from peaufine.data.folds import recipe_fold
+from peaufine.data.folds import recipe_fold, training_subset
 from peaufine.data.records import HELDOUT, load_chat_records, split_records, world_qa_records
 from peaufine.data.token_cache import TokenCache, cached_records, digest, tokenizer_digest
 from peaufine.data.tokenize import ensure_chat_template, tokenize_records
@@ -172,6 +172,7 @@ def prepare(recipe: Recipe, staging: Path, tracker: Tracker) -> dict[str, Any]:
             "(written to chat_template.jinja in the run folder)"
         )
     task = gather_records(recipe, source)
+    task.train = training_subset(task.train, recipe.data.train_fraction, recipe.train.seed)
     if not task.train:
         raise RecipeError("data.source: no training examples")
     reports = {}

@@ -21,6 +21,8 @@ from page_checks import (
     table_rows,
 )
 
+from peaufine.evaluate.answers import answer_changes, score_answers
+from peaufine.evaluate.leakage import leakage
 from peaufine.report.pages.write import write_report
 from peaufine.report.toolkit import REPORT_NAME, fmt_number
 
@@ -170,3 +172,29 @@ def test_a_run_that_kept_its_last_weights_reports_the_last_validation_loss(tiny_
     assert not [label for label in values if "restored" in label and "1.61" in values[label]]
     saved = [v for label, v in values.items() if "saved weights" in label or label == "final validation loss"]
     assert saved and set(saved) == {"1.9"}
+
+
+def test_a_stage_run_report_shows_intervals_paired_wording_and_leakage(tiny_run):
+    golds, questions = [f"a{i}" for i in range(15)], [f"q{i}" for i in range(15)]
+    before = score_answers(["no"] * 15, golds, questions)
+    after = score_answers([*golds[:13], "no", "no"], golds, questions)
+    evaluation = json.loads((tiny_run / "eval.json").read_text(encoding="utf-8"))
+    evaluation["answers"] = {
+        "validation": {
+            "before": before.as_dict(),
+            "after": after.as_dict(),
+            "change": answer_changes(before, after, "validation, after vs before"),
+        }
+    }
+    evaluation["leakage"] = {"validation": leakage(["x y z"], ["x y z", "a b c"])}
+    evaluation["forgetting"]["change"] = {"wording": "general-text loss, after vs before: worse"}
+    evaluation["transfer"]["paired"] = {"base_zero_shot": {"wording": "fine-tuned vs the base model: tie"}}
+    (tiny_run / "eval.json").write_text(json.dumps(evaluation), encoding="utf-8")
+    page = write_report(tiny_run).read_text(encoding="utf-8")
+    rows = table_rows(page, "Greedy answers to the task's questions, before and after fine-tuning")
+    assert ["validation: exact match (n=15)", "0.0% [0.0, 20.4]", "86.7% [62.1, 96.3]", "+86.7 pt"] in rows
+    assert "exact match (validation, after vs before): better by 86.7 points (95% CI +" in page
+    assert "general-text loss, after vs before: worse" in page
+    assert "fine-tuned vs the base model: tie" in page
+    verdicts = {r[0]: r[1] for r in table_rows(page, "Verdicts")}
+    assert verdicts["leakage"].startswith("leakage: 1 of 2 validation examples (50.0%)")

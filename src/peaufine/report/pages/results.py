@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from peaufine.evaluate.answers import change_wordings
+from peaufine.evaluate.stats import rate_text
 from peaufine.report.pages.stage_run import StageRun
 from peaufine.report.toolkit import (
     Num,
     Section,
     before_after,
     both,
+    change,
     details,
     fmt_metric,
     fmt_number,
@@ -55,9 +58,7 @@ def pretrain_results(results: PretrainResults) -> list[str]:
         return []
     correct = both(recall.get("correct"), recall.get("total"), " of ")
     parts = [
-        table(
-            None, [("fact recall (cloze, greedy)", Num(f"{fmt_percent(recall.get('accuracy'))} ({correct})"))]
-        )
+        table(None, [("fact recall (cloze, greedy)", Num(f"{rate_cell(recall, 'accuracy')} ({correct})"))])
     ]
     by_relation = recall.get("by_relation") or {}
     if by_relation:
@@ -92,29 +93,50 @@ def sft_results(results: SftResults) -> list[str]:
         parts.append(table(["", "before", "after", "change"], rows))
     answers = results.answers or {}
     rows = []
+    wordings: list[str] = []
     for split, figures in answers.items():
         before, after = figures.get("before") or {}, figures.get("after") or {}
         n = after.get("n", before.get("n"))
-        rows.append(
-            before_after(
-                f"{split}: exact match (n={n})", before.get("exact_match"), after.get("exact_match"), True
-            )
-        )
-        rows.append(before_after(f"{split}: F1", before.get("f1"), after.get("f1"), True))
+        rows.append(rate_row(f"{split}: exact match (n={n})", before, after, "exact_match"))
+        rows.append(rate_row(f"{split}: F1", before, after, "f1"))
         scratch = figures.get("from_scratch")
         if isinstance(scratch, dict):
             rows.append(
                 (
                     f"{split}: exact match, the model trained from scratch",
                     "–",
-                    fmt_percent(scratch.get("exact_match")),
+                    rate_cell(scratch, "exact_match"),
                     "–",
                 )
             )
+        wordings += change_wordings(figures)
     if rows:
         caption = "Greedy answers to the task's questions, before and after fine-tuning"
         parts.append(table(["answers", "before", "after", "change"], rows, caption=caption))
+    parts += [paragraph(line) for line in wordings]
+    parts += [paragraph(line) for line in loss_wordings(results)]
     return parts
+
+
+def loss_wordings(results: SftResults) -> list[str]:
+    """The paired changes of the losses, in their wording: task loss after vs before, general-text loss
+    (forgetting), and the fine-tuned model against each transfer baseline."""
+    blocks = [(results.task_val_loss or {}).get("change"), (results.forgetting or {}).get("change")]
+    blocks += list(((results.transfer or {}).get("paired") or {}).values())
+    return [block["wording"] for block in blocks if isinstance(block, dict) and block.get("wording")]
+
+
+def rate_cell(figures: dict[str, Any], key: str) -> Num:
+    """A rate with its 95% interval when the run recorded one (eval.json's `KEY_ci`)."""
+    interval = figures.get(f"{key}_ci")
+    if is_number(figures.get(key)) and isinstance(interval, list):
+        return Num(rate_text(figures[key], interval))
+    return fmt_percent(figures.get(key))
+
+
+def rate_row(label: str, before: dict[str, Any], after: dict[str, Any], key: str) -> tuple[Any, ...]:
+    """A before / after / change row of a rate, each side with its interval."""
+    return label, rate_cell(before, key), rate_cell(after, key), change(before.get(key), after.get(key), True)
 
 
 def reward_results(results: RewardResults) -> list[str]:
@@ -185,9 +207,7 @@ def dpo_results(results: DpoResults) -> list[str]:
                     b.get("annotator_score_sampled"),
                     a.get("annotator_score_sampled"),
                 ),
-                before_after(
-                    f"{split}: exact match (n={a.get('n')})", b.get("exact_match"), a.get("exact_match"), True
-                ),
+                rate_row(f"{split}: exact match (n={a.get('n')})", b, a, "exact_match"),
             ]
     if rows:
         parts.append(
@@ -240,6 +260,13 @@ def rl_results(results: RlResults) -> list[str]:
     return parts
 
 
+def metric_cell(figures: dict[str, Any], name: str) -> Any:
+    """A classifier's metric by name; accuracy and macro-F1 with their interval when recorded."""
+    if isinstance(figures.get(f"{name}_ci"), list) and name in ("accuracy", "macro_f1"):
+        return rate_cell(figures, name)
+    return fmt_metric(name, figures.get(name))
+
+
 def classify_results(results: ClassifyResults) -> list[str]:
     parts: list[str] = []
     tuned, scratch = results.validation or {}, results.from_scratch or {}
@@ -247,7 +274,7 @@ def classify_results(results: ClassifyResults) -> list[str]:
     if names:
         header = ["metric", "fine-tuned", *(["from scratch"] if scratch else [])]
         rows = [
-            (name, fmt_metric(name, tuned[name]), *([fmt_metric(name, scratch.get(name))] if scratch else []))
+            (name, metric_cell(tuned, name), *([metric_cell(scratch, name)] if scratch else []))
             for name in names
         ]
         parts.append(table(header, rows, caption="Validation"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from peaufine.evaluate.leakage import leakage_lines
 from peaufine.evaluate.overfitting import overfitting_report
 from peaufine.report import plots
 from peaufine.report.pages.budget import budget_section
@@ -204,6 +205,7 @@ def training_section(run: StageRun) -> Section:
         verdict = (evaluation.get(key) or {}).get("verdict")
         if verdict:
             verdicts.append((key, str(verdict), EVAL))
+    verdicts += [("leakage", line, EVAL) for line in leakage_lines(evaluation.get("leakage"))]
     if verdicts:
         section.parts.append(table(["check", "verdict", "from"], verdicts, caption="Verdicts"))
     if best is not None:
