@@ -165,7 +165,8 @@ def classify_summary(results: ClassifyResults, run_dir: Path) -> Group:
 def _accuracy_line(figures: dict[str, Any] | None) -> str:
     if not figures or figures.get("accuracy") is None:
         return "-"
-    return f"{figures['accuracy']:.1%} (n={figures['pairs']}, mean margin {figures['mean_margin']:.2f})"
+    accuracy = rate_text(figures["accuracy"], figures.get("accuracy_ci"))
+    return f"{accuracy} (n={figures['pairs']}, mean margin {figures['mean_margin']:.2f})"
 
 
 def reward_summary(results: RewardResults, run_dir: Path) -> Group:
@@ -186,10 +187,13 @@ def dpo_summary(results: DpoResults, run_dir: Path) -> Group:
     table = Table(title=f"dpo ({results.loss}, beta {results.beta}): {run_dir}", show_header=False)
     table.add_row("steps", f"{results.steps:,}")
     before, after = results.before or {}, results.after or {}
-    for key in sorted(k for k in after if k.startswith("likelihood_accuracy_")):
+    for key in sorted(k for k in after if k.startswith("likelihood_accuracy_") and not k.endswith("_ci")):
         split = key.removeprefix("likelihood_accuracy_")
+        pairs = ((results.pairs or {}).get(split) or {}).get("pairs")
         table.add_row(
-            f"policy prefers chosen ({split})", f"{_pct(before.get(key))} -> {_pct(after.get(key))}"
+            f"policy prefers chosen ({split})",
+            f"{rate_text(before.get(key), before.get(f'{key}_ci'))} -> "
+            f"{rate_text(after.get(key), after.get(f'{key}_ci'), pairs)}",
         )
     for split, figures in (results.final or {}).items():
         if figures.get("accuracy") is not None:
