@@ -15,9 +15,17 @@ from peaufine.report.terminal import (
     dpo_summary,
     pretrain_summary,
     reward_summary,
+    rl_summary,
     sft_summary,
 )
-from peaufine.results import ClassifyResults, DpoResults, PretrainResults, RewardResults, SftResults
+from peaufine.results import (
+    ClassifyResults,
+    DpoResults,
+    PretrainResults,
+    RewardResults,
+    RlResults,
+    SftResults,
+)
 
 
 def printed(results: PretrainResults) -> str:
@@ -127,3 +135,17 @@ def test_the_dpo_and_reward_tables_show_preference_accuracy_with_intervals():
     figures = {"pairs": 90, "accuracy": 0.822, "accuracy_ci": [0.73, 0.89], "mean_margin": 1.8}
     text = _printed(reward_summary(RewardResults(steps=1, validation=figures), Path("run")))
     assert "82.2% [73.0, 89.0] (n=90, mean margin 1.80)" in text
+
+
+def test_the_rl_table_shows_greedy_reward_and_exact_answer_with_intervals():
+    before = {"reward_sampled": 0.1, "reward_greedy": 1.0, "reward_greedy_ci": [0.8, 1.2], "prompts": 24}
+    after = {
+        **before,
+        "reward_greedy": 1.1,
+        "reward_greedy_ci": [0.9, 1.3],
+        "exact_match_greedy": 0.5,
+        "exact_match_greedy_ci": [0.3, 0.7],
+    }
+    text = _printed(rl_summary(RlResults(steps=2, algorithm="grpo", before=before, after=after), Path("r")))
+    assert "1.000 [0.800, 1.200] -> 1.100 [0.900, 1.300] (n=24)" in text
+    assert "- -> 50.0% [30.0, 70.0] (n=24)" in text

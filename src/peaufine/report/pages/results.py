@@ -243,7 +243,9 @@ def rl_results(results: RlResults) -> list[str]:
         parts.append(table(None, rows, caption="Prompts kept for training"))
     before, after = results.before or {}, results.after or {}
     rows = [
-        before_after(label, before.get(key), after.get(key), percent)
+        rate_row(label, before, after, key)
+        if percent
+        else before_after(label, before.get(key), after.get(key))
         for label, key, percent in _RL_FIGURES
         if key in before or key in after
     ]
