@@ -10,6 +10,7 @@ from conftest import tiny_llama, variable_examples
 from peaufine.data.batching import PackedBlocks, PaddedExamples
 from peaufine.engine.fit import evaluate_loss
 from peaufine.evaluate.example_losses import ExampleLosses, example_losses, loss_block
+from peaufine.evaluate.sft import loss_change
 from peaufine.evaluate.stats import paired_ratio_bootstrap, ratio_bootstrap
 from peaufine.methods.lm import NextTokenLoss
 
@@ -73,3 +74,13 @@ def test_example_losses_give_intervals_and_a_paired_change():
     block = loss_block(before)
     assert block["n"] == 20 and block["ci"][0] <= 2.5 <= block["ci"][1]
     assert loss_block(None) == {} and loss_block(ExampleLosses([], [])) == {}
+
+
+def test_losses_without_targets_give_no_interval_and_no_change():
+    empty = ExampleLosses([0.0, 0.0], [0, 0])
+    assert not empty.has_targets and loss_block(empty) == {}
+    assert loss_change(empty, empty, "task loss") == {}
+    some = ExampleLosses([2.0, 4.0], [1, 2])
+    block = loss_change(some, some, "task loss")
+    assert block["change"]["difference"] == 0.0 and block["change"]["measurable"] is False
+    assert block["before_ci"] == block["after_ci"] and block["n"] == 2

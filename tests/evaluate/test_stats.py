@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from peaufine.evaluate import stats
 from peaufine.evaluate.stats import (
     Estimate,
     PairedComparison,
@@ -277,3 +278,13 @@ def test_mcnemar_p_is_exact_and_agrees_with_the_binomial_tails() -> None:
         p = mcnemar_exact(*table(both=2, only_a=only_a, only_b=only_b, neither=2)).p_value
         tails = min(binomial_cdf(only_b, d, 0.5), binomial_sf(only_b, d, 0.5))
         assert p == pytest.approx(min(1.0, 2 * tails), rel=1e-12)
+
+
+def test_resampling_in_chunks_draws_what_one_draw_would(monkeypatch) -> None:
+    """Large sets are resampled a few megabytes at a time; the draws, hence the intervals, are those of
+    one draw of all resamples at once."""
+    values = [float(i % 7) for i in range(50)]
+    whole = bootstrap_interval(values)
+    monkeypatch.setattr(stats, "_INDICES_PER_CHUNK", 50 * 3)  # 3 resamples a chunk
+    assert [len(rows) for rows in stats.resampled_rows(50, 10, 0)] == [3, 3, 3, 1]
+    assert bootstrap_interval(values) == whole

@@ -10,8 +10,22 @@ from rich.console import Console
 from peaufine.evaluate.answers import answer_changes, score_answers
 from peaufine.evaluate.classification import LabelledPredictions, classification_scores, transfer_comparison
 from peaufine.evaluate.leakage import leakage
-from peaufine.report.terminal import classify_summary, pretrain_summary, sft_summary
-from peaufine.results import ClassifyResults, PretrainResults, SftResults
+from peaufine.report.terminal import (
+    classify_summary,
+    dpo_summary,
+    pretrain_summary,
+    reward_summary,
+    rl_summary,
+    sft_summary,
+)
+from peaufine.results import (
+    ClassifyResults,
+    DpoResults,
+    PretrainResults,
+    RewardResults,
+    RlResults,
+    SftResults,
+)
 
 
 def printed(results: PretrainResults) -> str:
@@ -106,3 +120,32 @@ def test_the_sft_table_shows_the_task_loss_with_its_interval_and_the_loss_change
     assert "2.0000 [1.9000, 2.1000] -> 1.0000 [0.9000, 1.1000] (n=12)" in text
     assert "task validation loss, after vs before: better by 1.000 nats" in text
     assert "general-text loss: no measurable" in text
+
+
+def test_the_dpo_and_reward_tables_show_preference_accuracy_with_intervals():
+    before = {"likelihood_accuracy_validation": 0.6, "likelihood_accuracy_validation_ci": [0.4, 0.8]}
+    after = {"likelihood_accuracy_validation": 0.7, "likelihood_accuracy_validation_ci": [0.5, 0.9]}
+    results = DpoResults(
+        steps=4, loss="sigmoid", beta=0.1, pairs={"validation": {"pairs": 20}}, before=before, after=after
+    )
+    text = _printed(dpo_summary(results, Path("run")))
+    assert "policy prefers chosen (validation)" in text
+    assert "60.0% [40.0, 80.0] -> 70.0% [50.0, 90.0] (n=20)" in text
+    assert "validation_ci" not in text  # an interval is no split of its own
+    figures = {"pairs": 90, "accuracy": 0.822, "accuracy_ci": [0.73, 0.89], "mean_margin": 1.8}
+    text = _printed(reward_summary(RewardResults(steps=1, validation=figures), Path("run")))
+    assert "82.2% [73.0, 89.0] (n=90, mean margin 1.80)" in text
+
+
+def test_the_rl_table_shows_greedy_reward_and_exact_answer_with_intervals():
+    before = {"reward_sampled": 0.1, "reward_greedy": 1.0, "reward_greedy_ci": [0.8, 1.2], "prompts": 24}
+    after = {
+        **before,
+        "reward_greedy": 1.1,
+        "reward_greedy_ci": [0.9, 1.3],
+        "exact_match_greedy": 0.5,
+        "exact_match_greedy_ci": [0.3, 0.7],
+    }
+    text = _printed(rl_summary(RlResults(steps=2, algorithm="grpo", before=before, after=after), Path("r")))
+    assert "1.000 [0.800, 1.200] -> 1.100 [0.900, 1.300] (n=24)" in text
+    assert "- -> 50.0% [30.0, 70.0] (n=24)" in text

@@ -139,7 +139,8 @@ def run_eval(
             if change is not None:
                 result["answers_change"] = change
         for key, what in (("task_loss", "task loss"), ("general_loss", "general-text loss")):
-            if key in tuned and key in untuned and len(tuned[key].sums) == len(untuned[key].sums):
+            both = key in tuned and key in untuned and len(tuned[key].sums) == len(untuned[key].sums)
+            if both and tuned[key].has_targets and untuned[key].has_targets:
                 comparison = tuned[key].minus(untuned[key])
                 wording = describe_change(
                     comparison, what=f"{what}, model vs base", unit="nats", higher_is_better=False

@@ -19,6 +19,7 @@ from peaufine.evaluate.stats import (
     describe_change,
     mcnemar_exact,
     paired_bootstrap,
+    resampled_rows,
     wilson_interval,
 )
 from peaufine.methods.classify import classifier_logits
@@ -100,13 +101,15 @@ def macro_f1_interval(
     k = len(codes_of)
     codes = np.array([codes_of[p] * k + codes_of[y] for p, y in zip(predictions, labels, strict=True)])
     n = len(codes)
-    indices = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-    offsets = (np.arange(resamples) * k * k)[:, None]
-    confusions = np.bincount((codes[indices] + offsets).ravel(), minlength=resamples * k * k)
-    values = _macro_f1_of_confusions(confusions.reshape(resamples, k, k))
+    values = []
+    for rows in resampled_rows(n, resamples, seed):
+        # one confusion matrix per resample, all counted by one bincount: resample r's codes offset by r k^2
+        offsets = (np.arange(len(rows)) * k * k)[:, None]
+        confusions = np.bincount((codes[rows] + offsets).ravel(), minlength=len(rows) * k * k)
+        values.append(_macro_f1_of_confusions(confusions.reshape(len(rows), k, k)))
     whole = float(_macro_f1_of_confusions(np.bincount(codes, minlength=k * k).reshape(1, k, k))[0])
     alpha = 1.0 - confidence
-    low, high = (float(q) for q in np.quantile(values, [alpha / 2, 1 - alpha / 2]))
+    low, high = (float(q) for q in np.quantile(np.concatenate(values), [alpha / 2, 1 - alpha / 2]))
     return Estimate(value=whole, low=min(low, whole), high=max(high, whole), n=n, method="bootstrap")
 
 

@@ -25,6 +25,11 @@ class ExampleLosses:
     sums: list[float]
     targets: list[int]
 
+    @property
+    def has_targets(self) -> bool:
+        """Some row has a target token: a mean loss, hence an interval, exists."""
+        return sum(self.targets) > 0
+
     def estimate(self) -> Estimate:
         """The mean loss per target token with a bootstrap interval over rows."""
         return ratio_bootstrap(self.sums, self.targets)
@@ -65,7 +70,7 @@ def example_losses(
 
 def loss_block(losses: ExampleLosses | None) -> dict[str, Any]:
     """eval.json's interval of a loss: {"ci": [low, high], "n": rows}; empty without losses."""
-    if losses is None or not losses.sums or sum(losses.targets) == 0:
+    if losses is None or not losses.has_targets:
         return {}
     estimate = losses.estimate()
     return {"ci": [estimate.low, estimate.high], "n": estimate.n}

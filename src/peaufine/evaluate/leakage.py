@@ -36,12 +36,13 @@ def leakage(train_texts: Iterable[str], eval_texts: Sequence[str], n: int = NGRA
     if n < 1:
         raise ValueError(f"an n-gram needs n >= 1, got {n}")
     train_exact: set[str] = set()
-    train_grams: set[tuple[str, ...]] = set()
+    # hashes, not the n-grams: a large training set's n-grams would hold every word n times over
+    train_grams: set[int] = set()
     train_count = 0
     for text in train_texts:
         normal = normalise_text(text)
         train_exact.add(normal)
-        train_grams.update(word_ngrams(normal, n))
+        train_grams.update(map(hash, word_ngrams(normal, n)))
         train_count += 1
     exact = 0
     overlapping = 0
@@ -52,7 +53,7 @@ def leakage(train_texts: Iterable[str], eval_texts: Sequence[str], n: int = NGRA
     for index, text in enumerate(eval_texts):
         normal = normalise_text(text)
         grams = word_ngrams(normal, n)
-        shared = [g for g in grams if g in train_grams]
+        shared = [g for g in grams if hash(g) in train_grams]
         grams_total += len(grams)
         grams_found += len(shared)
         is_exact = normal in train_exact

@@ -312,7 +312,11 @@ def evaluate_sft(
     paired = {
         key: tuned_losses.minus(other)
         for key, other in others.items()
-        if tuned_losses is not None and other is not None and len(other.sums) == len(tuned_losses.sums)
+        if tuned_losses is not None
+        and other is not None
+        and tuned_losses.has_targets
+        and other.has_targets
+        and len(other.sums) == len(tuned_losses.sums)
     }
     evaluation["transfer"] = transfer_report(figures, len(val_examples), paired)
     if outcomes:
@@ -333,7 +337,9 @@ def loss_change(
         interval = loss_block(losses)
         if interval:
             block[name], block["n"] = interval["ci"], interval["n"]
-    if before is not None and after is not None and before.sums and len(before.sums) == len(after.sums):
+    if before is None or after is None or len(before.sums) != len(after.sums):
+        return block
+    if before.has_targets and after.has_targets:
         comparison = after.minus(before)
         wording = describe_change(comparison, what=what, unit="nats", higher_is_better=False)
         block["change"] = {**comparison.as_dict(), "wording": wording}

@@ -4,7 +4,7 @@ comparisons on the same examples (McNemar's exact test, a paired bootstrap) with
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
@@ -84,15 +84,25 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> Estimat
     return Estimate(value=p, low=low, high=high, n=n, method="wilson")
 
 
-def _resampled_rows(rows: int, resamples: int, seed: int) -> np.ndarray:
-    """`resamples` draws of `rows` row indices with replacement; the same seed gives the same draws,
-    so two figures of the same rows are resampled together."""
-    return np.random.default_rng(seed).integers(0, rows, size=(resamples, rows))
+# Indices drawn per chunk of resamples: 2,000 resamples of 100,000 rows at once would take 1.6 GB.
+_INDICES_PER_CHUNK = 4_000_000
+
+
+def resampled_rows(rows: int, resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """`resamples` draws of `rows` row indices with replacement, as arrays of (some resamples, rows),
+    a few megabytes each; the same seed gives the same draws, so two figures of the same rows are
+    resampled together."""
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _INDICES_PER_CHUNK // max(rows, 1))
+    for start in range(0, resamples, chunk):
+        yield rng.integers(0, rows, size=(min(chunk, resamples - start), rows))
 
 
 def _bootstrap_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray:
     """Means of `resamples` resamples of the rows of values (with replacement), in one fixed order."""
-    return values[_resampled_rows(len(values), resamples, seed)].mean(axis=1)
+    return np.concatenate(
+        [values[rows].mean(axis=1) for rows in resampled_rows(len(values), resamples, seed)]
+    )
 
 
 def _percentile_bounds(means: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -122,8 +132,11 @@ def _bootstrap_ratios(
 ) -> tuple[np.ndarray, np.ndarray]:
     """sum(numerators) and sum(denominators) of each resample of the rows (the same resamples as
     _bootstrap_means draws for the same seed and length)."""
-    indices = _resampled_rows(len(numerators), resamples, seed)
-    return numerators[indices].sum(axis=1), denominators[indices].sum(axis=1)
+    tops, bottoms = [], []
+    for rows in resampled_rows(len(numerators), resamples, seed):
+        tops.append(numerators[rows].sum(axis=1))
+        bottoms.append(denominators[rows].sum(axis=1))
+    return np.concatenate(tops), np.concatenate(bottoms)
 
 
 def _ratio_arrays(

@@ -82,12 +82,17 @@ def demo_summary(result: DemoResult) -> Group:
     return Group(*parts)
 
 
-def _loss(value: Any, interval: Any) -> str:
+def _loss(value: Any, interval: Any, spec: str = ".4f") -> str:
     """A loss with its bootstrap interval when the run recorded one: '2.3140 [2.2010, 2.4300]'."""
-    shown = _fmt(value)
+    shown = _fmt(value, spec)
     if isinstance(interval, list) and len(interval) == 2:
-        shown += f" [{interval[0]:.4f}, {interval[1]:.4f}]"
+        shown += f" [{interval[0]:{spec}}, {interval[1]:{spec}}]"
     return shown
+
+
+def _mean(value: Any, interval: Any) -> str:
+    """A mean reward with its bootstrap interval when recorded: '1.045 [0.912, 1.170]'."""
+    return _loss(value, interval, ".3f")
 
 
 def _pct(value: Any) -> str:
@@ -165,7 +170,8 @@ def classify_summary(results: ClassifyResults, run_dir: Path) -> Group:
 def _accuracy_line(figures: dict[str, Any] | None) -> str:
     if not figures or figures.get("accuracy") is None:
         return "-"
-    return f"{figures['accuracy']:.1%} (n={figures['pairs']}, mean margin {figures['mean_margin']:.2f})"
+    accuracy = rate_text(figures["accuracy"], figures.get("accuracy_ci"))
+    return f"{accuracy} (n={figures['pairs']}, mean margin {figures['mean_margin']:.2f})"
 
 
 def reward_summary(results: RewardResults, run_dir: Path) -> Group:
@@ -186,10 +192,13 @@ def dpo_summary(results: DpoResults, run_dir: Path) -> Group:
     table = Table(title=f"dpo ({results.loss}, beta {results.beta}): {run_dir}", show_header=False)
     table.add_row("steps", f"{results.steps:,}")
     before, after = results.before or {}, results.after or {}
-    for key in sorted(k for k in after if k.startswith("likelihood_accuracy_")):
+    for key in sorted(k for k in after if k.startswith("likelihood_accuracy_") and not k.endswith("_ci")):
         split = key.removeprefix("likelihood_accuracy_")
+        pairs = ((results.pairs or {}).get(split) or {}).get("pairs")
         table.add_row(
-            f"policy prefers chosen ({split})", f"{_pct(before.get(key))} -> {_pct(after.get(key))}"
+            f"policy prefers chosen ({split})",
+            f"{rate_text(before.get(key), before.get(f'{key}_ci'))} -> "
+            f"{rate_text(after.get(key), after.get(f'{key}_ci'), pairs)}",
         )
     for split, figures in (results.final or {}).items():
         if figures.get("accuracy") is not None:
@@ -232,14 +241,18 @@ def rl_summary(results: RlResults, run_dir: Path) -> Group:
         "mean reward, sampled",
         f"{_fmt(before.get('reward_sampled'), '.3f')} -> {_fmt(after.get('reward_sampled'), '.3f')}",
     )
+    prompts = after.get("prompts")
     table.add_row(
         "mean reward, greedy",
-        f"{_fmt(before.get('reward_greedy'), '.3f')} -> {_fmt(after.get('reward_greedy'), '.3f')}",
+        f"{_mean(before.get('reward_greedy'), before.get('reward_greedy_ci'))} -> "
+        f"{_mean(after.get('reward_greedy'), after.get('reward_greedy_ci'))}"
+        + (f" (n={prompts})" if prompts is not None else ""),
     )
     if "exact_match_greedy" in after:
         table.add_row(
             "exact answer, greedy",
-            f"{_pct(before.get('exact_match_greedy'))} -> {_pct(after.get('exact_match_greedy'))}",
+            f"{rate_text(before.get('exact_match_greedy'), before.get('exact_match_greedy_ci'))} -> "
+            f"{rate_text(after.get('exact_match_greedy'), after.get('exact_match_greedy_ci'), prompts)}",
         )
     table.add_row("KL to reference (nats per answer)", _fmt(results.final_kl, ".3f"))
     return Group(table)

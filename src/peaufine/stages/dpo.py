@@ -22,6 +22,7 @@ from peaufine.engine.fit import StepHook, evaluate
 from peaufine.engine.track import Tracker
 from peaufine.errors import RecipeError
 from peaufine.evaluate.alignment import answer_quality, world_answer_quality
+from peaufine.evaluate.stats import ratio_bootstrap
 from peaufine.methods.preference import DpoLoss, disable_dropout, precompute_reference, sequence_logps
 from peaufine.models.adapters import as_base
 from peaufine.models.build import load_for_training, resolve_source, save_outputs, source_model_dir
@@ -81,12 +82,26 @@ def likelihood_preference(
 ) -> float:
     """How often the policy gives the chosen response a higher mean log-prob per token than the
     rejected one: its own preference, comparable before and after training (no reference needed)."""
+    return likelihood_preference_outcomes(model, dataset, runtime, batch_size, chunk_tokens)[0]
+
+
+def likelihood_preference_outcomes(
+    model: torch.nn.Module,
+    dataset: PairBatches,
+    runtime: Runtime,
+    batch_size: int = 32,
+    chunk_tokens: int | None = None,
+) -> tuple[float, list[float] | None]:
+    """likelihood_preference, and its bootstrap interval over pairs (pairs weighted as in the loss);
+    None without pairs."""
     import torch
 
     was_training = model.training
     model.eval()
     wins = 0.0
     total = 0.0
+    won: list[float] = []
+    weighed: list[float] = []
     with torch.no_grad():
         for start in range(0, len(dataset), batch_size):
             indices = list(range(start, min(len(dataset), start + batch_size)))
@@ -98,8 +113,13 @@ def likelihood_preference(
             weights = batch["weights"].float()
             wins += float((weights * (mean[:n] > mean[n:])).sum())
             total += float(weights.sum())
+            won += (weights * (mean[:n] > mean[n:])).tolist()
+            weighed += weights.tolist()
     model.train(was_training)
-    return wins / total if total else float("nan")
+    if not total:
+        return float("nan"), None
+    interval = ratio_bootstrap(won, weighed)
+    return wins / total, [interval.low, interval.high]
 
 
 def preference_figures(
@@ -114,12 +134,14 @@ def preference_figures(
     """The policy's own preference accuracy per split, and (on the world) its answers' quality on the
     held-out facts and on the validation prompts."""
 
-    numbers: dict[str, Any] = {
-        f"likelihood_accuracy_{name}": likelihood_preference(
+    numbers: dict[str, Any] = {}
+    for name, dataset in sets.items():
+        accuracy, interval = likelihood_preference_outcomes(
             model, dataset, runtime, chunk_tokens=recipe.train.loss_chunk_tokens
         )
-        for name, dataset in sets.items()
-    }
+        numbers[f"likelihood_accuracy_{name}"] = accuracy
+        if interval is not None:
+            numbers[f"likelihood_accuracy_{name}_ci"] = interval
     if world is not None and recipe.eval.answers:
         numbers["answers_heldout"] = world_answer_quality(
             model, tokenizer, world, "qa_heldout", recipe.eval.answers

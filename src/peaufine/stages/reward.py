@@ -15,6 +15,7 @@ from peaufine.data.tokenize import ensure_chat_template
 from peaufine.engine.fit import StepHook
 from peaufine.engine.track import Tracker
 from peaufine.errors import RecipeError
+from peaufine.evaluate.stats import ratio_bootstrap
 from peaufine.methods.classify import classifier_logits, refuse_chunked_loss
 from peaufine.methods.reward import BradleyTerryLoss
 from peaufine.models.adapters import apply_adapter, apply_freeze
@@ -102,6 +103,7 @@ def pair_accuracy(
     weight: dict[str, float] = {}
     pairs: dict[str, int] = {}
     margin = correct = total = 0.0
+    outcomes: list[tuple[float, float, float]] = []  # (weight, won, gap) per decided pair
     with torch.no_grad():
         for start in range(0, len(dataset), batch_size):
             indices = list(range(start, min(len(dataset), start + batch_size)))
@@ -118,17 +120,30 @@ def pair_accuracy(
                 weight[pair.kind] = weight.get(pair.kind, 0.0) + w
                 right[pair.kind] = right.get(pair.kind, 0.0) + w * (gap > 0)
                 pairs[pair.kind] = pairs.get(pair.kind, 0) + 1
+                outcomes.append((w, float(gap > 0), gap))
     decided = sum(pairs.values())
     return {
         "pairs": decided,
         "accuracy": correct / total if total > 0 else None,
         "mean_margin": margin / total if total > 0 else None,
+        **weighted_intervals(outcomes),
         "by_kind": {
             kind: {"accuracy": right[kind] / weight[kind] if weight[kind] > 0 else None, "pairs": pairs[kind]}
             for kind in sorted(pairs)
             if kind
         },
     }
+
+
+def weighted_intervals(outcomes: list[tuple[float, float, float]]) -> dict[str, Any]:
+    """Bootstrap intervals over pairs of the weighted accuracy and mean margin (a ranking's pairs share
+    one unit of weight, so these are ratios of weighted sums, not plain proportions); none without pairs."""
+    weights = [w for w, _, _ in outcomes]
+    if not outcomes or sum(weights) <= 0:
+        return {}
+    accuracy = ratio_bootstrap([w * won for w, won, _ in outcomes], weights)
+    margin = ratio_bootstrap([w * gap for w, _, gap in outcomes], weights)
+    return {"accuracy_ci": [accuracy.low, accuracy.high], "mean_margin_ci": [margin.low, margin.high]}
 
 
 def check_recipe(recipe: Recipe) -> None:

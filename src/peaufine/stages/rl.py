@@ -30,6 +30,7 @@ from peaufine.engine.steps import Step, Window
 from peaufine.engine.track import Tracker
 from peaufine.errors import RecipeError, TrainingError
 from peaufine.evaluate.answers import exact_match
+from peaufine.evaluate.stats import bootstrap_interval, wilson_interval
 from peaufine.methods.preference import disable_dropout
 from peaufine.methods.rewards import RewardSuite, last_user_turn, load_reward_function
 from peaufine.methods.rl import (
@@ -192,6 +193,12 @@ def policy_figures(
         answers = prompts.columns["answer"]
         hits = [exact_match(g, a, "answer") for g, a in zip(greedy, answers, strict=True)]
         out["exact_match_greedy"] = sum(hits) / len(hits)
+        exact = wilson_interval(sum(hits), len(hits))
+        out["exact_match_greedy_ci"] = [exact.low, exact.high]
+    # greedy answers are one per prompt: a bootstrap over prompts (the sampled ones come in groups of
+    # one prompt's answers, which a bootstrap over answers would take as independent: none given)
+    greedy_mean = bootstrap_interval(greedy_rewards)
+    out["reward_greedy_ci"] = [greedy_mean.low, greedy_mean.high]
     return out
 
 

@@ -72,3 +72,27 @@ def test_a_pipeline_report_links_each_stage_and_shows_its_plots_relatively(tmp_p
     assert "no forgetting beyond 10%" in page and "world &lt;demo&gt;" in page
     assert "3 min 05 s" in page
     assert_images_relative_and_present(page, tmp_path)
+
+
+def test_a_pipeline_headline_rate_shows_its_interval_and_n_from_the_runs_eval(tmp_path):
+    after = {"exact_match": 0.375, "exact_match_ci": [0.137, 0.694], "n": 8, "f1": 0.4}
+    write_json(tmp_path / "sft" / "eval.json", {"stage": "sft", "answers": {"heldout": {"after": after}}})
+    write_json(
+        tmp_path / "pipeline.json",
+        {
+            "name": "p",
+            "stages": [
+                {
+                    "name": "sft",
+                    "stage": "sft",
+                    "run": "sft",
+                    "status": "ran",
+                    "seconds": 1.0,
+                    "headline": {"exact match (held-out facts)": 0.375, "validation loss": 1.5},
+                }
+            ],
+        },
+    )
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    rows = table_rows_without_caption(page, 0)
+    assert rows[1][4] == "exact match (held-out facts) 37.5% [13.7, 69.4] (n=8); validation loss 1.5"

@@ -18,7 +18,8 @@ from page_checks import (
     table_rows,
 )
 
-from peaufine.report.toolkit import fmt_number, fmt_percent
+from peaufine.evaluate.stats import rate_text
+from peaufine.report.toolkit import fmt_number
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,9 @@ def test_every_stage_report_shows_its_stage_results(stage_reports):
     pretrain = json.loads((stage_reports["pretrain"] / "eval.json").read_text())
     page = read_page(stage_reports["pretrain"])
     recall = pretrain["fact_recall"]
-    assert f"{fmt_percent(recall['accuracy'])} ({recall['correct']} of {recall['total']})" in page
+    # issue 14: each rate with its 95% interval
+    shown = rate_text(recall["accuracy"], recall["accuracy_ci"])
+    assert f"{shown} ({recall['correct']} of {recall['total']})" in page
     assert html.escape(pretrain["samples"][0]["prompt"]) in page
     budget = key_values(page, BUDGET)
     assert budget["trainable share"] == "100.0%"  # full pretraining trains everything
@@ -42,7 +45,7 @@ def test_every_stage_report_shows_its_stage_results(stage_reports):
     assert [
         "heldout",
         str(reward["heldout"]["pairs"]),
-        fmt_percent(reward["heldout"]["accuracy"]),
+        rate_text(reward["heldout"]["accuracy"], reward["heldout"]["accuracy_ci"]),
         fmt_number(reward["heldout"]["mean_margin"]),
     ] in rows
 
@@ -52,7 +55,11 @@ def test_every_stage_report_shows_its_stage_results(stage_reports):
         "The policy gives the chosen answer the higher likelihood (likelihood accuracy)",
     )
     key = "likelihood_accuracy_heldout"
-    assert ["heldout", fmt_percent(dpo["before"][key]), fmt_percent(dpo["after"][key])] == rows[0][:3]
+    assert [
+        "heldout",
+        rate_text(dpo["before"][key], dpo["before"][f"{key}_ci"]),
+        rate_text(dpo["after"][key], dpo["after"][f"{key}_ci"]),
+    ] == rows[0][:3]
 
     grpo_run = stage_reports["grpo"]
     grpo, page = json.loads((grpo_run / "eval.json").read_text()), read_page(grpo_run)

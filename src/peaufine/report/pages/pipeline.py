@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from peaufine.evaluate.leakage import leakage_lines
+from peaufine.evaluate.stats import rate_text
 from peaufine.report.pages.run import LOSS_PLOT, RL_PLOT
 from peaufine.report.toolkit import (
     REPORT_NAME,
@@ -15,6 +17,7 @@ from peaufine.report.toolkit import (
     figure,
     fmt_metric,
     fmt_seconds,
+    is_number,
     link,
     now_stamp,
     paragraph,
@@ -24,12 +27,34 @@ from peaufine.report.toolkit import (
     run_folder,
     table,
 )
-from peaufine.results import read_results
+from peaufine.results import HEADLINES, read_results
 from peaufine.rundir import LOSS_PLOT as RUN_LOSS_PLOT
 
 
-def _headline(values: dict[str, Any] | None) -> str:
-    return "; ".join(f"{label} {fmt_metric(label, value)}" for label, value in (values or {}).items()) or "–"
+def _headline(values: dict[str, Any] | None, stage: str = "", run_dir: Path | None = None) -> str:
+    """'exact match 37.5% [13.7, 69.4] (n=8); val_loss 1.939': each headline number, a rate with its
+    interval and n where the stage's eval.json (in `run_dir`) holds them beside it."""
+    results = read_results(run_dir) if run_dir is not None and run_dir.is_dir() else None
+    numbers = results.numbers() if results is not None else {}
+    names = dict(HEADLINES.get(stage, ()))
+    shown = []
+    for label, value in (values or {}).items():
+        name = names.get(label, "")
+        low, high = numbers.get(f"{name}_ci.0"), numbers.get(f"{name}_ci.1")
+        if name and low is not None and high is not None and is_number(value):
+            parent = name.rpartition(".")[0]
+            n = next(
+                (
+                    numbers[f"{parent}.{key}"]
+                    for key in ("n", "examples", "pairs")
+                    if f"{parent}.{key}" in numbers
+                ),
+                None,
+            )
+            shown.append(f"{label} {rate_text(value, [low, high], None if n is None else int(n))}")
+        else:
+            shown.append(f"{label} {fmt_metric(label, value)}")
+    return "; ".join(shown) or "–"
 
 
 def stage_plots(run_dir: Path) -> list[tuple[Path, str]]:
@@ -59,7 +84,11 @@ def pipeline_page(directory: Path) -> str:
                 stage.get("stage", "–"),
                 Html(f'<span class="status-{status}">{status}</span>'),
                 fmt_seconds(stage.get("seconds")),
-                _headline(stage.get("headline")),
+                _headline(
+                    stage.get("headline"),
+                    str(stage.get("stage", "")),
+                    run_folder(stage.get("run"), directory),
+                ),
                 run_cell(stage.get("run"), directory),
             )
         )
@@ -78,7 +107,9 @@ def pipeline_page(directory: Path) -> str:
             section.parts.append(
                 Html(f"<p>{link(run_dir / REPORT_NAME, directory, f'the full report of {label}')}</p>")
             )
-        section.parts.append(paragraph(f"headline: {_headline(stage.get('headline'))}"))
+        section.parts.append(
+            paragraph(f"headline: {_headline(stage.get('headline'), str(stage.get('stage', '')), run_dir)}")
+        )
         results = read_results(run_dir)
         evaluation = results.to_json() if results is not None else {}
         verdicts = [
@@ -86,6 +117,7 @@ def pipeline_page(directory: Path) -> str:
             for key in ("overfitting", "forgetting", "transfer")
             if isinstance(evaluation.get(key), dict) and evaluation[key].get("verdict")
         ]
+        verdicts += [("leakage", line) for line in leakage_lines(evaluation.get("leakage"))]
         if verdicts:
             section.parts.append(table(["check", "verdict"], verdicts))
         section.parts += [

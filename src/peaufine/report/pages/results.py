@@ -141,7 +141,7 @@ def rate_row(label: str, before: dict[str, Any], after: dict[str, Any], key: str
 
 def reward_results(results: RewardResults) -> list[str]:
     def row(label: str, figures: dict[str, Any]) -> tuple[Any, ...]:
-        return label, figures.get("pairs"), fmt_percent(figures.get("accuracy")), figures.get("mean_margin")
+        return label, figures.get("pairs"), rate_cell(figures, "accuracy"), figures.get("mean_margin")
 
     parts: list[str] = []
     splits = {
@@ -172,8 +172,8 @@ def dpo_results(results: DpoResults) -> list[str]:
     parts = [paragraph(f"loss {loss}, beta {fmt_number(None if results.beta is ABSENT else results.beta)}")]
     before, after = results.before or {}, results.after or {}
     rows = [
-        before_after(key.removeprefix("likelihood_accuracy_"), before.get(key), after.get(key), True)
-        for key in sorted(k for k in after if k.startswith("likelihood_accuracy_"))
+        rate_row(key.removeprefix("likelihood_accuracy_"), before, after, key)
+        for key in sorted(k for k in after if k.startswith("likelihood_accuracy_") and not k.endswith("_ci"))
     ]
     if rows:
         caption = "The policy gives the chosen answer the higher likelihood (likelihood accuracy)"
@@ -243,7 +243,9 @@ def rl_results(results: RlResults) -> list[str]:
         parts.append(table(None, rows, caption="Prompts kept for training"))
     before, after = results.before or {}, results.after or {}
     rows = [
-        before_after(label, before.get(key), after.get(key), percent)
+        rate_row(label, before, after, key)
+        if percent
+        else before_after(label, before.get(key), after.get(key))
         for label, key, percent in _RL_FIGURES
         if key in before or key in after
     ]
