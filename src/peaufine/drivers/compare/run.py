@@ -147,7 +147,9 @@ def _runs_of(loaded: LoadedStudy, plan: Plan, out: Path, best: dict[str, float])
     for arm in study.arms:
         lr = best.get(arm.name, arm_lr(arm))
         for fraction in study.fractions:
-            for seed in study.seeds:
+            # the seeds measure the spread of the headline (all the data); the learning curve's
+            # smaller fractions need one seed each, which keeps a 3-seed study affordable
+            for seed in study.seeds if fraction == max(study.fractions) else study.seeds[:1]:
                 reuse = plan.searching and arm.name in best and study.search is not None
                 reuse = reuse and fraction == study.search.fraction and seed == study.seeds[0]
                 folder = run_folder(out, arm.name, fraction, seed, lr, searching=reuse)
