@@ -15,6 +15,7 @@ from peaufine.errors import RecipeError
 from peaufine.evaluate.classification import labelled_predictions, transfer_comparison
 from peaufine.evaluate.leakage import leakage, leakage_warning
 from peaufine.methods.classify import ClassificationLoss, refuse_chunked_loss
+from peaufine.models.adapters import apply_freeze
 from peaufine.models.build import (
     build_classifier,
     classifier_attention,
@@ -141,6 +142,7 @@ def train_and_measure(opened: OpenedRun, resume: bool, hooks: list[StepHook] | N
         model = build_classifier(
             directory, num_labels, from_scratch=scratch, seed=recipe.train.seed, attention=attention
         )
+        apply_freeze(model, recipe.model.freeze)  # compare's freeze arm: the lower layers, embeddings
         model = prepare_for_training(model, recipe.train).to(runtime.device)
         if run_dir is not None:
             record_budget(run, runtime, recipe, model)
