@@ -200,3 +200,25 @@ def test_k_fold_pools_every_folds_validation_examples(tmp_path, capsys, monkeypa
     code, _, err = run_cli(["compare", str(study), "--out", str(out)], capsys, monkeypatch)
     assert code == 0, err
     assert {p: p.stat().st_mtime_ns for p in out.glob("arms/*/*/*/fold-*/eval.json")} == mtimes
+
+
+@pytest.mark.slow
+def test_several_seeds_give_a_mean_with_its_interval_and_the_spread_over_seeds(tmp_path, capsys, monkeypatch):
+    arms = "arms:\n  - {name: lora, strategy: lora}\n"
+    study = write_study(tmp_path, "seeds: [0, 1]\n", arms=arms)
+    out = tmp_path / "out"
+    code, _, err = run_cli(["compare", str(study), "--out", str(out)], capsys, monkeypatch)
+    assert code == 0, err
+    lora = json.loads((out / "compare.json").read_text(encoding="utf-8"))["arms"]["lora"]
+    values = [
+        json.loads((out / "arms" / "lora" / "1" / str(seed) / "eval.json").read_text())["answers"][
+            "validation"
+        ]["after"]["exact_match"]
+        for seed in (0, 1)
+    ]
+    mean = lora["task"]["mean_over_seeds"]
+    assert mean["seeds"] == 2 and mean["value"] == pytest.approx(sum(values) / 2)
+    half = 12.706 * abs(values[0] - values[1]) / 2  # t(1) x sd / sqrt(2), sd = |a - b| / sqrt(2)
+    assert (mean["low"], mean["high"]) == pytest.approx((mean["value"] - half, mean["value"] + half))
+    assert lora["hp_sensitivity"] == {"value": pytest.approx(abs(values[0] - values[1])), "over": "seeds"}
+    assert lora["data"]["1"] == pytest.approx(mean["value"])
