@@ -61,6 +61,7 @@ def test_every_arm_has_every_column_and_a_failure_is_reported(study_run, capsys,
     study, out = study_run
     code, stdout, err = run_cli(["compare", str(study), "--out", str(out)], capsys, monkeypatch)
     assert code == 0, err
+    assert "ranking:" in stdout
     data = json.loads((out / "compare.json").read_text(encoding="utf-8"))
     assert set(data["arms"]) == {"full", "freeze", "lora", "dora", "few", "scratch", "broken"}
     for name, arm in data["arms"].items():
@@ -100,10 +101,12 @@ def test_every_arm_has_every_column_and_a_failure_is_reported(study_run, capsys,
     assert others["lora"]["transfer"]["versus"]["base zero-shot"]["n"] == n
     assert data["reference"] == "full"
     assert sum(len(tier) for tier in data["ranking"]) == 6
+    (out / "report.html").unlink()  # `peaufine report` rewrites a comparison's page as any report
+    code, _, err = run_cli(["report", str(out)], capsys, monkeypatch)
+    assert code == 0, err
     report = (out / "report.html").read_text(encoding="utf-8")
     for plot in ("pareto.png", "learning-curves.png", "forgetting-vs-gain.png"):
         assert (out / "plots" / plot).is_file() and f"plots/{plot}" in report
-    assert "ranking:" in stdout
 
 
 def test_every_fraction_validates_on_the_same_examples(study_run):

@@ -34,7 +34,6 @@ from peaufine.drivers.compare.measure import (
     rank_arms,
     spread,
 )
-from peaufine.drivers.compare.outputs import write_compare_report
 from peaufine.drivers.compare.runner import ProcessRecord, records_json, run_all
 from peaufine.drivers.compare.study import Search
 from peaufine.drivers.compare.verdict import VerdictRow, transfer_verdict, verdict
@@ -43,6 +42,7 @@ from peaufine.engine.track import Tracker
 from peaufine.errors import PeaufineError, RecipeError
 from peaufine.models.build import minilm_path, resolve_source
 from peaufine.recipe import validate_recipe
+from peaufine.report.pages.write import write_report
 from peaufine.rundir import RunDir, refuse_strangers, write_json
 from peaufine.stages import check_stage
 
@@ -254,7 +254,7 @@ def run_compare(
     data = measure_study(loaded, plan, out, runs, records, best, grid_metrics)
     data["seconds"] = time.perf_counter() - start
     write_json(out / "compare.json", data)
-    write_compare_report(out, data)
+    write_report(out)
     return CompareResult(out, data, data["seconds"])
 
 
