@@ -102,7 +102,7 @@ def check_study(loaded: LoadedStudy, out: Path, search: bool | None) -> Plan:
     if searching and study.search is None:
         study.search = Search()
     base = None
-    model_source = None
+    model_source = None if loaded.base_run is None else str(loaded.base_run)
     if loaded.base is not None:
         base = validate_recipe(loaded.base, source=f"{source}: base")
         check_stage(base)
