@@ -4,9 +4,11 @@ data at every fraction; and a second invocation re-runs nothing."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
 import yaml
@@ -52,14 +54,23 @@ def leaves(value, path=""):
 
 @pytest.fixture(scope="module")
 def study_run(tmp_path_factory):
+    """The study run once by the CLI, in-process, for the module's tests: (study, out, exit code, stdout
+    and stderr)."""
     folder = tmp_path_factory.mktemp("compare")
     study = write_study(folder, "fractions: [0.5, 1.0]\n", arms=ARMS)
-    return study, folder / "out"
+    out, stdout, stderr = folder / "out", io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, redirect_stdout(stdout), redirect_stderr(stderr):
+        patch.setattr(sys, "argv", ["peaufine", "compare", str(study), "--out", str(out)])
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return study, out, code, stdout.getvalue(), stderr.getvalue()
 
 
 def test_every_arm_has_every_column_and_a_failure_is_reported(study_run, capsys, monkeypatch):
-    study, out = study_run
-    code, stdout, err = run_cli(["compare", str(study), "--out", str(out)], capsys, monkeypatch)
+    _, out, code, stdout, err = study_run
     assert code == 0, err
     assert "ranking:" in stdout
     data = json.loads((out / "compare.json").read_text(encoding="utf-8"))
@@ -110,7 +121,7 @@ def test_every_arm_has_every_column_and_a_failure_is_reported(study_run, capsys,
 
 
 def test_every_fraction_validates_on_the_same_examples(study_run):
-    _, out = study_run
+    out = study_run[1]
     half, whole = out / "arms" / "full" / "0.5" / "0" / "data", out / "arms" / "full" / "1" / "0" / "data"
     for split in ("validation.jsonl", "heldout.jsonl"):
         assert (half / split).read_bytes() == (whole / split).read_bytes()
@@ -121,7 +132,7 @@ def test_every_fraction_validates_on_the_same_examples(study_run):
 
 
 def test_a_second_invocation_re_runs_nothing_finished(study_run, capsys, monkeypatch):
-    study, out = study_run
+    study, out = study_run[:2]
     evals = {p: p.stat().st_mtime_ns for p in out.glob("arms/*/*/*/eval.json")}
     assert len(evals) == 12  # 6 arms x 2 fractions; the broken arm has none
     # one run left half-done (killed): it alone runs again
