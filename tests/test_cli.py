@@ -68,7 +68,7 @@ def test_help_answers_without_importing_torch():
 
 
 @pytest.mark.parametrize(
-    "command", ["pretrain", "generate", "params", "demo", "reward", "dpo", "rl", "score"]
+    "command", ["pretrain", "generate", "params", "demo", "reward", "dpo", "rl", "score", "compare"]
 )
 def test_every_subcommand_has_help(command):
     done = subprocess.run(

@@ -534,9 +534,11 @@ def compare(
 
 @app.command()
 def report(
-    directory: Annotated[Path, typer.Argument(help="A run, search, cross-validation or pipeline folder.")],
+    directory: Annotated[
+        Path, typer.Argument(help="A run, search, cross-validation, pipeline or comparison folder.")
+    ],
 ) -> None:
-    """(Re)write report.html for a finished run, search, cross-validation or pipeline folder."""
+    """(Re)write report.html for a finished run, search, cross-validation, pipeline or comparison."""
     from peaufine.report.pages.write import write_report
 
     typer.echo(str(write_report(directory)))

@@ -260,3 +260,29 @@ def test_train_fraction_and_scratch_init_in_classify(tiny_decoder_dir, tmp_path)
 
     assert (embedding(whole) - base).abs().max() < 1e-5
     assert (embedding(scratch) - base).abs().max() > 1e-2
+
+
+def test_model_freeze_is_honoured_by_classify(tiny_decoder_dir, tmp_path):
+    """model.freeze (compare's freeze arm) freezes the classifier's layers and embeddings: fewer trainable
+    parameters in budget.json, and those weights unchanged by training at a real learning rate."""
+    from safetensors.torch import load_file
+
+    data = _sentiment_file(tmp_path)
+    recipe = validate_recipe(
+        {
+            "stage": "classify",
+            "model": {"source": str(tiny_decoder_dir), "freeze": {"layers": [0], "embeddings": True}},
+            "data": {"source": str(data), "text_field": "sentence", "max_length": 16},
+            "train": {"max_steps": 2, "batch_size": 4, "lr": 1e-2, "warmup_steps": 0, "device": "cpu"},
+            "eval": {"every": 2},
+        }
+    )
+    run_classify(recipe, tmp_path / "frozen")
+    budget = json.loads((tmp_path / "frozen" / "budget.json").read_text(encoding="utf-8"))["parameters"]
+    assert 0 < budget["trainable"] < budget["total"]
+    base = load_file(tiny_decoder_dir / "model.safetensors")
+    tuned = load_file(tmp_path / "frozen" / "model" / "model.safetensors")
+    for name in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight"):
+        assert (tuned[name] - base[name]).abs().max() == 0, name
+    # negative control: what is not frozen trained
+    assert (tuned["model.norm.weight"] - base["model.norm.weight"]).abs().max() > 0

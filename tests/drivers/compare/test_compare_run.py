@@ -4,9 +4,11 @@ data at every fraction; and a second invocation re-runs nothing."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
 import yaml
@@ -52,15 +54,25 @@ def leaves(value, path=""):
 
 @pytest.fixture(scope="module")
 def study_run(tmp_path_factory):
+    """The study run once by the CLI, in-process, for the module's tests: (study, out, exit code, stdout
+    and stderr)."""
     folder = tmp_path_factory.mktemp("compare")
     study = write_study(folder, "fractions: [0.5, 1.0]\n", arms=ARMS)
-    return study, folder / "out"
+    out, stdout, stderr = folder / "out", io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, redirect_stdout(stdout), redirect_stderr(stderr):
+        patch.setattr(sys, "argv", ["peaufine", "compare", str(study), "--out", str(out)])
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return study, out, code, stdout.getvalue(), stderr.getvalue()
 
 
 def test_every_arm_has_every_column_and_a_failure_is_reported(study_run, capsys, monkeypatch):
-    study, out = study_run
-    code, stdout, err = run_cli(["compare", str(study), "--out", str(out)], capsys, monkeypatch)
+    _, out, code, stdout, err = study_run
     assert code == 0, err
+    assert "ranking:" in stdout
     data = json.loads((out / "compare.json").read_text(encoding="utf-8"))
     assert set(data["arms"]) == {"full", "freeze", "lora", "dora", "few", "scratch", "broken"}
     for name, arm in data["arms"].items():
@@ -100,14 +112,16 @@ def test_every_arm_has_every_column_and_a_failure_is_reported(study_run, capsys,
     assert others["lora"]["transfer"]["versus"]["base zero-shot"]["n"] == n
     assert data["reference"] == "full"
     assert sum(len(tier) for tier in data["ranking"]) == 6
+    (out / "report.html").unlink()  # `peaufine report` rewrites a comparison's page as any report
+    code, _, err = run_cli(["report", str(out)], capsys, monkeypatch)
+    assert code == 0, err
     report = (out / "report.html").read_text(encoding="utf-8")
     for plot in ("pareto.png", "learning-curves.png", "forgetting-vs-gain.png"):
         assert (out / "plots" / plot).is_file() and f"plots/{plot}" in report
-    assert "ranking:" in stdout
 
 
 def test_every_fraction_validates_on_the_same_examples(study_run):
-    _, out = study_run
+    out = study_run[1]
     half, whole = out / "arms" / "full" / "0.5" / "0" / "data", out / "arms" / "full" / "1" / "0" / "data"
     for split in ("validation.jsonl", "heldout.jsonl"):
         assert (half / split).read_bytes() == (whole / split).read_bytes()
@@ -118,7 +132,7 @@ def test_every_fraction_validates_on_the_same_examples(study_run):
 
 
 def test_a_second_invocation_re_runs_nothing_finished(study_run, capsys, monkeypatch):
-    study, out = study_run
+    study, out = study_run[:2]
     evals = {p: p.stat().st_mtime_ns for p in out.glob("arms/*/*/*/eval.json")}
     assert len(evals) == 12  # 6 arms x 2 fractions; the broken arm has none
     # one run left half-done (killed): it alone runs again
@@ -200,3 +214,25 @@ def test_k_fold_pools_every_folds_validation_examples(tmp_path, capsys, monkeypa
     code, _, err = run_cli(["compare", str(study), "--out", str(out)], capsys, monkeypatch)
     assert code == 0, err
     assert {p: p.stat().st_mtime_ns for p in out.glob("arms/*/*/*/fold-*/eval.json")} == mtimes
+
+
+@pytest.mark.slow
+def test_several_seeds_give_a_mean_with_its_interval_and_the_spread_over_seeds(tmp_path, capsys, monkeypatch):
+    arms = "arms:\n  - {name: lora, strategy: lora}\n"
+    study = write_study(tmp_path, "seeds: [0, 1]\n", arms=arms)
+    out = tmp_path / "out"
+    code, _, err = run_cli(["compare", str(study), "--out", str(out)], capsys, monkeypatch)
+    assert code == 0, err
+    lora = json.loads((out / "compare.json").read_text(encoding="utf-8"))["arms"]["lora"]
+    values = [
+        json.loads((out / "arms" / "lora" / "1" / str(seed) / "eval.json").read_text())["answers"][
+            "validation"
+        ]["after"]["exact_match"]
+        for seed in (0, 1)
+    ]
+    mean = lora["task"]["mean_over_seeds"]
+    assert mean["seeds"] == 2 and mean["value"] == pytest.approx(sum(values) / 2)
+    half = 12.706 * abs(values[0] - values[1]) / 2  # t(1) x sd / sqrt(2), sd = |a - b| / sqrt(2)
+    assert (mean["low"], mean["high"]) == pytest.approx((mean["value"] - half, mean["value"] + half))
+    assert lora["hp_sensitivity"] == {"value": pytest.approx(abs(values[0] - values[1])), "over": "seeds"}
+    assert lora["data"]["1"] == pytest.approx(mean["value"])

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from study_files import write_study
+from study_files import BASE, write_study
 
 from peaufine import cli
 from peaufine.drivers.compare.arms import arm_recipe, freeze_block, lr_grid
@@ -24,6 +24,11 @@ def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str]:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     return code, " ".join(capsys.readouterr().err.split())
+
+
+# the tiny study with `base:` naming a run folder instead of a pretrain recipe
+def base_run(run) -> str:
+    return f"base: {run}\n" + BASE[BASE.index("task:") :]
 
 
 CASES = {
@@ -186,3 +191,28 @@ def test_sst2_compare_refuses_absent_data_and_validates_where_it_is(tmp_path, ca
         loaded, loaded.study.arms[0], fraction=0.1, seed=0, lr=1e-4, model_source=None, layers=6
     )
     assert recipe.data.train_fraction == pytest.approx(0.004513)
+
+
+def test_a_finished_run_as_base_is_every_arms_model_and_is_not_re_made(tmp_path, world_run):
+    """`base:` naming a finished run (the demo's pretraining, say) is used as it is: no OUT/base run."""
+    study = write_study(tmp_path, base=base_run(world_run))
+    loaded = load_study(study)
+    assert loaded.base is None and loaded.base_run == world_run.resolve()
+    plan = check_study(loaded, tmp_path / "out", search=None)
+    assert plan.base is None and plan.model_source == str(world_run.resolve())
+    recipe = arm_recipe(
+        loaded, loaded.study.arms[0], fraction=1.0, seed=0, lr=1e-4, model_source=plan.model_source, layers=1
+    )
+    assert recipe.model.source == str(world_run.resolve())
+
+
+def test_an_unfinished_run_as_base_is_refused(tmp_path, world_run, capsys, monkeypatch):
+    import shutil
+
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(world_run, unfinished)
+    marker = unfinished / ".peaufine-run.json"
+    marker.write_text(marker.read_text(encoding="utf-8").replace('"finished"', '"interrupted"'))
+    study = write_study(tmp_path, base=base_run(unfinished))
+    code, err = run_cli(["compare", str(study), "--out", str(tmp_path / "out")], capsys, monkeypatch)
+    assert code == 2 and "has not finished" in err and not (tmp_path / "out").exists()

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from peaufine.evaluate.stats import bootstrap_interval, mcnemar_exact, paired_bootstrap, wilson_interval
+from peaufine.report.pages.compare import NA
 from peaufine.results import run_metrics
 from peaufine.rundir import RunDir
 
-NA = "n/a"
 # Two-sided 95% Student t quantiles by degrees of freedom: a mean over a few seeds has a wide interval.
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 

@@ -34,7 +34,6 @@ from peaufine.drivers.compare.measure import (
     rank_arms,
     spread,
 )
-from peaufine.drivers.compare.outputs import write_compare_report
 from peaufine.drivers.compare.runner import ProcessRecord, records_json, run_all
 from peaufine.drivers.compare.study import Search
 from peaufine.drivers.compare.verdict import VerdictRow, transfer_verdict, verdict
@@ -43,6 +42,7 @@ from peaufine.engine.track import Tracker
 from peaufine.errors import PeaufineError, RecipeError
 from peaufine.models.build import minilm_path, resolve_source
 from peaufine.recipe import validate_recipe
+from peaufine.report.pages.write import write_report
 from peaufine.rundir import RunDir, refuse_strangers, write_json
 from peaufine.stages import check_stage
 
@@ -102,12 +102,12 @@ def check_study(loaded: LoadedStudy, out: Path, search: bool | None) -> Plan:
     if searching and study.search is None:
         study.search = Search()
     base = None
-    model_source = None
+    model_source = None if loaded.base_run is None else str(loaded.base_run)
     if loaded.base is not None:
         base = validate_recipe(loaded.base, source=f"{source}: base")
         check_stage(base)
         model_source = str(Path(out).resolve() / "base")
-    layers = layer_count(_model_folder(model_source or str(loaded.task.get("model", {}).get("source", ""))))
+    layers = _layers(loaded, model_source)
     for arm in study.arms:
         lrs: list[float | None] = [arm_lr(arm)]
         if searching and arm.strategy != "few_shot":
@@ -136,13 +136,50 @@ def _base_run(plan: Plan, out: Path) -> ArmRun:
     return ArmRun("base", "base", 1.0, plan.base.train.seed, None, Path(out) / "base", plan.base)
 
 
-def _runs_of(loaded: LoadedStudy, plan: Plan, out: Path, best: dict[str, float]) -> list[ArmRun]:
-    """Every arm x fraction x seed; with a search, the search fraction's first seed is the search's
-    run at the arm's best LR (no second run of the same recipe)."""
-    study = loaded.study
-    layers = layer_count(
-        _model_folder(plan.model_source or str(loaded.task.get("model", {}).get("source", "")))
+def _layers(loaded: LoadedStudy, model_source: str | None) -> int | None:
+    """The layer count of the arms' model (the freeze strategy freezes the lower half of them)."""
+    return layer_count(_model_folder(model_source or str(loaded.task.get("model", {}).get("source", ""))))
+
+
+def _arm_run(
+    loaded: LoadedStudy,
+    plan: Plan,
+    out: Path,
+    arm: Arm,
+    *,
+    fraction: float,
+    seed: int,
+    lr: float | None,
+    searching: bool,
+) -> ArmRun:
+    """One run of `arm`: its folder (under lr-<lr> when it is a search's run) and its recipe."""
+    recipe = arm_recipe(
+        loaded,
+        arm,
+        fraction=fraction,
+        seed=seed,
+        lr=lr,
+        model_source=plan.model_source,
+        layers=_layers(loaded, plan.model_source),
     )
+    folder = run_folder(out, arm.name, fraction, seed, lr, searching=searching)
+    return ArmRun(
+        arm.name,
+        arm.strategy,
+        fraction,
+        seed,
+        lr,
+        folder,
+        recipe,
+        searching=searching,
+        folds=loaded.study.folds,
+    )
+
+
+def _runs_of(loaded: LoadedStudy, plan: Plan, out: Path, best: dict[str, float]) -> list[ArmRun]:
+    """Every arm x fraction, each seed at the largest fraction and the first elsewhere; with a search,
+    the search fraction's first seed is the search's run at the arm's best LR (no second run of it)."""
+    study = loaded.study
     runs = []
     for arm in study.arms:
         lr = best.get(arm.name, arm_lr(arm))
@@ -150,68 +187,27 @@ def _runs_of(loaded: LoadedStudy, plan: Plan, out: Path, best: dict[str, float])
             # the seeds measure the spread of the headline (all the data); the learning curve's
             # smaller fractions need one seed each, which keeps a 3-seed study affordable
             for seed in study.seeds if fraction == max(study.fractions) else study.seeds[:1]:
-                reuse = plan.searching and arm.name in best and study.search is not None
-                reuse = reuse and fraction == study.search.fraction and seed == study.seeds[0]
-                folder = run_folder(out, arm.name, fraction, seed, lr, searching=reuse)
-                recipe = arm_recipe(
-                    loaded,
-                    arm,
-                    fraction=fraction,
-                    seed=seed,
-                    lr=lr,
-                    model_source=plan.model_source,
-                    layers=layers,
-                )
+                searched = arm.name in best and study.search is not None
+                reuse = searched and fraction == study.search.fraction and seed == study.seeds[0]  # type: ignore[union-attr]
                 runs.append(
-                    ArmRun(
-                        arm.name,
-                        arm.strategy,
-                        fraction,
-                        seed,
-                        lr,
-                        folder,
-                        recipe,
-                        searching=reuse,
-                        folds=study.folds,
-                    )
+                    _arm_run(loaded, plan, out, arm, fraction=fraction, seed=seed, lr=lr, searching=reuse)
                 )
     return runs
 
 
 def _search_runs(loaded: LoadedStudy, plan: Plan, out: Path) -> dict[str, list[ArmRun]]:
+    """Each arm's LR grid at the search fraction and the first seed (the few-shot arm trains nothing)."""
     study = loaded.study
     assert study.search is not None
-    layers = layer_count(
-        _model_folder(plan.model_source or str(loaded.task.get("model", {}).get("source", "")))
-    )
-    grid: dict[str, list[ArmRun]] = {}
-    seed, fraction = study.seeds[0], study.search.fraction
-    for arm in study.arms:
-        if arm.strategy == "few_shot":
-            continue
-        grid[arm.name] = [
-            ArmRun(
-                arm.name,
-                arm.strategy,
-                fraction,
-                seed,
-                lr,
-                run_folder(out, arm.name, fraction, seed, lr, searching=True),
-                arm_recipe(
-                    loaded,
-                    arm,
-                    fraction=fraction,
-                    seed=seed,
-                    lr=lr,
-                    model_source=plan.model_source,
-                    layers=layers,
-                ),
-                searching=True,
-                folds=study.folds,
-            )
-            for lr in lr_grid(arm, study.search.lrs_per_arm)
+    seed, fraction, points = study.seeds[0], study.search.fraction, study.search.lrs_per_arm
+    return {
+        arm.name: [
+            _arm_run(loaded, plan, out, arm, fraction=fraction, seed=seed, lr=lr, searching=True)
+            for lr in lr_grid(arm, points)
         ]
-    return grid
+        for arm in study.arms
+        if arm.strategy != "few_shot"
+    }
 
 
 def run_compare(
@@ -256,7 +252,7 @@ def run_compare(
     data = measure_study(loaded, plan, out, runs, records, best, grid_metrics)
     data["seconds"] = time.perf_counter() - start
     write_json(out / "compare.json", data)
-    write_compare_report(out, data)
+    write_report(out)
     return CompareResult(out, data, data["seconds"])
 
 

@@ -3,7 +3,8 @@ the data fractions, seeds and LR search; validated whole before any folder is ma
 
 # A study names its task as a recipe (a packaged name, a YAML path relative to the study file, or an
 # inline mapping) and, optionally, a `base:` pretraining recipe run once into OUT/base, whose run
-# becomes the task's model.source (the world study needs the demo's pretrained model: it makes it).
+# becomes the task's model.source (the world study needs the demo's pretrained model: it makes it);
+# or `base:` names a finished run folder (the demo's runs/demo/pretrain), used as it is.
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from peaufine.errors import RecipeError
 from peaufine.recipe import Block, read_yaml
+from peaufine.rundir import RunDir, finished_with
 
 Strategy = Literal[
     "full", "freeze", "lora", "dora", "bottleneck", "ia3", "prompt_tuning", "few_shot", "scratch"
@@ -65,7 +67,8 @@ class Study(Block):
     name: str = "compare"
     base: str | dict[str, Any] | None = Field(
         None,
-        description="a pretrain recipe run once into OUT/base; its run is the task's model.source",
+        description="a pretrain recipe run once into OUT/base, or a finished run folder; that run is "
+        "the task's model.source",
     )
     task: str | dict[str, Any] = Field(description="an sft or classify recipe: name, path or mapping")
     arms: list[Arm] = Field(min_length=1)
@@ -99,6 +102,7 @@ class LoadedStudy:
     folder: Path  # relative paths in the study start here
     task: dict[str, Any]
     base: dict[str, Any] | None
+    base_run: Path | None = None  # `base:` as a finished run folder: every arm's model, not re-made
 
 
 def _packaged(name: str) -> Path | None:
@@ -123,6 +127,24 @@ def _recipe_mapping(value: str | dict[str, Any], folder: Path, source: str, key:
     if packaged is None:
         raise RecipeError(f"{source}: {key}: '{value}' is neither a YAML path nor a packaged recipe")
     return read_yaml(packaged)
+
+
+def _finished_run(base: Any, folder: Path, source: str) -> Path | None:
+    """`base:` as a run folder (relative to the current folder, else to the study's): a finished one is
+    the arms' model; one that did not finish is refused; None when `base` names no run folder."""
+    if not isinstance(base, str):
+        return None
+    for candidate in (Path(base), folder / base):
+        recipe = RunDir(candidate).recipe
+        if not recipe.is_file():
+            continue
+        if not finished_with(candidate, recipe.read_text(encoding="utf-8")):
+            raise RecipeError(
+                f"{source}: base: {candidate} is a run that has not finished; finish it (--resume) or "
+                "give a pretrain recipe to make the base here"
+            )
+        return candidate.resolve()
+    return None
 
 
 def locate_study(study: Path | str, smoke: bool = False) -> Path:
@@ -164,6 +186,9 @@ def load_study(path: Path) -> LoadedStudy:
             f"{source}: task: the task recipe's stage is {stage!r}; a study compares sft or classify "
             "tasks (set stage: sft or stage: classify)"
         )
+    base_run = _finished_run(study.base, folder, source)
+    if base_run is not None:
+        return LoadedStudy(study, source, folder, task, None, base_run)
     base = None if study.base is None else _recipe_mapping(study.base, folder, source, "base")
     if base is not None and base.setdefault("stage", "pretrain") != "pretrain":
         raise RecipeError(f"{source}: base: a base is a pretrain recipe, this one is {base['stage']!r}")

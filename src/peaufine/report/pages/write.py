@@ -8,6 +8,7 @@ from pathlib import Path
 
 from peaufine.atomic import write_text_atomic
 from peaufine.errors import RunDirError
+from peaufine.report.pages.compare import compare_page
 from peaufine.report.pages.crossval import cv_page
 from peaufine.report.pages.pipeline import pipeline_page
 from peaufine.report.pages.run import run_page
@@ -18,6 +19,7 @@ from peaufine.rundir import RECIPE
 # The file that makes a folder each kind of report; the first found wins: a pipeline folder holds stage
 # runs and a search folder trial runs, and a folder could hold a stray recipe.yaml beside its own marker.
 MARKERS = (
+    ("compare.json", "compare"),
     ("pipeline.json", "pipeline"),
     ("study.json", "search"),
     ("cv.json", "cv"),
@@ -26,7 +28,7 @@ MARKERS = (
 
 
 def report_kind(directory: Path) -> str:
-    """ "pipeline", "search", "cv" or "run", from the marker file the folder holds (see MARKERS)."""
+    """ "compare", "pipeline", "search", "cv" or "run", from the marker file the folder holds (MARKERS)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise RunDirError(f"{directory} is not a folder; give the output folder of a run to report on")
@@ -36,7 +38,7 @@ def report_kind(directory: Path) -> str:
     names = ", ".join(marker for marker, _ in MARKERS)
     raise RunDirError(
         f"{directory} holds nothing peaufine can report on (none of {names}); give the folder of a "
-        "stage run, a search, a cross-validation or a pipeline"
+        "stage run, a search, a cross-validation, a pipeline or a comparison"
     )
 
 
@@ -46,6 +48,7 @@ def write_report(directory: Path) -> Path:
 
     directory = Path(directory)
     pages: dict[str, Callable[[Path], str]] = {
+        "compare": compare_page,
         "pipeline": pipeline_page,
         "search": search_page,
         "cv": cv_page,
