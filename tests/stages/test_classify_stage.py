@@ -286,3 +286,39 @@ def test_model_freeze_is_honoured_by_classify(tiny_decoder_dir, tmp_path):
         assert (tuned[name] - base[name]).abs().max() == 0, name
     # negative control: what is not frozen trained
     assert (tuned["model.norm.weight"] - base["model.norm.weight"]).abs().max() > 0
+
+
+@pytest.mark.parametrize("kind", ["bottleneck", "ia3", "prompt_tuning"])
+def test_every_adapter_kind_classifies_and_its_saved_model_predicts_what_the_run_measured(
+    kind, tiny_decoder_dir, tmp_path
+):
+    """The run's model/ (merged for ia3, base/ + adapter/ for the others) reloads and predicts every
+    validation example as the trained model did (predictions.jsonl), while only the adapter trained."""
+    from peaufine.engine.runtime import make_runtime
+    from peaufine.evaluate.classification import labelled_predictions
+    from peaufine.models.build import build_classifier
+    from peaufine.models.tokenizer import load_tokenizer
+    from peaufine.stages.classify import load_split
+
+    adapter = {"kind": kind, **({"size": 8} if kind == "bottleneck" else {})}
+    recipe = _sentiment_recipe(tiny_decoder_dir, tmp_path, adapter=adapter)
+    run = tmp_path / "run"
+    run_classify(recipe, run)
+    budget = json.loads((run / "budget.json").read_text(encoding="utf-8"))["parameters"]
+    assert 0 < budget["trainable"] < budget["total"] / 10
+    assert (run / "model" / "adapted_model.json").is_file() == (kind != "ia3")
+    model = build_classifier(run / "model", 2).eval()
+    tokenizer = load_tokenizer(str(run / "model"))
+    val = load_split(run / "data" / "validation.jsonl", tokenizer, recipe, model.config.pad_token_id, False)
+    again = labelled_predictions(model, val, make_runtime(recipe.train), 64)
+    written = [
+        json.loads(line) for line in (run / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    assert again.predictions == [row["prediction"] for row in written]
+    if kind != "ia3":  # negative control: the base half alone is another model
+        import torch
+
+        ids = torch.tensor([tokenizer("a good film")["input_ids"]])
+        bare = build_classifier(run / "model" / "base", 2).eval()
+        with torch.no_grad():
+            assert (bare(input_ids=ids).logits - model(input_ids=ids).logits).abs().max() > 1e-4
