@@ -29,8 +29,8 @@ DEFAULT_LR: dict[str, float] = {
     "lora": 1e-3,
     "dora": 1e-3,
     "bottleneck": 1e-3,
-    "ia3": 3e-3,
-    "prompt_tuning": 3e-3,
+    "ia3": 1e-2,
+    "prompt_tuning": 3e-2,
     "scratch": 1e-3,
 }
 GRID_STEP = 3.0  # consecutive LR grid points differ by this factor
