@@ -3,6 +3,8 @@ paired difference is not measurable, n/a where forgetting cannot be measured."""
 
 from __future__ import annotations
 
+import pytest
+
 from peaufine.drivers.compare.measure import PerExample, paired, rank_arms
 from peaufine.drivers.compare.verdict import VerdictRow, ratio_words, transfer_verdict, verdict
 from peaufine.evaluate.stats import mcnemar_exact
@@ -58,6 +60,16 @@ def test_na_forgetting_no_parameters_unpaired_and_the_reference_itself():
     assert "forgetting n/a" in verdict(scratch, FULL)
     assert "not paired question by question with full fine-tuning: not ranked" in verdict(scratch, FULL)
     assert "with no trainable parameters" in verdict(few, FULL)
+    assert "and no forgetting;" in verdict(few, FULL)
+
+
+@pytest.mark.parametrize(
+    ("forgetting", "words"), [(0.087, "0.29 times the forgetting"), (17.7, "59 times the forgetting")]
+)
+def test_a_forgetting_ratio_without_a_name_reads_as_times(forgetting, words):
+    # FULL forgets 30%; a ratio far from a named one is said in numbers, without a stray "of"
+    row = VerdictRow("ia3", "(IA)3", "exact_match", 0.5, 200, 3_000, forgetting, comparison(-0.3, -0.4, -0.2))
+    assert f"and {words};" in verdict(row, FULL)
     assert verdict(FULL, FULL) == (
         "full fine-tuning: exact match 80.0% (n=200), 1,000,000 trainable parameters, forgetting +30.0% "
         "(the reference)"

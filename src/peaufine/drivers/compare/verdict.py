@@ -53,11 +53,15 @@ def _forgetting_part(row: VerdictRow, reference: VerdictRow) -> str:
         return "forgetting n/a"
     if reference.forgetting is None or reference.forgetting <= 0 or row.forgetting < 0:
         return f"forgetting {row.forgetting:+.1%} (general-text loss)"
+    if row.forgetting == 0:
+        return "no forgetting"
     ratio = row.forgetting / reference.forgetting
     words = ratio_words(ratio)
     if words == "the same":
         return "the same forgetting"
-    return f"{words} {'of' if ratio < 1 else ''} the forgetting".replace("  ", " ")
+    # "a third of the forgetting", but "twice the forgetting" and "0.29 times the forgetting"
+    joint = " of" if ratio < 1 and not words.endswith("times") else ""
+    return f"{words}{joint} the forgetting"
 
 
 def _parameters_part(row: VerdictRow, reference: VerdictRow) -> str:
