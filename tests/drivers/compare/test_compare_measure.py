@@ -130,3 +130,22 @@ def test_an_adapter_of_another_kind_than_the_strategy_is_flagged(tmp_path):
     assert adapter_mismatch(run("c", "IA3"), "ia3") is None
     assert adapter_mismatch(run("d", "LORA"), "dora") is None
     assert adapter_mismatch(tmp_path / "no-adapter", "lora") is None
+
+
+def test_a_half_done_run_resumes_only_from_a_complete_checkpoint(tmp_path):
+    """A run killed before its first checkpoint leaves checkpoints/ with at most a staging folder: it
+    restarts (--overwrite), as --resume would fail; with a step-N checkpoint it resumes."""
+    from peaufine.drivers.compare.runner import start_flag
+    from peaufine.rundir import RunDir, RunMarker
+
+    folder = tmp_path / "run"
+    assert start_flag(folder, "stage: sft\n") is None
+    folder.mkdir()
+    RunMarker.new("sft", ["recipe.yaml", "checkpoints"]).write(folder)
+    run = RunDir(folder)
+    run.recipe.write_text("stage: sft\n", encoding="utf-8")
+    (run.checkpoints / ".tmp-step-150").mkdir(parents=True)  # killed while writing its first one
+    assert start_flag(folder, "stage: sft\n") == "--overwrite"
+    (run.checkpoints / "step-100").mkdir()
+    assert start_flag(folder, "stage: sft\n") == "--resume"
+    assert start_flag(folder, "stage: dpo\n") == "--overwrite"  # another recipe: start again

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peaufine.atomic import write_text_atomic
+from peaufine.engine.checkpoint import CheckpointStore
 from peaufine.rundir import RunDir, RunMarker, finished_with, write_json
 
 if TYPE_CHECKING:
@@ -65,9 +66,9 @@ def start_flag(folder: Path, recipe_yaml: str) -> str | None:
         return None
     marker = RunMarker.read(folder)
     run = RunDir(folder)
-    checkpoints = run.checkpoints
     same = run.recipe.is_file() and run.recipe.read_text(encoding="utf-8") == recipe_yaml
-    if marker is not None and same and checkpoints.is_dir() and any(checkpoints.iterdir()):
+    # a run killed before its first checkpoint has a checkpoints/ folder but nothing to resume from
+    if marker is not None and same and CheckpointStore(run.checkpoints).checkpoints():
         return "--resume"
     return "--overwrite"
 
